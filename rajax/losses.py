@@ -1,0 +1,164 @@
+"""Loss functions of recognition-aware processing, as pure functions of arrays.
+
+Every function is keyword-only, holds no jit, pmap, axis names or collectives, and so drops into
+any JAX codebase. Shapes: B is the batch, K the number of classes; images are [B, H, W, C].
+`reduction` selects what is returned:
+
+  "none": one value per example, shape [B];
+  "mean": the mean over examples (for pixel losses this equals the mean over every element,
+          as torch's MSELoss/L1Loss; for probability MSE the mean over B*K, as the reference code);
+  "sum":  the sum over examples of the per-example values.
+
+All computation is in float32 whatever the input dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _reduce(per_example: jax.Array, reduction: str) -> jax.Array:
+  if reduction == "mean":
+    return jnp.mean(per_example)
+  if reduction == "sum":
+    return jnp.sum(per_example)
+  if reduction == "none":
+    return per_example
+  raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}.")
+
+
+def _check_same_shape(a: jax.Array, b: jax.Array, names: str) -> None:
+  if a.shape != b.shape:
+    raise ValueError(f"{names} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}.")
+  if a.ndim < 1:
+    raise ValueError(f"{names} need a leading batch axis, got scalars.")
+
+
+def _per_example_mean(x: jax.Array) -> jax.Array:
+  return jnp.mean(x.reshape(x.shape[0], -1), axis=1)
+
+
+def pixel_mse(*, pred: jax.Array, target: jax.Array, reduction: str = "mean") -> jax.Array:
+  """Mean squared error between images. pred, target: [B, ...]; per example: mean over pixels."""
+  _check_same_shape(pred, target, "pred and target")
+  d = pred.astype(jnp.float32) - target.astype(jnp.float32)
+  return _reduce(_per_example_mean(d * d), reduction)
+
+
+def pixel_l1(*, pred: jax.Array, target: jax.Array, reduction: str = "mean") -> jax.Array:
+  """Mean absolute error between images. pred, target: [B, ...]; per example: mean over pixels."""
+  _check_same_shape(pred, target, "pred and target")
+  d = pred.astype(jnp.float32) - target.astype(jnp.float32)
+  return _reduce(_per_example_mean(jnp.abs(d)), reduction)
+
+
+def recognition_ce(
+    *,
+    logits: jax.Array,
+    labels: jax.Array,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+) -> jax.Array:
+  """Softmax cross-entropy of a recognizer's logits (the RA loss).
+
+  Args:
+    logits: [B, K].
+    labels: integer class indices [B], or soft labels [B, K] (each row a distribution).
+    label_smoothing: epsilon in [0, 1): the target becomes (1 - eps) * labels + eps / K, as
+      torch.nn.CrossEntropyLoss(label_smoothing=eps).
+    reduction: "mean" | "sum" | "none".
+  """
+  if logits.ndim != 2:
+    raise ValueError(f"logits must be [batch, classes], got shape {tuple(logits.shape)}.")
+  if not 0.0 <= label_smoothing < 1.0:
+    raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}.")
+  b, k = logits.shape
+  if labels.shape == (b,):
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+      raise ValueError(f"Hard labels must be integers, got dtype {labels.dtype}; pass soft labels as [B, K].")
+    target = jax.nn.one_hot(labels, k, dtype=jnp.float32)
+  elif labels.shape == (b, k):
+    target = labels.astype(jnp.float32)
+  else:
+    raise ValueError(
+        f"labels must be class indices [{b}] or soft labels [{b}, {k}] to match logits {tuple(logits.shape)}, "
+        f"got shape {tuple(labels.shape)}.")
+  if label_smoothing:
+    target = (1.0 - label_smoothing) * target + label_smoothing / k
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return _reduce(-jnp.sum(target * logp, axis=-1), reduction)
+
+
+def prob_mse(*, logits: jax.Array, target_logits: jax.Array, reduction: str = "mean") -> jax.Array:
+  """MSE between softmax probabilities, the unsupervised-RA distance of the reference code.
+
+  logits, target_logits: [B, K]. Per example: mean over the K classes of (p - q)^2, so "mean"
+  equals torch's MSELoss(softmax(logits), softmax(target_logits)).
+  """
+  _check_same_shape(logits, target_logits, "logits and target_logits")
+  p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  q = jax.nn.softmax(target_logits.astype(jnp.float32), axis=-1)
+  return _reduce(jnp.mean((p - q) ** 2, axis=-1), reduction)
+
+
+def prob_kl(
+    *, logits: jax.Array, target_logits: jax.Array, temperature: float = 1.0, reduction: str = "mean"
+) -> jax.Array:
+  """KL(q || p) with q = softmax(target_logits / T) and p = softmax(logits / T).
+
+  logits, target_logits: [B, K]. Per example: sum over classes of q (log q - log p); "mean" is the
+  batch mean (torch's kl_div(reduction="batchmean")).
+  """
+  _check_same_shape(logits, target_logits, "logits and target_logits")
+  if temperature <= 0:
+    raise ValueError(f"temperature must be positive, got {temperature}.")
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+  logq = jax.nn.log_softmax(target_logits.astype(jnp.float32) / temperature, axis=-1)
+  return _reduce(jnp.sum(jnp.exp(logq) * (logq - logp), axis=-1), reduction)
+
+
+# Distances between a recognizer's outputs on P(x) and on the clean target, by config name.
+DISTANCES = {"prob_mse": prob_mse, "kl": prob_kl}
+
+
+def feature_loss(
+    *,
+    features: Mapping[str, jax.Array],
+    target_features: Mapping[str, jax.Array],
+    layers: Sequence[str] | None = None,
+    weights: Mapping[str, float] | None = None,
+    distance: str = "mse",
+    reduction: str = "mean",
+) -> jax.Array:
+  """Weighted distance between named intermediate activations of a recognizer.
+
+  Used by SR4IR-style feature matching and the perceptual-loss baseline.
+
+  Args:
+    features, target_features: dicts name -> [B, ...] activations (e.g. from
+      `recognizer(images, features=True)[1]`), for the processed and the clean images.
+    layers: names to compare; default: every name in `weights`, or else every name in `features`.
+    weights: per-layer weights (default 1.0 each).
+    distance: "mse" or "l1", averaged over each layer's non-batch elements.
+    reduction: "mean" | "sum" | "none" over the batch of the weighted sum over layers.
+  """
+  per_layer = {"mse": pixel_mse, "l1": pixel_l1}
+  if distance not in per_layer:
+    raise ValueError(f"distance must be one of {sorted(per_layer)}, got {distance!r}.")
+  weights = dict(weights or {})
+  names = list(layers if layers is not None else (weights or features))
+  if not names:
+    raise ValueError("feature_loss needs at least one layer name.")
+  missing = [n for n in names if n not in features or n not in target_features]
+  if missing:
+    raise ValueError(f"Layers {missing} are not in both feature dicts; available: {sorted(features)}.")
+  total = 0.0
+  for n in names:
+    total = total + weights.get(n, 1.0) * per_layer[distance](
+        pred=features[n], target=target_features[n], reduction="none")
+  return _reduce(total, reduction)

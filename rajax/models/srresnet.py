@@ -1,0 +1,88 @@
+"""SRResNet, the processing model P of "Transferable Recognition-Aware Image Processing".
+
+Layout (the paper's official code, after SRGAN):
+
+    conv9x9(3->C) + PReLU                                   head
+    N x [conv3 - BN - PReLU - conv3 - BN] + skip            blocks_{i}
+    conv3(C->C) + PReLU                                     mid
+    global skip: head + mid
+    log2(scale) x [conv3(C->4C), pixel shuffle 2, PReLU]    up_{i}
+    conv9x9(C->3), output (tanh + 1) / 2                    tail
+
+Scale 1 (denoising, JPEG deblocking) has no upsampling stage. Pixel shuffle is dm-pix's
+`depth_to_space`, which orders the 4C channels as (row offset, column offset, channel); PyTorch's
+PixelShuffle orders them (channel, row offset, column offset). The two differ by a fixed
+permutation of the preceding conv's output channels, which a weight converter applies.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from dm_pix import depth_to_space
+from flax import linen as nn
+
+from rajax.models import layers
+
+SCALES = (1, 2, 4, 8)
+
+
+class ResidualBlock(nn.Module):
+  """conv3 - BN - PReLU - conv3 - BN, plus the identity."""
+
+  channels: int
+  dtype: layers.Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    c = self.channels
+    r = layers.conv(c, 3, in_features=c, padding=1, dtype=self.dtype, name="conv1")(x)
+    r = layers.batch_norm(train=train, dtype=self.dtype, name="bn1")(r)
+    r = layers.prelu(name="prelu")(r)
+    r = layers.conv(c, 3, in_features=c, padding=1, dtype=self.dtype, name="conv2")(r)
+    r = layers.batch_norm(train=train, dtype=self.dtype, name="bn2")(r)
+    return x + r
+
+
+class SRResNet(nn.Module):
+  """SRResNet processor: [B, h, w, 3] in [0, 1] -> [B, h*scale, w*scale, 3] float32 in [0, 1].
+
+  Attributes:
+    scale: upscaling factor, one of 1, 2, 4, 8.
+    blocks: number of residual blocks (5 in the paper's code, 16 in SRGAN).
+    channels: feature width C.
+    dtype: compute dtype (parameters are always float32).
+  """
+
+  scale: int = 4
+  blocks: int = 5
+  channels: int = 64
+  dtype: layers.Dtype = jnp.float32
+
+  def __post_init__(self):
+    if self.scale not in SCALES:
+      raise ValueError(f"SRResNet scale must be one of {SCALES}, got {self.scale!r}.")
+    if self.blocks < 0 or self.channels < 1:
+      raise ValueError(
+          f"SRResNet needs blocks >= 0 and channels >= 1, got blocks={self.blocks}, channels={self.channels}."
+      )
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    layers.check_images(x, who="SRResNet")
+    c, dt = self.channels, self.dtype
+    x = x.astype(dt)
+    head = layers.prelu(name="head_prelu")(
+        layers.conv(c, 9, in_features=3, padding=4, dtype=dt, name="head")(x))
+    h = head
+    for i in range(self.blocks):
+      h = ResidualBlock(c, dtype=dt, name=f"blocks_{i}")(h, train=train)
+    h = layers.prelu(name="mid_prelu")(
+        layers.conv(c, 3, in_features=c, padding=1, dtype=dt, name="mid")(h))
+    h = head + h
+    for i in range(self.scale.bit_length() - 1):
+      h = layers.conv(4 * c, 3, in_features=c, padding=1, dtype=dt, name=f"up_{i}")(h)
+      h = layers.prelu(name=f"up_{i}_prelu")(depth_to_space(h, 2))
+    y = layers.conv(3, 9, in_features=c, padding=4, dtype=dt, name="tail")(h)
+    return layers.to_unit_range(y)

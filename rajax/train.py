@@ -1,0 +1,250 @@
+"""The rajax trainer: recognition-aware training of a processor P against a frozen recognizer R.
+
+    python -m rajax.train --config configs/smoke.py --workdir runs/smoke
+    python -m rajax.train --config configs/sr_imagenet.py:mode=ra,recognizer=resnet18 \
+        --workdir runs/sr_ra --config.data.data_dir=$TFDS_DIR --config.compute_dtype=bfloat16
+
+Runs offline; logs step, each loss term, PSNR, images/s and ETA to stdout and to
+`<workdir>/metrics.jsonl`; checkpoints with Orbax under `<workdir>/checkpoints`. Rerunning the same
+command resumes from the newest complete checkpoint (SIGTERM saves one before exiting), and the
+resumed run ends with the same parameters as an uninterrupted one. At the end the trained
+networks are also written as `<workdir>/<network>.msgpack` (Flax variables).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import signal
+import sys
+import time
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from rajax import checkpoint as ckpt_lib
+from rajax import config as config_lib
+from rajax import data as data_lib
+from rajax import optim, progress, sharding, step as step_lib
+from rajax import weights as weights_lib
+from rajax.models import PROCESSORS, processor, recognizer
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
+  """Trains as `config` says, in `workdir` (resuming if it holds checkpoints); returns the final eval."""
+  config_lib.validate(config)
+  workdir = pathlib.Path(workdir)
+
+  # ================================================================ processes, devices, mesh
+  if config.distributed or os.environ.get("RAJAX_DISTRIBUTED") == "1":
+    jax.distributed.initialize()
+  is_main = jax.process_index() == 0
+  mesh = sharding.make_mesh(config.mesh.data)
+  sharding.check_batch_size(config.data.batch_size, mesh)
+  sharding.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
+  replicated, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  if is_main:
+    workdir.mkdir(parents=True, exist_ok=True)
+    _write_config(config, workdir)
+  print(f"rajax.train: {config.task}/{config.mode} on {mesh.size} {jax.devices()[0].platform} device(s), "
+        f"{jax.process_count()} process(es); workdir {workdir}", flush=True)
+
+  # ================================================================ data
+  degradation = data_lib.Degradation(task=config.task, scale=config.degrade.scale, sigma=config.degrade.sigma,
+                                     quality=config.degrade.quality)
+  train_source = data_lib.make_source(config.data, config.data.train_split)
+  eval_source = data_lib.make_source(config.data, config.data.eval_split)
+  steps_per_epoch = len(train_source) // config.data.batch_size
+  if steps_per_epoch < 1:
+    raise data_lib.DataError(f"The training split has {len(train_source)} examples, fewer than one batch "
+                             f"of {config.data.batch_size}.")
+  total_steps = config.total_steps if config.total_steps > 0 else round(config.num_epochs * steps_per_epoch)
+  eval_every = {-1: steps_per_epoch, 0: total_steps}.get(config.eval_every, config.eval_every)
+  train_data = data_lib.train_dataset(
+      train_source, degradation, resize=config.data.resize, crop=config.data.crop,
+      global_batch=config.data.batch_size, seed=config.seed, process_index=jax.process_index(),
+      process_count=jax.process_count(), workers=config.data.workers, threads=config.data.threads)
+  train_iter = iter(train_data)
+  eval_data = data_lib.eval_dataset(
+      eval_source, degradation, resize=config.data.resize, crop=config.data.crop,
+      global_batch=config.data.eval_batch_size, seed=config.seed, num_examples=config.data.num_eval_examples,
+      process_index=jax.process_index(), process_count=jax.process_count())
+
+  # ================================================================ models
+  method = config_lib.method(config)
+  dtype = config.compute_dtype
+  p_kwargs = config_lib.kwargs(config.processor)
+  if "scale" in _fields(config.processor.name):
+    p_kwargs["scale"] = config.degrade.scale if config.task == "sr" else 1
+  elif config.task == "sr":
+    raise config_lib.ConfigError(f"config.processor.name={config.processor.name!r} cannot upscale; "
+                                 "use 'srresnet' for task 'sr'.")
+  networks = {"processor": processor(config.processor.name, dtype=dtype, **p_kwargs)}
+  if method.mode == "transformer":
+    networks["transformer"] = processor(config.transformer.name, dtype=dtype, **config_lib.kwargs(config.transformer))
+  rec = recognizer(config.recognizer.name, config.recognizer.weights, dtype=dtype, seed=config.seed,
+                   **config_lib.kwargs(config.recognizer, "weights"))
+  rec = jax.device_put(rec, replicated)
+
+  # ================================================================ optimizers, train state
+  optimizers = {n: optim.make_optimizer(config.optim, steps_per_epoch) for n in method.networks}
+  lr_schedule = optim.schedule(config.optim, steps_per_epoch)
+  input_size = config.data.crop // (config.degrade.scale if config.task == "sr" else 1)
+  init = jax.jit(
+      lambda key: step_lib.init_state(method, networks, optimizers, rng=key, input_shape=(input_size, input_size, 3)),
+      out_shardings=replicated)
+  state = init(jax.random.PRNGKey(config.seed))
+
+  # ================================================================ checkpoints: resume or start
+  checkpoints = ckpt_lib.Checkpoints(workdir / "checkpoints", keep=config.keep_ckpts)
+  start_step = checkpoints.latest_step() or 0
+  if start_step:
+    state = checkpoints.restore(start_step, ckpt_lib.abstract_like(state), train_iter)
+    print(f"rajax.train: resumed from checkpoint at step {start_step}", flush=True)
+  log = progress.Progress(workdir, total_steps=total_steps, batch_size=config.data.batch_size,
+                          start_step=start_step, write=is_main)
+  log.truncate_after(start_step)
+
+  # ================================================================ compiled steps
+  train_step = jax.jit(step_lib.make_train_step(method, networks, optimizers),
+                       in_shardings=(replicated, batched, replicated), out_shardings=(replicated, replicated),
+                       donate_argnums=(0,))
+  eval_step = jax.jit(step_lib.make_eval_step(method, networks),
+                      in_shardings=(replicated, batched, replicated), out_shardings=replicated)
+
+  def evaluate(state) -> dict:
+    sums = None
+    for local in eval_data:
+      out = eval_step(state, sharding.global_batch(local, mesh), rec)
+      sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+    sums = jax.device_get(sums)
+    count = sums.pop("count")
+    return {k: float(v / count) for k, v in sums.items()} | {"count": int(count)}
+
+  # ================================================================ train loop
+  stop = _StopFlag()
+  final_eval = {}
+  with stop, jax.set_mesh(mesh):
+    acc, acc_n = None, 0
+    step = start_step
+    if step >= total_steps:
+      print(f"rajax.train: already trained to step {step}/{total_steps}", flush=True)
+    t_compile = time.perf_counter()
+    while step < total_steps:
+      batch = sharding.global_batch(next(train_iter), mesh)
+      state, metrics = train_step(state, batch, rec)
+      step += 1
+      if step == start_step + 1:
+        jax.block_until_ready(metrics)
+        print(f"rajax.train: first step (compilation included) took {time.perf_counter() - t_compile:.1f}s",
+              flush=True)
+        log.restart_clock(step)
+      acc = metrics if acc is None else jax.tree.map(jnp.add, acc, metrics)
+      acc_n += 1
+      if step % config.log_every == 0 or step == total_steps:
+        means = {k: float(v) / acc_n for k, v in jax.device_get(acc).items()}
+        log.log_train(step, means, lr=float(lr_schedule(step - 1)), epoch=step / steps_per_epoch)
+        acc, acc_n = None, 0
+      if step % config.ckpt_every == 0 or step == total_steps or stop.requested:
+        checkpoints.save(step, state, train_iter)
+      if step % eval_every == 0 or step == total_steps:
+        final_eval = log.log_eval(step, evaluate(state))
+      if stop.requested:
+        checkpoints.close()
+        print(f"rajax.train: stopped by signal at step {step}; checkpoint saved. Rerun the same command to resume.",
+              flush=True)
+        sys.exit(128 + stop.signum)
+
+  # ================================================================ final state
+  checkpoints.close()
+  if not final_eval:
+    final_eval = log.log_eval(step, evaluate(state))
+  if is_main:
+    for name in state.params:
+      weights_lib.save(workdir / f"{name}.msgpack",
+                       {"params": jax.device_get(state.params[name]),
+                        "batch_stats": jax.device_get(state.batch_stats[name])})
+  return final_eval
+
+
+# ==================================================================== helpers
+
+def _fields(processor_name: str) -> list[str]:
+  return [f.name for f in dataclasses.fields(PROCESSORS[processor_name])]
+
+
+def _write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+  """Keeps the run's config next to its checkpoints; warns when a resumed run's config differs."""
+  path = workdir / "config.json"
+  new = json.loads(config.to_json_best_effort(sort_keys=True))
+  if path.exists():
+    old = json.loads(path.read_text())
+    changed = sorted(k for k in set(_flat(old)) | set(_flat(new)) if _flat(old).get(k) != _flat(new).get(k))
+    if changed:
+      logging.warning("Resuming %s with a config that differs from the saved one in: %s", workdir, ", ".join(changed))
+  tmp = path.with_suffix(".json.tmp")
+  tmp.write_text(json.dumps(new, indent=2, sort_keys=True))
+  os.replace(tmp, path)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+class _StopFlag:
+  """Turns SIGTERM/SIGINT into a flag the loop checks, so the run saves a checkpoint and exits."""
+
+  def __init__(self):
+    self.requested = False
+    self.signum = 0
+    self._old = {}
+
+  def __enter__(self):
+    for s in (signal.SIGTERM, signal.SIGINT):
+      self._old[s] = signal.signal(s, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for s, h in self._old.items():
+      signal.signal(s, h)
+
+  def _handle(self, signum, frame):
+    if self.requested:  # a second signal: stop now
+      raise KeyboardInterrupt
+    self.requested, self.signum = True, signum
+
+
+def cli(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(
+      prog="python -m rajax.train", description=__doc__.split("\n\n")[0],
+      epilog="Override any config field with --config.FIELD=VALUE, e.g. --config.optim.lr=3e-4.")
+  parser.add_argument("--config", required=True, help="config file, optionally with an argument: FILE.py[:ARG]")
+  parser.add_argument("--workdir", required=True, help="directory for checkpoints, logs and outputs")
+  args, rest = parser.parse_known_args(argv)
+  overrides = []
+  for item in rest:
+    if not item.startswith("--config."):
+      parser.error(f"unrecognized argument {item!r}; config overrides look like --config.optim.lr=3e-4")
+    overrides.append(item[len("--config."):])
+  logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+  try:
+    config = config_lib.from_command_line(args.config, overrides)
+  except config_lib.ConfigError as e:
+    parser.exit(2, f"rajax.train: {e}\n")
+  run(config, args.workdir)
+
+
+if __name__ == "__main__":
+  cli()
