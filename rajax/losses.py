@@ -39,6 +39,12 @@ def _check_same_shape(a: jax.Array, b: jax.Array, names: str) -> None:
     raise ValueError(f"{names} need a leading batch axis, got scalars.")
 
 
+def _check_logits(a: jax.Array, b: jax.Array) -> None:
+  _check_same_shape(a, b, "logits and target_logits")
+  if a.ndim != 2:
+    raise ValueError(f"logits must be [batch, classes], got shape {tuple(a.shape)}.")
+
+
 def _per_example_mean(x: jax.Array) -> jax.Array:
   return jnp.mean(x.reshape(x.shape[0], -1), axis=1)
 
@@ -100,7 +106,7 @@ def prob_mse(*, logits: jax.Array, target_logits: jax.Array, reduction: str = "m
   logits, target_logits: [B, K]. Per example: mean over the K classes of (p - q)^2, so "mean"
   equals torch's MSELoss(softmax(logits), softmax(target_logits)).
   """
-  _check_same_shape(logits, target_logits, "logits and target_logits")
+  _check_logits(logits, target_logits)
   p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
   q = jax.nn.softmax(target_logits.astype(jnp.float32), axis=-1)
   return _reduce(jnp.mean((p - q) ** 2, axis=-1), reduction)
@@ -114,7 +120,7 @@ def prob_kl(
   logits, target_logits: [B, K]. Per example: sum over classes of q (log q - log p); "mean" is the
   batch mean (torch's kl_div(reduction="batchmean")).
   """
-  _check_same_shape(logits, target_logits, "logits and target_logits")
+  _check_logits(logits, target_logits)
   if temperature <= 0:
     raise ValueError(f"temperature must be positive, got {temperature}.")
   logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)

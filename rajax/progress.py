@@ -15,6 +15,15 @@ import time
 from typing import Any, Mapping
 
 
+# Leading keys of a progress line, in this order; any others follow alphabetically.
+_ORDER = ("loss", "pixel_mse", "recognition", "psnr", "ssim", "top1", "top5")
+
+
+def _ordered(metrics: Mapping[str, float]) -> dict[str, float]:
+  keys = [k for k in _ORDER if k in metrics] + sorted(k for k in metrics if k not in _ORDER)
+  return {k: float(metrics[k]) for k in keys}
+
+
 def _fmt(v: float) -> str:
   if v == 0 or not math.isfinite(v):
     return f"{v:g}"
@@ -54,8 +63,8 @@ class Progress:
     rate = steps * self.batch_size / dt if steps > 0 and dt > 0 else float("nan")
     eta = (self.total_steps - step) * dt / steps if steps > 0 else float("nan")
     self.restart_clock(step)
-    record = {"step": step, "split": "train", **{k: float(v) for k, v in metrics.items()},
-              "img_per_s": rate, **extra}
+    metrics = _ordered(metrics)
+    record = {"step": step, "split": "train", **metrics, "img_per_s": rate, **extra}
     pct = 100.0 * step / max(self.total_steps, 1)
     eta_s = str(datetime.timedelta(seconds=round(eta))) if math.isfinite(eta) else "?"
     body = " ".join(f"{k} {_fmt(float(v))}" for k, v in metrics.items())
@@ -66,7 +75,8 @@ class Progress:
     return record
 
   def log_eval(self, step: int, metrics: Mapping[str, float], **extra: Any) -> dict:
-    record = {"step": step, "split": "eval", **{k: float(v) for k, v in metrics.items()}, **extra}
+    metrics = _ordered(metrics)
+    record = {"step": step, "split": "eval", **metrics, **extra}
     print(f"[eval]  step {step}/{self.total_steps} | " + " ".join(f"{k} {_fmt(float(v))}" for k, v in metrics.items()),
           flush=True)
     self._append(record)

@@ -155,9 +155,9 @@ def make_train_step(
     y = to_float_images(batch["target"])
     out_metrics = {"loss": total, **terms,
                    "psnr": jnp.mean(metrics.psnr(jnp.clip(out, 0.0, 1.0), y)),
-                   "grad_norm": optax.global_norm(grads["processor"])}
+                   "grad_norm": optax.tree.norm(grads["processor"])}
     if "transformer" in grads:
-      out_metrics["grad_norm_transformer"] = optax.global_norm(grads["transformer"])
+      out_metrics["grad_norm_transformer"] = optax.tree.norm(grads["transformer"])
     if logits is not None:
       out_metrics["top1"] = jnp.mean(metrics.topk_correct(logits, batch["label"], ks=(1,))["top1"].astype(jnp.float32))
     return new_state, out_metrics

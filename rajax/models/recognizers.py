@@ -109,8 +109,9 @@ def recognizer(
   init = functools.partial(module.init, train=False)
   if weights is None:
     logging.warning("recognizer %r has random weights (weights=None): its predictions mean nothing.", name)
-    variables = jax.jit(init)(jax.random.key(seed), dummy)
+    # The RBG generator compiles ~3x faster on CPU than threefry, which matters for tests and benchmarks.
+    variables = jax.jit(init)(jax.random.key(seed, impl="rbg"), dummy)
   else:
-    template = jax.eval_shape(init, jax.random.key(seed), dummy)
+    template = jax.eval_shape(init, jax.random.key(0), dummy)
     variables = jax.tree.map(jnp.asarray, weights_lib.load(weights, template, what=f"recognizer {name!r}"))
   return Recognizer(name=name, module=module, variables=variables)

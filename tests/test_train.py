@@ -1,0 +1,120 @@
+"""The trainer end to end, as a user runs it: the smoke CLI, logs, checkpoints, kill-and-resume."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rajax
+from rajax import weights
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# A longer smoke run for the interruption tests: 12 steps per epoch, a checkpoint every 12 steps.
+LONG = ["--config.num_epochs=10", "--config.ckpt_every=12", "--config.log_every=12", "--config.keep_ckpts=20"]
+
+
+def _cmd(workdir, *overrides):
+  return [sys.executable, "-m", "rajax.train", "--config", "configs/smoke.py", "--workdir", str(workdir), *overrides]
+
+
+def _train(workdir, *overrides, timeout=240):
+  r = subprocess.run(_cmd(workdir, *overrides), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+  assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+  return r.stdout
+
+
+def _records(workdir):
+  return [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _saved_steps(workdir):
+  ckpts = pathlib.Path(workdir) / "checkpoints"
+  return sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) if ckpts.exists() else []
+
+
+def _processor_params(workdir):
+  p = rajax.processor("srresnet", scale=4, blocks=2, channels=16)
+  template = jax.eval_shape(lambda: p.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3))))
+  return weights.load(pathlib.Path(workdir) / "processor.msgpack", template)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  _train(workdir, *LONG)
+  return workdir
+
+
+@pytest.mark.slow
+def test_smoke_cli_trains_logs_and_checkpoints(tmp_path):
+  t0 = time.perf_counter()
+  out = _train(tmp_path)
+  elapsed = time.perf_counter() - t0
+  assert elapsed < 60, f"smoke run took {elapsed:.0f}s"
+  lines = [ln for ln in out.splitlines() if ln.startswith("[train]")]
+  assert len(lines) == 36 // 4
+  for key in ("loss", "pixel_mse", "recognition", "psnr", "img/s", "ETA"):
+    assert key in lines[-1], key
+  records = _records(tmp_path)
+  train = [r for r in records if r["split"] == "train"]
+  evals = [r for r in records if r["split"] == "eval"]
+  assert [r["step"] for r in train] == list(range(4, 37, 4))
+  assert all(r["img_per_s"] > 0 and np.isfinite(r["loss"]) for r in train)
+  assert train[-1]["psnr"] > train[0]["psnr"] + 1.0, "the processor should learn in the smoke run"
+  assert evals and {"psnr", "ssim", "top1", "top5", "count"} <= set(evals[-1]) and evals[-1]["count"] == 16
+  assert _saved_steps(tmp_path)[-1] == 36
+  params = _processor_params(tmp_path)
+  assert set(params) == {"params", "batch_stats"}
+  assert json.loads((tmp_path / "config.json").read_text())["mode"] == "ra"
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_parameters(tmp_path, uninterrupted):
+  proc = subprocess.Popen(_cmd(tmp_path, *LONG), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  deadline = time.time() + 180
+  while not _saved_steps(tmp_path) and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.05)
+  assert proc.poll() is None, "the run ended before it could be interrupted"
+  proc.kill()  # SIGKILL: no chance to clean up
+  proc.wait(timeout=30)
+  assert proc.returncode == -signal.SIGKILL
+  at_kill = _saved_steps(tmp_path)
+  assert at_kill and at_kill[-1] < 120, at_kill
+
+  out = _train(tmp_path, *LONG)
+  resumed = int(out.split("resumed from checkpoint at step ")[1].split()[0])
+  assert 12 <= resumed < 120 and resumed % 12 == 0
+  for name in ("params", "batch_stats"):
+    a, b = _processor_params(uninterrupted)[name], _processor_params(tmp_path)[name]
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+  steps = [r["step"] for r in _records(tmp_path) if r["split"] == "train"]
+  assert steps == sorted(set(steps)) == list(range(12, 121, 12)), "no duplicated or missing log records"
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_the_rerun_finishes_identically(tmp_path, uninterrupted):
+  proc = subprocess.Popen(_cmd(tmp_path, *LONG), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  output = []
+  for line in proc.stdout:
+    output.append(line)
+    if line.startswith("[train] step 12/"):
+      proc.send_signal(signal.SIGTERM)
+      break
+  rest, _ = proc.communicate(timeout=120)
+  text = "".join(output) + rest
+  assert proc.returncode == 128 + signal.SIGTERM, text[-2000:]
+  stopped = int(text.split("stopped by signal at step ")[1].split(";")[0])
+  assert stopped in _saved_steps(tmp_path)
+
+  out = _train(tmp_path, *LONG)
+  assert f"resumed from checkpoint at step {stopped}" in out
+  jax.tree.map(np.testing.assert_array_equal, _processor_params(uninterrupted)["params"],
+               _processor_params(tmp_path)["params"])
