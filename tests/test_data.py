@@ -1,0 +1,530 @@
+"""Data: sources, decoding, torchvision-style resizing and cropping, the grain train/eval pipelines, TFDS."""
+
+import io
+import itertools
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import rajax.data as rd
+from rajax import degrade as D
+from rajax.data import DataError, Degradation, SyntheticImages
+
+
+class IndexedImages:
+  """n deterministic random images of varying sizes whose label is their index (to identify examples)."""
+
+  def __init__(self, n, h=24, w=28):
+    self.n, self.h, self.w = n, h, w
+
+  def __len__(self):
+    return self.n
+
+  def image(self, i):
+    rng = np.random.default_rng([99, i])
+    return rng.integers(0, 256, (self.h + 4 * (i % 3), self.w, 3), dtype=np.uint8)
+
+  def __getitem__(self, i):
+    if not 0 <= i < self.n:
+      raise IndexError(i)
+    return {"image": self.image(i), "label": i}
+
+
+def _coords(h, w):
+  """An image whose pixel (y, x) holds (y, x, 7): crops can be located from their pixels."""
+  yy, xx = np.mgrid[0:h, 0:w]
+  return np.stack([yy, xx, np.full_like(yy, 7)], axis=-1).astype(np.uint8)
+
+
+def _is_window(crop, img):
+  """True if `crop` is a sub-window of `img`, possibly mirrored left-right."""
+  ch, cw = crop.shape[:2]
+  for flipped in (crop, crop[:, ::-1]):
+    for top in range(img.shape[0] - ch + 1):
+      for left in range(img.shape[1] - cw + 1):
+        if np.array_equal(img[top:top + ch, left:left + cw], flipped):
+          return True
+  return False
+
+
+def _take(ds, n):
+  return list(itertools.islice(iter(ds), n))
+
+
+def _equal_batches(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert x.keys() == y.keys()
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+
+
+# --------------------------------------------------------------------------- SyntheticImages
+
+
+def test_synthetic_deterministic_per_seed_and_index():
+  a = SyntheticImages(size=6, image_size=32, num_classes=4, seed=1)
+  b = SyntheticImages(size=20, image_size=32, num_classes=4, seed=1)  # size does not matter
+  for i in range(6):
+    np.testing.assert_array_equal(a[i]["image"], b[i]["image"])
+    assert a[i]["label"] == b[i]["label"]
+  np.testing.assert_array_equal(a[3]["image"], a[3]["image"])
+  c = SyntheticImages(size=6, image_size=32, num_classes=4, seed=2)
+  assert not np.array_equal(a[0]["image"], c[0]["image"])
+
+
+def test_synthetic_images_differ_and_labels_in_range():
+  src = SyntheticImages(size=40, image_size=24, num_classes=5, seed=0)
+  assert len(src) == 40
+  images = [src[i]["image"] for i in range(len(src))]
+  labels = [src[i]["label"] for i in range(len(src))]
+  for img in images:
+    assert img.shape == (24, 24, 3) and img.dtype == np.uint8
+    assert img.std() > 5  # not flat
+  for i in range(len(images)):
+    for j in range(i + 1, len(images)):
+      assert not np.array_equal(images[i], images[j]), (i, j)
+  assert all(isinstance(l, int) and 0 <= l < 5 for l in labels)
+  assert len(set(labels)) > 1
+
+
+@pytest.mark.parametrize("index", [-1, 5, 100])
+def test_synthetic_index_error(index):
+  with pytest.raises(IndexError):
+    SyntheticImages(size=5, image_size=16)[index]
+
+
+@pytest.mark.parametrize("kwargs", [dict(size=0), dict(size=3, image_size=4), dict(size=3, num_classes=0)])
+def test_synthetic_bad_config(kwargs):
+  with pytest.raises(DataError):
+    SyntheticImages(**kwargs)
+
+
+# --------------------------------------------------------------------------- decode_image
+
+
+def _encode(arr, fmt, **kw):
+  buf = io.BytesIO()
+  Image.fromarray(arr).save(buf, format=fmt, **kw)
+  return buf.getvalue()
+
+
+def test_decode_png_bytes():
+  img = IndexedImages(1).image(0)
+  out = rd.decode_image(_encode(img, "PNG"))
+  assert out.dtype == np.uint8
+  np.testing.assert_array_equal(out, img)
+  np.testing.assert_array_equal(rd.decode_image(np.bytes_(_encode(img, "PNG"))), img)
+  np.testing.assert_array_equal(rd.decode_image(bytearray(_encode(img, "PNG"))), img)
+
+
+def test_decode_jpeg_bytes():
+  img = SyntheticImages(size=1, image_size=32)[0]["image"]
+  data = _encode(img, "JPEG", quality=80)
+  out = rd.decode_image(data)
+  assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+  np.testing.assert_array_equal(out, np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+  assert np.abs(out.astype(int) - img).mean() < 10
+
+
+def test_decode_grayscale():
+  gray = np.arange(12 * 10, dtype=np.uint8).reshape(12, 10)
+  want = np.repeat(gray[..., None], 3, axis=-1)
+  np.testing.assert_array_equal(rd.decode_image(gray), want)
+  np.testing.assert_array_equal(rd.decode_image(gray[..., None]), want)
+  np.testing.assert_array_equal(rd.decode_image(_encode(gray, "PNG")), want)
+
+
+def test_decode_rgba():
+  rng = np.random.default_rng(0)
+  rgba = rng.integers(0, 256, (8, 9, 4), dtype=np.uint8)
+  np.testing.assert_array_equal(rd.decode_image(rgba), rgba[..., :3])
+  out = rd.decode_image(_encode(rgba, "PNG"))
+  assert out.shape == (8, 9, 3)
+  np.testing.assert_array_equal(out, rgba[..., :3])
+
+
+def test_decode_array_passthrough_and_errors():
+  img = IndexedImages(1).image(0)
+  np.testing.assert_array_equal(rd.decode_image(img), img)
+  with pytest.raises(DataError, match="uint8"):
+    rd.decode_image(img.astype(np.float32))
+  with pytest.raises(DataError):
+    rd.decode_image(np.zeros((4, 4, 2), np.uint8))
+  with pytest.raises(DataError):
+    rd.decode_image(np.zeros((2, 4, 4, 3), np.uint8))
+
+
+# --------------------------------------------------------------------------- resize / crops
+
+
+@pytest.mark.parametrize("hw,size,want", [
+    ((37, 50), 20, (20, 27)),   # int(20 * 50 / 37) = 27
+    ((50, 37), 20, (27, 20)),
+    ((30, 49), 20, (20, 32)),   # int(32.67) = 32: truncated, not rounded
+    ((49, 30), 20, (32, 20)),
+    ((24, 24), 40, (40, 40)),   # upscaling
+    ((16, 64), 8, (8, 32)),
+])
+def test_resize_short_side_torchvision_semantics(hw, size, want):
+  img = np.random.default_rng(0).integers(0, 256, (*hw, 3), dtype=np.uint8)
+  out = rd.resize_short_side(img, size)
+  assert out.shape == (*want, 3) and out.dtype == np.uint8
+  np.testing.assert_array_equal(out, np.asarray(Image.fromarray(img).resize(want[::-1], Image.BILINEAR)))
+
+
+def test_resize_short_side_noops():
+  img = np.random.default_rng(0).integers(0, 256, (20, 33, 3), dtype=np.uint8)
+  np.testing.assert_array_equal(rd.resize_short_side(img, 0), img)
+  np.testing.assert_array_equal(rd.resize_short_side(img, 20), img)
+
+
+@pytest.mark.parametrize("hw,crop,top,left", [
+    ((11, 10), 4, 4, 3),    # round(3.5) = 4, round(3.0) = 3
+    ((9, 12), 4, 2, 4),     # round(2.5) = 2 (Python / torchvision rounding)
+    ((8, 8), 8, 0, 0),
+    ((20, 13), 6, 7, 4),    # round(7.0) = 7, round(3.5) = 4
+])
+def test_center_crop_offsets(hw, crop, top, left):
+  img = _coords(*hw)
+  out = rd.center_crop(img, crop)
+  assert out.shape == (crop, crop, 3)
+  np.testing.assert_array_equal(out, img[top:top + crop, left:left + crop])
+  assert out[0, 0, 0] == top and out[0, 0, 1] == left
+
+
+def test_crops_too_small():
+  img = _coords(10, 20)
+  with pytest.raises(DataError, match="smaller"):
+    rd.center_crop(img, 12)
+  with pytest.raises(DataError, match="smaller"):
+    rd.random_crop_flip(img, 12, np.random.default_rng(0))
+
+
+def test_random_crop_flip_windows():
+  img = _coords(10, 12)
+  crop = 8
+  rng = np.random.default_rng(0)
+  offsets, flips = set(), set()
+  for _ in range(300):
+    out = rd.random_crop_flip(img, crop, rng)
+    assert out.shape == (crop, crop, 3) and out.flags["C_CONTIGUOUS"]
+    top, left = int(out[0, 0, 0]), int(out[0, :, 1].min())
+    np.testing.assert_array_equal(out[:, :, 0], np.arange(top, top + crop)[:, None].repeat(crop, 1))
+    cols = out[0, :, 1].astype(int)
+    if cols[0] < cols[-1]:
+      np.testing.assert_array_equal(out, img[top:top + crop, left:left + crop])
+      flips.add(False)
+    else:
+      np.testing.assert_array_equal(out, img[top:top + crop, left:left + crop][:, ::-1])
+      flips.add(True)
+    offsets.add((top, left))
+  assert flips == {False, True}
+  assert offsets == {(t, l) for t in range(3) for l in range(5)}  # every placement, extremes included
+  a = rd.random_crop_flip(img, crop, np.random.default_rng(5))
+  b = rd.random_crop_flip(img, crop, np.random.default_rng(5))
+  np.testing.assert_array_equal(a, b)
+
+
+# --------------------------------------------------------------------------- train_dataset
+
+
+def _train(source, task="sr", *, batch=4, seed=0, resize=0, crop=16, **kw):
+  deg = Degradation(task, scale=4, sigma=0.1, quality=10)
+  return rd.train_dataset(source, deg, resize=resize, crop=crop, global_batch=batch, seed=seed, **kw)
+
+
+@pytest.mark.parametrize("task,in_shape,in_dtype", [
+    ("sr", (4, 4, 4, 3), np.uint8),
+    ("denoise", (4, 16, 16, 3), np.float32),
+    ("jpeg", (4, 16, 16, 3), np.uint8),
+])
+def test_train_batches_per_task(task, in_shape, in_dtype):
+  src = IndexedImages(8)
+  batches = _take(_train(src, task, resize=20), 2)
+  for batch in batches:
+    assert set(batch) == {"input", "target", "label"}
+    assert batch["input"].shape == in_shape and batch["input"].dtype == in_dtype
+    assert batch["target"].shape == (4, 16, 16, 3) and batch["target"].dtype == np.uint8
+    assert batch["label"].shape == (4,) and batch["label"].dtype == np.int32
+    for x, y, label in zip(batch["input"], batch["target"], batch["label"]):
+      # The target is a (possibly mirrored) crop of the resized source image ...
+      assert _is_window(y, rd.resize_short_side(src.image(int(label)), 20))
+      # ... and the input its degradation.
+      if task == "sr":
+        np.testing.assert_array_equal(x, D.bicubic_down(y, 4))
+      elif task == "jpeg":
+        np.testing.assert_array_equal(x, D.jpeg(y, 10))
+      else:
+        resid = x - y.astype(np.float32) / 255
+        assert x.min() >= 0 and x.max() <= 1
+        assert 0.05 < resid.std() < 0.11
+  labels = np.concatenate([b["label"] for b in batches])
+  assert sorted(labels.tolist()) == list(range(8))
+
+
+def test_train_synthetic_source():
+  src = SyntheticImages(size=6, image_size=24, num_classes=3, seed=0)
+  batch = _take(_train(src, "sr", batch=2, crop=16), 1)[0]
+  assert batch["input"].shape == (2, 4, 4, 3) and batch["target"].shape == (2, 16, 16, 3)
+  assert all(0 <= l < 3 for l in batch["label"])
+
+
+def test_train_deterministic_for_seed():
+  src = IndexedImages(8)
+  a = _take(_train(src, "denoise", seed=3), 5)
+  b = _take(_train(src, "denoise", seed=3), 5)
+  _equal_batches(a, b)
+  c = _take(_train(src, "denoise", seed=4), 5)
+  assert any(not np.array_equal(x["label"], y["label"]) for x, y in zip(a, c))
+  assert not np.array_equal(a[0]["input"], c[0]["input"])
+
+
+def test_train_epochs_reshuffled():
+  n, b = 8, 2
+  batches = _take(_train(IndexedImages(n), "sr", batch=b, seed=0), 3 * n // b)
+  labels = np.concatenate([x["label"] for x in batches]).tolist()
+  epochs = [labels[i * n:(i + 1) * n] for i in range(3)]
+  for e in epochs:
+    assert sorted(e) == list(range(n))  # every example exactly once per epoch
+  assert epochs[0] != list(range(n))  # shuffled
+  assert epochs[0] != epochs[1] and epochs[1] != epochs[2]  # reshuffled every epoch
+
+
+def test_train_random_crops_change_across_epochs():
+  n = 4
+  batches = _take(_train(IndexedImages(n, h=40, w=40), "sr", batch=4, seed=0, crop=16), 2)
+  first = {int(l): t for l, t in zip(batches[0]["label"], batches[0]["target"])}
+  second = {int(l): t for l, t in zip(batches[1]["label"], batches[1]["target"])}
+  assert any(not np.array_equal(first[i], second[i]) for i in range(n))
+
+
+def test_train_iterator_checkpoint():
+  ds = _train(IndexedImages(8), "denoise", batch=2, seed=1)
+  it = iter(ds)
+  for _ in range(3):
+    next(it)
+  state = it.get_state()
+  want = [next(it) for _ in range(6)]  # crosses the epoch boundary
+  it2 = iter(_train(IndexedImages(8), "denoise", batch=2, seed=1))
+  it2.set_state(state)
+  got = [next(it2) for _ in range(6)]
+  _equal_batches(want, got)
+  # The restored iterator did not restart from the beginning.
+  fresh = _take(_train(IndexedImages(8), "denoise", batch=2, seed=1), 1)[0]
+  assert not np.array_equal(got[0]["input"], fresh["input"])
+
+
+def test_train_per_host_slices():
+  n, gb = 12, 4
+  src = IndexedImages(n)
+  seen = []
+  for host in range(2):
+    batches = _take(_train(src, "sr", batch=gb, seed=0, process_index=host, process_count=2), 3)
+    assert all(b["label"].shape == (gb // 2,) for b in batches)
+    labels = np.concatenate([b["label"] for b in batches]).tolist()  # one epoch of this host's share
+    assert len(set(labels)) == len(labels) == n // 2
+    seen.append(set(labels))
+  assert seen[0].isdisjoint(seen[1])
+  assert seen[0] | seen[1] == set(range(n))
+
+
+def test_train_errors():
+  with pytest.raises(ValueError, match="divisible"):
+    _train(IndexedImages(8), batch=3, process_count=2)
+  with pytest.raises(DataError):
+    _train(IndexedImages(3), batch=4)
+
+
+# --------------------------------------------------------------------------- eval_dataset
+
+
+def _eval(source, task="sr", *, batch=4, seed=0, resize=0, crop=16, **kw):
+  deg = Degradation(task, scale=4, sigma=0.1, quality=10)
+  return rd.eval_dataset(source, deg, resize=resize, crop=crop, global_batch=batch, seed=seed, **kw)
+
+
+def _stack(batches):
+  return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+
+@pytest.mark.parametrize("n,batch,padding", [(10, 4, 2), (8, 4, 0), (3, 4, 1), (1, 2, 1)])
+def test_eval_pads_full_batches(n, batch, padding):
+  src = IndexedImages(n)
+  batches = list(_eval(src, "sr", batch=batch))
+  assert len(batches) == -(-n // batch)
+  for b in batches:
+    assert set(b) == {"input", "target", "label", "mask"}
+    assert b["mask"].shape == (batch,) and b["mask"].dtype == np.float32
+    assert b["input"].shape == (batch, 4, 4, 3) and b["target"].shape == (batch, 16, 16, 3)
+  allb = _stack(batches)
+  assert allb["mask"].tolist() == [1.0] * n + [0.0] * padding
+  assert allb["label"][:n].tolist() == list(range(n))
+  for i in range(n):
+    np.testing.assert_array_equal(allb["target"][i], rd.center_crop(src.image(i), 16))
+    np.testing.assert_array_equal(allb["input"][i], D.bicubic_down(allb["target"][i], 4))
+
+
+def test_eval_num_examples():
+  batches = list(_eval(IndexedImages(10), "jpeg", batch=4, num_examples=7))
+  allb = _stack(batches)
+  assert len(batches) == 2
+  assert allb["mask"].tolist() == [1.0] * 7 + [0.0]
+  assert allb["label"][:7].tolist() == list(range(7))
+  assert allb["input"].dtype == np.uint8
+
+
+def test_eval_resize_then_center_crop():
+  src = IndexedImages(2, h=30, w=40)
+  allb = _stack(list(_eval(src, "sr", batch=2, resize=20, crop=16)))
+  for i in range(2):
+    np.testing.assert_array_equal(allb["target"][i], rd.center_crop(rd.resize_short_side(src.image(i), 20), 16))
+
+
+def test_eval_repeatable_noise():
+  ds = _eval(IndexedImages(6), "denoise", batch=4, seed=5)
+  a, b = list(ds), list(ds)
+  _equal_batches(a, b)
+  allb = _stack(a)
+  assert allb["input"].dtype == np.float32
+  for i in range(6):
+    assert not np.allclose(allb["input"][i], allb["target"][i] / 255.0, atol=1e-3)  # noisy
+  for i in range(6):  # Gaussian noise of sigma 0.1 (clipping only shrinks it)
+    resid = allb["input"][i] - allb["target"][i] / 255.0
+    assert 0.05 < resid.std() < 0.11
+  # A fresh dataset object with the same seed draws the same noise.
+  _equal_batches(a, list(_eval(IndexedImages(6), "denoise", batch=4, seed=5)))
+  # Another seed gives other noise.
+  other = _stack(list(_eval(IndexedImages(6), "denoise", batch=4, seed=6)))
+  assert not np.array_equal(other["input"][:6], allb["input"][:6])
+  # Different examples get different noise draws (not one shared pattern).
+  r0 = allb["input"][0] - allb["target"][0] / 255.0
+  r1 = allb["input"][1] - allb["target"][1] / 255.0
+  assert not np.allclose(r0, r1, atol=1e-3)
+
+
+@pytest.mark.parametrize("n,gb", [(10, 4), (9, 4), (8, 4), (3, 4)])
+def test_eval_two_hosts_cover_everything_once(n, gb):
+  src = IndexedImages(n)
+  one_host = _stack(list(_eval(src, "denoise", batch=gb, seed=1)))
+  by_label = {int(l): x for l, x, m in zip(one_host["label"], one_host["input"], one_host["mask"]) if m > 0}
+  seen, lengths = [], []
+  for host in range(2):
+    batches = list(_eval(src, "denoise", batch=gb, seed=1, process_index=host, process_count=2))
+    lengths.append(len(batches))
+    allb = _stack(batches)
+    assert allb["mask"].shape[0] == len(batches) * gb // 2
+    for label, x, m in zip(allb["label"], allb["input"], allb["mask"]):
+      if m > 0:
+        seen.append(int(label))
+        # Same example, same noise, whatever the number of hosts.
+        np.testing.assert_array_equal(x, by_label[int(label)])
+  assert lengths[0] == lengths[1]  # every host runs the same number of steps
+  assert sorted(seen) == list(range(n))
+
+
+def test_eval_empty():
+  with pytest.raises(DataError, match="empty"):
+    _eval(IndexedImages(5), num_examples=0)
+
+
+# --------------------------------------------------------------------------- make_source
+
+
+def test_make_source_synthetic_train_eval_disjoint():
+  import ml_collections
+  cfg = ml_collections.ConfigDict(dict(
+      source="synthetic", train_split="train", name="", data_dir="",
+      synthetic=dict(train_size=5, eval_size=3, image_size=16, num_classes=4, seed=0)))
+  train = rd.make_source(cfg, "train")
+  val = rd.make_source(cfg, "validation")
+  assert len(train) == 5 and len(val) == 3
+  assert not np.array_equal(train[0]["image"], val[0]["image"])
+  cfg.source = "nope"
+  with pytest.raises(DataError, match="nope"):
+    rd.make_source(cfg, "train")
+
+
+# --------------------------------------------------------------------------- TFDS
+
+
+N_TFDS = 6
+
+
+def _tfds_image(i):
+  rng = np.random.default_rng([7, i])
+  return rng.integers(0, 256, (20 + 2 * i, 24, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+  tfds = pytest.importorskip("tensorflow_datasets")
+
+  class RajaxTinyImages(tfds.core.GeneratorBasedBuilder):
+    """Six PNG images of different heights, labelled with their index."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+          builder=self,
+          features=tfds.features.FeaturesDict({
+              "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
+              "label": tfds.features.ClassLabel(num_classes=N_TFDS),
+          }))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+      for i in range(N_TFDS):
+        yield i, {"image": Image.fromarray(_tfds_image(i)), "label": i}
+
+  data_dir = tmp_path_factory.mktemp("tfds")
+  RajaxTinyImages(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
+  return data_dir
+
+
+def test_tfds_source_bytes(tfds_dir):
+  src = rd.tfds_source("rajax_tiny_images", split="train", data_dir=str(tfds_dir))
+  assert len(src) == N_TFDS
+  labels = []
+  for i in range(N_TFDS):
+    ex = src[i]
+    assert isinstance(ex["image"], bytes)  # left encoded for the host workers
+    assert ex["image"][:8] == b"\x89PNG\r\n\x1a\n"
+    label = int(ex["label"])
+    labels.append(label)
+    np.testing.assert_array_equal(rd.decode_image(ex["image"]), _tfds_image(label))
+  assert sorted(labels) == list(range(N_TFDS))
+
+
+def test_tfds_source_feeds_pipelines(tfds_dir):
+  src = rd.tfds_source("rajax_tiny_images", split="train", data_dir=str(tfds_dir))
+  batches = _take(_train(src, "sr", batch=3, crop=16), 2)
+  for b in batches:
+    assert b["input"].shape == (3, 4, 4, 3) and b["input"].dtype == np.uint8
+    assert b["target"].shape == (3, 16, 16, 3)
+    for y, label in zip(b["target"], b["label"]):
+      assert _is_window(y, _tfds_image(int(label)))
+  assert sorted(np.concatenate([b["label"] for b in batches]).tolist()) == list(range(N_TFDS))
+  ev = _stack(list(_eval(src, "jpeg", batch=4, crop=16)))
+  assert ev["mask"].tolist() == [1.0] * N_TFDS + [0.0] * 2
+  for y, label in zip(ev["target"][:N_TFDS], ev["label"][:N_TFDS]):
+    np.testing.assert_array_equal(y, rd.center_crop(_tfds_image(int(label)), 16))
+
+
+def test_tfds_missing_dataset(tmp_path):
+  pytest.importorskip("tensorflow_datasets")
+  with pytest.raises(DataError) as e:
+    rd.tfds_source("rajax_no_such_dataset", split="train", data_dir=str(tmp_path))
+  msg = str(e.value)
+  assert "rajax_no_such_dataset" in msg and str(tmp_path) in msg
+
+
+def test_tfds_missing_data_dir(tfds_dir, tmp_path):
+  with pytest.raises(DataError) as e:
+    rd.tfds_source("rajax_tiny_images", split="train", data_dir=str(tmp_path / "elsewhere"))
+  msg = str(e.value)
+  assert "rajax_tiny_images" in msg and str(tmp_path / "elsewhere") in msg

@@ -1,0 +1,216 @@
+"""Degradations: Pillow bicubic downscaling, Pillow JPEG round trips, Gaussian noise, dispatch, errors."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rajax import degrade as D
+from rajax.data import SyntheticImages
+
+
+def _photo(h=96, w=128, seed=0):
+  """A photo-like uint8 image: smooth gradients, sharp shapes and fine noise."""
+  rng = np.random.default_rng(seed)
+  yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+  img = np.stack([
+      255 * xx / w,
+      255 * (0.5 + 0.5 * np.sin(yy / 7.0 + xx / 11.0)),
+      255 * yy / h,
+  ], axis=-1)
+  for _ in range(6):
+    y0, x0 = rng.integers(0, h), rng.integers(0, w)
+    y1, x1 = y0 + rng.integers(1, h // 2 + 2), x0 + rng.integers(1, w // 2 + 2)
+    img[y0:y1, x0:x1] = rng.integers(0, 256, 3)
+  img += rng.normal(0, 6, img.shape)
+  return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(params=["gradients", "synthetic"])
+def photo(request):
+  if request.param == "gradients":
+    return _photo()
+  return SyntheticImages(size=2, image_size=96, seed=5)[1]["image"]
+
+
+# --------------------------------------------------------------------------- bicubic_down
+
+
+@pytest.mark.parametrize("scale", [2, 4, 8])
+def test_bicubic_down_matches_pillow(photo, scale):
+  h, w = photo.shape[:2]
+  out = D.bicubic_down(photo, scale)
+  assert out.shape == (h // scale, w // scale, 3)
+  assert out.dtype == np.uint8
+  want = np.asarray(Image.fromarray(photo).resize((w // scale, h // scale), Image.BICUBIC))
+  np.testing.assert_array_equal(out, want)
+  # Antialiased bicubic, not plain subsampling or another filter.
+  assert not np.array_equal(out, photo[::scale, ::scale])
+  other = np.asarray(Image.fromarray(photo).resize((w // scale, h // scale), Image.BILINEAR))
+  assert not np.array_equal(out, other)
+
+
+def test_bicubic_down_non_square_orientation():
+  img = _photo(h=40, w=24)
+  out = D.bicubic_down(img, 4)
+  assert out.shape == (10, 6, 3)  # (H/s, W/s), not transposed
+  np.testing.assert_array_equal(out, np.asarray(Image.fromarray(img).resize((6, 10), Image.BICUBIC)))
+
+
+def test_bicubic_down_scale_1_is_identity():
+  img = _photo(h=16, w=16)
+  np.testing.assert_array_equal(D.bicubic_down(img, 1), img)
+
+
+@pytest.mark.parametrize("shape,scale", [((30, 32, 3), 4), ((32, 30, 3), 4), ((9, 9, 3), 2)])
+def test_bicubic_down_not_divisible(shape, scale):
+  with pytest.raises(ValueError, match="divisible"):
+    D.bicubic_down(np.zeros(shape, np.uint8), scale)
+
+
+def test_bicubic_down_bad_scale():
+  with pytest.raises(ValueError):
+    D.bicubic_down(np.zeros((8, 8, 3), np.uint8), 0)
+
+
+# --------------------------------------------------------------------------- jpeg
+
+
+def _pillow_jpeg(img, quality, subsampling=2):
+  buf = io.BytesIO()
+  Image.fromarray(img).save(buf, format="JPEG", quality=quality, subsampling=subsampling)
+  return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+@pytest.mark.parametrize("quality", [1, 10, 50, 95])
+def test_jpeg_matches_pillow(photo, quality):
+  out = D.jpeg(photo, quality)
+  assert out.shape == photo.shape and out.dtype == np.uint8
+  np.testing.assert_array_equal(out, _pillow_jpeg(photo, quality))
+  assert not np.array_equal(out, photo)
+
+
+def test_jpeg_uses_420_subsampling_and_quality():
+  img = _photo()
+  out = D.jpeg(img, 30)
+  assert not np.array_equal(out, _pillow_jpeg(img, 30, subsampling=0))  # 4:4:4 differs
+  assert not np.array_equal(out, _pillow_jpeg(img, 31))
+  # Lower quality -> larger error.
+  err = lambda q: np.abs(D.jpeg(img, q).astype(np.float64) - img).mean()
+  assert err(5) > err(30) > err(90)
+
+
+@pytest.mark.parametrize("quality", [0, 96, 100, -3])
+def test_jpeg_bad_quality(quality):
+  with pytest.raises(ValueError, match="quality"):
+    D.jpeg(_photo(h=16, w=16), quality)
+
+
+# --------------------------------------------------------------------------- gaussian_noise
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.1, 0.5])
+def test_gaussian_noise_formula(sigma):
+  img = _photo(h=32, w=40)
+  out = D.gaussian_noise(img, sigma, np.random.default_rng(123))
+  assert out.shape == img.shape and out.dtype == np.float32
+  n = np.random.default_rng(123).standard_normal(img.shape, dtype=np.float32)
+  want = np.clip(img.astype(np.float32) / 255.0 + np.float32(sigma) * n, 0.0, 1.0)
+  np.testing.assert_array_equal(out, want)
+  assert out.min() >= 0.0 and out.max() <= 1.0
+  # It is noisy: the residual has roughly the right spread (clipping only shrinks it).
+  resid = out - img.astype(np.float32) / 255.0
+  assert 0.5 * sigma < resid.std() <= 1.05 * sigma
+
+
+def test_gaussian_noise_clips():
+  img = np.zeros((16, 16, 3), np.uint8)
+  img[:8] = 255
+  out = D.gaussian_noise(img, 0.3, np.random.default_rng(0))
+  assert out.min() == 0.0 and out.max() == 1.0
+  assert np.mean(out[8:] == 0.0) > 0.3 and np.mean(out[:8] == 1.0) > 0.3
+
+
+def test_gaussian_noise_deterministic_and_consumes_rng():
+  img = _photo(h=16, w=16)
+  a = D.gaussian_noise(img, 0.1, np.random.default_rng(7))
+  b = D.gaussian_noise(img, 0.1, np.random.default_rng(7))
+  np.testing.assert_array_equal(a, b)
+  c = D.gaussian_noise(img, 0.1, np.random.default_rng(8))
+  assert not np.array_equal(a, c)
+  rng = np.random.default_rng(7)
+  first = D.gaussian_noise(img, 0.1, rng)
+  second = D.gaussian_noise(img, 0.1, rng)
+  np.testing.assert_array_equal(first, a)
+  assert not np.array_equal(first, second)  # the generator advanced
+
+
+def test_gaussian_noise_sigma_zero_is_rescale():
+  img = _photo(h=16, w=16)
+  out = D.gaussian_noise(img, 0.0, np.random.default_rng(0))
+  np.testing.assert_allclose(out, img.astype(np.float32) / 255.0, rtol=0, atol=1e-7)
+
+
+def test_gaussian_noise_negative_sigma():
+  with pytest.raises(ValueError, match="sigma"):
+    D.gaussian_noise(_photo(h=8, w=8), -0.1, np.random.default_rng(0))
+
+
+# --------------------------------------------------------------------------- degrade()
+
+
+def test_degrade_dispatch():
+  img = _photo(h=32, w=48)
+  sr = D.degrade("sr", img, rng=np.random.default_rng(0), scale=4)
+  np.testing.assert_array_equal(sr, D.bicubic_down(img, 4))
+  assert sr.shape == (8, 12, 3) and sr.dtype == np.uint8
+  sr2 = D.degrade("sr", img, rng=np.random.default_rng(0), scale=2)
+  assert sr2.shape == (16, 24, 3)
+
+  dn = D.degrade("denoise", img, rng=np.random.default_rng(3), sigma=0.2)
+  np.testing.assert_array_equal(dn, D.gaussian_noise(img, 0.2, np.random.default_rng(3)))
+  assert dn.dtype == np.float32 and dn.shape == img.shape
+
+  jp = D.degrade("jpeg", img, rng=np.random.default_rng(0), quality=20)
+  np.testing.assert_array_equal(jp, D.jpeg(img, 20))
+  assert jp.dtype == np.uint8 and jp.shape == img.shape
+
+
+def test_degrade_defaults():
+  img = _photo(h=32, w=32)
+  np.testing.assert_array_equal(D.degrade("sr", img, rng=np.random.default_rng(0)), D.bicubic_down(img, 4))
+  np.testing.assert_array_equal(D.degrade("jpeg", img, rng=np.random.default_rng(0)), D.jpeg(img, 10))
+  np.testing.assert_array_equal(D.degrade("denoise", img, rng=np.random.default_rng(1)),
+                                D.gaussian_noise(img, 0.1, np.random.default_rng(1)))
+
+
+def test_degrade_unknown_task():
+  with pytest.raises(ValueError) as e:
+    D.degrade("deblur", _photo(h=8, w=8), rng=np.random.default_rng(0))
+  msg = str(e.value)
+  assert "deblur" in msg
+  for task in ("sr", "denoise", "jpeg"):
+    assert task in msg
+
+
+@pytest.mark.parametrize("fn", [
+    lambda im: D.bicubic_down(im, 2),
+    lambda im: D.jpeg(im, 10),
+    lambda im: D.gaussian_noise(im, 0.1, np.random.default_rng(0)),
+], ids=["bicubic_down", "jpeg", "gaussian_noise"])
+@pytest.mark.parametrize("bad", [
+    np.zeros((8, 8, 3), np.float32),
+    np.zeros((8, 8, 3), np.uint16),
+    np.zeros((8, 8), np.uint8),
+    np.zeros((8, 8, 4), np.uint8),
+    np.zeros((1, 8, 8, 3), np.uint8),
+], ids=["float32", "uint16", "gray", "rgba", "batched"])
+def test_rejects_non_uint8_rgb(fn, bad):
+  with pytest.raises(ValueError, match="uint8 RGB"):
+    fn(bad)
+
+
+def test_rejects_non_array():
+  with pytest.raises(ValueError, match="uint8 RGB"):
+    D.jpeg(Image.fromarray(np.zeros((8, 8, 3), np.uint8)), 10)

@@ -1,0 +1,864 @@
+"""Models: processors P (SRResNet), the transformer T (ResnetGenerator) and recognizers R (ResNets).
+
+Shapes, ranges and dtypes; BatchNorm modes; the Recognizer pytree; weights files; and layer-for-layer
+equivalence with PyTorch references (skipped where torch is not installed).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+import rajax
+from rajax import weights as weights_lib
+from rajax.models import IMAGENET_MEAN, IMAGENET_STD
+
+SMALL = dict(blocks=2, channels=8)
+
+
+def _images(key, shape):
+  return jax.random.uniform(jax.random.key(key), shape, jnp.float32)
+
+
+def _init(module, x, seed=0):
+  # jit + the RBG generator: several times faster to initialise on CPU than eager threefry.
+  return jax.jit(module.init)(jax.random.key(seed, impl="rbg"), x)
+
+
+@functools.lru_cache(maxsize=None)
+def _srresnet(scale, blocks=2, channels=8, dtype="float32"):
+  model = rajax.processor("srresnet", scale=scale, blocks=blocks, channels=channels, dtype=dtype)
+  variables = _init(model, jnp.zeros((1, 8, 8, 3)))
+  return model, variables
+
+
+# --------------------------------------------------------------------------- SRResNet
+
+
+@pytest.mark.parametrize("scale", [1, 2, 4, 8])
+def test_srresnet_output_shape_dtype_range(scale):
+  model, variables = _srresnet(scale)
+  x = _images(1, (2, 6, 5, 3))
+  y = model.apply(variables, x)
+  assert y.shape == (2, 6 * scale, 5 * scale, 3)
+  assert y.dtype == jnp.float32
+  y = np.asarray(y)
+  assert np.all(np.isfinite(y))
+  assert y.min() >= 0.0 and y.max() <= 1.0
+  # Not a constant image: the output depends on the input.
+  assert y.std() > 0
+  y2 = np.asarray(model.apply(variables, _images(2, (2, 6, 5, 3))))
+  assert not np.allclose(y, y2)
+
+
+def test_srresnet_bfloat16_params_float32_output_float32():
+  model, variables = _srresnet(2, dtype="bfloat16")
+  assert model.dtype == jnp.bfloat16
+  for path, leaf in traverse_util.flatten_dict(variables, sep="/").items():
+    assert leaf.dtype == jnp.float32, path
+  x = _images(3, (2, 8, 8, 3))
+  y = model.apply(variables, x)
+  assert y.dtype == jnp.float32
+  assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+  # The compute really runs in bfloat16: close to, but not identical with, the float32 model.
+  model32 = rajax.processor("srresnet", scale=2, **SMALL)
+  y32 = model32.apply(variables, x)
+  diff = np.abs(np.asarray(y) - np.asarray(y32))
+  assert diff.max() > 0
+  assert diff.max() < 0.05
+
+
+@pytest.mark.parametrize("blocks,channels", [(0, 4), (1, 8), (3, 6)])
+def test_srresnet_blocks_and_channels(blocks, channels):
+  model = rajax.processor("srresnet", scale=2, blocks=blocks, channels=channels)
+  variables = _init(model, jnp.zeros((1, 4, 4, 3)))
+  params = variables["params"]
+  block_names = sorted(k for k in params if k.startswith("blocks_"))
+  assert block_names == [f"blocks_{i}" for i in range(blocks)]
+  assert params["head"]["kernel"].shape == (9, 9, 3, channels)
+  assert params["mid"]["kernel"].shape == (3, 3, channels, channels)
+  assert params["up_0"]["kernel"].shape == (3, 3, channels, 4 * channels)
+  assert params["tail"]["kernel"].shape == (9, 9, channels, 3)
+  for name in block_names:
+    assert params[name]["conv1"]["kernel"].shape == (3, 3, channels, channels)
+    assert params[name]["bn1"]["scale"].shape == (channels,)
+  # One upsampling stage per factor of 2.
+  assert sorted(k for k in params if k.startswith("up_") and not k.endswith("prelu")) == ["up_0"]
+
+
+def test_srresnet_upsampling_stages_follow_scale():
+  for scale, n in [(1, 0), (2, 1), (4, 2), (8, 3)]:
+    _, variables = _srresnet(scale)
+    ups = sorted(k for k in variables["params"] if k.startswith("up_") and not k.endswith("prelu"))
+    assert ups == [f"up_{i}" for i in range(n)]
+
+
+@pytest.mark.parametrize("scale", [3, 0, 16])
+def test_srresnet_bad_scale(scale):
+  with pytest.raises(ValueError, match="scale"):
+    rajax.processor("srresnet", scale=scale)
+
+
+def test_unknown_processor_names_options():
+  with pytest.raises(ValueError) as e:
+    rajax.processor("edsr")
+  assert "edsr" in str(e.value)
+  assert "srresnet" in str(e.value) and "resnet_generator" in str(e.value)
+
+
+def test_unknown_processor_option_names_options():
+  with pytest.raises(TypeError) as e:
+    rajax.processor("srresnet", scale=2, n_blocks=3)
+  msg = str(e.value)
+  assert "n_blocks" in msg
+  for option in ("scale", "blocks", "channels", "dtype"):
+    assert option in msg
+
+
+def test_srresnet_rejects_nchw():
+  model, variables = _srresnet(2)
+  with pytest.raises(ValueError, match="NHWC"):
+    model.apply(variables, jnp.zeros((2, 3, 8, 8)))
+  with pytest.raises(ValueError, match="NHWC"):
+    model.apply(variables, jnp.zeros((8, 8, 3)))
+
+
+# --------------------------------------------------------------------------- BatchNorm modes
+
+
+def test_batchnorm_train_updates_statistics():
+  model, variables = _srresnet(2)
+  x = _images(4, (4, 8, 8, 3))
+  y, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  assert y.shape == (4, 16, 16, 3)
+  old = traverse_util.flatten_dict(variables["batch_stats"], sep="/")
+  new = traverse_util.flatten_dict(updates["batch_stats"], sep="/")
+  assert set(old) == set(new) and len(old) == 2 * 2 * 2  # 2 blocks x 2 BNs x (mean, var)
+  for k in old:
+    assert not np.allclose(old[k], new[k]), k
+  # PyTorch momentum 0.1: from the initial (0, 1) statistics, new = 0.1 * batch statistic (+ 0.9).
+  # The first BN sees conv1 of the first block on the head's output; recompute that batch mean.
+  _, inter = model.apply(variables, x, capture_intermediates=lambda m, _: m.name == "conv1")
+  h = inter["intermediates"]["blocks_0"]["conv1"]["__call__"][0]
+  batch_mean = np.asarray(h).mean(axis=(0, 1, 2))
+  np.testing.assert_allclose(new["blocks_0/bn1/mean"], 0.1 * batch_mean, rtol=1e-4, atol=1e-6)
+
+
+def test_batchnorm_train_uses_batch_statistics_eval_does_not():
+  model, variables = _srresnet(2)
+  x = _images(5, (4, 8, 8, 3))
+  full = np.asarray(model.apply(variables, x, train=False))
+  one = np.asarray(model.apply(variables, x[:1], train=False))
+  np.testing.assert_allclose(full[:1], one, rtol=1e-5, atol=1e-6)
+  # In training mode the result of one image does depend on the rest of the batch.
+  full_t, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  one_t, _ = model.apply(variables, x[:2], train=True, mutable=["batch_stats"])
+  assert not np.allclose(np.asarray(full_t[:1]), np.asarray(one_t[:1]), atol=1e-6)
+
+
+def test_eval_mode_does_not_mutate():
+  model, variables = _srresnet(2)
+  x = _images(6, (2, 8, 8, 3))
+  y, updates = model.apply(variables, x, train=False, mutable=["batch_stats"])
+  old = traverse_util.flatten_dict(variables["batch_stats"], sep="/")
+  new = traverse_util.flatten_dict(updates["batch_stats"], sep="/")
+  for k in old:
+    np.testing.assert_array_equal(old[k], new[k])
+
+
+# --------------------------------------------------------------------------- ResnetGenerator
+
+
+@functools.lru_cache(maxsize=None)
+def _generator(blocks=1, channels=4):
+  model = rajax.processor("resnet_generator", blocks=blocks, channels=channels)
+  return model, _init(model, jnp.zeros((1, 16, 16, 3)))
+
+
+def test_resnet_generator_same_size_unit_range():
+  model, variables = _generator()
+  x = _images(7, (2, 12, 20, 3))
+  y = model.apply(variables, x)
+  assert y.shape == x.shape and y.dtype == jnp.float32
+  y = np.asarray(y)
+  assert y.min() >= 0.0 and y.max() <= 1.0 and y.std() > 0
+
+
+def test_resnet_generator_bottleneck_width():
+  model, variables = _generator(blocks=2, channels=4)
+  params = variables["params"]
+  assert sorted(k for k in params if k.startswith("blocks_")) == ["blocks_0", "blocks_1"]
+  assert params["down_1"]["kernel"].shape == (3, 3, 8, 16)
+  for b in ("blocks_0", "blocks_1"):
+    assert params[b]["conv1"]["kernel"].shape == (3, 3, 16, 16)
+    assert params[b]["bn2"]["scale"].shape == (16,)
+  _, inter = model.apply(variables, jnp.zeros((1, 16, 8, 3)),
+                         capture_intermediates=lambda m, _: m.name == "blocks_1")
+  bottleneck = inter["intermediates"]["blocks_1"]["__call__"][0]
+  assert bottleneck.shape == (1, 4, 2, 16)
+
+
+@pytest.mark.parametrize("hw", [(14, 16), (16, 18), (10, 10)])
+def test_resnet_generator_needs_multiple_of_4(hw):
+  model, variables = _generator()
+  with pytest.raises(ValueError, match="divisible by 4"):
+    model.apply(variables, jnp.zeros((1, *hw, 3)))
+
+
+def test_resnet_generator_rejects_nchw():
+  model, variables = _generator()
+  with pytest.raises(ValueError, match="NHWC"):
+    model.apply(variables, jnp.zeros((1, 3, 16, 16)))
+
+
+# --------------------------------------------------------------------------- Recognizer
+
+NUM_CLASSES = 10
+WIDTH = 8
+
+
+@pytest.fixture(scope="module")
+def rec():
+  return rajax.recognizer("resnet18", num_classes=NUM_CLASSES, width=WIDTH, seed=3)
+
+
+@pytest.fixture(scope="module")
+def rec_file(rec, tmp_path_factory):
+  return weights_lib.save(tmp_path_factory.mktemp("weights") / "r18.msgpack", rec.variables)
+
+
+# Jitted calls: a compiled ResNet runs much faster on CPU than its first op-by-op (eager) call.
+_logits = jax.jit(lambda r, x: r(x))
+_features = jax.jit(lambda r, x: r(x, features=True))
+
+
+def test_recognizer_logits(rec):
+  x = _images(8, (2, 32, 32, 3))
+  logits = _logits(rec, x)
+  assert logits.shape == (2, NUM_CLASSES) and logits.dtype == jnp.float32
+  assert rec.num_classes == NUM_CLASSES
+  assert np.all(np.isfinite(np.asarray(logits)))
+  assert not np.allclose(logits[0], logits[1])
+  # Eager and jitted calls agree.
+  np.testing.assert_allclose(rec(x), logits, rtol=1e-5, atol=1e-5)
+
+
+def test_recognizer_inference_mode(rec):
+  x = _images(9, (4, 32, 32, 3))
+  full = np.asarray(_logits(rec, x))
+  np.testing.assert_allclose(full[1:2], np.asarray(_logits(rec, x[1:2])), rtol=1e-5, atol=1e-5)
+  other = x.at[0].set(0.0).at[2:].set(1.0)
+  np.testing.assert_allclose(full[1], np.asarray(_logits(rec, other))[1], rtol=1e-5, atol=1e-5)
+
+
+def test_recognizer_features(rec):
+  x = _images(10, (2, 64, 64, 3))
+  out = _features(rec, x)
+  assert isinstance(out, tuple) and len(out) == 2
+  logits, feats = out
+  assert isinstance(feats, dict)
+  w = WIDTH
+  expected = {
+      "stem": (2, 32, 32, w),
+      "layer1": (2, 16, 16, w),
+      "layer2": (2, 8, 8, 2 * w),
+      "layer3": (2, 4, 4, 4 * w),
+      "layer4": (2, 2, 2, 8 * w),
+      "pool": (2, 8 * w),
+      "logits": (2, NUM_CLASSES),
+  }
+  assert set(feats) == set(expected)
+  for k, shape in expected.items():
+    assert feats[k].shape == shape, k
+  np.testing.assert_allclose(feats["logits"], logits)
+  np.testing.assert_allclose(logits, _logits(rec, x), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(feats["pool"], np.asarray(feats["layer4"]).mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+  assert float(jnp.min(feats["stem"])) >= 0.0  # after the ReLU
+  # logits = fc(pool)
+  fc = rec.variables["params"]["fc"]
+  np.testing.assert_allclose(logits, np.asarray(feats["pool"]) @ np.asarray(fc["kernel"]) + np.asarray(fc["bias"]),
+                             rtol=1e-4, atol=1e-5)
+
+
+def test_recognizer_preprocess(rec):
+  x = _images(11, (2, 32, 32, 3))
+  mean = np.array([0.485, 0.456, 0.406], np.float32)
+  std = np.array([0.229, 0.224, 0.225], np.float32)
+  assert tuple(IMAGENET_MEAN) == pytest.approx(tuple(mean)) and tuple(IMAGENET_STD) == pytest.approx(tuple(std))
+  pre = rec.preprocess(x)
+  assert pre.dtype == jnp.float32
+  np.testing.assert_allclose(pre, (np.asarray(x) - mean) / std, rtol=1e-6, atol=1e-6)
+  # The network sees the normalised images.
+  net = jax.jit(lambda v, im: rec.module.apply(v, im, train=False))
+  direct = net(rec.variables, (np.asarray(x) - mean) / std)
+  np.testing.assert_allclose(_logits(rec, x), direct, rtol=1e-5, atol=1e-5)
+  raw = net(rec.variables, x)
+  assert not np.allclose(_logits(rec, x), raw, atol=1e-3)
+
+
+def test_recognizer_rejects_nchw(rec):
+  with pytest.raises(ValueError, match="NHWC"):
+    rec(jnp.zeros((2, 3, 32, 32)))
+
+
+def test_recognizer_is_pytree_of_variables(rec):
+  leaves = jax.tree.leaves(rec)
+  var_leaves = jax.tree.leaves(rec.variables)
+  assert len(leaves) == len(var_leaves) > 0
+  for a, b in zip(leaves, var_leaves):
+    assert a is b
+  for leaf in leaves:
+    assert isinstance(leaf, jax.Array)
+  # Rebuilding from the leaves keeps name and module.
+  rebuilt = jax.tree.unflatten(jax.tree.structure(rec), leaves)
+  assert rebuilt.name == rec.name and rebuilt.module == rec.module
+
+
+def test_recognizer_as_jit_argument(rec):
+  traces = []
+
+  @jax.jit
+  def f(r, x):
+    traces.append(1)
+    return r(x)
+
+  x = _images(12, (2, 32, 32, 3))
+  np.testing.assert_allclose(f(rec, x), rec(x), rtol=1e-5, atol=1e-5)
+  # Weights are arguments, not constants: new values -> new result, same compiled program.
+  scaled = jax.tree.map(lambda v: v * 1.5, rec)
+  out = f(scaled, x)
+  assert len(traces) == 1
+  assert not np.allclose(out, rec(x), atol=1e-4)
+  np.testing.assert_allclose(out, scaled(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_recognizer_input_gradient(dtype, rec, rec_file):
+  r = rajax.recognizer("resnet18", weights=str(rec_file), num_classes=NUM_CLASSES, width=WIDTH, dtype=dtype)
+  assert r.module.dtype == jnp.dtype(dtype)
+  for leaf in jax.tree.leaves(r.variables):  # parameters stay float32 whatever the compute dtype
+    assert leaf.dtype == jnp.float32
+  x = _images(13, (2, 32, 32, 3))
+  labels = jnp.array([1, 7])
+
+  def loss(images):
+    logits = r(images)
+    ce = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1))
+    return ce, logits
+
+  (ce, logits), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(x)
+  assert logits.shape == (2, NUM_CLASSES) and logits.dtype == jnp.float32
+  assert np.isfinite(float(ce))
+  assert g.shape == x.shape and g.dtype == jnp.float32
+  g = np.asarray(g)
+  assert np.all(np.isfinite(g))
+  assert np.abs(g).max() > 0
+  assert np.count_nonzero(g) > g.size // 2
+  # Same weights in either compute dtype: bfloat16 logits are close to float32 ones, but not equal.
+  diff = np.abs(np.asarray(logits) - np.asarray(_logits(rec, x)))
+  assert diff.max() < 0.1 * np.abs(np.asarray(logits)).max() + 1e-2
+  if dtype == "bfloat16":
+    assert diff.max() > 0
+  else:
+    assert diff.max() < 1e-4
+
+
+def test_unknown_recognizer_lists_names():
+  with pytest.raises(ValueError) as e:
+    rajax.recognizer("vgg16")
+  msg = str(e.value)
+  assert "vgg16" in msg
+  for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
+    assert name in msg
+
+
+def test_missing_weights_file(tmp_path):
+  path = tmp_path / "nope" / "resnet18.msgpack"
+  with pytest.raises(weights_lib.WeightsError) as e:
+    rajax.recognizer("resnet18", weights=str(path), num_classes=NUM_CLASSES, width=WIDTH)
+  assert str(path) in str(e.value)
+
+
+def test_weights_round_trip(rec, tmp_path):
+  path = tmp_path / "r18.msgpack"
+  weights_lib.save(path, rec.variables)
+  assert path.is_file()
+  loaded = rajax.recognizer("resnet18", weights=str(path), num_classes=NUM_CLASSES, width=WIDTH)
+  x = _images(14, (2, 32, 32, 3))
+  np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(rec(x)))
+  for a, b in zip(jax.tree.leaves(loaded.variables), jax.tree.leaves(rec.variables)):
+    np.testing.assert_array_equal(a, b)
+  # (rec was initialised with seed 3, not recognizer()'s default seed 0: the file's values were used.)
+
+
+def test_weights_wrong_shape_named(rec, tmp_path):
+  # Written for 10 classes, read for 7 classes: fc kernel and bias do not fit.
+  path = tmp_path / "r18.msgpack"
+  weights_lib.save(path, rec.variables)
+  with pytest.raises(weights_lib.WeightsError) as e:
+    rajax.recognizer("resnet18", weights=str(path), num_classes=7, width=WIDTH)
+  msg = str(e.value)
+  assert "params/fc/kernel" in msg and "params/fc/bias" in msg
+  assert "conv1/kernel" not in msg
+
+
+def test_weights_missing_key_named(rec, tmp_path):
+  variables = jax.tree.map(np.asarray, rec.variables)
+  variables = {"params": dict(variables["params"]), "batch_stats": dict(variables["batch_stats"])}
+  del variables["batch_stats"]["layer2_0"]
+  path = tmp_path / "r18.msgpack"
+  weights_lib.save(path, variables)
+  with pytest.raises(weights_lib.WeightsError) as e:
+    rajax.recognizer("resnet18", weights=str(path), num_classes=NUM_CLASSES, width=WIDTH)
+  msg = str(e.value)
+  assert "missing" in msg
+  assert "batch_stats/layer2_0/bn1/mean" in msg
+  assert "params/layer2_0" not in msg
+
+
+def test_weights_relative_missing_path(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(weights_lib.WeightsError) as e:
+    rajax.recognizer("resnet18", weights="missing_r18.msgpack", num_classes=NUM_CLASSES, width=WIDTH)
+  assert "missing_r18.msgpack" in str(e.value)
+
+
+def test_weights_bad_format_and_corrupt_file(rec, tmp_path):
+  pt = tmp_path / "r18.pt"
+  pt.write_bytes(b"not a torch file")
+  with pytest.raises(weights_lib.WeightsError, match=r"\.pt"):
+    rajax.recognizer("resnet18", weights=str(pt), num_classes=NUM_CLASSES, width=WIDTH)
+  bad = tmp_path / "r18.msgpack"
+  bad.write_bytes(b"\xc1\xc1 garbage")
+  with pytest.raises(weights_lib.WeightsError) as e:
+    rajax.recognizer("resnet18", weights=str(bad), num_classes=NUM_CLASSES, width=WIDTH)
+  assert str(bad) in str(e.value)
+
+
+def test_weights_load_casts_to_template_dtype(rec, tmp_path):
+  path = tmp_path / "half.msgpack"
+  weights_lib.save(path, jax.tree.map(lambda v: np.asarray(v, np.float16), rec.variables))
+  loaded = rajax.recognizer("resnet18", weights=str(path), num_classes=NUM_CLASSES, width=WIDTH)
+  for a, b in zip(jax.tree.leaves(loaded.variables), jax.tree.leaves(rec.variables)):
+    assert a.dtype == jnp.float32
+    np.testing.assert_array_equal(a, np.asarray(b, np.float16).astype(np.float32))
+
+
+def test_weights_unexpected_key_named(rec, tmp_path):
+  variables = jax.tree.map(np.asarray, rec.variables)
+  variables = {"params": {**variables["params"], "extra": {"kernel": np.zeros(3, np.float32)}},
+               "batch_stats": variables["batch_stats"]}
+  path = tmp_path / "r18.msgpack"
+  weights_lib.save(path, variables)
+  with pytest.raises(weights_lib.WeightsError, match="params/extra/kernel"):
+    rajax.recognizer("resnet18", weights=str(path), num_classes=NUM_CLASSES, width=WIDTH)
+
+
+# --------------------------------------------------------------------------- PyTorch equivalence
+#
+# Reference models written as in the original PyTorch code, with random weights (and random
+# BatchNorm statistics), copied into the Flax variables; outputs compared in eval mode.
+
+
+def _t2np(t):
+  return t.detach().cpu().numpy().astype(np.float32)
+
+
+def _conv_kernel(conv):
+  return _t2np(conv.weight).transpose(2, 3, 1, 0)  # [out, in, kh, kw] -> [kh, kw, in, out]
+
+
+def _conv_vars(conv):
+  out = {"kernel": _conv_kernel(conv)}
+  if conv.bias is not None:
+    out["bias"] = _t2np(conv.bias)
+  return out
+
+
+def _bn_vars(bn):
+  return ({"scale": _t2np(bn.weight), "bias": _t2np(bn.bias)},
+          {"mean": _t2np(bn.running_mean), "var": _t2np(bn.running_var)})
+
+
+def _randomize(torch, model, seed):
+  """Random weights everywhere, BatchNorm affine parameters and running statistics included."""
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for m in model.modules():
+      if isinstance(m, torch.nn.BatchNorm2d):
+        m.weight.copy_(1.0 + 0.3 * torch.randn(m.weight.shape, generator=g))
+        m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
+        m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=g))
+        m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
+      elif isinstance(m, torch.nn.PReLU):
+        m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.5)
+
+
+def _check_same_tree(flax_vars, template):
+  got = traverse_util.flatten_dict(flax_vars, sep="/")
+  want = traverse_util.flatten_dict(template, sep="/")
+  assert set(got) == set(want), (set(got) ^ set(want))
+  for k in want:
+    assert got[k].shape == want[k].shape, (k, got[k].shape, want[k].shape)
+
+
+def _torch_nhwc(torch, x_nchw_tensor):
+  return _t2np(x_nchw_tensor).transpose(0, 2, 3, 1)
+
+
+def _make_torch_srresnet(torch, scale, blocks, c):
+  nn = torch.nn
+
+  class Block(nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.conv1 = nn.Conv2d(c, c, 3, padding=1)
+      self.bn1 = nn.BatchNorm2d(c)
+      self.prelu = nn.PReLU()
+      self.conv2 = nn.Conv2d(c, c, 3, padding=1)
+      self.bn2 = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+      return x + self.bn2(self.conv2(self.prelu(self.bn1(self.conv1(x)))))
+
+  class SRResNet(nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.head = nn.Conv2d(3, c, 9, padding=4)
+      self.head_prelu = nn.PReLU()
+      self.blocks = nn.ModuleList([Block() for _ in range(blocks)])
+      self.mid = nn.Conv2d(c, c, 3, padding=1)
+      self.mid_prelu = nn.PReLU()
+      n_up = int(np.log2(scale))
+      self.ups = nn.ModuleList([nn.Conv2d(c, 4 * c, 3, padding=1) for _ in range(n_up)])
+      self.shuffle = nn.PixelShuffle(2)
+      self.up_prelus = nn.ModuleList([nn.PReLU() for _ in range(n_up)])
+      self.tail = nn.Conv2d(c, 3, 9, padding=4)
+
+    def forward(self, x):
+      head = self.head_prelu(self.head(x))
+      h = head
+      for b in self.blocks:
+        h = b(h)
+      h = head + self.mid_prelu(self.mid(h))
+      for conv, act in zip(self.ups, self.up_prelus):
+        h = act(self.shuffle(conv(h)))
+      return (torch.tanh(self.tail(h)) + 1) / 2
+
+  return SRResNet()
+
+
+def _pixel_shuffle_perm(c):
+  """perm[k_flax] = k_torch: dm-pix index (i*2+j)*C + ch  <->  PixelShuffle index ch*4 + i*2 + j."""
+  perm = np.empty(4 * c, np.int64)
+  for i in range(2):
+    for j in range(2):
+      for ch in range(c):
+        perm[(i * 2 + j) * c + ch] = ch * 4 + i * 2 + j
+  return perm
+
+
+def _srresnet_vars_from_torch(t, c):
+  params, stats = {}, {}
+  params["head"] = _conv_vars(t.head)
+  params["head_prelu"] = {"negative_slope": _t2np(t.head_prelu.weight)[0]}
+  for i, b in enumerate(t.blocks):
+    p, s = {}, {}
+    p["conv1"], p["conv2"] = _conv_vars(b.conv1), _conv_vars(b.conv2)
+    p["bn1"], s["bn1"] = _bn_vars(b.bn1)
+    p["bn2"], s["bn2"] = _bn_vars(b.bn2)
+    p["prelu"] = {"negative_slope": _t2np(b.prelu.weight)[0]}
+    params[f"blocks_{i}"], stats[f"blocks_{i}"] = p, s
+  params["mid"] = _conv_vars(t.mid)
+  params["mid_prelu"] = {"negative_slope": _t2np(t.mid_prelu.weight)[0]}
+  perm = _pixel_shuffle_perm(c)
+  for i, (conv, act) in enumerate(zip(t.ups, t.up_prelus)):
+    v = _conv_vars(conv)
+    params[f"up_{i}"] = {"kernel": v["kernel"][..., perm], "bias": v["bias"][perm]}
+    params[f"up_{i}_prelu"] = {"negative_slope": _t2np(act.weight)[0]}
+  params["tail"] = _conv_vars(t.tail)
+  return {"params": params, "batch_stats": stats}
+
+
+@pytest.mark.parametrize("scale", [1, 2, 4])
+def test_srresnet_matches_torch(scale):
+  torch = pytest.importorskip("torch")
+  torch.manual_seed(scale)
+  blocks, c = 2, 8
+  t = _make_torch_srresnet(torch, scale, blocks, c)
+  _randomize(torch, t, seed=scale)
+  t.eval()
+  x = torch.rand(2, 3, 7, 6, generator=torch.Generator().manual_seed(10 + scale))
+  with torch.no_grad():
+    want = _torch_nhwc(torch, t(x))
+
+  model = rajax.processor("srresnet", scale=scale, blocks=blocks, channels=c)
+  xn = _torch_nhwc(torch, x)
+  variables = _srresnet_vars_from_torch(t, c)
+  _check_same_tree(variables, _init(model, jnp.asarray(xn)))
+  got = np.asarray(model.apply(variables, jnp.asarray(xn)))
+  assert got.shape == want.shape == (2, 7 * scale, 6 * scale, 3)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5)
+
+
+def test_srresnet_pixel_shuffle_order_matters():
+  """Without the channel permutation the x2 model does not match: the test above checks the order."""
+  torch = pytest.importorskip("torch")
+  c = 4
+  t = _make_torch_srresnet(torch, 2, 1, c)
+  _randomize(torch, t, seed=0)
+  t.eval()
+  x = torch.rand(1, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+  with torch.no_grad():
+    want = _torch_nhwc(torch, t(x))
+  variables = _srresnet_vars_from_torch(t, c)
+  variables["params"]["up_0"] = _conv_vars(t.ups[0])  # torch order, no permutation
+  model = rajax.processor("srresnet", scale=2, blocks=1, channels=c)
+  got = np.asarray(model.apply(variables, jnp.asarray(_torch_nhwc(torch, x))))
+  assert np.abs(got - want).max() > 1e-3
+
+
+def test_srresnet_train_mode_matches_torch():
+  """Training mode: batch statistics normalise, and running means move with momentum 0.1."""
+  torch = pytest.importorskip("torch")
+  blocks, c = 1, 6
+  t = _make_torch_srresnet(torch, 2, blocks, c)
+  _randomize(torch, t, seed=5)
+  variables = _srresnet_vars_from_torch(t, c)
+  t.train()
+  x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+  with torch.no_grad():
+    want = _torch_nhwc(torch, t(x))
+  model = rajax.processor("srresnet", scale=2, blocks=blocks, channels=c)
+  got, updates = model.apply(variables, jnp.asarray(_torch_nhwc(torch, x)), train=True, mutable=["batch_stats"])
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=2e-5)
+  for bn in ("bn1", "bn2"):
+    new = updates["batch_stats"]["blocks_0"][bn]
+    tbn = getattr(t.blocks[0], bn)
+    np.testing.assert_allclose(new["mean"], _t2np(tbn.running_mean), rtol=1e-4, atol=1e-5)
+    # torch updates running_var with the unbiased batch variance (x n / (n - 1)), Flax with the
+    # biased one: with n = 3 * 8 * 8 = 192 and momentum 0.1 they differ by up to ~3e-4 (relative).
+    np.testing.assert_allclose(new["var"], _t2np(tbn.running_var), rtol=1e-3)
+
+
+def _make_torch_generator(torch, blocks, ngf):
+  nn = torch.nn
+
+  class ResnetBlock(nn.Module):
+
+    def __init__(self, dim):
+      super().__init__()
+      self.conv_block = nn.Sequential(
+          nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, padding=0, bias=False), nn.BatchNorm2d(dim), nn.ReLU(True),
+          nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, padding=0, bias=False), nn.BatchNorm2d(dim))
+
+    def forward(self, x):
+      return x + self.conv_block(x)
+
+  model = [nn.ReflectionPad2d(3), nn.Conv2d(3, ngf, 7, padding=0, bias=False), nn.BatchNorm2d(ngf), nn.ReLU(True)]
+  for i in range(2):
+    mult = 2**i
+    model += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1, bias=False),
+              nn.BatchNorm2d(ngf * mult * 2), nn.ReLU(True)]
+  for _ in range(blocks):
+    model += [ResnetBlock(ngf * 4)]
+  for i in range(2):
+    mult = 2**(2 - i)
+    model += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1, output_padding=1, bias=False),
+              nn.BatchNorm2d(ngf * mult // 2), nn.ReLU(True)]
+  model += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, 7, padding=0), nn.Tanh()]
+  return nn.Sequential(*model)
+
+
+def _generator_vars_from_torch(torch, seq, blocks):
+  nn = torch.nn
+  mods = [m for m in seq if not isinstance(m, (nn.ReflectionPad2d, nn.ReLU, nn.Tanh))]
+  params, stats = {}, {}
+
+  def take_conv_bn(name, conv, bn, transpose=False):
+    if transpose:
+      params[name] = {"kernel": _t2np(conv.weight).transpose(2, 3, 1, 0)}  # [in,out,kh,kw] -> [kh,kw,out,in]
+    else:
+      params[name] = _conv_vars(conv)
+    params[f"{name}_bn"], stats[f"{name}_bn"] = _bn_vars(bn)
+
+  take_conv_bn("stem", mods[0], mods[1])
+  take_conv_bn("down_0", mods[2], mods[3])
+  take_conv_bn("down_1", mods[4], mods[5])
+  for i in range(blocks):
+    blk = [m for m in mods[6 + i].conv_block if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+    p, s = {}, {}
+    p["conv1"], p["conv2"] = _conv_vars(blk[0]), _conv_vars(blk[2])
+    p["bn1"], s["bn1"] = _bn_vars(blk[1])
+    p["bn2"], s["bn2"] = _bn_vars(blk[3])
+    params[f"blocks_{i}"], stats[f"blocks_{i}"] = p, s
+  k = 6 + blocks
+  take_conv_bn("up_0", mods[k], mods[k + 1], transpose=True)
+  take_conv_bn("up_1", mods[k + 2], mods[k + 3], transpose=True)
+  params["head"] = _conv_vars(mods[k + 4])
+  assert "bias" in params["head"] and "bias" not in params["stem"]
+  return {"params": params, "batch_stats": stats}
+
+
+def test_resnet_generator_matches_torch():
+  torch = pytest.importorskip("torch")
+  torch.manual_seed(0)
+  blocks, ngf = 2, 4
+  seq = _make_torch_generator(torch, blocks, ngf)
+  _randomize(torch, seq, seed=1)
+  seq.eval()
+  x = torch.rand(2, 3, 16, 12, generator=torch.Generator().manual_seed(2))
+  with torch.no_grad():
+    want = (_torch_nhwc(torch, seq(x)) + 1) / 2
+  model = rajax.processor("resnet_generator", blocks=blocks, channels=ngf)
+  xn = jnp.asarray(_torch_nhwc(torch, x))
+  variables = _generator_vars_from_torch(torch, seq, blocks)
+  _check_same_tree(variables, _init(model, xn))
+  got = np.asarray(model.apply(variables, xn))
+  assert got.shape == want.shape == (2, 16, 12, 3)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5)
+
+
+def _make_torch_resnet(torch, block, layers, width, num_classes):
+  nn = torch.nn
+
+  class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+      super().__init__()
+      self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+      self.bn1 = nn.BatchNorm2d(planes)
+      self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+      self.bn2 = nn.BatchNorm2d(planes)
+      self.downsample = downsample
+
+    def forward(self, x):
+      out = torch.relu(self.bn1(self.conv1(x)))
+      out = self.bn2(self.conv2(out))
+      idt = x if self.downsample is None else self.downsample(x)
+      return torch.relu(out + idt)
+
+  class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+      super().__init__()
+      self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+      self.bn1 = nn.BatchNorm2d(planes)
+      self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+      self.bn2 = nn.BatchNorm2d(planes)
+      self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+      self.bn3 = nn.BatchNorm2d(planes * 4)
+      self.downsample = downsample
+
+    def forward(self, x):
+      out = torch.relu(self.bn1(self.conv1(x)))
+      out = torch.relu(self.bn2(self.conv2(out)))
+      out = self.bn3(self.conv3(out))
+      idt = x if self.downsample is None else self.downsample(x)
+      return torch.relu(out + idt)
+
+  blk = {"basic": BasicBlock, "bottleneck": Bottleneck}[block]
+
+  class ResNet(nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.inplanes = width
+      self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+      self.bn1 = nn.BatchNorm2d(width)
+      self.maxpool = nn.MaxPool2d(3, 2, 1)
+      self.stages = nn.ModuleList()
+      for i, n in enumerate(layers):
+        self.stages.append(self._make_layer(width * 2**i, n, 1 if i == 0 else 2))
+      self.fc = nn.Linear(width * 8 * blk.expansion, num_classes)
+
+    def _make_layer(self, planes, n, stride):
+      downsample = None
+      if stride != 1 or self.inplanes != planes * blk.expansion:
+        downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes * blk.expansion, 1, stride, bias=False),
+                                   nn.BatchNorm2d(planes * blk.expansion))
+      out = [blk(self.inplanes, planes, stride, downsample)]
+      self.inplanes = planes * blk.expansion
+      out += [blk(self.inplanes, planes) for _ in range(1, n)]
+      return nn.Sequential(*out)
+
+    def forward(self, x):
+      x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
+      for s in self.stages:
+        x = s(x)
+      return self.fc(torch.flatten(torch.mean(x, dim=(2, 3)), 1))
+
+  return ResNet()
+
+
+def _resnet_vars_from_torch(t, block):
+  params, stats = {}, {}
+  params["conv1"] = _conv_vars(t.conv1)
+  params["bn1"], stats["bn1"] = _bn_vars(t.bn1)
+  n_conv = 2 if block == "basic" else 3
+  for i, stage in enumerate(t.stages):
+    for j, b in enumerate(stage):
+      p, s = {}, {}
+      for k in range(1, n_conv + 1):
+        p[f"conv{k}"] = _conv_vars(getattr(b, f"conv{k}"))
+        p[f"bn{k}"], s[f"bn{k}"] = _bn_vars(getattr(b, f"bn{k}"))
+      if b.downsample is not None:
+        p["downsample_conv"] = _conv_vars(b.downsample[0])
+        p["downsample_bn"], s["downsample_bn"] = _bn_vars(b.downsample[1])
+      params[f"layer{i + 1}_{j}"], stats[f"layer{i + 1}_{j}"] = p, s
+  params["fc"] = {"kernel": _t2np(t.fc.weight).T, "bias": _t2np(t.fc.bias)}
+  return {"params": params, "batch_stats": stats}
+
+
+@pytest.mark.parametrize("name,block,layers,width,size", [
+    ("resnet18", "basic", (2, 2, 2, 2), 8, 48),
+    ("resnet50", "bottleneck", (3, 4, 6, 3), 16, 64),
+])
+def test_resnet_matches_torch(name, block, layers, width, size, tmp_path):
+  torch = pytest.importorskip("torch")
+  torch.manual_seed(0)
+  t = _make_torch_resnet(torch, block, layers, width, num_classes=7)
+  _randomize(torch, t, seed=3)
+  t.eval()
+  images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(4))
+  mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+  std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+  with torch.no_grad():
+    want = _t2np(t((images - mean) / std))
+
+  # Through a weights file, as a converted torchvision checkpoint would be used.
+  path = tmp_path / f"{name}.msgpack"
+  weights_lib.save(path, _resnet_vars_from_torch(t, block))
+  r = rajax.recognizer(name, weights=str(path), num_classes=7, width=width)
+  got = np.asarray(r(jnp.asarray(_torch_nhwc(torch, images))))
+  assert got.shape == want.shape == (2, 7)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- options
+
+
+@pytest.mark.parametrize("dtype", ["int32", "no_such_dtype"])
+def test_processor_bad_dtype(dtype):
+  with pytest.raises(ValueError, match="dtype"):
+    rajax.processor("srresnet", scale=2, dtype=dtype)
+
+
+def test_processor_bad_sizes():
+  with pytest.raises(ValueError, match="blocks"):
+    rajax.processor("srresnet", blocks=-1)
+  with pytest.raises(ValueError, match="channels"):
+    rajax.processor("srresnet", channels=0)
+
+
+def test_recognizer_bad_option():
+  with pytest.raises(TypeError) as e:
+    rajax.recognizer("resnet18", num_classes=10, depth=3)
+  assert "resnet18" in str(e.value) and "depth" in str(e.value)
