@@ -214,3 +214,121 @@ def test_rejects_non_uint8_rgb(fn, bad):
 def test_rejects_non_array():
   with pytest.raises(ValueError, match="uint8 RGB"):
     D.jpeg(Image.fromarray(np.zeros((8, 8, 3), np.uint8)), 10)
+
+
+# --------------------------------------------------------------------------- real photos
+
+
+def _real(name, size=None):
+  from skimage import data
+  img = np.ascontiguousarray(getattr(data, name)())
+  if size:
+    img = np.asarray(Image.fromarray(img).resize(size, Image.BICUBIC))
+  return img
+
+
+@pytest.mark.parametrize("name", ["astronaut", "chelsea", "rocket"])
+def test_bicubic_down_and_jpeg_byte_equal_on_real_photos(name):
+  img = _real(name)
+  h, w = img.shape[0] // 4 * 4, img.shape[1] // 4 * 4
+  img = np.ascontiguousarray(img[:h, :w])
+  want = np.asarray(Image.fromarray(img).resize((w // 4, h // 4), Image.BICUBIC))
+  np.testing.assert_array_equal(D.bicubic_down(img, 4), want)
+  np.testing.assert_array_equal(D.jpeg(img, 10), _pillow_jpeg(img, 10))
+
+
+# --------------------------------------------------------------------------- corrupt (ImageNet-C)
+
+
+# Corruptions that use no randomness: the seed must not matter.
+_DETERMINISTIC = {"defocus_blur", "zoom_blur", "brightness", "contrast", "pixelate", "jpeg_compression",
+                  "gaussian_blur", "saturate"}
+
+
+@pytest.fixture(scope="module")
+def small_photo():
+  return _real("chelsea", (48, 40))  # 40 rows x 48 columns: non-square catches transposes
+
+
+def test_corruption_names_are_the_benchmark_list():
+  import imagecorruptions
+  assert D.CORRUPTIONS == tuple(imagecorruptions.get_corruption_names("all"))
+  assert len(D.CORRUPTIONS) == 19
+
+
+@pytest.mark.parametrize("name", D.CORRUPTIONS)
+def test_corrupt_every_corruption(small_photo, name):
+  import imagecorruptions
+  severity = 3
+  out = D.corrupt(small_photo, name, severity, seed=11)
+  assert out.shape == small_photo.shape and out.dtype == np.uint8
+  assert not np.array_equal(out, small_photo)
+  # Reproducible under the seed.
+  np.testing.assert_array_equal(D.corrupt(small_photo, name, severity, seed=11), out)
+  # It is the package's corruption, with NumPy's global generator seeded by `seed`.
+  kwargs = {"seed": 11} if name in ("impulse_noise", "glass_blur") else {}
+  np.random.seed(11)
+  np.testing.assert_array_equal(imagecorruptions.corrupt(small_photo, severity, name, **kwargs), out)
+  if name in _DETERMINISTIC:
+    np.testing.assert_array_equal(D.corrupt(small_photo, name, severity, seed=12), out)
+  else:
+    assert not np.array_equal(D.corrupt(small_photo, name, severity, seed=12), out)
+
+
+@pytest.mark.parametrize("name", ["gaussian_noise", "contrast", "pixelate"])
+def test_corrupt_severity_increases_damage(small_photo, name):
+  err = [np.abs(D.corrupt(small_photo, name, s, seed=0).astype(float) - small_photo).mean() for s in range(1, 6)]
+  assert err == sorted(err) and err[0] < err[-1]
+
+
+def test_corrupt_restores_global_numpy_rng(small_photo):
+  np.random.seed(123)
+  before = np.random.random(3)
+  np.random.seed(123)
+  D.corrupt(small_photo, "gaussian_noise", 2, seed=5)
+  np.testing.assert_array_equal(np.random.random(3), before)
+
+
+def test_corrupt_thread_safe(small_photo):
+  """Threads corrupting concurrently, while another thread stirs np.random, get the serial results."""
+  import concurrent.futures
+  import threading
+  names = ["gaussian_noise", "shot_noise", "speckle_noise", "spatter", "snow", "motion_blur"]
+  want = {(n, s): D.corrupt(small_photo, n, 2, seed=s) for n in names for s in range(3)}
+  stop = threading.Event()
+
+  def stir():
+    while not stop.is_set():
+      np.random.random(100)
+
+  stirrer = threading.Thread(target=stir)
+  stirrer.start()
+  try:
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+      got = dict(zip(want, pool.map(lambda k: D.corrupt(small_photo, k[0], 2, seed=k[1]), want)))
+  finally:
+    stop.set()
+    stirrer.join()
+  for k in want:
+    np.testing.assert_array_equal(got[k], want[k], err_msg=str(k))
+
+
+def test_corrupt_errors(small_photo):
+  with pytest.raises(ValueError, match="Unknown corruption 'rain'"):
+    D.corrupt(small_photo, "rain", 3, seed=0)
+  for bad in (0, 6, 2.0, True):
+    with pytest.raises(ValueError, match="severity"):
+      D.corrupt(small_photo, "fog", bad, seed=0)
+  for bad in (-1, 2**32, 1.5):
+    with pytest.raises(ValueError, match="seed"):
+      D.corrupt(small_photo, "fog", 3, seed=bad)
+  with pytest.raises(ValueError, match="at least 32x32"):
+    D.corrupt(small_photo[:20], "fog", 3, seed=0)
+  with pytest.raises(ValueError, match="uint8 RGB"):
+    D.corrupt(small_photo.astype(np.float32), "fog", 3, seed=0)
+
+
+def test_degrade_corrupt_draws_seed_from_rng(small_photo):
+  a = D.degrade("corrupt", small_photo, rng=np.random.default_rng(4), corruption="shot_noise", severity=2)
+  seed = int(np.random.default_rng(4).integers(0, 2**32))
+  np.testing.assert_array_equal(a, D.corrupt(small_photo, "shot_noise", 2, seed))
