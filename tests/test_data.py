@@ -528,3 +528,206 @@ def test_tfds_missing_data_dir(tfds_dir, tmp_path):
     rd.tfds_source("rajax_tiny_images", split="train", data_dir=str(tmp_path / "elsewhere"))
   msg = str(e.value)
   assert "rajax_tiny_images" in msg and str(tmp_path / "elsewhere") in msg
+
+
+# --------------------------------------------------------------------------- bad data
+
+
+def _enc(img, fmt, **kw):
+  im = img if isinstance(img, Image.Image) else Image.fromarray(img)
+  buf = io.BytesIO()
+  im.save(buf, format=fmt, **kw)
+  return buf.getvalue()
+
+
+def _jpeg_bytes(img, quality=90):
+  return _enc(img, "JPEG", quality=quality)
+
+
+def _photo(h=40, w=48):
+  from skimage import data
+  return np.asarray(Image.fromarray(data.chelsea()).resize((w, h), Image.BICUBIC))
+
+
+class ListSource:
+  def __init__(self, images):
+    self.images = images
+
+  def __len__(self):
+    return len(self.images)
+
+  def __getitem__(self, i):
+    return {"image": self.images[i], "label": i}
+
+
+def _bad_images():
+  photo = _photo()
+  good = _jpeg_bytes(photo)
+  return {
+      "truncated": good[: len(good) // 2],
+      "garbage": b"\xff\xd8\xff\xe0 this is not a JPEG at all" * 3,
+      "empty": b"",
+      "html": b"<html><body>404 not found</body></html>",
+  }
+
+
+@pytest.mark.parametrize("kind", ["truncated", "garbage", "empty", "html"])
+def test_decode_unreadable_raises_data_error(kind):
+  with pytest.raises(DataError, match="Cannot decode image"):
+    rd.decode_image(_bad_images()[kind])
+
+
+def test_decode_converts_cmyk_grayscale_png_in_jpeg():
+  rd.reset_bad_data_counts()
+  photo = _photo()
+  cmyk = _jpeg_bytes(Image.fromarray(photo).convert("CMYK"))
+  gray = _jpeg_bytes(Image.fromarray(photo).convert("L"))
+  png = _enc(photo, "PNG")          # PNG bytes where a JPEG is expected
+  pal = _enc(Image.fromarray(photo).convert("P"), "PNG")
+  for data in (cmyk, gray, png, pal):
+    out = rd.decode_image(data)
+    assert out.shape == photo.shape and out.dtype == np.uint8
+  np.testing.assert_array_equal(rd.decode_image(png), photo)
+  np.testing.assert_array_equal(rd.decode_image(cmyk),
+                                np.asarray(Image.open(io.BytesIO(cmyk)).convert("RGB")))
+  g = rd.decode_image(gray)
+  np.testing.assert_array_equal(g[..., 0], g[..., 1])
+  assert np.abs(rd.decode_image(cmyk).astype(int) - photo).mean() < 8  # colours survive the CMYK trip
+  counts = rd.bad_data_counts()
+  assert counts["converted_cmyk"] == 3 and counts["converted_grayscale"] == 2 and counts["converted_p"] == 1
+  assert counts["decoded_png"] == 3
+
+
+def _mixed_source():
+  """Good photos mixed with every kind of bad file; label = position."""
+  photo = _photo()
+  bad = _bad_images()
+  images = [
+      _jpeg_bytes(photo),                                              # 0 good
+      bad["truncated"],                                                # 1 skipped
+      _jpeg_bytes(Image.fromarray(photo).convert("CMYK")),             # 2 converted
+      bad["garbage"],                                                  # 3 skipped
+      _jpeg_bytes(Image.fromarray(photo).convert("L")),                # 4 converted
+      _enc(photo, "PNG"),                                              # 5 PNG in a JPEG dataset
+      _jpeg_bytes(photo[:10, :12]),                                    # 6 smaller than the crop
+      bad["empty"],                                                    # 7 skipped
+  ]
+  return ListSource(images)
+
+
+def test_train_skips_unreadable_and_counts(caplog):
+  rd.reset_bad_data_counts()
+  src = _mixed_source()
+  with caplog.at_level("WARNING", logger="rajax.data"):
+    batches = _take(_train(src, "sr", batch=5, crop=16, resize=20), 2)  # 2 epochs' worth of good images
+  labels = np.concatenate([b["label"] for b in batches]).tolist()
+  assert sorted(labels) == sorted([0, 2, 4, 5, 6] * 2)
+  for b in batches:
+    assert b["target"].shape == (5, 16, 16, 3)
+  counts = rd.bad_data_counts()
+  assert counts["skipped_unreadable"] >= 6  # 3 bad files per epoch
+  assert counts["converted_cmyk"] >= 2 and counts["converted_grayscale"] >= 2
+  assert "upscaled_smaller_than_crop" not in counts  # resize=20 already makes it big enough
+  text = caplog.text
+  assert "skipped_unreadable: 1 image(s) so far" in text and "converted_cmyk" in text
+  assert "Cannot decode image" in text
+
+
+def test_small_images_upscaled_to_the_crop():
+  rd.reset_bad_data_counts()
+  src = _mixed_source()
+  ev = _stack(list(_eval(src, "sr", batch=4, crop=32, resize=0)))
+  assert ev["target"].shape == (8, 32, 32, 3)
+  small = rd.decode_image(src.images[6])
+  np.testing.assert_array_equal(ev["target"][6], rd.center_crop(rd.resize_short_side(small, 32), 32))
+  assert rd.bad_data_counts()["upscaled_smaller_than_crop"] == 1
+
+
+def test_eval_masks_unreadable_images():
+  rd.reset_bad_data_counts()
+  src = _mixed_source()
+  ev = _stack(list(_eval(src, "jpeg", batch=4, crop=16, resize=20)))
+  assert ev["label"].tolist() == list(range(8))  # positions unchanged
+  assert ev["mask"].tolist() == [1, 0, 1, 0, 1, 1, 1, 0]
+  assert not ev["target"][[1, 3, 7]].any()
+  assert rd.bad_data_counts()["skipped_unreadable"] == 3
+
+
+def test_all_unreadable_stops_with_clear_error():
+  src = ListSource([b"not an image"] * 8)
+  rd.reset_bad_data_counts()
+  with pytest.raises(DataError, match="could not be decoded"):
+    _take(_train(src, "sr", batch=2, crop=16), 1)
+
+
+# --------------------------------------------------------------------------- decode fast path
+
+
+def test_fast_decode_identical_when_draft_cannot_reduce():
+  photo = _photo(120, 160)
+  data = _jpeg_bytes(photo)
+  exact = rd.decode_image(data)
+  np.testing.assert_array_equal(rd.decode_image(data, draft_short_side=0), exact)
+  # Short side 120 < 2 * 64: no DCT reduction possible, so draft mode is exact.
+  np.testing.assert_array_equal(rd.decode_image(data, draft_short_side=64), exact)
+  # Short side 120 >= 2 * 40: draft decodes at half size; close to, but not the same as, a resize.
+  fast = rd.decode_image(data, draft_short_side=40)
+  assert fast.shape == (60, 80, 3)
+  ref = rd.resize_short_side(exact, 60)
+  assert not np.array_equal(fast, ref)
+  assert np.abs(fast.astype(int) - ref).mean() < 6
+
+
+def test_pipelines_exact_by_default():
+  """The default pipelines decode fully: fast_decode=False gives the exact Resize+CenterCrop."""
+  photo = _photo(120, 160)
+  src = ListSource([_jpeg_bytes(photo)])
+  exact = rd.center_crop(rd.resize_short_side(rd.decode_image(src.images[0]), 64), 56)
+  ev = _stack(list(_eval(src, "sr", batch=1, crop=56, resize=64)))
+  np.testing.assert_array_equal(ev["target"][0], exact)
+  fast = _stack(list(_eval(src, "sr", batch=1, crop=56, resize=64, fast_decode=True)))
+  np.testing.assert_array_equal(fast["target"][0], exact)  # 120 < 2 * 64: no reduction, still exact
+  # 120 >= 2 * 20: fast_decode reduces in the DCT and differs from the exact pipeline.
+  exact = rd.center_crop(rd.resize_short_side(rd.decode_image(src.images[0]), 20), 16)
+  np.testing.assert_array_equal(_stack(list(_eval(src, "sr", batch=1, crop=16, resize=20)))["target"][0], exact)
+  fast = _stack(list(_eval(src, "sr", batch=1, crop=16, resize=20, fast_decode=True)))
+  assert not np.array_equal(fast["target"][0], exact)
+
+
+# --------------------------------------------------------------------------- corruption stage, workers
+
+
+def test_degradation_corrupt_stage_per_index():
+  src = SyntheticImages(size=5, image_size=40, seed=2)
+  deg = Degradation("corrupt", corruption="gaussian_noise", severity=3)
+  ev = _stack(list(rd.eval_dataset(src, deg, resize=0, crop=32, global_batch=2, seed=9)))
+  for i in range(5):
+    seed = int(np.random.default_rng([9, i]).integers(0, 2**32))
+    np.testing.assert_array_equal(ev["input"][i], D.corrupt(ev["target"][i], "gaussian_noise", 3, seed))
+  with pytest.raises(DataError, match="corruption"):
+    Degradation("corrupt", corruption="rain")
+  with pytest.raises(DataError, match="deblur"):
+    Degradation("deblur")
+
+
+def test_eval_same_for_any_worker_and_thread_count():
+  src = SyntheticImages(size=7, image_size=24, seed=3)
+  deg = Degradation("denoise", sigma=0.1)
+  kw = dict(resize=0, crop=16, global_batch=2, seed=4)
+  base = list(rd.eval_dataset(src, deg, threads=1, **kw))
+  _equal_batches(base, list(rd.eval_dataset(src, deg, threads=8, **kw)))
+  _equal_batches(base, list(rd.eval_dataset(src, deg, workers=2, threads=2, **kw)))
+
+
+def test_train_workers_resume_same_order():
+  src = SyntheticImages(size=12, image_size=24, seed=3)
+  deg = Degradation("denoise", sigma=0.1)
+  kw = dict(resize=0, crop=16, global_batch=4, seed=4, workers=1, threads=1)
+  it = iter(rd.train_dataset(src, deg, **kw))
+  for _ in range(2):
+    next(it)
+  state = it.get_state()
+  want = [next(it) for _ in range(4)]
+  it2 = iter(rd.train_dataset(src, deg, **kw))
+  it2.set_state(state)
+  _equal_batches(want, [next(it2) for _ in range(4)])

@@ -1,24 +1,34 @@
-"""grain input pipelines: source -> per-host slice -> shuffle -> crop -> degrade -> batch.
+"""grain input pipelines: source -> per-host slice -> shuffle -> decode -> crop -> degrade -> batch.
 
 Everything here runs on the host (grain threads or worker processes) and yields per-host numpy
 batches; `rajax.sharding.global_batch` turns them into global arrays on the mesh, and the
 jitted step does the rest (uint8 -> float, normalisation) on device.
 
 A batch is a dict:
-  "input":  the degraded image, uint8 [b, h, w, 3] (SR, JPEG) or float32 in [0, 1] (denoising);
+  "input":  the degraded image, uint8 [b, h, w, 3] (SR, JPEG, corruptions) or float32 in [0, 1] (denoising);
   "target": the clean crop, uint8 [b, H, W, 3];
   "label":  int32 [b];
-  "mask":   float32 [b], 1 for real examples, 0 for padding (evaluation only).
+  "mask":   float32 [b], 1 for real examples, 0 for padding or unreadable images (evaluation only).
 
 Training follows the paper's reference: Resize(short side) + RandomCrop + horizontal flip;
-evaluation: Resize(short side) + CenterCrop, with the noise of example i fixed by (seed, i), so
-it does not depend on the worker count or the order in which examples are read.
+evaluation: Resize(short side) + CenterCrop, with the randomness of example i (noise, corruption)
+fixed by (seed, i), so it depends neither on the number of worker processes or hosts nor on the
+order in which examples are read.
+
+Bad data never stops a run: an image that cannot be decoded (corrupt or truncated file) is skipped
+in training and masked out (mask 0) in evaluation; grayscale, CMYK, palette and PNG-in-JPEG files
+are converted to RGB; images smaller than the crop are upscaled to it. Each case is counted per
+process (`bad_data_counts()`) and logged with its running count.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import io
+import logging
+import os
+import threading
 from typing import Any, Sequence
 
 import grain
@@ -28,26 +38,127 @@ from PIL import Image
 from rajax import degrade as degrade_lib
 from rajax.data.sources import DataError, SyntheticImages, tfds_source
 
+log = logging.getLogger("rajax.data")
+
+DEGRADATION_TASKS = degrade_lib.TASKS + ("corrupt",)
+
 
 @dataclasses.dataclass(frozen=True)
 class Degradation:
-  """Which degradation makes the processor input, with its parameters."""
+  """Which degradation makes the processor input, with its parameters.
+
+  task: "sr" (bicubic down by `scale`), "denoise" (Gaussian noise of `sigma`), "jpeg" (Pillow
+  JPEG at `quality`) or "corrupt" (ImageNet-C corruption `corruption` at `severity`).
+  """
 
   task: str
   scale: int = 4
   sigma: float = 0.1
   quality: int = 10
+  corruption: str = ""
+  severity: int = 3
+
+  def __post_init__(self):
+    if self.task not in DEGRADATION_TASKS:
+      raise DataError(f"Unknown degradation task {self.task!r}; one of {', '.join(DEGRADATION_TASKS)}.")
+    if self.task == "corrupt" and self.corruption not in degrade_lib.CORRUPTIONS:
+      raise DataError(f"Degradation('corrupt') needs corruption= one of {', '.join(degrade_lib.CORRUPTIONS)}; "
+                      f"got {self.corruption!r}.")
+    if self.task == "corrupt" and not 1 <= self.severity <= 5:
+      raise DataError(f"Degradation severity must be in 1..5, got {self.severity}.")
 
   def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return degrade_lib.degrade(self.task, img, rng=rng, scale=self.scale if self.task == "sr" else 1,
-                               sigma=self.sigma, quality=self.quality)
+                               sigma=self.sigma, quality=self.quality, corruption=self.corruption,
+                               severity=self.severity)
+
+  def input_shape(self, crop: int) -> tuple[int, int, int]:
+    s = self.scale if self.task == "sr" else 1
+    return (crop // s, crop // s, 3)
+
+  @property
+  def input_dtype(self):
+    return np.float32 if self.task == "denoise" else np.uint8
 
 
-def decode_image(image: Any) -> np.ndarray:
-  """Encoded bytes or an array -> uint8 RGB [H, W, 3] (grayscale and RGBA are converted)."""
-  if isinstance(image, (bytes, bytearray, np.bytes_)):
-    with Image.open(io.BytesIO(bytes(image))) as im:
-      return np.asarray(im.convert("RGB"))
+# --------------------------------------------------------------------------- bad-data accounting
+
+_COUNTS: collections.Counter = collections.Counter()
+_COUNTS_LOCK = threading.Lock()
+# Past this many unreadable images, more of them than readable ones means the data is wrong
+# (wrong directory, wrong feature), not a few bad files: stop instead of spinning.
+_MIN_SKIPS_BEFORE_GIVING_UP = 200
+
+
+def bad_data_counts() -> dict[str, int]:
+  """This process's counts of skipped and converted images, by kind, since start (or reset)."""
+  with _COUNTS_LOCK:
+    return dict(_COUNTS)
+
+
+def reset_bad_data_counts() -> None:
+  with _COUNTS_LOCK:
+    _COUNTS.clear()
+
+
+def _note(kind: str, detail: str) -> None:
+  """Counts one bad-data event and logs it at counts 1, 2, 5, 10, 20, 50, 100, ..."""
+  with _COUNTS_LOCK:
+    _COUNTS[kind] += 1
+    n = _COUNTS[kind]
+    skipped, ok = _COUNTS["skipped_unreadable"], _COUNTS["decoded"]
+  if str(n).rstrip("0") in ("1", "2", "5"):
+    log.warning("rajax.data (pid %d): %s: %d image(s) so far; latest: %s", os.getpid(), kind, n, detail)
+  if kind == "skipped_unreadable" and skipped >= _MIN_SKIPS_BEFORE_GIVING_UP and skipped > ok:
+    raise DataError(f"{skipped} images could not be decoded and only {ok} could (latest: {detail}). "
+                    "The dataset is not a set of encoded images: check data.name, data.data_dir and "
+                    "that the dataset was written by python -m rajax.data.prepare.")
+
+
+def _ok() -> None:
+  with _COUNTS_LOCK:
+    _COUNTS["decoded"] += 1
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+_CONVERSIONS = {"L": "converted_grayscale", "LA": "converted_grayscale", "I;16": "converted_grayscale",
+                "I": "converted_grayscale", "CMYK": "converted_cmyk"}
+
+
+def decode_image(image: Any, *, draft_short_side: int = 0) -> np.ndarray:
+  """Encoded bytes or an array -> uint8 RGB [H, W, 3] (grayscale, CMYK, RGBA, palette converted).
+
+  Bytes that are not a readable image (corrupt, truncated, empty) raise DataError.
+
+  `draft_short_side` > 0 turns on JPEG draft mode: libjpeg decodes at 1/2, 1/4 or 1/8 scale
+  straight from the DCT coefficients while the short side stays >= `draft_short_side`. That is
+  2-4x faster on large photos but its pixels differ from a full decode followed by a resize, so
+  the pipelines use it only when asked (`fast_decode=True`); where no reduction is possible the
+  output is identical to a full decode.
+  """
+  if isinstance(image, (bytes, bytearray, np.bytes_, memoryview)):
+    data = bytes(image)
+    try:
+      with Image.open(io.BytesIO(data)) as im:
+        if draft_short_side > 0 and im.format == "JPEG":
+          w, h = im.size
+          f = draft_short_side / min(w, h)
+          im.draft(im.mode if im.mode in ("L", "CMYK") else "RGB", (int(np.ceil(w * f)), int(np.ceil(h * f))))
+        mode, fmt = im.mode, im.format
+        im.load()
+        if mode == "RGB":
+          arr = np.asarray(im)
+        else:
+          arr = np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+      raise DataError(f"Cannot decode image ({len(data)} bytes, starting {data[:4]!r}): {e}") from e
+    if mode != "RGB":
+      _note(_CONVERSIONS.get(mode, f"converted_{mode.lower()}"), f"{fmt} {mode} {arr.shape[1]}x{arr.shape[0]}")
+    if fmt != "JPEG":  # e.g. the PNG files stored as .JPEG in ImageNet: decoded all the same
+      _note(f"decoded_{str(fmt).lower()}", f"{fmt} {mode} {arr.shape[1]}x{arr.shape[0]}")
+    return arr
   arr = np.asarray(image)
   if arr.dtype != np.uint8:
     raise DataError(f"Images must be uint8, got {arr.dtype}.")
@@ -58,6 +169,9 @@ def decode_image(image: Any) -> np.ndarray:
   if arr.shape[-1] == 1:
     arr = np.repeat(arr, 3, axis=-1)
   return arr[..., :3]
+
+
+# --------------------------------------------------------------------------- resizing and cropping
 
 
 def resize_short_side(img: np.ndarray, size: int) -> np.ndarray:
@@ -99,22 +213,46 @@ def center_crop(img: np.ndarray, crop: int) -> np.ndarray:
   return np.ascontiguousarray(img[top:top + crop, left:left + crop])
 
 
+def _prepare(image: Any, resize: int, crop: int, fast_decode: bool) -> np.ndarray:
+  """Decode + Resize(short side); an image still smaller than the crop is upscaled to it (counted)."""
+  img = decode_image(image, draft_short_side=resize if fast_decode and resize > 0 else 0)
+  img = resize_short_side(img, resize)
+  if min(img.shape[:2]) < crop:
+    _note("upscaled_smaller_than_crop", f"{img.shape[1]}x{img.shape[0]} < crop {crop}")
+    img = resize_short_side(img, crop)
+  return img
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainExample(grain.transforms.RandomMap):
-  """Raw element -> training pair (random crop and flip, degradation drawn from the element's rng)."""
+  """Raw element -> training pair (random crop and flip, degradation drawn from the element's rng).
+
+  An unreadable image gives None, which grain drops (the batch is filled from the next examples).
+  """
 
   degradation: Degradation
   resize: int
   crop: int
+  fast_decode: bool = False
 
-  def random_map(self, element: dict, rng: np.random.Generator) -> dict:
-    img = random_crop_flip(resize_short_side(decode_image(element["image"]), self.resize), self.crop, rng)
+  def random_map(self, element: dict, rng: np.random.Generator) -> dict | None:
+    try:
+      img = _prepare(element["image"], self.resize, self.crop, self.fast_decode)
+    except DataError as e:
+      _note("skipped_unreadable", str(e))
+      return None
+    _ok()
+    img = random_crop_flip(img, self.crop, rng)
     return {"input": self.degradation(img, rng), "target": img, "label": np.int32(element["label"])}
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalExample:
-  """Padded position j -> evaluation pair for example index(j) (center crop, per-index noise)."""
+  """Padded position j -> evaluation pair for example index(j) (center crop, per-index randomness).
+
+  An unreadable image gives a black example with mask 0, so the batch shapes and the positions of
+  the other examples do not change.
+  """
 
   source: Any
   degradation: Degradation
@@ -122,14 +260,24 @@ class EvalExample:
   crop: int
   seed: int
   indices: np.ndarray  # example index of each position; -1 marks padding
+  fast_decode: bool = False
 
   def __call__(self, position: int) -> dict:
     index = int(self.indices[position])
     element = self.source[max(index, 0)]
-    img = center_crop(resize_short_side(decode_image(element["image"]), self.resize), self.crop)
+    mask = np.float32(index >= 0)
+    try:
+      img = center_crop(_prepare(element["image"], self.resize, self.crop, self.fast_decode), self.crop)
+      _ok()
+    except DataError as e:
+      _note("skipped_unreadable", f"example {index}: {e}")
+      img, mask = np.zeros((self.crop, self.crop, 3), np.uint8), np.float32(0)
     rng = np.random.default_rng([self.seed, max(index, 0)])
     return {"input": self.degradation(img, rng), "target": img, "label": np.int32(element["label"]),
-            "mask": np.float32(index >= 0)}
+            "mask": mask}
+
+
+# --------------------------------------------------------------------------- sources
 
 
 def make_source(data_cfg, split: str):
@@ -145,10 +293,22 @@ def make_source(data_cfg, split: str):
   raise DataError(f"Unknown data.source {data_cfg.source!r}; use 'synthetic' or 'tfds'.")
 
 
+def _mp_prefetch(it: grain.IterDataset, workers: int) -> grain.IterDataset:
+  """`workers` grain worker processes. grain reads absl flags there; programs that do not parse
+  absl flags themselves (pytest, our argparse CLIs) get the defaults."""
+  from absl import flags
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  return it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+
+
 def local_batch_size(global_batch: int, process_count: int) -> int:
   if global_batch % process_count:
     raise ValueError(f"Batch size {global_batch} is not divisible by the {process_count} processes.")
   return global_batch // process_count
+
+
+# --------------------------------------------------------------------------- datasets
 
 
 def train_dataset(
@@ -163,18 +323,24 @@ def train_dataset(
     process_count: int = 1,
     workers: int = 0,
     threads: int = 2,
+    fast_decode: bool = False,
 ) -> grain.IterDataset:
-  """Endless per-host training batches, reshuffled every epoch; its iterator is checkpointable."""
+  """Endless per-host training batches, reshuffled every epoch; its iterator is checkpointable.
+
+  `workers` > 0 runs the pipeline in that many processes (each with `threads` reading threads);
+  the data order is fixed by (seed, workers): a resumed iterator continues the same order when
+  it is rebuilt with the same arguments.
+  """
   b = local_batch_size(global_batch, process_count)
   ds = grain.MapDataset.source(source)[process_index::process_count]
   if len(ds) < b:
     raise DataError(f"This host's share of the data has {len(ds)} examples, fewer than one batch of {b}.")
   ds = ds.shuffle(seed=seed).repeat(None)
-  ds = ds.random_map(TrainExample(degradation, resize, crop), seed=seed)
-  ds = ds.batch(b, drop_remainder=True)
+  ds = ds.random_map(TrainExample(degradation, resize, crop, fast_decode), seed=seed)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * b))
+  it = it.batch(b, drop_remainder=True)
   if workers > 0:
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    it = _mp_prefetch(it, workers)
   return it
 
 
@@ -189,11 +355,15 @@ def eval_dataset(
     num_examples: int = -1,
     process_index: int = 0,
     process_count: int = 1,
-) -> grain.MapDataset:
-  """Per-host evaluation batches over the first `num_examples` examples (all if < 0).
+    workers: int = 0,
+    threads: int = 8,
+    fast_decode: bool = False,
+) -> grain.IterDataset:
+  """Per-host evaluation batches over the first `num_examples` examples (all if < 0); re-iterable.
 
   Every host gets the same number of batches; positions past the end are padding with mask 0, so
-  metrics weighted by the mask are exact whatever the number of hosts.
+  metrics weighted by the mask are exact whatever the number of hosts. The batches are the same
+  for any number of `workers` and `threads`.
   """
   b = local_batch_size(global_batch, process_count)
   n = len(source) if num_examples < 0 else min(num_examples, len(source))
@@ -203,5 +373,10 @@ def eval_dataset(
   positions = -(-per_host // b) * b
   indices = process_index + process_count * np.arange(positions)
   indices = np.where(indices < n, indices, -1)
-  ds = grain.MapDataset.range(positions).map(EvalExample(source, degradation, resize, crop, seed, indices))
-  return ds.batch(b, drop_remainder=True)
+  ds = grain.MapDataset.range(positions).map(
+      EvalExample(source, degradation, resize, crop, seed, indices, fast_decode))
+  ds = ds.batch(b, drop_remainder=True)
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2, 32 // b)))
+  if workers > 0:
+    it = _mp_prefetch(it, workers)
+  return it

@@ -66,18 +66,41 @@ class SyntheticImages:
     return {"image": np.clip(img, 0, 255).astype(np.uint8), "label": int(rng.integers(0, self.num_classes))}
 
 
+def _prepared_dir(name: str, data_dir: str | None):
+  """data_dir/<name>[/<config>]/<newest version> if it holds a prepared dataset, else None."""
+  import pathlib
+  if not data_dir or ":" in name:
+    return None
+  root = pathlib.Path(data_dir).expanduser() / name
+  if not root.is_dir():
+    return None
+  versions = []
+  for d in root.iterdir():
+    parts = d.name.split(".")
+    if d.is_dir() and len(parts) == 3 and all(p.isdigit() for p in parts) and (d / "dataset_info.json").exists():
+      versions.append((tuple(int(p) for p in parts), d))
+  return max(versions)[1] if versions else None
+
+
 def tfds_source(name: str, *, split: str, data_dir: str | None):
-  """The prepared TFDS dataset `name`/`split` in `data_dir`, images left encoded."""
+  """The prepared TFDS dataset `name`/`split` in `data_dir`, images left encoded.
+
+  `name` may carry a config and a version ("voc/2007", "imagenet2012:5.1.0"). Without a version,
+  the newest version found in data_dir is read from its files (no builder code is involved, so
+  datasets written by `python -m rajax.data.prepare` and by TFDS itself both open).
+  """
   import tensorflow_datasets as tfds  # heavy import, only when a TFDS source is used
 
+  decoders = {"image": tfds.decode.SkipDecoding()}
   try:
-    return tfds.data_source(
-        name, split=split, data_dir=data_dir or None, download=False,
-        decoders={"image": tfds.decode.SkipDecoding()})
+    path = _prepared_dir(name, data_dir)
+    if path is not None:
+      return tfds.builder_from_directory(str(path)).as_data_source(split=split, decoders=decoders)
+    return tfds.data_source(name, split=split, data_dir=data_dir or None, download=False, decoders=decoders)
   except Exception as e:  # tfds raises assorted types (DatasetNotFoundError, AssertionError, ValueError)
     where = data_dir or "the default TFDS data_dir (~/tensorflow_datasets)"
     raise DataError(
         f"Cannot open TFDS dataset {name!r} split {split!r} in {where}: "
         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\n"
-        f"Prepare it as ArrayRecord files there, then pass --config.data.data_dir=DIR."
+        f"Prepare it there with python -m rajax.data.prepare, then pass --config.data.data_dir=DIR."
     ) from e

@@ -1,0 +1,530 @@
+"""TFDS builders that write ArrayRecord datasets from the official archives, without TensorFlow.
+
+Each builder yields encoded image bytes exactly as found in the archive (no re-encoding, so no
+quality loss); the pipelines decode them on the host and convert grayscale, CMYK and PNG files to
+RGB. Files that are not images at all (empty, garbage, HTML error pages) are skipped and counted.
+
+  Imagenet2012  "imagenet2012" 5.1.0, the features, name and version of TFDS's own ImageNet builder
+                (image, label, file_name), so datasets prepared by either are interchangeable.
+                manual_dir: ILSVRC2012_img_train.tar (a tar of 1000 per-class tars) and/or
+                ILSVRC2012_img_val.tar (50,000 JPEGs). Labels: the 1000 WordNet ids in sorted
+                order (rajax/data/imagenet_wnids.txt); validation labels from the list that ships
+                with tensorflow-datasets, or from LOC_val_solution.csv in manual_dir.
+  ImagenetC     "imagenet_c/<corruption>_<severity>" 1.0.0, one config per corruption and severity;
+                manual_dir: the released tars (blur.tar, digital.tar, noise.tar, weather.tar,
+                extra.tar) and/or extracted folders <corruption>/<severity>/<wnid>/*.JPEG.
+                Splits: within each class the files sorted by name are cut in two halves, the
+                first (n // 2) for "train", the rest for "test"; file_name keeps the validation
+                image's name so a clean counterpart can be joined from imagenet2012.
+  Voc           "voc/2007", "voc/2012" 5.0.0, TFDS's VOC features (boxes normalised by the image
+                size as (ymin, xmin, ymax, xmax), labels, poses, truncated and difficult flags);
+                manual_dir: VOCtrainval_06-Nov-2007.tar, VOCtest_06-Nov-2007.tar,
+                VOCtrainval_11-May-2012.tar (and VOC2012test.tar, without annotations), or their
+                extracted VOCdevkit folder. Splits train, validation (ImageSets/Main) and test.
+  ImageFolder   any name, 1.0.0: manual_dir/<class>/<image> (one "train" split) or
+                manual_dir/<split>/<class>/<image>; classes are the sorted folder names.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import io
+import logging
+import os
+import pathlib
+import re
+import tarfile
+import threading
+import xml.etree.ElementTree as ET
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from rajax.data.sources import DataError
+
+log = logging.getLogger("rajax.data.prepare")
+
+WNIDS_FILE = pathlib.Path(__file__).with_name("imagenet_wnids.txt")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+VOC_LABELS = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+              "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+              "train", "tvmonitor")
+VOC_POSES = ("frontal", "rear", "left", "right", "unspecified")
+
+
+def imagenet_wnids() -> list[str]:
+  """The 1000 ILSVRC2012 WordNet ids in label order (sorted)."""
+  return WNIDS_FILE.read_text().split()
+
+
+# --------------------------------------------------------------------------- image checks
+
+
+class Tally:
+  """Counts what happened to the files of one preparation (skipped, kept with a non-RGB mode, ...)."""
+
+  def __init__(self):
+    self.counts: collections.Counter = collections.Counter()
+    self.examples: dict[str, list[str]] = collections.defaultdict(list)
+
+  def add(self, kind: str, name: str) -> None:
+    self.counts[kind] += 1
+    if len(self.examples[kind]) < 5:
+      self.examples[kind].append(name)
+    if self.counts[kind] in (1, 10, 100, 1000, 10000):
+      log.warning("%s: %d file(s) so far, e.g. %s", kind, self.counts[kind], ", ".join(self.examples[kind]))
+
+  def report(self) -> str:
+    if not self.counts:
+      return "every file was a readable RGB JPEG"
+    return "; ".join(f"{k}: {v} (e.g. {', '.join(self.examples[k])})" for k, v in sorted(self.counts.items()))
+
+
+def check_image(data: bytes, name: str, tally: Tally) -> bool:
+  """True if `data` parses as an image (header only); counts the kinds that are read converted."""
+  try:
+    with Image.open(io.BytesIO(data)) as im:
+      fmt, mode = im.format, im.mode
+  except (OSError, ValueError, SyntaxError) as e:
+    tally.add("skipped_unreadable", f"{name} ({type(e).__name__})")
+    return False
+  if fmt != "JPEG":
+    tally.add(f"kept_{str(fmt).lower()}_decoded_as_is", name)
+  if mode != "RGB":
+    tally.add(f"kept_{mode.lower()}_converted_to_rgb_when_read", name)
+  return True
+
+
+# --------------------------------------------------------------------------- archives
+
+
+class TarIndex:
+  """Random access to the members of an uncompressed tar: name -> bytes."""
+
+  _cache: dict[str, "TarIndex"] = {}
+  _lock = threading.Lock()
+
+  def __init__(self, path: pathlib.Path):
+    self.path = path
+    log.warning("indexing %s ...", path)
+    with tarfile.open(path, "r:*") as tar:
+      self.members = {m.name: (m.offset_data, m.size) for m in tar if m.isfile()}
+    log.warning("indexed %s: %d files", path, len(self.members))
+
+  @classmethod
+  def of(cls, path: pathlib.Path) -> "TarIndex":
+    """One index per tar per process (builders for several configs share it)."""
+    key = str(pathlib.Path(path).resolve())
+    with cls._lock:
+      if key not in cls._cache:
+        cls._cache[key] = cls(pathlib.Path(key))
+      return cls._cache[key]
+
+  def read(self, name: str) -> bytes:
+    offset, size = self.members[name]
+    with open(self.path, "rb") as f:
+      f.seek(offset)
+      return f.read(size)
+
+
+def _need(path: pathlib.Path, what: str) -> pathlib.Path:
+  if not path.exists():
+    raise DataError(f"{what}: {path} not found. Put it in --manual_dir (see python -m rajax.data.prepare --help).")
+  return path
+
+
+def _manual_dir(dl_manager) -> pathlib.Path:
+  return pathlib.Path(os.fspath(dl_manager.manual_dir))
+
+
+# --------------------------------------------------------------------------- ImageNet 2012
+
+
+class Imagenet2012(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """ILSVRC 2012 classification from the official tars (same features as TFDS's imagenet2012)."""
+
+  VERSION = tfds.core.Version("5.1.0")
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      "manual_dir must hold ILSVRC2012_img_train.tar and/or ILSVRC2012_img_val.tar as downloaded "
+      "from image-net.org (registration required).")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description="ILSVRC 2012 classification, 1000 classes; images stored as found in the official tars.",
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(encoding_format="jpeg"),
+            "label": tfds.features.ClassLabel(names_file=os.fspath(WNIDS_FILE)),
+            "file_name": tfds.features.Text(),
+        }),
+        supervised_keys=("image", "label"),
+        homepage="https://image-net.org/",
+    )
+
+  def _split_generators(self, dl_manager):
+    m = _manual_dir(dl_manager)
+    train, val = m / "ILSVRC2012_img_train.tar", m / "ILSVRC2012_img_val.tar"
+    splits = {}
+    if train.exists():
+      splits["train"] = self._generate_examples(train, None)
+    if val.exists():
+      splits["validation"] = self._generate_examples(val, imagenet_validation_labels(m))
+    if not splits:
+      raise DataError(f"imagenet2012: neither {train} nor {val} exists. {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    return splits
+
+  def _generate_examples(self, path: pathlib.Path, val_labels: dict[str, str] | None):
+    tally = Tally()
+    wnids = set(imagenet_wnids())
+    with tarfile.open(path, "r|*") as outer:
+      for member in outer:
+        if not member.isfile():
+          continue
+        data = outer.extractfile(member).read()
+        base = os.path.basename(member.name)
+        if val_labels is not None:  # validation: flat JPEGs, labels by file name
+          if base not in val_labels:
+            raise DataError(f"{path}: no validation label for {member.name}; is this ILSVRC2012_img_val.tar?")
+          if check_image(data, base, tally):
+            yield base, {"image": data, "label": val_labels[base], "file_name": base}
+          continue
+        wnid = base[:-4] if base.endswith(".tar") else ""
+        if wnid not in wnids:
+          raise DataError(f"{path}: member {member.name} is not a <wnid>.tar of an ILSVRC2012 class; "
+                          "is this ILSVRC2012_img_train.tar?")
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as inner:
+          for im in inner:
+            if not im.isfile():
+              continue
+            name = os.path.basename(im.name)
+            img = inner.extractfile(im).read()
+            if check_image(img, name, tally):
+              yield name, {"image": img, "label": wnid, "file_name": name}
+    log.warning("imagenet2012 %s: %s", path.name, tally.report())
+
+
+def imagenet_validation_labels(manual_dir: pathlib.Path) -> dict[str, str]:
+  """ILSVRC2012_val_XXXXXXXX.JPEG -> wnid.
+
+  From manual_dir/LOC_val_solution.csv if present (ImageId,PredictionString with the wnid first),
+  else from the validation ground truth that ships with tensorflow-datasets (one wnid per line,
+  line k for ILSVRC2012_val_%08d.JPEG % k).
+  """
+  csv_path = manual_dir / "LOC_val_solution.csv"
+  if csv_path.exists():
+    with open(csv_path, newline="") as f:
+      rows = list(csv.DictReader(f))
+    try:
+      return {f"{r['ImageId']}.JPEG": r["PredictionString"].split()[0] for r in rows}
+    except (KeyError, IndexError) as e:
+      raise DataError(f"{csv_path} is not in the ImageId,PredictionString format ({e}).") from e
+  shipped = pathlib.Path(os.fspath(tfds.core.tfds_path("datasets/imagenet2012/validation_labels.txt")))
+  if not shipped.exists():
+    raise DataError(
+        f"No ImageNet validation labels: neither {csv_path} nor {shipped} (installed with "
+        "tensorflow-datasets) exists. Put LOC_val_solution.csv in --manual_dir or reinstall tensorflow-datasets.")
+  wnids = shipped.read_text().split()
+  return {f"ILSVRC2012_val_{k + 1:08d}.JPEG": w for k, w in enumerate(wnids)}
+
+
+# --------------------------------------------------------------------------- ImageNet-C
+
+
+CORRUPTION_GROUPS = {
+    "noise": ("gaussian_noise", "shot_noise", "impulse_noise"),
+    "blur": ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur"),
+    "weather": ("snow", "frost", "fog", "brightness"),
+    "digital": ("contrast", "elastic_transform", "pixelate", "jpeg_compression"),
+    "extra": ("speckle_noise", "gaussian_blur", "spatter", "saturate"),
+}
+IMAGENET_C_CORRUPTIONS = tuple(c for group in CORRUPTION_GROUPS.values() for c in group)
+_IMAGENET_C_MEMBER = re.compile(r"(?:^|/)([a-z_]+)/([1-5])/(n\d{8})/([^/]+)$")
+
+
+class ImagenetC(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """ImageNet-C (Hendrycks & Dietterich 2019) from the released tars, split into train/test halves."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=f"{c}_{s}", description=f"{c}, severity {s}")
+                     for c in IMAGENET_C_CORRUPTIONS for s in range(1, 6)]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      "manual_dir must hold the ImageNet-C tars (noise.tar, blur.tar, weather.tar, digital.tar, "
+      "extra.tar) or their extracted folders <corruption>/<severity>/<wnid>/*.JPEG.")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description="ImageNet-C, one corruption at one severity; per class the first half of the "
+                    "files (sorted by name) is 'train', the second half 'test'.",
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(encoding_format="jpeg"),
+            "label": tfds.features.ClassLabel(names_file=os.fspath(WNIDS_FILE)),
+            "file_name": tfds.features.Text(),
+        }),
+        supervised_keys=("image", "label"),
+        homepage="https://github.com/hendrycks/robustness",
+    )
+
+  def _split_generators(self, dl_manager):
+    corruption, severity = self.builder_config.name.rsplit("_", 1)
+    files = imagenet_c_files(_manual_dir(dl_manager)).get((corruption, int(severity)))
+    if not files:
+      raise DataError(f"imagenet_c: no files for {corruption} severity {severity} in {dl_manager.manual_dir}. "
+                      f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    by_class = collections.defaultdict(list)
+    for wnid, name, ref in files:
+      by_class[wnid].append((name, ref))
+    train, test = [], []
+    for wnid in sorted(by_class):
+      items = sorted(by_class[wnid], key=lambda item: item[0])
+      half = len(items) // 2
+      train += [(wnid, n, r) for n, r in items[:half]]
+      test += [(wnid, n, r) for n, r in items[half:]]
+    return {"train": self._generate_examples(train, "train"), "test": self._generate_examples(test, "test")}
+
+  def _generate_examples(self, items, split: str):
+    tally = Tally()
+    for wnid, name, ref in items:
+      data = ref.read()
+      if check_image(data, name, tally):
+        yield name, {"image": data, "label": wnid, "file_name": name}
+    log.warning("imagenet_c/%s %s: %s", self.builder_config.name, split, tally.report())
+
+
+@dataclasses.dataclass(frozen=True)
+class _FileRef:
+  """A file on disk or a member of an indexed tar."""
+
+  path: pathlib.Path
+  member: str = ""
+
+  def read(self) -> bytes:
+    if self.member:
+      return TarIndex.of(self.path).read(self.member)
+    return self.path.read_bytes()
+
+
+def imagenet_c_files(manual_dir: pathlib.Path) -> dict[tuple[str, int], list[tuple[str, str, _FileRef]]]:
+  """(corruption, severity) -> [(wnid, file name, where)] over the tars and folders in manual_dir."""
+  wnids = set(imagenet_wnids())
+  found = collections.defaultdict(list)
+
+  def add(rel: str, ref: _FileRef):
+    m = _IMAGENET_C_MEMBER.search(rel)
+    if m and m.group(1) in IMAGENET_C_CORRUPTIONS and m.group(3) in wnids:
+      found[(m.group(1), int(m.group(2)))].append((m.group(3), m.group(4), ref))
+
+  for tar_path in sorted(manual_dir.glob("*.tar")):
+    index = TarIndex.of(tar_path)
+    for name in index.members:
+      add(name, _FileRef(tar_path, name))
+  for corruption in IMAGENET_C_CORRUPTIONS:
+    for path in sorted((manual_dir / corruption).glob("[1-5]/n*/*")) if (manual_dir / corruption).is_dir() else []:
+      if path.is_file():
+        add(path.relative_to(manual_dir).as_posix(), _FileRef(path))
+  return dict(found)
+
+
+# --------------------------------------------------------------------------- PASCAL VOC
+
+
+VOC_ARCHIVES = {
+    "2007": {"trainval": "VOCtrainval_06-Nov-2007.tar", "test": "VOCtest_06-Nov-2007.tar"},
+    "2012": {"trainval": "VOCtrainval_11-May-2012.tar", "test": "VOC2012test.tar"},
+}
+
+
+class _VocTree:
+  """The VOCdevkit/VOC<year> files, from the tars in manual_dir or an extracted VOCdevkit folder."""
+
+  def __init__(self, manual_dir: pathlib.Path, year: str):
+    self.year = year
+    self.files: dict[str, _FileRef] = {}  # path relative to VOC<year>/ -> where
+    prefix = re.compile(rf"(?:^|.*/)VOC{year}/(.+)$")
+    for key in ("trainval", "test"):
+      tar_path = manual_dir / VOC_ARCHIVES[year][key]
+      if tar_path.exists():
+        for name in TarIndex.of(tar_path).members:
+          m = prefix.match(name)
+          if m:
+            self.files.setdefault(m.group(1), _FileRef(tar_path, name))
+    root = manual_dir / "VOCdevkit" / f"VOC{year}"
+    if root.is_dir():
+      for path in root.rglob("*"):
+        if path.is_file():
+          self.files.setdefault(path.relative_to(root).as_posix(), _FileRef(path))
+
+  def image_set(self, name: str) -> list[str] | None:
+    ref = self.files.get(f"ImageSets/Main/{name}.txt")
+    return None if ref is None else ref.read().decode().split()
+
+  def read(self, rel: str) -> bytes:
+    if rel not in self.files:
+      raise DataError(f"VOC{self.year}: {rel} is listed in ImageSets but missing from the archives.")
+    return self.files[rel].read()
+
+
+def voc_objects(xml_bytes: bytes, where: str) -> list[dict]:
+  """The objects of one VOC annotation: label, pose, bbox (normalised ymin, xmin, ymax, xmax), flags."""
+  try:
+    root = ET.fromstring(xml_bytes)
+    size = root.find("size")
+    width, height = float(size.find("width").text), float(size.find("height").text)
+    objects = []
+    for obj in root.findall("object"):
+      box = obj.find("bndbox")
+      xmin, ymin, xmax, ymax = (float(box.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax"))
+      pose = obj.find("pose")
+      objects.append({
+          "label": obj.find("name").text.strip().lower(),
+          "pose": (pose.text.strip().lower() if pose is not None and pose.text else "unspecified"),
+          "bbox": tfds.features.BBox(ymin=min(ymin / height, 1.0), xmin=min(xmin / width, 1.0),
+                                     ymax=min(ymax / height, 1.0), xmax=min(xmax / width, 1.0)),
+          "is_truncated": _flag(obj, "truncated"),
+          "is_difficult": _flag(obj, "difficult"),
+      })
+  except (ET.ParseError, AttributeError, TypeError, ValueError) as e:
+    raise DataError(f"{where}: malformed VOC annotation ({type(e).__name__}: {e}).") from e
+  for o in objects:
+    if o["label"] not in VOC_LABELS:
+      raise DataError(f"{where}: unknown VOC class {o['label']!r}.")
+  return objects
+
+
+def _flag(obj, tag: str) -> bool:
+  node = obj.find(tag)
+  return node is not None and (node.text or "").strip() == "1"
+
+
+class Voc(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """PASCAL VOC 2007 / 2012 detection data (same features as TFDS's voc)."""
+
+  VERSION = tfds.core.Version("5.0.0")
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="2007"), tfds.core.BuilderConfig(name="2012")]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      "manual_dir must hold the official VOC tars (VOCtrainval_06-Nov-2007.tar, VOCtest_06-Nov-2007.tar, "
+      "VOCtrainval_11-May-2012.tar, VOC2012test.tar) or their extracted VOCdevkit folder.")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=f"PASCAL VOC {self.builder_config.name}: boxes, labels, poses, truncated and difficult flags.",
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(),
+            "image/filename": tfds.features.Text(),
+            "objects": tfds.features.Sequence({
+                "label": tfds.features.ClassLabel(names=VOC_LABELS),
+                "bbox": tfds.features.BBoxFeature(),
+                "pose": tfds.features.ClassLabel(names=VOC_POSES),
+                "is_truncated": np.bool_,
+                "is_difficult": np.bool_,
+            }),
+            "labels": tfds.features.Sequence(tfds.features.ClassLabel(names=VOC_LABELS)),
+            "labels_no_difficult": tfds.features.Sequence(tfds.features.ClassLabel(names=VOC_LABELS)),
+        }),
+        homepage="http://host.robots.ox.ac.uk/pascal/VOC/",
+    )
+
+  def _split_generators(self, dl_manager):
+    year = self.builder_config.name
+    tree = _VocTree(_manual_dir(dl_manager), year)
+    splits = {}
+    for split, set_name in (("train", "train"), ("validation", "val"), ("test", "test")):
+      ids = tree.image_set(set_name)
+      if ids is not None:
+        splits[split] = self._generate_examples(tree, ids, set_name)
+    if not splits:
+      raise DataError(f"voc/{year}: no VOC{year}/ImageSets/Main/*.txt in {dl_manager.manual_dir}. "
+                      f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    return splits
+
+  def _generate_examples(self, tree: _VocTree, ids: list[str], set_name: str):
+    tally = Tally()
+    for image_id in ids:
+      data = tree.read(f"JPEGImages/{image_id}.jpg")
+      if not check_image(data, f"{image_id}.jpg", tally):
+        continue
+      ann = f"Annotations/{image_id}.xml"
+      objects = voc_objects(tree.read(ann), ann) if ann in tree.files else []
+      if not objects and set_name != "test":
+        raise DataError(f"VOC{tree.year}: {ann} is missing or has no objects.")
+      yield image_id, {
+          "image": data,
+          "image/filename": f"{image_id}.jpg",
+          "objects": objects,
+          "labels": sorted({o["label"] for o in objects}),
+          "labels_no_difficult": sorted({o["label"] for o in objects if not o["is_difficult"]}),
+      }
+    log.warning("voc/%s %s: %s", tree.year, set_name, tally.report())
+
+
+# --------------------------------------------------------------------------- image folders
+
+
+class ImageFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """A directory of class folders. Subclass it (see `image_folder_builder`) to name the dataset."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  MANUAL_DOWNLOAD_INSTRUCTIONS = ("manual_dir must hold <class>/<image> folders, or <split>/<class>/<image> "
+                                  "with split names such as train, validation, test.")
+
+  def _layout(self) -> tuple[dict[str, pathlib.Path], list[str]]:
+    root = pathlib.Path(os.fspath(self._manual_dir_path))
+    if not root.is_dir():
+      raise DataError(f"folder dataset: {root} is not a directory. {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir())
+    split_like = {"train", "validation", "val", "test", "eval"}
+    if subdirs and all(p.name in split_like for p in subdirs):
+      splits = {("validation" if p.name == "val" else p.name): p for p in subdirs}
+    else:
+      splits = {"train": root}
+    classes = sorted({c.name for d in splits.values() for c in d.iterdir() if c.is_dir()})
+    if not classes:
+      raise DataError(f"folder dataset: no class folders in {root}. {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    return splits, classes
+
+  def _info(self):
+    _, classes = self._layout()
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=f"Images from the class folders of {self._manual_dir_path}.",
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(),
+            "label": tfds.features.ClassLabel(names=classes),
+            "file_name": tfds.features.Text(),
+        }),
+        supervised_keys=("image", "label"),
+    )
+
+  def _split_generators(self, dl_manager):
+    splits, _ = self._layout()
+    return {name: self._generate_examples(path) for name, path in splits.items()}
+
+  def _generate_examples(self, split_dir: pathlib.Path):
+    tally = Tally()
+    for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+      for path in sorted(class_dir.rglob("*")):
+        if not path.is_file():
+          continue
+        rel = path.relative_to(split_dir).as_posix()
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+          tally.add("skipped_not_an_image_suffix", rel)
+          continue
+        data = path.read_bytes()
+        if check_image(data, rel, tally):
+          yield rel, {"image": data, "label": class_dir.name, "file_name": rel}
+    log.warning("%s %s: %s", self.name, split_dir.name, tally.report())
+
+
+def image_folder_builder(name: str, manual_dir: str | os.PathLike) -> type[ImageFolder]:
+  """An ImageFolder builder class called `name` (a lower_snake_case dataset name) reading manual_dir."""
+  if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+    raise DataError(f"Dataset name {name!r} must be lower_snake_case (letters, digits, underscores).")
+  camel = "".join(part.capitalize() for part in name.split("_"))
+  return type(camel, (ImageFolder,), {"name": name, "_manual_dir_path": pathlib.Path(manual_dir),
+                                       "__module__": __name__}, skip_registration=True)
+
+
+BUILDERS = {"imagenet2012": Imagenet2012, "imagenet_c": ImagenetC, "voc": Voc, "folder": ImageFolder}
