@@ -731,3 +731,16 @@ def test_train_workers_resume_same_order():
   it2 = iter(rd.train_dataset(src, deg, **kw))
   it2.set_state(state)
   _equal_batches(want, [next(it2) for _ in range(4)])
+
+
+def test_fused_decode_resize_equals_reference():
+  """The pipeline's decode+resize (PIL all the way) gives decode_image + resize_short_side exactly."""
+  from skimage import data
+  from rajax.data import pipeline
+  for name, hw in (("astronaut", (375, 500)), ("chelsea", (500, 375)), ("coffee", (333, 257)), ("rocket", (256, 300))):
+    img = np.asarray(Image.fromarray(getattr(data, name)()).resize(hw[::-1], Image.BICUBIC))
+    for fmt in ("JPEG", "PNG"):
+      encoded = _enc(img, fmt)
+      for resize in (0, 256, 100):
+        want = rd.resize_short_side(rd.decode_image(encoded), resize)
+        np.testing.assert_array_equal(pipeline._prepare(encoded, resize, 64, False), want)

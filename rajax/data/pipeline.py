@@ -127,38 +127,42 @@ _CONVERSIONS = {"L": "converted_grayscale", "LA": "converted_grayscale", "I;16":
                 "I": "converted_grayscale", "CMYK": "converted_cmyk"}
 
 
+def _open_rgb(data: bytes, draft_short_side: int = 0) -> Image.Image:
+  """Encoded bytes -> a loaded RGB PIL image (conversions counted); DataError if unreadable."""
+  try:
+    with Image.open(io.BytesIO(data)) as im:
+      if draft_short_side > 0 and im.format == "JPEG":
+        w, h = im.size
+        f = draft_short_side / min(w, h)
+        im.draft(im.mode if im.mode in ("L", "CMYK") else "RGB", (int(np.ceil(w * f)), int(np.ceil(h * f))))
+      mode, fmt = im.mode, im.format
+      im.load()
+      rgb = im if mode == "RGB" else im.convert("RGB")
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    raise DataError(f"Cannot decode image ({len(data)} bytes, starting {data[:4]!r}): {e}") from e
+  if mode != "RGB":
+    _note(_CONVERSIONS.get(mode, f"converted_{mode.lower()}"), f"{fmt} {mode} {rgb.width}x{rgb.height}")
+  if fmt != "JPEG":  # e.g. the PNG files stored as .JPEG in ImageNet: decoded all the same
+    _note(f"decoded_{str(fmt).lower()}", f"{fmt} {mode} {rgb.width}x{rgb.height}")
+  return rgb
+
+
+def _is_encoded(image: Any) -> bool:
+  return isinstance(image, (bytes, bytearray, np.bytes_, memoryview))
+
+
 def decode_image(image: Any, *, draft_short_side: int = 0) -> np.ndarray:
   """Encoded bytes or an array -> uint8 RGB [H, W, 3] (grayscale, CMYK, RGBA, palette converted).
 
   Bytes that are not a readable image (corrupt, truncated, empty) raise DataError.
 
   `draft_short_side` > 0 turns on JPEG draft mode: libjpeg decodes at 1/2, 1/4 or 1/8 scale
-  straight from the DCT coefficients while the short side stays >= `draft_short_side`. That is
-  2-4x faster on large photos but its pixels differ from a full decode followed by a resize, so
-  the pipelines use it only when asked (`fast_decode=True`); where no reduction is possible the
-  output is identical to a full decode.
+  straight from the DCT coefficients while the short side stays >= `draft_short_side`. Its pixels
+  differ from a full decode followed by a resize, so the pipelines use it only when asked
+  (`fast_decode=True`); where no reduction is possible the output is identical to a full decode.
   """
-  if isinstance(image, (bytes, bytearray, np.bytes_, memoryview)):
-    data = bytes(image)
-    try:
-      with Image.open(io.BytesIO(data)) as im:
-        if draft_short_side > 0 and im.format == "JPEG":
-          w, h = im.size
-          f = draft_short_side / min(w, h)
-          im.draft(im.mode if im.mode in ("L", "CMYK") else "RGB", (int(np.ceil(w * f)), int(np.ceil(h * f))))
-        mode, fmt = im.mode, im.format
-        im.load()
-        if mode == "RGB":
-          arr = np.asarray(im)
-        else:
-          arr = np.asarray(im.convert("RGB"))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-      raise DataError(f"Cannot decode image ({len(data)} bytes, starting {data[:4]!r}): {e}") from e
-    if mode != "RGB":
-      _note(_CONVERSIONS.get(mode, f"converted_{mode.lower()}"), f"{fmt} {mode} {arr.shape[1]}x{arr.shape[0]}")
-    if fmt != "JPEG":  # e.g. the PNG files stored as .JPEG in ImageNet: decoded all the same
-      _note(f"decoded_{str(fmt).lower()}", f"{fmt} {mode} {arr.shape[1]}x{arr.shape[0]}")
-    return arr
+  if _is_encoded(image):
+    return np.asarray(_open_rgb(bytes(image), draft_short_side))
   arr = np.asarray(image)
   if arr.dtype != np.uint8:
     raise DataError(f"Images must be uint8, got {arr.dtype}.")
@@ -174,6 +178,13 @@ def decode_image(image: Any, *, draft_short_side: int = 0) -> np.ndarray:
 # --------------------------------------------------------------------------- resizing and cropping
 
 
+def _short_side_size(h: int, w: int, size: int) -> tuple[int, int]:
+  """(new h, new w) of torchvision Resize(size): short side -> size, long side truncated."""
+  if h <= w:
+    return size, int(size * w / h)
+  return int(size * h / w), size
+
+
 def resize_short_side(img: np.ndarray, size: int) -> np.ndarray:
   """torchvision Resize(size) on a PIL image: bilinear, short side -> size, aspect kept; 0 = no-op."""
   if size <= 0:
@@ -181,10 +192,7 @@ def resize_short_side(img: np.ndarray, size: int) -> np.ndarray:
   h, w = img.shape[:2]
   if min(h, w) == size:
     return img
-  if h <= w:
-    nh, nw = size, int(size * w / h)
-  else:
-    nh, nw = int(size * h / w), size
+  nh, nw = _short_side_size(h, w, size)
   return np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
 
 
@@ -214,9 +222,19 @@ def center_crop(img: np.ndarray, crop: int) -> np.ndarray:
 
 
 def _prepare(image: Any, resize: int, crop: int, fast_decode: bool) -> np.ndarray:
-  """Decode + Resize(short side); an image still smaller than the crop is upscaled to it (counted)."""
-  img = decode_image(image, draft_short_side=resize if fast_decode and resize > 0 else 0)
-  img = resize_short_side(img, resize)
+  """Decode + Resize(short side); an image still smaller than the crop is upscaled to it (counted).
+
+  Encoded images stay PIL images from decoding to resizing (one conversion to numpy, at the end);
+  the pixels are those of decode_image followed by resize_short_side.
+  """
+  if _is_encoded(image):
+    im = _open_rgb(bytes(image), resize if fast_decode and resize > 0 else 0)
+    if resize > 0 and min(im.size) != resize:
+      nh, nw = _short_side_size(im.height, im.width, resize)
+      im = im.resize((nw, nh), Image.BILINEAR)
+    img = np.asarray(im)
+  else:
+    img = resize_short_side(decode_image(image), resize)
   if min(img.shape[:2]) < crop:
     _note("upscaled_smaller_than_crop", f"{img.shape[1]}x{img.shape[0]} < crop {crop}")
     img = resize_short_side(img, crop)

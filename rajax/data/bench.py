@@ -1,0 +1,185 @@
+"""Host input-pipeline throughput: images/s per stage and end to end, per task and worker count.
+
+    python -m rajax.data.bench --config configs/sr_imagenet.py --config.data.data_dir=~/tfds
+    python -m rajax.data.bench --config configs/sr_imagenet.py --source photos --workers 0,1,2
+
+With a prepared dataset (`--source tfds`, the config's data.name and data.data_dir) the benchmark
+reads the real files; `--source photos` (the default when no data_dir is set) uses ImageNet-sized
+JPEGs (500x375, quality 90, about ImageNet's average) made from the photos that ship with
+scikit-image, so the figures are comparable across machines without the dataset.
+
+Two tables:
+  stages    one thread, one image at a time: decode, Resize(256), RandomCrop(224)+flip, and each
+            degradation (SR bicubic x4, Gaussian noise, JPEG q10), in ms/image and images/s;
+  pipeline  the real grain training pipeline (train_dataset) for each task and worker count, in
+            images/s after a warm-up (worker start-up excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import time
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from rajax.data import pipeline as pipe
+
+
+class PhotoJpegs:
+  """`size` ImageNet-like JPEGs (500x375 or 375x500, quality 90) cut from scikit-image's photos."""
+
+  def __init__(self, size: int = 64, seed: int = 0):
+    from skimage import data
+    photos = [getattr(data, n)() for n in ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
+                                           "immunohistochemistry", "retina")]
+    rng = np.random.default_rng(seed)
+    self.items = []
+    for i in range(size):
+      img = Image.fromarray(np.ascontiguousarray(photos[i % len(photos)][..., :3]))
+      w, h = (500, 375) if i % 4 else (375, 500)
+      scale = max(w / img.width, h / img.height) * float(rng.uniform(1.0, 1.3))
+      img = img.resize((int(np.ceil(img.width * scale)), int(np.ceil(img.height * scale))), Image.BILINEAR)
+      left, top = int(rng.integers(0, img.width - w + 1)), int(rng.integers(0, img.height - h + 1))
+      buf = io.BytesIO()
+      img.crop((left, top, left + w, top + h)).save(buf, format="JPEG", quality=90)
+      self.items.append({"image": buf.getvalue(), "label": i % 10})
+
+  def __len__(self):
+    return len(self.items)
+
+  def __getitem__(self, i):
+    return self.items[i]
+
+
+def _timeit(fn, items, min_seconds: float) -> float:
+  """Seconds per call of fn(item), cycling through items for at least min_seconds."""
+  n, start = 0, time.perf_counter()
+  while True:
+    for it in items:
+      fn(it)
+      n += 1
+    elapsed = time.perf_counter() - start
+    if elapsed >= min_seconds:
+      return elapsed / n
+
+
+def stage_table(source, *, resize: int, crop: int, scale: int, sigma: float, quality: int,
+                seconds: float) -> list[tuple[str, float]]:
+  """[(stage, seconds per image)] on one thread."""
+  from rajax import degrade
+  raw = [source[i]["image"] for i in range(min(len(source), 32))]
+  decoded = [pipe.decode_image(r) for r in raw]
+  resized = [pipe.resize_short_side(d, resize) for d in decoded]
+  rng = np.random.default_rng(0)
+  crops = [pipe.random_crop_flip(r, crop, rng) for r in resized]
+  rows = [
+      ("decode (PIL, full size)", _timeit(pipe.decode_image, raw, seconds)),
+      (f"decode, JPEG draft mode (fast_decode; not exact)",
+       _timeit(lambda r: pipe.decode_image(r, draft_short_side=resize), raw, seconds)),
+      (f"Resize({resize}) bilinear", _timeit(lambda d: pipe.resize_short_side(d, resize), decoded, seconds)),
+      (f"RandomCrop({crop}) + flip", _timeit(lambda r: pipe.random_crop_flip(r, crop, rng), resized, seconds)),
+      (f"SR: bicubic down x{scale}", _timeit(lambda c: degrade.bicubic_down(c, scale), crops, seconds)),
+      (f"denoise: Gaussian noise sigma {sigma}", _timeit(lambda c: degrade.gaussian_noise(c, sigma, rng), crops, seconds)),
+      (f"JPEG q{quality} round trip", _timeit(lambda c: degrade.jpeg(c, quality), crops, seconds)),
+  ]
+  return rows
+
+
+def pipeline_rate(source, degradation, *, resize: int, crop: int, batch: int, workers: int, threads: int,
+                  seconds: float, fast_decode: bool = False) -> float:
+  """Images/s of train_dataset after warm-up."""
+  ds = pipe.train_dataset(source, degradation, resize=resize, crop=crop, global_batch=batch, seed=0,
+                          workers=workers, threads=threads, fast_decode=fast_decode)
+  it = iter(ds)
+  for _ in range(3 + 2 * workers):  # warm-up: worker start-up, thread pools, first prefetches
+    next(it)
+  n, start = 0, time.perf_counter()
+  while time.perf_counter() - start < seconds:
+    n += len(next(it)["label"])
+  rate = n / (time.perf_counter() - start)
+  del it
+  return rate
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m rajax.data.bench", description=__doc__.split("\n\n")[0],
+                                   epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", required=True, help="experiment config FILE.py[:ARG] (data and degrade sections)")
+  parser.add_argument("--source", choices=("auto", "tfds", "photos"), default="auto",
+                      help="auto: tfds when the config has data.data_dir, else photos")
+  parser.add_argument("--tasks", default="sr,denoise,jpeg", help="comma-separated tasks")
+  parser.add_argument("--workers", default="0,1,2", help="comma-separated worker-process counts (0: threads only)")
+  parser.add_argument("--threads", type=int, default=0, help="reading threads per process (0: the config's)")
+  parser.add_argument("--seconds", type=float, default=5.0, help="measuring time per row")
+  parser.add_argument("--fast_decode", action="store_true", help="also time the pipeline with JPEG draft mode")
+  args, rest = parser.parse_known_args(argv)
+  bad = [r for r in rest if not r.startswith("--config.")]
+  if bad:
+    parser.error(f"unrecognized arguments {bad}; config overrides look like --config.data.data_dir=DIR")
+
+  from rajax import config as config_lib
+  try:
+    config = config_lib.from_command_line(args.config, [r[len("--config."):] for r in rest])
+  except config_lib.ConfigError as e:
+    parser.exit(2, f"rajax.data.bench: {e}\n")
+  d, g = config.data, config.degrade
+  kind = args.source if args.source != "auto" else ("tfds" if d.data_dir else "photos")
+  if kind == "tfds":
+    source = pipe.make_source(d, d.train_split)
+    what = f"tfds {d.name}/{d.train_split} in {d.data_dir} ({len(source)} images)"
+  else:
+    source = PhotoJpegs()
+    what = f"{len(source)} ImageNet-sized JPEGs (500x375, q90) from scikit-image photos"
+  threads = args.threads or d.threads
+  cpu = _cpu_name()
+  print(f"rajax.data.bench: {what}; {os.cpu_count()} CPU core(s): {cpu}", flush=True)
+  print(f"resize {d.resize}, crop {d.crop}, batch {d.batch_size}, threads/process {threads}\n", flush=True)
+
+  rows = stage_table(source, resize=d.resize, crop=d.crop, scale=g.scale, sigma=g.sigma, quality=g.quality,
+                     seconds=max(args.seconds / 5, 0.5))
+  print(f"{'stage (1 thread)':48s} {'ms/img':>8s} {'img/s':>8s}")
+  for name, sec in rows:
+    print(f"{name:48s} {1e3 * sec:8.2f} {1 / sec:8.0f}")
+  per = dict(rows)
+  base = per["decode (PIL, full size)"] + per[f"Resize({d.resize}) bilinear"] + per[f"RandomCrop({d.crop}) + flip"]
+  for task, key in (("sr", f"SR: bicubic down x{g.scale}"), ("denoise", f"denoise: Gaussian noise sigma {g.sigma}"),
+                    ("jpeg", f"JPEG q{g.quality} round trip")):
+    print(f"{'= decode+resize+crop+' + task:48s} {1e3 * (base + per[key]):8.2f} {1 / (base + per[key]):8.0f}")
+  print(flush=True)
+
+  print(f"{'pipeline (train_dataset)':30s} {'workers':>8s} {'img/s':>8s} {'img/s/core':>11s}", flush=True)
+  for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
+    deg = pipe.Degradation(task, scale=g.scale, sigma=g.sigma, quality=g.quality)
+    for workers in [int(w) for w in args.workers.split(",")]:
+      for fast in ((False, True) if args.fast_decode else (False,)):
+        rate = pipeline_rate(source, deg, resize=d.resize, crop=d.crop, batch=d.batch_size, workers=workers,
+                             threads=threads, seconds=args.seconds, fast_decode=fast)
+        label = task + (" (fast_decode)" if fast else "")
+        cores = min(max(workers, 1) if workers else os.cpu_count() or 1, os.cpu_count() or 1)
+        print(f"{label:30s} {workers:8d} {rate:8.0f} {rate / cores:11.0f}", flush=True)
+  counts = pipe.bad_data_counts()
+  skipped = {k: v for k, v in counts.items() if k != "decoded"}
+  if skipped:
+    print(f"\nbad data (this process): {skipped}")
+  return 0
+
+
+def _cpu_name() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  import platform
+  return platform.processor() or platform.machine()
+
+
+if __name__ == "__main__":
+  sys.exit(cli())
