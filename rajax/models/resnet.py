@@ -11,6 +11,7 @@ pool) and `logits`.
 
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 import jax
@@ -122,3 +123,33 @@ ARCHS = {
     "resnet101": dict(stage_sizes=(3, 4, 23, 3), block="bottleneck"),
     "resnet152": dict(stage_sizes=(3, 8, 36, 3), block="bottleneck"),
 }
+
+MODULE = ResNet
+
+
+def torch_key(path: str) -> str:
+  """Flax module path -> torchvision module prefix: 'layer1_0/downsample_conv' -> 'layer1.0.downsample.0'."""
+  parts = path.split("/")
+  out = []
+  for i, part in enumerate(parts):
+    m = re.fullmatch(r"layer(\d+)_(\d+)", part)
+    if i == 0 and m:
+      out.append(f"layer{m[1]}.{m[2]}")
+    elif i == 0 and part in ("conv1", "bn1", "fc") and len(parts) == 1:
+      out.append(part)
+    elif i == 1 and part in _BLOCK_KEYS:
+      out.append(_BLOCK_KEYS[part])
+    else:
+      raise ValueError(f"No torchvision ResNet key for Flax module path {path!r}.")
+  return ".".join(out)
+
+
+_BLOCK_KEYS = {
+    "conv1": "conv1", "bn1": "bn1", "conv2": "conv2", "bn2": "bn2", "conv3": "conv3", "bn3": "bn3",
+    "downsample_conv": "downsample.0", "downsample_bn": "downsample.1",
+}
+
+
+def rename_torch_keys(state_dict):
+  """Renames legacy keys of a torch state dict to the current layout (none for ResNets)."""
+  return dict(state_dict)
