@@ -17,7 +17,8 @@ def get_config(arg=None):
   c.transformer.blocks = 1
   c.transformer.channels = 8
   c.recognizer.num_classes = 10
-  c.recognizer.width = 8              # a narrow ResNet-18 (random weights: exercises the machinery only)
+  c.recognizer.width = 8              # a narrow ResNet-18 with random weights: exercises the machinery only
+  c.recognizer.weights = "random"
 
   c.data.source = "synthetic"
   c.data.synthetic.train_size = 96

@@ -145,7 +145,7 @@ def base(*, task: str = "sr", mode: str = "ra", recognizer: str = "resnet18") ->
   c.processor = ml_collections.ConfigDict(dict(name="srresnet", blocks=5, channels=64))
   c.transformer = ml_collections.ConfigDict(dict(name="resnet_generator", blocks=6, channels=64))
   c.recognizer = ml_collections.ConfigDict(dict(name=recognizer, num_classes=1000))
-  c.recognizer.weights = config_dict.placeholder(str)   # weights file; None: random init (tests only)
+  c.recognizer.weights = config_dict.placeholder(str)   # file; None: bundled pretrained; "random": tests only
 
   c.degrade = ml_collections.ConfigDict(dict(scale=4, sigma=0.1, quality=10))
 

@@ -222,7 +222,7 @@ WIDTH = 8
 
 @pytest.fixture(scope="module")
 def rec():
-  return rajax.recognizer("resnet18", num_classes=NUM_CLASSES, width=WIDTH, seed=3)
+  return rajax.recognizer("resnet18", "random", num_classes=NUM_CLASSES, width=WIDTH, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -368,10 +368,10 @@ def test_recognizer_input_gradient(dtype, rec, rec_file):
 
 def test_unknown_recognizer_lists_names():
   with pytest.raises(ValueError) as e:
-    rajax.recognizer("vgg16")
+    rajax.recognizer("alexnet")
   msg = str(e.value)
-  assert "vgg16" in msg
-  for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
+  assert "alexnet" in msg
+  for name in ("resnet18", "resnet50", "vgg16_bn", "densenet121", "mobilenet_v2", "efficientnet_lite0"):
     assert name in msg
 
 
@@ -860,5 +860,5 @@ def test_processor_bad_sizes():
 
 def test_recognizer_bad_option():
   with pytest.raises(TypeError) as e:
-    rajax.recognizer("resnet18", num_classes=10, depth=3)
+    rajax.recognizer("resnet18", "random", num_classes=10, depth=3)
   assert "resnet18" in str(e.value) and "depth" in str(e.value)

@@ -14,7 +14,7 @@ from rajax import step as step_lib
 def _run(mesh, mode, batches):
   nets = {"processor": rajax.processor("srresnet", scale=2, blocks=1, channels=8),
           "transformer": rajax.processor("resnet_generator", blocks=1, channels=4)}
-  rec = jax.device_put(rajax.recognizer("resnet18", num_classes=10, width=4, seed=3), sharding.replicated(mesh))
+  rec = jax.device_put(rajax.recognizer("resnet18", "random", num_classes=10, width=4, seed=3), sharding.replicated(mesh))
   method = step_lib.Method(mode=mode, lam=0.1)
   # SGD, not Adam: a conv bias that feeds BatchNorm has a true gradient of zero, and Adam's division by
   # sqrt(v) turns the float rounding noise left in it into learning-rate-sized steps whose sign differs

@@ -26,7 +26,7 @@ def nets():
 
 @pytest.fixture(scope="module")
 def rec():
-  return rajax.recognizer("resnet18", num_classes=10, width=R_WIDTH, seed=1)
+  return rajax.recognizer("resnet18", "random", num_classes=10, width=R_WIDTH, seed=1)
 
 
 @pytest.fixture(scope="module")

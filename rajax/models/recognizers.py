@@ -22,23 +22,50 @@ from flax import linen as nn
 
 from rajax import weights as weights_lib
 from rajax.models import layers
-from rajax.models import resnet
+from rajax.models import densenet, efficientnet, mobilenet, resnet, vgg
+from rajax.weights import bundled
+
+_FAMILIES = (resnet, vgg, densenet, mobilenet, efficientnet)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# EfficientNet-Lite was trained in TensorFlow on (x - 127) / 128 for x in [0, 255]; its weights give
+# clearly more confident (and more often correct) predictions with that input than with mean/std.
+LITE_MEAN, LITE_STD = (127 / 255,) * 3, (128 / 255,) * 3
+_NORMALISATION = {"efficientnet_lite0": (LITE_MEAN, LITE_STD)}
 
-# name -> builder(num_classes=..., dtype=..., **kwargs) -> linen module
-_ARCHS: dict[str, Callable[..., nn.Module]] = {
-    name: functools.partial(resnet.ResNet, **spec) for name, spec in resnet.ARCHS.items()
-}
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+  """A recognizer architecture: its module class and options, and how its torch weights map to it."""
+
+  module: Callable[..., nn.Module]        # module(num_classes=..., dtype=..., **options)
+  options: Mapping[str, Any]
+  torch_key: Callable[[str], str] | None   # Flax module path -> torch module prefix (None: no torch layout)
+  mean: tuple[float, float, float] = IMAGENET_MEAN   # input normalisation the weights expect
+  std: tuple[float, float, float] = IMAGENET_STD
 
 
-def register(name: str, builder: Callable[..., nn.Module]) -> None:
-  """Adds a recognizer architecture: `builder(num_classes=..., dtype=..., **kwargs)` -> module.
+_ARCHS: dict[str, Arch] = {}
 
-  The module must accept `(images, *, train=False, features=False)` on normalised NHWC images.
+
+def register(name: str, module: Callable[..., nn.Module], options: Mapping[str, Any] | None = None, *,
+             torch_key: Callable[[str], str] | None = None, mean: tuple[float, float, float] = IMAGENET_MEAN,
+             std: tuple[float, float, float] = IMAGENET_STD) -> None:
+  """Adds a recognizer architecture.
+
+  `module(num_classes=..., dtype=..., **options, **user_kwargs)` must return a linen module
+  accepting `(images, *, train=False, features=False)` on normalised NHWC images. `torch_key`
+  maps a Flax module path to the torch module prefix, so torch checkpoints can be read; `mean` and
+  `std` are the input normalisation the architecture's weights expect.
   """
-  _ARCHS[name] = builder
+  _ARCHS[name] = Arch(module, dict(options or {}), torch_key, mean, std)
+
+
+for _family in _FAMILIES:
+  for _name, _options in _family.ARCHS.items():
+    _mean, _std = _NORMALISATION.get(_name, (IMAGENET_MEAN, IMAGENET_STD))
+    register(_name, _family.MODULE, _options, torch_key=_family.torch_key, mean=_mean, std=_std)
 
 
 def available() -> list[str]:
@@ -88,12 +115,15 @@ def recognizer(
     seed: int = 0,
     **kwargs: Any,
 ) -> Recognizer:
-  """Builds recognizer `name` with its weights.
+  """Builds recognizer `name` with its weights, ready to call on [B, H, W, 3] images in [0, 1].
 
   Args:
-    name: architecture, one of `available()` (e.g. "resnet18", "resnet50").
-    weights: path of a weights file (Flax msgpack); None initialises randomly, which only makes
-      sense for tests and benchmarks.
+    name: architecture, one of `available()` (e.g. "resnet50", "mobilenet_v2", "efficientnet_lite0").
+    weights: None for the pretrained weights that ship with rajax (mobilenet_v2, efficientnet_lite0;
+      an error names what to pass for the others); a file path: a torchvision-layout PyTorch
+      checkpoint (.pth/.pt, zip or legacy format), a .safetensors file, or Flax variables (.msgpack,
+      e.g. from `python -m rajax.weights convert`); or "random" for a random initialisation, which
+      only makes sense for tests and benchmarks.
     num_classes: size of the classifier head.
     dtype: compute dtype ("float32", "bfloat16", ...); parameters stay float32.
     seed: PRNG seed for a random initialisation.
@@ -101,17 +131,24 @@ def recognizer(
   """
   if name not in _ARCHS:
     raise ValueError(f"Unknown recognizer {name!r}; available: {', '.join(available())}.")
+  arch = _ARCHS[name]
   try:
-    module = _ARCHS[name](num_classes=num_classes, dtype=layers.as_dtype(dtype), **kwargs)
+    module = arch.module(num_classes=num_classes, dtype=layers.as_dtype(dtype), **{**arch.options, **kwargs})
   except TypeError as e:
     raise TypeError(f"Bad options for recognizer {name!r}: {e}") from None
   dummy = jnp.zeros((1, 32, 32, 3), jnp.float32)
   init = functools.partial(module.init, train=False)
-  if weights is None:
-    logging.warning("recognizer %r has random weights (weights=None): its predictions mean nothing.", name)
+  if weights == "random":
+    logging.warning("recognizer %r has random weights (weights='random'): its predictions mean nothing.", name)
     # The RBG generator compiles ~3x faster on CPU than threefry, which matters for tests and benchmarks.
     variables = jax.jit(init)(jax.random.key(seed, impl="rbg"), dummy)
-  else:
-    template = jax.eval_shape(init, jax.random.key(0), dummy)
-    variables = jax.tree.map(jnp.asarray, weights_lib.load(weights, template, what=f"recognizer {name!r}"))
-  return Recognizer(name=name, module=module, variables=variables)
+    return Recognizer(name=name, module=module, variables=variables, mean=arch.mean, std=arch.std)
+  if weights is None:
+    weights = bundled.bundled_path(name)
+    if num_classes != 1000 or kwargs:
+      raise ValueError(f"The bundled weights of {name!r} are for the standard 1000-class architecture; "
+                       f"drop num_classes/options {sorted(kwargs)} or pass weights=PATH.")
+  template = jax.eval_shape(init, jax.random.key(0), dummy)
+  variables = weights_lib.load(weights, template, what=f"recognizer {name!r}", torch_key=arch.torch_key)
+  return Recognizer(name=name, module=module, variables=jax.tree.map(jnp.asarray, variables), mean=arch.mean,
+                    std=arch.std)

@@ -1,8 +1,18 @@
-"""Reading and writing model weights as Flax variable trees.
+"""Model weights: reading PyTorch and safetensors checkpoints without torch, Flax msgpack files.
 
-`load(path, template)` reads a weights file and checks it against the variables a module expects
-(`template`, e.g. from `module.init`): every missing key, unexpected key and wrong shape is named in
-one error. The native format is Flax msgpack (`flax.serialization`), written by `save()`.
+    load(path, template, torch_key=...)   any supported file -> Flax variables checked against template
+    read_state_dict(path)                 a .pth/.pt/.bin/.safetensors file -> {torch name: numpy array}
+    save(path, variables)                 Flax variables -> msgpack, atomically
+
+Formats, chosen by suffix:
+  .msgpack                       Flax variables (`flax.serialization`), rajax's native format;
+  .pth .pt .bin .ckpt .tar       `torch.save` files, zip or legacy format, read by a restricted
+                                 unpickler that refuses anything but tensors and plain containers;
+  .safetensors                   read with the `safetensors` library.
+
+Every check (missing keys, unexpected keys, shapes) is reported in one `WeightsError` that names
+each offending key. `python -m rajax.weights convert ARCH IN OUT` stores a converted checkpoint as
+msgpack so later runs skip the conversion.
 """
 
 from __future__ import annotations
@@ -10,17 +20,18 @@ from __future__ import annotations
 import os
 import pathlib
 import tempfile
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from flax import serialization
 from flax import traverse_util
 
+from rajax.weights.errors import WeightsError, mismatch_error
+
 NATIVE_SUFFIXES = (".msgpack",)
-
-
-class WeightsError(ValueError):
-  """A weights file is missing, unreadable, or does not fit the model."""
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
+SAFETENSORS_SUFFIXES = (".safetensors",)
+SUFFIXES = NATIVE_SUFFIXES + TORCH_SUFFIXES + SAFETENSORS_SUFFIXES
 
 
 def save(path: str | os.PathLike, variables: Mapping[str, Any]) -> pathlib.Path:
@@ -41,27 +52,76 @@ def save(path: str | os.PathLike, variables: Mapping[str, Any]) -> pathlib.Path:
   return path
 
 
-def load(path: str | os.PathLike, template: Mapping[str, Any], *, what: str = "model") -> dict:
-  """Reads the variables in `path` and checks them against `template`'s keys and shapes.
-
-  Returns a nested dict of numpy arrays in the template's dtypes.
-  """
-  path = pathlib.Path(path).expanduser()
+def _check_file(path: pathlib.Path, what: str) -> None:
   if not path.is_file():
     raise WeightsError(
         f"No weights file for {what} at {path.resolve()}. Pass the path of an existing file "
-        f"(formats: {', '.join(NATIVE_SUFFIXES)}), or weights=None for a random initialisation."
-    )
-  if path.suffix not in NATIVE_SUFFIXES:
+        f"(formats: {', '.join(SUFFIXES)}).")
+  if path.suffix not in SUFFIXES:
     raise WeightsError(
-        f"Cannot read {path}: unsupported weights format {path.suffix!r}; supported: "
-        f"{', '.join(NATIVE_SUFFIXES)}. Convert the file first."
-    )
+        f"Cannot read {path}: unsupported weights format {path.suffix!r}; supported: {', '.join(SUFFIXES)}.")
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """A PyTorch (.pth/.pt/.bin/...) or .safetensors file -> flat {torch name: numpy array}.
+
+  Never executes code from the file: torch pickles go through an allow-list unpickler.
+  """
+  from rajax.weights import convert, torch_pickle
+
+  path = pathlib.Path(path).expanduser()
+  _check_file(path, "a state dict")
+  if path.suffix in SAFETENSORS_SUFFIXES:
+    return _read_safetensors(path)
+  if path.suffix not in TORCH_SUFFIXES:
+    raise WeightsError(f"{path} is not a PyTorch or safetensors file (suffixes {TORCH_SUFFIXES + SAFETENSORS_SUFFIXES}).")
   try:
-    loaded = serialization.msgpack_restore(path.read_bytes())
-  except Exception as e:  # msgpack raises several unrelated types on corrupt input
-    raise WeightsError(f"{path} is not a readable Flax msgpack weights file ({type(e).__name__}: {e}).") from e
-  return check_variables(loaded, template, source=str(path))
+    obj = torch_pickle.load(path)
+  except torch_pickle.UnsafeCheckpointError as e:
+    raise WeightsError(str(e)) from None
+  except (torch_pickle.CheckpointFormatError, EOFError, OSError, ValueError) as e:
+    raise WeightsError(f"Cannot read {path} as a PyTorch checkpoint: {e}") from e
+  except Exception as e:  # pickle raises assorted types on corrupt input
+    raise WeightsError(f"Cannot read {path} as a PyTorch checkpoint ({type(e).__name__}: {e}).") from e
+  return convert.state_dict_of(obj, source=str(path))
+
+
+def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
+  try:
+    from safetensors import flax as st_flax  # handles bfloat16, which safetensors.numpy does not
+    tensors = st_flax.load_file(str(path))
+  except Exception as e:  # safetensors raises its own SafetensorError and others
+    raise WeightsError(f"Cannot read {path} as a safetensors file ({type(e).__name__}: {e}).") from e
+  return {k: np.asarray(v) for k, v in tensors.items()}
+
+
+def load(
+    path: str | os.PathLike,
+    template: Mapping[str, Any],
+    *,
+    what: str = "model",
+    torch_key: Callable[[str], str] | None = None,
+) -> dict:
+  """Reads the weights in `path` and checks them against `template`'s keys and shapes.
+
+  `.msgpack` files hold Flax variables; PyTorch and safetensors files are converted with
+  `torch_key` (the architecture's Flax-path -> torch-prefix map). Returns a nested dict of numpy
+  arrays in the template's dtypes.
+  """
+  from rajax.weights import convert
+
+  path = pathlib.Path(path).expanduser()
+  _check_file(path, what)
+  if path.suffix in NATIVE_SUFFIXES:
+    try:
+      loaded = serialization.msgpack_restore(path.read_bytes())
+    except Exception as e:  # msgpack raises several unrelated types on corrupt input
+      raise WeightsError(f"{path} is not a readable Flax msgpack weights file ({type(e).__name__}: {e}).") from e
+    return check_variables(loaded, template, source=str(path))
+  if torch_key is None:
+    raise WeightsError(f"{what} cannot read PyTorch-layout weights ({path}): it has no torch key map. "
+                       "Pass a Flax .msgpack file.")
+  return convert.from_torch(read_state_dict(path), template, torch_key, source=str(path))
 
 
 def check_variables(loaded: Mapping[str, Any], template: Mapping[str, Any], *, source: str) -> dict:
@@ -74,12 +134,9 @@ def check_variables(loaded: Mapping[str, Any], template: Mapping[str, Any], *, s
       f"{k}: file {tuple(np.shape(got[k]))}, model {tuple(want[k].shape)}"
       for k in set(want) & set(got) if tuple(np.shape(got[k])) != tuple(want[k].shape))
   if missing or unexpected or bad_shape:
-    lines = [f"Weights from {source} do not fit the model:"]
-    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", bad_shape)):
-      if items:
-        lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
-    lines.append("Check that the file was written for this architecture and its settings (num_classes, width).")
-    raise WeightsError("\n".join(lines))
+    raise mismatch_error(source, missing=missing, unexpected=unexpected, bad_shape=bad_shape,
+                         hint="Check that the file was written for this architecture and its settings "
+                              "(num_classes, width).")
   flat = {k: np.asarray(got[k], dtype=want[k].dtype) for k in want}
   return traverse_util.unflatten_dict(flat, sep="/")
 
@@ -88,3 +145,6 @@ def _to_numpy(tree):
   if isinstance(tree, Mapping):
     return {k: _to_numpy(v) for k, v in tree.items()}
   return np.asarray(tree)
+
+
+__all__ = ["NATIVE_SUFFIXES", "SUFFIXES", "WeightsError", "check_variables", "load", "read_state_dict", "save"]
