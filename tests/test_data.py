@@ -744,3 +744,27 @@ def test_fused_decode_resize_equals_reference():
       for resize in (0, 256, 100):
         want = rd.resize_short_side(rd.decode_image(encoded), resize)
         np.testing.assert_array_equal(pipeline._prepare(encoded, resize, 64, False), want)
+
+
+# --------------------------------------------------------------------------- benchmark
+
+
+def test_bench_cli_prints_stages_and_pipeline_rates(capsys):
+  from rajax.data import bench
+  assert bench.cli(["--config", "configs/sr_imagenet.py", "--source", "photos", "--seconds", "0.3",
+                    "--workers", "0", "--tasks", "sr,jpeg", "--threads", "1", "--images", "8",
+                    "--config.data.batch_size=4"]) == 0
+  out = capsys.readouterr().out
+  for row in ("decode (PIL, full size)", "Resize(256) bilinear", "RandomCrop(224) + flip", "SR: bicubic down x4",
+              "denoise: Gaussian noise sigma 0.1", "JPEG q10 round trip", "= decode+resize+crop+sr"):
+    assert row in out
+  rates = [line.split() for line in out.splitlines() if line.startswith(("sr ", "jpeg "))]
+  assert [r[0] for r in rates] == ["sr", "jpeg"]
+  assert all(float(r[2]) > 0 for r in rates)
+
+
+def test_bench_photo_jpegs_are_imagenet_sized():
+  from rajax.data import bench
+  src = bench.PhotoJpegs(size=4)
+  shapes = {rd.decode_image(src[i]["image"]).shape for i in range(4)}
+  assert shapes == {(375, 500, 3), (500, 375, 3)}
