@@ -16,8 +16,10 @@ corruption name and severity).
 
 from __future__ import annotations
 
+import functools
 import io
 import threading
+import types
 
 import numpy as np
 from PIL import Image
@@ -34,10 +36,32 @@ CORRUPTIONS = (
     "speckle_noise", "gaussian_blur", "spatter", "saturate",
 )
 
-# imagecorruptions draws most of its randomness from NumPy's global generator; `corrupt` reseeds
-# it for the duration of one call and restores it afterwards, holding this lock so that threads
-# of one process cannot interleave their draws.
-_GLOBAL_RNG_LOCK = threading.Lock()
+# imagecorruptions draws most of its randomness from `np.random.*`, NumPy's process-wide generator.
+# `corrupt` runs copies of its functions whose `np.random` is instead a RandomState private to the
+# calling thread and seeded by the call's seed: results depend on the seed only, threads run in
+# parallel, and the global generator is neither used nor disturbed.
+_thread = threading.local()
+
+
+class _ThreadRandom:
+  """`np.random` as the corruption functions see it: this thread's RandomState of the current call."""
+
+  def __getattr__(self, name):
+    state = getattr(_thread, "state", None)
+    if state is None:
+      raise RuntimeError("imagecorruptions functions copied by rajax.degrade run only inside corrupt().")
+    return getattr(state, name)
+
+
+class _NumpyWithThreadRandom(types.ModuleType):
+  """The numpy module with `random` replaced by _ThreadRandom."""
+
+  def __init__(self):
+    super().__init__("numpy")
+    self.random = _ThreadRandom()
+
+  def __getattr__(self, name):
+    return getattr(np, name)
 
 
 def _check_uint8_rgb(img: np.ndarray, who: str) -> None:
@@ -82,23 +106,41 @@ def gaussian_noise(img: np.ndarray, sigma: float, rng: np.random.Generator) -> n
   return np.clip(y, 0.0, 1.0, out=y)  # in place: the same float32 arithmetic as the formula, fewer copies
 
 
-def _imagecorruptions():
+@functools.cache
+def _corruption_functions() -> dict:
+  """The 19 corruption functions of imagecorruptions, rebound to globals with a per-thread np.random.
+
+  Every Python function of the package's module is copied with the new globals (so helpers such
+  as plasma_fractal see the same np); numba-compiled kernels are left as they are (glass_blur's
+  takes the seed as an argument).
+  """
   try:
-    import imagecorruptions  # heavy (scikit-image, OpenCV, numba): imported on first use only
+    from imagecorruptions import corruptions as module  # heavy (scikit-image, OpenCV, numba): on first use
   except ImportError as e:
     raise ImportError(
         "ImageNet-C corruptions need the `imagecorruptions-imaug` package (module `imagecorruptions`): "
         "pip install imagecorruptions-imaug") from e
-  return imagecorruptions
+  namespace = dict(vars(module))
+  namespace["np"] = _NumpyWithThreadRandom()
+  for key, value in vars(module).items():
+    if isinstance(value, types.FunctionType) and value.__module__ == module.__name__:
+      copy = types.FunctionType(value.__code__, namespace, value.__name__, value.__defaults__, value.__closure__)
+      copy.__kwdefaults__ = value.__kwdefaults__
+      namespace[key] = copy
+  missing = [n for n in CORRUPTIONS if n not in namespace]
+  if missing:
+    raise ImportError(f"This imagecorruptions version lacks {', '.join(missing)}; pip install -U imagecorruptions-imaug")
+  return {n: namespace[n] for n in CORRUPTIONS}
 
 
 def corrupt(img: np.ndarray, name: str, severity: int, seed: int) -> np.ndarray:
   """ImageNet-C corruption `name` at `severity` (1..5) of `img`, uint8, the same for the same seed.
 
-  The image must be at least 32x32. Randomness: `impulse_noise` and `glass_blur` take `seed`
-  directly; every other random corruption draws from NumPy's global generator, which is seeded
-  with `seed` for the call and then restored (under a lock, so concurrent threads serialise).
-  The result depends only on (img, name, severity, seed), in any thread or process.
+  The image must be at least 32x32. The corruption is imagecorruptions' own function; its
+  randomness is made reproducible: `impulse_noise` and `glass_blur` take `seed` directly, and the
+  others, which call `np.random.*`, draw from `np.random.RandomState(seed)` private to the call
+  (the same numbers as `np.random.seed(seed)` would give, without touching NumPy's global
+  generator). The result depends only on (img, name, severity, seed), in any thread or process.
   """
   _check_uint8_rgb(img, "corrupt")
   if name not in CORRUPTIONS:
@@ -109,16 +151,14 @@ def corrupt(img: np.ndarray, name: str, severity: int, seed: int) -> np.ndarray:
     raise ValueError(f"corrupt seed must be an integer in [0, 2**32), got {seed!r}.")
   if img.shape[0] < 32 or img.shape[1] < 32:
     raise ValueError(f"corrupt needs an image of at least 32x32 pixels, got {img.shape[0]}x{img.shape[1]}.")
-  ic = _imagecorruptions()
+  fn = _corruption_functions()[name]
   kwargs = {"seed": int(seed)} if name in ("impulse_noise", "glass_blur") else {}
-  with _GLOBAL_RNG_LOCK:
-    saved = np.random.get_state()
-    np.random.seed(int(seed))
-    try:
-      out = ic.corrupt(np.ascontiguousarray(img), corruption_name=name, severity=int(severity), **kwargs)
-    finally:
-      np.random.set_state(saved)
-  return np.ascontiguousarray(out, dtype=np.uint8)
+  _thread.state = np.random.RandomState(int(seed))
+  try:
+    out = fn(Image.fromarray(np.ascontiguousarray(img)), int(severity), **kwargs)
+  finally:
+    _thread.state = None
+  return np.ascontiguousarray(np.uint8(out))  # the package's float -> uint8 conversion
 
 
 def degrade(task: str, img: np.ndarray, *, rng: np.random.Generator, scale: int = 4, sigma: float = 0.1,

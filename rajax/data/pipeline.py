@@ -72,14 +72,6 @@ class Degradation:
                                sigma=self.sigma, quality=self.quality, corruption=self.corruption,
                                severity=self.severity)
 
-  def input_shape(self, crop: int) -> tuple[int, int, int]:
-    s = self.scale if self.task == "sr" else 1
-    return (crop // s, crop // s, 3)
-
-  @property
-  def input_dtype(self):
-    return np.float32 if self.task == "denoise" else np.uint8
-
 
 # --------------------------------------------------------------------------- bad-data accounting
 
@@ -308,7 +300,12 @@ def make_source(data_cfg, split: str):
     return SyntheticImages(size=size, image_size=syn.image_size, num_classes=syn.num_classes, seed=seed)
   if data_cfg.source == "tfds":
     return tfds_source(data_cfg.name, split=split, data_dir=data_cfg.data_dir)
-  raise DataError(f"Unknown data.source {data_cfg.source!r}; use 'synthetic' or 'tfds'.")
+  if data_cfg.source == "photos":  # the photos bundled with installed packages, split by photo
+    from rajax.data.photos import PhotoSource
+    ph = data_cfg.photos
+    return PhotoSource("train" if split == data_cfg.train_split else "heldout", short_side=ph.short_side,
+                       crop=data_cfg.crop, repeats=ph.repeats, grid=ph.grid)
+  raise DataError(f"Unknown data.source {data_cfg.source!r}; use 'synthetic', 'tfds' or 'photos'.")
 
 
 def _mp_prefetch(it: grain.IterDataset, workers: int) -> grain.IterDataset:
