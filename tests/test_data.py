@@ -756,7 +756,8 @@ def test_bench_cli_prints_stages_and_pipeline_rates(capsys):
                     "--config.data.batch_size=4"]) == 0
   out = capsys.readouterr().out
   for row in ("decode (PIL, full size)", "Resize(256) bilinear", "RandomCrop(224) + flip", "SR: bicubic down x4",
-              "denoise: Gaussian noise sigma 0.1", "JPEG q10 round trip", "= decode+resize+crop+sr"):
+              "denoise: Gaussian noise sigma 0.1", "JPEG q10 round trip", "whole example: decode+resize+crop+SR x4",
+              "whole example: decode+resize+crop+noise", "whole example: decode+resize+crop+JPEG q10"):
     assert row in out
   rates = [line.split() for line in out.splitlines() if line.startswith(("sr ", "jpeg "))]
   assert [r[0] for r in rates] == ["sr", "jpeg"]
