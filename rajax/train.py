@@ -74,7 +74,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
   eval_data = data_lib.eval_dataset(
       eval_source, degradation, resize=config.data.resize, crop=config.data.crop,
       global_batch=config.data.eval_batch_size, seed=config.seed, num_examples=config.data.num_eval_examples,
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=jax.process_index(), process_count=jax.process_count(), workers=config.data.workers,
+      threads=config.data.threads)
 
   # ================================================================ models
   method = config_lib.method(config)
