@@ -30,6 +30,7 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import functools
 import io
 import logging
 import os
@@ -269,7 +270,7 @@ class ImagenetC(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _split_generators(self, dl_manager):
     corruption, severity = self.builder_config.name.rsplit("_", 1)
-    files = imagenet_c_files(_manual_dir(dl_manager)).get((corruption, int(severity)))
+    files = imagenet_c_files(_manual_dir(dl_manager).resolve()).get((corruption, int(severity)))
     if not files:
       raise DataError(f"imagenet_c: no files for {corruption} severity {severity} in {dl_manager.manual_dir}. "
                       f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
@@ -306,8 +307,12 @@ class _FileRef:
     return self.path.read_bytes()
 
 
+@functools.lru_cache(maxsize=2)
 def imagenet_c_files(manual_dir: pathlib.Path) -> dict[tuple[str, int], list[tuple[str, str, _FileRef]]]:
-  """(corruption, severity) -> [(wnid, file name, where)] over the tars and folders in manual_dir."""
+  """(corruption, severity) -> [(wnid, file name, where)] over the tars and folders in manual_dir.
+
+  Cached per process: preparing the 95 configs scans the (millions of) tar members once.
+  """
   wnids = set(imagenet_wnids())
   found = collections.defaultdict(list)
 

@@ -44,11 +44,11 @@ def _configs(name: str, manual_dir: pathlib.Path, requested: str) -> list[str | 
       raise DataError(f"Unknown {name} config(s) {', '.join(unknown)}; known: {', '.join(known)}.")
     return chosen
   if name == "imagenet_c":
-    found = builders.imagenet_c_files(manual_dir)
+    found = builders.imagenet_c_files(manual_dir.resolve())
     chosen = [f"{c}_{s}" for c, s in sorted(found, key=lambda k: (builders.IMAGENET_C_CORRUPTIONS.index(k[0]), k[1]))]
   else:  # voc
-    chosen = [y for y in known if builders._VocTree(manual_dir, y).image_set("train") is not None
-              or builders._VocTree(manual_dir, y).image_set("test") is not None]
+    trees = {y: builders._VocTree(manual_dir, y) for y in known}
+    chosen = [y for y in known if any(trees[y].image_set(s) is not None for s in ("train", "val", "test"))]
   if not chosen:
     raise DataError(f"No {name} data found in {manual_dir}. {builders.BUILDERS[name].MANUAL_DOWNLOAD_INSTRUCTIONS}")
   return chosen
