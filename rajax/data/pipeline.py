@@ -83,7 +83,8 @@ _MIN_SKIPS_BEFORE_GIVING_UP = 200
 
 
 def bad_data_counts() -> dict[str, int]:
-  """This process's counts of skipped and converted images, by kind, since start (or reset)."""
+  """This process's counts by kind since start (or reset): skipped_unreadable, converted_*, decoded_<format>
+  (non-JPEG files), upscaled_smaller_than_crop, and "decoded" (every image read successfully)."""
   with _COUNTS_LOCK:
     return dict(_COUNTS)
 
