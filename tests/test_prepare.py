@@ -15,9 +15,10 @@ import tensorflow_datasets as tfds
 
 import rajax.data as rd
 from rajax.data import builders, prepare
+from rajax.data.classes import imagenet_wnids
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-WNIDS = builders.imagenet_wnids()
+WNIDS = list(imagenet_wnids())
 
 
 def _photos():

@@ -8,7 +8,7 @@ RGB. Files that are not images at all (empty, garbage, HTML error pages) are ski
                 (image, label, file_name), so datasets prepared by either are interchangeable.
                 manual_dir: ILSVRC2012_img_train.tar (a tar of 1000 per-class tars) and/or
                 ILSVRC2012_img_val.tar (50,000 JPEGs). Labels: the 1000 WordNet ids in sorted
-                order (rajax/data/imagenet_wnids.txt); validation labels from the list that ships
+                order (rajax.data.classes.imagenet_wnids()); validation labels from the list that ships
                 with tensorflow-datasets, or from LOC_val_solution.csv in manual_dir.
   ImagenetC     "imagenet_c/<corruption>_<severity>" 1.0.0, one config per corruption and severity;
                 manual_dir: the released tars (blur.tar, digital.tar, noise.tar, weather.tar,
@@ -43,21 +43,16 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from rajax.data.classes import imagenet_wnids
 from rajax.data.sources import DataError
 
 log = logging.getLogger("rajax.data.prepare")
 
-WNIDS_FILE = pathlib.Path(__file__).with_name("imagenet_wnids.txt")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 VOC_LABELS = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
               "train", "tvmonitor")
 VOC_POSES = ("frontal", "rear", "left", "right", "unspecified")
-
-
-def imagenet_wnids() -> list[str]:
-  """The 1000 ILSVRC2012 WordNet ids in label order (sorted)."""
-  return WNIDS_FILE.read_text().split()
 
 
 # --------------------------------------------------------------------------- image checks
@@ -157,7 +152,7 @@ class Imagenet2012(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         description="ILSVRC 2012 classification, 1000 classes; images stored as found in the official tars.",
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Image(encoding_format="jpeg"),
-            "label": tfds.features.ClassLabel(names_file=os.fspath(WNIDS_FILE)),
+            "label": tfds.features.ClassLabel(names=list(imagenet_wnids())),
             "file_name": tfds.features.Text(),
         }),
         supervised_keys=("image", "label"),
@@ -261,7 +256,7 @@ class ImagenetC(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                     "files (sorted by name) is 'train', the second half 'test'.",
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Image(encoding_format="jpeg"),
-            "label": tfds.features.ClassLabel(names_file=os.fspath(WNIDS_FILE)),
+            "label": tfds.features.ClassLabel(names=list(imagenet_wnids())),
             "file_name": tfds.features.Text(),
         }),
         supervised_keys=("image", "label"),
