@@ -1,0 +1,425 @@
+"""What every evaluator shares: the mesh, the evaluation data, trained processors, targets, the cache.
+
+Images flow in batches: the host pipeline (`rajax.data.eval_dataset`, last batch padded with mask
+0) -> global arrays sharded over the mesh's "data" axis -> a *view* of them on device:
+
+  "input"   the degraded input (SR inputs upscaled bicubically to the clean size);
+  "clean"   the clean image;
+  NAME      the output of trained processor NAME (and what its recognizers see: T(P(x)) for a
+            processor trained with a transformer T).
+
+For each (view, target) the evaluator records per-example predictions (`targets.summarise`), and
+for each view PSNR and SSIM against the clean image. Records are cached in
+`<workdir>/cache/<sha256>.npz`, keyed by the processor's weight files and architecture, the
+target's identity (weights file hash, ONNX file hash, callable name) and the data config, so a
+re-run of any table reads them instead of recomputing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import time
+from typing import Any, Iterable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from rajax import config as config_lib
+from rajax import data as data_lib
+from rajax import metrics, sharding
+from rajax import weights as weights_lib
+from rajax.evaluate import targets as targets_lib
+from rajax.step import to_float_images
+
+CACHE_VERSION = 1
+INPUT, CLEAN = "input", "clean"
+
+
+class EvalError(ValueError):
+  """The evaluation config or its inputs (processor runs, targets, data) are wrong."""
+
+
+def log(msg: str) -> None:
+  if jax.process_index() == 0:
+    print(f"[evaluate] {msg}", flush=True)
+
+
+# ==================================================================== processors
+
+@dataclasses.dataclass
+class Processor:
+  """A trained processor P (and transformer T) read from a trainer workdir."""
+
+  name: str
+  workdir: pathlib.Path
+  train_config: ml_collections.ConfigDict
+  networks: dict
+  variables: dict
+  key: str
+
+  @property
+  def task(self) -> str:
+    return self.train_config.task
+
+  @property
+  def mode(self) -> str:
+    return self.train_config.mode
+
+  @property
+  def lam(self) -> float:
+    return config_lib.method(self.train_config).lam
+
+  @property
+  def loss_recognizer(self) -> str:
+    return self.train_config.recognizer.name if self.mode != "plain" else "-"
+
+  @property
+  def class_half(self) -> str:
+    return self.train_config.classes.half if "classes" in self.train_config else ""
+
+  def apply(self, variables, x):
+    """(shown, seen): P's output clipped to [0, 1], and what recognizers see (T's output if any)."""
+    out = jnp.clip(self.networks["processor"].apply(variables["processor"], x, train=False), 0.0, 1.0)
+    seen = out
+    if "transformer" in self.networks:
+      seen = jnp.clip(self.networks["transformer"].apply(variables["transformer"], out, train=False), 0.0, 1.0)
+    return out, seen
+
+
+def _merge(into: ml_collections.ConfigDict, values: Mapping[str, Any]) -> None:
+  for k, v in values.items():
+    if k not in into:
+      continue  # fields of older or newer trainers that this version does not know
+    if isinstance(into[k], ml_collections.ConfigDict) and isinstance(v, Mapping):
+      _merge(into[k], v)
+    else:
+      with into.ignore_type():
+        into[k] = tuple(v) if isinstance(v, list) else v
+
+
+def train_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
+  """The config a trainer run in `workdir` was trained with (its config.json over today's defaults)."""
+  path = workdir / "config.json"
+  if not path.is_file():
+    raise EvalError(f"{workdir} is not a rajax.train workdir: it has no config.json. Point the evaluation "
+                    "config's processors at directories written by `python -m rajax.train --workdir DIR`.")
+  saved = json.loads(path.read_text())
+  config = config_lib.base(task=saved.get("task", "sr"), mode=saved.get("mode", "ra"))
+  _merge(config, saved)
+  return config
+
+
+def load_processor(name: str, workdir: str | os.PathLike, *, compute_dtype: str | None = None) -> Processor:
+  """The processor (and transformer) trained in `workdir`, as saved when its run finished."""
+  from rajax import train
+  workdir = pathlib.Path(workdir).expanduser()
+  config = train_config(workdir)
+  if compute_dtype:
+    config.compute_dtype = compute_dtype
+  _, networks = train.build_networks(config)
+  digest = hashlib.sha256(json.dumps([config.processor.to_dict(), config.transformer.to_dict(), config.task,
+                                      config.degrade.scale]).encode())
+  variables = {}
+  scale = config.degrade.scale if config.task == "sr" else 1
+  for net_name, net in networks.items():
+    file = workdir / f"{net_name}.msgpack"
+    if not file.is_file():
+      raise EvalError(f"Processor {name!r}: {file} is missing; the run in {workdir} has not finished "
+                      "(rerun its training command to resume it).")
+    size = 8 * scale if net_name == "transformer" else 8
+    template = jax.eval_shape(lambda n=net, s=size: n.init(jax.random.key(0), jnp.zeros((1, s, s, 3)), train=False))
+    variables[net_name] = jax.tree.map(jnp.asarray, weights_lib.load(file, template, what=f"{name} {net_name}"))
+    digest.update(file.read_bytes())
+  return Processor(name=name, workdir=workdir, train_config=config, networks=networks, variables=variables,
+                   key=digest.hexdigest())
+
+
+# ==================================================================== data
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """Which images: the data config's evaluation split, degraded by `degradation`."""
+
+  degradation: data_lib.Degradation
+
+  def key(self, data_cfg, seed: int, *, clean: bool = False) -> str:
+    d = json.loads(data_cfg.to_json_best_effort(sort_keys=True))
+    d.pop("threads", None)
+    d.pop("workers", None)
+    deg = "none" if clean else dataclasses.asdict(self.degradation)
+    return json.dumps([d, deg, seed], sort_keys=True)
+
+
+# ==================================================================== the evaluator context
+
+class Context:
+  """Mesh, data, processors, targets and the prediction cache of one evaluation run."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+               extra_targets: Mapping[str, Any] | None = None):
+    self.config = config
+    self.workdir = pathlib.Path(workdir)
+    self.mesh = sharding.make_mesh(config.mesh.data)
+    sharding.check_batch_size(config.batch_size, self.mesh, "batch_size")
+    self.replicated = sharding.replicated(self.mesh)
+    self.batched = sharding.batch_sharded(self.mesh)
+    self.cache_dir = self.workdir / "cache"
+    self.stats = {"computed": 0, "cached": 0}   # records computed vs read from the cache
+    self._processors: dict[str, Processor] = {}
+    self._targets: dict[str, Any] = {n: targets_lib.wrap(n, t) for n, t in (extra_targets or {}).items()}
+    self._jitted: dict[Any, Any] = {}
+    self._source = None
+    d = config.degrade
+    self.main = DataSpec(data_lib.Degradation(task=config.task, scale=d.scale, sigma=d.sigma, quality=d.quality))
+
+  # ------------------------------------------------------------------ lookups
+  def processor(self, name: str) -> Processor:
+    if name not in self._processors:
+      if name not in self.config.processors:
+        raise EvalError(f"Unknown processor {name!r}; the config's processors are: "
+                        f"{', '.join(self.config.processors.keys()) or '(none)'}.")
+      p = load_processor(name, self.config.processors[name], compute_dtype=self.config.compute_dtype)
+      p.variables = jax.device_put(p.variables, self.replicated)
+      self._processors[name] = p
+    return self._processors[name]
+
+  def target(self, name: str):
+    if name not in self._targets:
+      if name not in self.config.targets:
+        known = list(self.config.targets.keys()) + list(self._targets)
+        raise EvalError(f"Unknown target {name!r}; the config's targets are: {', '.join(known) or '(none)'}.")
+      t = targets_lib.build(name, self.config.targets[name], compute_dtype=self.config.compute_dtype,
+                            seed=self.config.seed)
+      if t.on_device:
+        t.recognizer = jax.device_put(t.recognizer, self.replicated)
+      self._targets[name] = t
+    return self._targets[name]
+
+  def target_names(self, names: Sequence[str] | None) -> list[str]:
+    return list(names) if names else list(self.config.targets.keys()) + [n for n in self._targets
+                                                                       if n not in self.config.targets]
+
+  def processor_names(self, names: Sequence[str] | None) -> list[str]:
+    return list(names) if names else list(self.config.processors.keys())
+
+  @property
+  def source(self):
+    if self._source is None:
+      self._source = data_lib.make_source(self.config.data, self.config.data.split)
+    return self._source
+
+  @property
+  def num_examples(self) -> int:
+    n = len(self.source)
+    return n if self.config.data.num_examples < 0 else min(n, self.config.data.num_examples)
+
+  # ------------------------------------------------------------------ batches
+  def batches(self, spec: DataSpec):
+    """(global batch, example indices of its rows (-1: padding)) over the evaluation images."""
+    c = self.config
+    ds = data_lib.eval_dataset(
+        self.source, spec.degradation, resize=c.data.resize, crop=c.data.crop, global_batch=c.batch_size,
+        seed=c.seed, num_examples=c.data.num_examples, process_index=jax.process_index(),
+        process_count=jax.process_count(), threads=c.data.threads)
+    n, pc = self.num_examples, jax.process_count()
+    local_b = c.batch_size // pc
+    for j, local in enumerate(ds):
+      positions = j * local_b + np.arange(local_b)
+      rows = np.concatenate([h + pc * positions for h in range(pc)])
+      rows = np.where(rows < n, rows, -1)
+      yield sharding.global_batch(local, self.mesh), rows
+
+  def num_batches(self) -> int:
+    per_host = -(-self.num_examples // jax.process_count())
+    return -(-per_host // (self.config.batch_size // jax.process_count()))
+
+  # ------------------------------------------------------------------ jitted pieces
+  def _jit(self, key, fn, in_shardings, out_shardings):
+    if key not in self._jitted:
+      self._jitted[key] = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings)
+    return self._jitted[key]
+
+  def view(self, name: str, batch) -> tuple[jax.Array, jax.Array]:
+    """(shown, seen) images of view `name` for a global batch, sharded along "data"."""
+    rep, bat = self.replicated, self.batched
+    if name == CLEAN:
+      y = self._jit("clean", to_float_images, (bat,), bat)(batch["target"])
+      return y, y
+    if name == INPUT:
+      def up(x, y):
+        x, y = to_float_images(x), to_float_images(y)
+        if x.shape != y.shape:
+          x = jnp.clip(jax.image.resize(x, y.shape, "bicubic"), 0.0, 1.0)
+        return x
+      x = self._jit("input", up, (bat, bat), bat)(batch["input"], batch["target"])
+      return x, x
+    p = self.processor(name)
+    fn = self._jit(("proc", name), lambda v, x: p.apply(v, to_float_images(x)), (rep, bat), (bat, bat))
+    return fn(p.variables, batch["input"])
+
+  def quality(self, shown, batch) -> dict[str, np.ndarray]:
+    bat, rep = self.batched, self.replicated
+    fn = self._jit("quality", lambda a, y: {"psnr": metrics.psnr(a, to_float_images(y)),
+                                            "ssim": metrics.ssim(a, to_float_images(y))}, (bat, bat), rep)
+    return jax.device_get(fn(shown, batch["target"]))
+
+  def outputs(self, target, images) -> dict[str, np.ndarray]:
+    """targets.summarise of `target` on a sharded image batch, as host arrays for every row."""
+    seed = self.config.classes.seed
+    if target.on_device:
+      fn = self._jit(("target", target.name),
+                     lambda r, x: targets_lib.summarise(target.logits(r, x), seed=seed),
+                     (self.replicated, self.batched), self.replicated)
+      return jax.device_get(fn(target.recognizer, images))
+    return target.outputs(self.host_images(images), seed=seed)
+
+  def host_images(self, images) -> np.ndarray:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      return np.asarray(multihost_utils.process_allgather(images, tiled=True))
+    return np.asarray(jax.device_get(images))
+
+  # ------------------------------------------------------------------ cache
+  def _cache_file(self, key: str) -> pathlib.Path:
+    return self.cache_dir / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".npz")
+
+  def _cache_read(self, key: str):
+    if not self.config.cache:
+      return None
+    f = self._cache_file(key)
+    if not f.is_file():
+      return None
+    try:
+      with np.load(f, allow_pickle=False) as z:
+        if str(z["__key__"]) != key:
+          return None
+        return {k: z[k] for k in z.files if k != "__key__"}
+    except (OSError, ValueError, KeyError):  # a damaged cache file is recomputed
+      return None
+
+  def _cache_write(self, key: str, record: dict) -> None:
+    if not self.config.cache or jax.process_index() != 0:
+      return
+    self.cache_dir.mkdir(parents=True, exist_ok=True)
+    f = self._cache_file(key)
+    tmp = f.with_name(f".{f.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, __key__=np.asarray(key), **record)
+    os.replace(tmp, f)
+
+  def cached(self, kind: str, parts, compute) -> dict[str, np.ndarray]:
+    """compute() -> {name: array}, or its cached result for the same (kind, parts)."""
+    key = json.dumps([CACHE_VERSION, kind, parts], sort_keys=True)
+    rec = self._cache_read(key)
+    if rec is not None:
+      self.stats["cached"] += 1
+      return rec
+    rec = {k: np.asarray(v) for k, v in compute().items()}
+    self._cache_write(key, rec)
+    self.stats["computed"] += 1
+    return rec
+
+  def view_key(self, view: str) -> str:
+    return view if view in (INPUT, CLEAN) else self.processor(view).key
+
+  def _record_key(self, kind: str, view: str, spec: DataSpec, target: str | None = None) -> str:
+    data = spec.key(self.config.data, self.config.seed, clean=view == CLEAN)
+    t = self.target(target).key if target else ""
+    seed = self.config.classes.seed if target else 0
+    return json.dumps([CACHE_VERSION, kind, self.view_key(view), t, data, seed])
+
+  # ------------------------------------------------------------------ records
+  def records(self, views: Iterable[str], target_names: Iterable[str], spec: DataSpec | None = None,
+              what: str = "") -> dict:
+    """{"labels": [N] dataset labels, (view, "quality"): {psnr, ssim}, (view, target): outputs}.
+
+    Reads cached records and computes the missing ones in one pass over the data.
+    """
+    spec = spec or self.main
+    views, target_names = list(dict.fromkeys(views)), list(dict.fromkeys(target_names))
+    if self.config.labels == "recognizer" and CLEAN not in views:  # the labels are the clean predictions
+      views.append(CLEAN)
+    wanted = [(v, "quality") for v in views] + [(v, t) for v in views for t in target_names]
+    wanted.append((CLEAN, "labels"))
+    out, missing = {}, []
+    for v, t in wanted:
+      kind = t if t in ("quality", "labels") else "pred"
+      key = self._record_key(kind, v, spec, None if kind != "pred" else t)
+      rec = self._cache_read(key)
+      if rec is None:
+        missing.append((v, t, key))
+      else:
+        out[(v, t)] = rec
+        self.stats["cached"] += 1
+    if missing:
+      out.update(self._compute(missing, spec, what))
+    out["labels"] = out.pop((CLEAN, "labels"))["label"]
+    return out
+
+  def _compute(self, missing, spec: DataSpec, what: str) -> dict:
+    n = self.num_examples
+    parts: dict[tuple, dict[str, list]] = {(v, t): {} for v, t, _ in missing}
+    rows_all = []
+    needed_views = list(dict.fromkeys(v for v, t, _ in missing if t != "labels"))
+    total = self.num_batches()
+    desc = f"{what}: " if what else ""
+    log(f"{desc}computing {len(missing)} record(s) over {n} images ({total} batches of {self.config.batch_size}) "
+        f"for {', '.join(needed_views) or 'labels'}")
+    t0 = time.perf_counter()
+    with jax.set_mesh(self.mesh):
+      for j, (batch, rows) in enumerate(self.batches(spec)):
+        rows_all.append(rows)
+        labels = np.asarray(jax.device_get(batch["label"])) if jax.process_count() == 1 else \
+            self.host_images(batch["label"])
+        if (CLEAN, "labels") in parts:
+          parts[(CLEAN, "labels")].setdefault("label", []).append(labels)
+        for v in needed_views:
+          shown, seen = self.view(v, batch)
+          for (pv, pt), store in parts.items():
+            if pv != v or pt == "labels":
+              continue
+            res = self.quality(shown, batch) if pt == "quality" else self.outputs(self.target(pt), seen)
+            for k, a in res.items():
+              store.setdefault(k, []).append(np.asarray(a))
+        done = j + 1
+        if done == total or done == 1 or done % max(1, total // 10) == 0:
+          dt = time.perf_counter() - t0
+          rate = done * self.config.batch_size / dt
+          eta = (total - done) * dt / done
+          log(f"{desc}batch {done}/{total} | {rate:.1f} img/s | ETA {eta:.0f}s")
+    rows = np.concatenate(rows_all)
+    order = np.argsort(np.where(rows < 0, np.iinfo(np.int64).max, rows), kind="stable")[:n]
+    out = {}
+    for v, t, key in missing:
+      rec = {k: np.concatenate(a)[order] for k, a in parts[(v, t)].items()}
+      self._cache_write(key, rec)
+      self.stats["computed"] += 1
+      out[(v, t)] = rec
+    return out
+
+  # ------------------------------------------------------------------ labels and accuracy
+  def labels(self, recs: dict, target: str) -> np.ndarray:
+    """Per-example labels for `target`: the dataset's, or its own top-1 on the clean image."""
+    if self.config.labels == "dataset":
+      if np.any(recs["labels"] < 0):
+        raise EvalError("The evaluation data has no labels (label -1, e.g. data.source='photos'): "
+                        "set config.labels='recognizer'.")
+      return recs["labels"]
+    return recs[(CLEAN, target)]["topk"][:, 0]
+
+  def accuracy(self, recs: dict, view: str, target: str) -> dict[str, float]:
+    """Top-1 and top-5 (NaN where the target gives fewer than 5 classes) of `target` on `view`."""
+    labels = self.labels(recs, target)
+    topk = recs[(view, target)]["topk"]
+    top1 = float(np.mean(topk[:, 0] == labels))
+    top5 = float(np.mean(np.any(topk == labels[:, None], axis=1))) if topk.shape[1] >= 5 else float("nan")
+    return {"top1": top1, "top5": top5}
+
+
+def dataset_labels_ok(recs: dict) -> bool:
+  return bool(np.all(recs["labels"] >= 0))
