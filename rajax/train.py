@@ -31,6 +31,7 @@ import ml_collections
 from rajax import checkpoint as ckpt_lib
 from rajax import config as config_lib
 from rajax import data as data_lib
+from rajax import distributed
 from rajax import optim, progress, sharding, step as step_lib
 from rajax import weights as weights_lib
 from rajax.models import PROCESSORS, processor, recognizer
@@ -42,10 +43,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
   workdir = pathlib.Path(workdir)
 
   # ================================================================ processes, devices, mesh
-  if config.distributed or os.environ.get("RAJAX_DISTRIBUTED") == "1":
-    jax.distributed.initialize()
+  distributed.initialize(config.distributed)  # config.distributed or RAJAX_DISTRIBUTED=1; see rajax/distributed.py
   is_main = jax.process_index() == 0
-  mesh = sharding.make_mesh(config.mesh.data)
+  mesh = sharding.make_mesh(config.mesh.data, distributed.devices())
+  distributed.check_mesh(mesh)
   sharding.check_batch_size(config.data.batch_size, mesh)
   sharding.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
   replicated, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)

@@ -318,6 +318,38 @@ def _mp_prefetch(it: grain.IterDataset, workers: int) -> grain.IterDataset:
   return it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
 
 
+class HostBlocks(grain.MapDataset):
+  """Host `process_index`'s block of every global batch: its element i is element
+  (i // b) * global_batch + process_index * b + i % b of `parent`, with b = global_batch / process_count.
+
+  Only these elements are read from `parent` (so nothing upstream, decoding included, runs for
+  another host's examples); concatenating the hosts' blocks in process order gives `parent` again.
+  """
+
+  def __init__(self, parent: grain.MapDataset, *, global_batch: int, process_index: int, process_count: int):
+    super().__init__(parent)
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index={process_index} is not in [0, {process_count}).")
+    self._b = local_batch_size(global_batch, process_count)
+    self._global_batch, self._offset = global_batch, process_index * self._b
+    self._length = len(parent) // global_batch * self._b
+
+  def __len__(self) -> int:
+    return self._length
+
+  def parent_index(self, index: int) -> int:
+    step, j = divmod(index, self._b)
+    return step * self._global_batch + self._offset + j
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return self._parent[self.parent_index(index)]
+
+  def __str__(self) -> str:
+    return f"HostBlocks(block {self._offset // self._b} of {self._b} in every {self._global_batch})"
+
+
 def local_batch_size(global_batch: int, process_count: int) -> int:
   if global_batch % process_count:
     raise ValueError(f"Batch size {global_batch} is not divisible by the {process_count} processes.")
@@ -343,16 +375,23 @@ def train_dataset(
 ) -> grain.IterDataset:
   """Endless per-host training batches, reshuffled every epoch; its iterator is checkpointable.
 
+  One global order, fixed by `seed`, is shared by all hosts: the whole source is shuffled each
+  epoch and cut into global batches of `global_batch` consecutive examples; host p reads only its
+  block of each (`HostBlocks`), so the global batch `rajax.sharding.global_batch` assembles is the
+  same for any number of hosts, and an epoch over all hosts reads every example exactly once.
+  Random crops, flips and degradations are drawn from each example's position in the global order.
+
   `workers` > 0 runs the pipeline in that many processes (each with `threads` reading threads);
   the data order is fixed by (seed, workers): a resumed iterator continues the same order when
   it is rebuilt with the same arguments.
   """
   b = local_batch_size(global_batch, process_count)
-  ds = grain.MapDataset.source(source)[process_index::process_count]
-  if len(ds) < b:
-    raise DataError(f"This host's share of the data has {len(ds)} examples, fewer than one batch of {b}.")
+  ds = grain.MapDataset.source(source)
+  if len(ds) < global_batch:
+    raise DataError(f"The training data has {len(ds)} examples, fewer than one global batch of {global_batch}.")
   ds = ds.shuffle(seed=seed).repeat(None)
   ds = ds.random_map(TrainExample(degradation, resize, crop, fast_decode), seed=seed)
+  ds = HostBlocks(ds, global_batch=global_batch, process_index=process_index, process_count=process_count)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * b))
   it = it.batch(b, drop_remainder=True)
   if workers > 0:
