@@ -23,7 +23,7 @@ from rajax import degrade, losses
 from rajax.models import PROCESSORS
 from rajax.models import recognizers as recognizer_lib
 from rajax.models.layers import as_dtype
-from rajax.step import DEFAULT_LAMBDA, MODES, Method
+from rajax.step import DEFAULT_LAMBDA, LABEL_SOURCES, MODES, Method, class_halves
 
 
 class ConfigError(ValueError):
@@ -140,9 +140,14 @@ def base(*, task: str = "sr", mode: str = "ra", recognizer: str = "resnet18") ->
   c.lam = config_dict.placeholder(float)   # recognition loss weight; None: the paper's for the mode
   c.unsupervised_distance = "prob_mse"     # prob_mse (reference code) | kl
   c.label_smoothing = 0.0
+  c.labels = "dataset"                # dataset | recognizer (R's top-1 on the clean image, for unlabelled data)
   c.compute_dtype = "float32"         # bfloat16 on GPU/TPU
+  # Category transfer: train on half "A" or "B" of step.class_halves(recognizer.num_classes, seed); "" = all.
+  c.classes = ml_collections.ConfigDict(dict(half="", seed=0))
 
   c.processor = ml_collections.ConfigDict(dict(name="srresnet", blocks=5, channels=64))
+  # Flax variables (.msgpack, e.g. another run's processor.msgpack) to start P from; None: random init.
+  c.init_processor = config_dict.placeholder(str)
   c.transformer = ml_collections.ConfigDict(dict(name="resnet_generator", blocks=6, channels=64))
   c.recognizer = ml_collections.ConfigDict(dict(name=recognizer, num_classes=1000))
   c.recognizer.weights = config_dict.placeholder(str)   # file; None: bundled pretrained; "random": tests only
@@ -164,6 +169,9 @@ def base(*, task: str = "sr", mode: str = "ra", recognizer: str = "resnet18") ->
   c.data.threads = 8
   c.data.synthetic = ml_collections.ConfigDict(
       dict(train_size=1024, eval_size=64, image_size=64, num_classes=10, seed=0))
+  # source "photos": photos shipped in installed packages (rajax.data.photos), resized to short_side;
+  # an epoch is `repeats` random crops of each training photo; eval is a grid x grid of crops (+ mirrors).
+  c.data.photos = ml_collections.ConfigDict(dict(short_side=192, repeats=64, grid=3))
 
   c.optim = ml_collections.ConfigDict(dict(
       name="adam", lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
@@ -173,6 +181,7 @@ def base(*, task: str = "sr", mode: str = "ra", recognizer: str = "resnet18") ->
 
   c.log_every = 100
   c.eval_every = -1                   # steps between evaluations; -1: once per epoch; 0: only at the end
+  c.final_eval = True                 # evaluate when training ends (off: callers that evaluate themselves)
   c.ckpt_every = 2000
   c.keep_ckpts = 3
   c.mesh = ml_collections.ConfigDict(dict(data=-1))
@@ -183,8 +192,12 @@ def base(*, task: str = "sr", mode: str = "ra", recognizer: str = "resnet18") ->
 def method(config: ml_collections.ConfigDict) -> Method:
   """The training objective a config describes (lam defaults to the paper's for the mode)."""
   lam = DEFAULT_LAMBDA[config.mode] if config.lam is None else config.lam
+  classes = ()
+  if config.get("classes") and config.classes.half:
+    halves = class_halves(config.recognizer.num_classes, config.classes.seed)
+    classes = halves["AB".index(config.classes.half)]
   return Method(mode=config.mode, lam=lam, distance=config.unsupervised_distance,
-                label_smoothing=config.label_smoothing)
+                label_smoothing=config.label_smoothing, labels=config.labels, classes=classes)
 
 
 def kwargs(section: ml_collections.ConfigDict, *exclude: str) -> dict[str, Any]:
@@ -208,6 +221,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   check(c.unsupervised_distance in losses.DISTANCES,
         f"config.unsupervised_distance={c.unsupervised_distance!r} is not one of {', '.join(losses.DISTANCES)}")
   check(0.0 <= c.label_smoothing < 1.0, f"config.label_smoothing={c.label_smoothing} must be in [0, 1)")
+  check(c.classes.half in ("", "A", "B"), f"config.classes.half={c.classes.half!r} must be '', 'A' or 'B'")
+  check(c.labels in LABEL_SOURCES, f"config.labels={c.labels!r} is not one of {', '.join(LABEL_SOURCES)}")
   try:
     as_dtype(c.compute_dtype)
   except ValueError as e:
@@ -220,7 +235,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
         f"config.recognizer.name={c.recognizer.name!r} is not one of {', '.join(recognizer_lib.available())}")
   check(c.recognizer.num_classes >= 1, f"config.recognizer.num_classes={c.recognizer.num_classes} must be >= 1")
   d = c.data
-  check(d.source in ("tfds", "synthetic"), f"config.data.source={d.source!r} is not 'tfds' or 'synthetic'")
+  check(d.source in ("tfds", "synthetic", "photos"),
+        f"config.data.source={d.source!r} is not 'tfds', 'synthetic' or 'photos'")
+  if d.source == "photos":
+    check(c.labels == "recognizer", "config.data.source='photos' has no labels: set config.labels='recognizer'")
   check(d.crop >= 8, f"config.data.crop={d.crop} must be >= 8")
   check(d.resize == 0 or d.resize >= d.crop, f"config.data.resize={d.resize} must be 0 or >= data.crop ({d.crop})")
   if c.task == "sr":

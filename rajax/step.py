@@ -11,12 +11,20 @@ In the transformer method the stop_gradient between P and T means P's update see
 recognition gradient at all, and T has its own optimizer state; both are updated in one step.
 
 Batches hold "input" and "target" images as uint8 (or float in [0, 1]) and integer "label"s;
-conversion to float happens here, on device.
+conversion to float happens here, on device. With `Method(labels="recognizer")` the labels are
+R's own top-1 classes on the clean targets, computed in the step (for data without labels: the
+recognition loss then asks P's output to be recognised as the clean image is).
+
+`Method(classes=...)` trains on a subset of the classes (the paper's category transfer): examples
+whose label is outside the subset get zero weight in every loss term (as if the training data had
+been filtered to those labels), and the recognition loss sees only the subset's logits.
+`class_halves` is the deterministic split of the classes into two halves that the evaluation uses.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any, Callable, Mapping
 
 import flax
@@ -29,6 +37,7 @@ from rajax import losses, metrics
 from rajax.models.recognizers import Recognizer
 
 MODES = ("plain", "ra", "unsupervised", "transformer")
+LABEL_SOURCES = ("dataset", "recognizer")
 # The paper's loss weights (official code): RA 1e-3, unsupervised RA 10, RA with transformer 1e-2.
 DEFAULT_LAMBDA = {"plain": 0.0, "ra": 1e-3, "unsupervised": 10.0, "transformer": 1e-2}
 
@@ -55,6 +64,8 @@ class Method:
   lam: float = 1e-3
   distance: str = "prob_mse"
   label_smoothing: float = 0.0
+  labels: str = "dataset"   # "dataset": batch["label"]; "recognizer": R's top-1 on the clean target
+  classes: tuple[int, ...] = ()   # train on these classes only (empty: all classes)
 
   def __post_init__(self):
     if self.mode not in MODES:
@@ -65,6 +76,13 @@ class Method:
       raise ValueError(f"Unknown unsupervised distance {self.distance!r}; one of {sorted(losses.DISTANCES)}.")
     if not 0.0 <= self.label_smoothing < 1.0:
       raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
+    if self.labels not in LABEL_SOURCES:
+      raise ValueError(f"Unknown label source {self.labels!r}; one of {', '.join(LABEL_SOURCES)}.")
+    if self.classes and (len(set(self.classes)) != len(self.classes) or min(self.classes) < 0):
+      raise ValueError(f"classes must be distinct non-negative class indices, got {self.classes}.")
+    if self.classes and self.mode == "plain" and self.labels == "recognizer":
+      raise ValueError("Restricting plain training to classes needs dataset labels (labels='dataset'): "
+                       "plain mode has no recognizer to label the images.")
 
   @property
   def networks(self) -> tuple[str, ...]:
@@ -81,6 +99,39 @@ def to_float_images(x: jax.Array) -> jax.Array:
   if x.dtype == jnp.uint8:
     return x.astype(jnp.float32) / 255.0
   return x.astype(jnp.float32)
+
+
+def class_halves(num_classes: int, seed: int = 0) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """Splits range(num_classes) into halves A and B (each sorted), the same for the same seed everywhere.
+
+  Classes are ordered by the SHA-256 of "seed:class"; A is the first half of that order.
+  """
+  if num_classes < 2:
+    raise ValueError(f"Cannot split {num_classes} class(es) into two halves; need at least 2.")
+  order = sorted(range(num_classes), key=lambda c: hashlib.sha256(f"{seed}:{c}".encode()).digest())
+  half = num_classes // 2
+  return tuple(sorted(order[:half])), tuple(sorted(order[half:]))
+
+
+def restrict_to_classes(classes, logits: jax.Array | None, labels: jax.Array):
+  """(logits over `classes`, labels as positions in `classes`, weight 1.0 where the label is in `classes`)."""
+  classes = jnp.asarray(classes, jnp.int32)
+  hit = labels[:, None] == classes[None, :]
+  sub_logits = None if logits is None else jnp.take(logits, classes, axis=-1)
+  return sub_logits, jnp.argmax(hit, axis=-1).astype(jnp.int32), jnp.any(hit, axis=-1).astype(jnp.float32)
+
+
+def _weighted_mean(per_example: jax.Array, weight: jax.Array) -> jax.Array:
+  return jnp.sum(per_example * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def batch_labels(method: Method, batch: Batch, recognizer: Recognizer | None, clean: jax.Array) -> jax.Array | None:
+  """The labels the recognition terms use: the batch's, or R's top-1 on the clean images."""
+  if method.labels == "recognizer":
+    if recognizer is None:
+      return None
+    return jnp.argmax(jax.lax.stop_gradient(recognizer(clean)), axis=-1).astype(jnp.int32)
+  return batch["label"]
 
 
 def _apply_train(net: nn.Module, params, batch_stats, x):
@@ -105,24 +156,36 @@ def make_loss_fn(method: Method, networks: Mapping[str, nn.Module]) -> Callable:
     x, y = to_float_images(batch["input"]), to_float_images(batch["target"])
     out, new_stats = _apply_train(networks["processor"], params["processor"], batch_stats["processor"], x)
     new_stats = {"processor": new_stats}
-    terms = {"pixel_mse": losses.pixel_mse(pred=out, target=y)}
     logits = None
+    labels = batch_labels(method, batch, recognizer, y) if method.mode in ("ra", "transformer") else None
+    if method.mode == "unsupervised":  # needs no labels; they only feed the top-1 metric
+      target_logits = jax.lax.stop_gradient(recognizer(y))
+      labels = jnp.argmax(target_logits, axis=-1) if method.labels == "recognizer" else batch["label"]
+    weight = None  # per-example weights when training on a subset of the classes
+    if method.classes:
+      if labels is None:  # plain mode: only the dataset labels select the examples
+        labels = batch["label"]
+      _, sub_labels, weight = restrict_to_classes(method.classes, None, labels)
+    reduce = (lambda v: jnp.mean(v)) if weight is None else (lambda v: _weighted_mean(v, weight))
+    sub = (lambda z: z) if not method.classes else (lambda z: jnp.take(z, jnp.asarray(method.classes), axis=-1))
+    ce_labels = labels if not method.classes else sub_labels
+    terms = {"pixel_mse": reduce(losses.pixel_mse(pred=out, target=y, reduction="none"))}
     if method.mode == "ra":
       logits = recognizer(out)
-      terms["recognition"] = losses.recognition_ce(
-          logits=logits, labels=batch["label"], label_smoothing=method.label_smoothing)
+      terms["recognition"] = reduce(losses.recognition_ce(
+          logits=sub(logits), labels=ce_labels, label_smoothing=method.label_smoothing, reduction="none"))
     elif method.mode == "unsupervised":
       logits = recognizer(out)
-      target_logits = jax.lax.stop_gradient(recognizer(y))
-      terms["recognition"] = losses.DISTANCES[method.distance](logits=logits, target_logits=target_logits)
+      terms["recognition"] = reduce(losses.DISTANCES[method.distance](
+          logits=sub(logits), target_logits=sub(target_logits), reduction="none"))
     elif method.mode == "transformer":
       t_out, new_stats["transformer"] = _apply_train(
           networks["transformer"], params["transformer"], batch_stats["transformer"], jax.lax.stop_gradient(out))
       logits = recognizer(t_out)
-      terms["recognition"] = losses.recognition_ce(
-          logits=logits, labels=batch["label"], label_smoothing=method.label_smoothing)
+      terms["recognition"] = reduce(losses.recognition_ce(
+          logits=sub(logits), labels=ce_labels, label_smoothing=method.label_smoothing, reduction="none"))
     total = terms["pixel_mse"] + method.lam * terms.get("recognition", 0.0)
-    return total, (terms, new_stats, logits, out)
+    return total, (terms, new_stats, logits, out, labels)
 
   return loss_fn
 
@@ -144,7 +207,7 @@ def make_train_step(
   def step(state: TrainState, batch: Batch, recognizer: Recognizer | None):
     if method.uses_recognizer and recognizer is None:
       raise ValueError(f"Mode {method.mode!r} needs a recognizer; pass one (or use mode='plain').")
-    (total, (terms, new_stats, logits, out)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    (total, (terms, new_stats, logits, out, labels)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, state.batch_stats, batch, recognizer)
     params, opt_state = dict(state.params), dict(state.opt_state)
     for name in method.networks:
@@ -159,7 +222,7 @@ def make_train_step(
     if "transformer" in grads:
       out_metrics["grad_norm_transformer"] = optax.tree.norm(grads["transformer"])
     if logits is not None:
-      out_metrics["top1"] = jnp.mean(metrics.topk_correct(logits, batch["label"], ks=(1,))["top1"].astype(jnp.float32))
+      out_metrics["top1"] = jnp.mean(metrics.topk_correct(logits, labels, ks=(1,))["top1"].astype(jnp.float32))
     return new_state, out_metrics
 
   return step
@@ -186,9 +249,10 @@ def make_eval_step(method: Method, networks: Mapping[str, nn.Module]) -> Callabl
       if method.mode == "transformer":
         seen = _apply_eval(networks["transformer"], state.params["transformer"], state.batch_stats["transformer"], out)
       logits = recognizer(seen)
+      labels = batch_labels(method, batch, recognizer, y)
       ks = (1, 5) if logits.shape[-1] >= 5 else (1,)
-      per_example.update(metrics.topk_correct(logits, batch["label"], ks=ks))
-      per_example["recognition_ce"] = losses.recognition_ce(logits=logits, labels=batch["label"], reduction="none")
+      per_example.update(metrics.topk_correct(logits, labels, ks=ks))
+      per_example["recognition_ce"] = losses.recognition_ce(logits=logits, labels=labels, reduction="none")
     sums = {k: jnp.sum(v.astype(jnp.float32) * mask) for k, v in per_example.items()}
     sums["count"] = jnp.sum(mask)
     return sums

@@ -79,17 +79,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
       threads=config.data.threads)
 
   # ================================================================ models
-  method = config_lib.method(config)
+  method, networks = build_networks(config)
   dtype = config.compute_dtype
-  p_kwargs = config_lib.kwargs(config.processor)
-  if "scale" in _fields(config.processor.name):
-    p_kwargs["scale"] = config.degrade.scale if config.task == "sr" else 1
-  elif config.task == "sr":
-    raise config_lib.ConfigError(f"config.processor.name={config.processor.name!r} cannot upscale; "
-                                 "use 'srresnet' for task 'sr'.")
-  networks = {"processor": processor(config.processor.name, dtype=dtype, **p_kwargs)}
-  if method.mode == "transformer":
-    networks["transformer"] = processor(config.transformer.name, dtype=dtype, **config_lib.kwargs(config.transformer))
   rec = recognizer(config.recognizer.name, config.recognizer.weights, dtype=dtype, seed=config.seed,
                    **config_lib.kwargs(config.recognizer, "weights"))
   rec = jax.device_put(rec, replicated)
@@ -109,6 +100,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
   if start_step:
     state = checkpoints.restore(start_step, ckpt_lib.abstract_like(state), train_iter)
     print(f"rajax.train: resumed from checkpoint at step {start_step}", flush=True)
+  elif config.init_processor:
+    state = _init_processor_from(state, config.init_processor, replicated)
+    print(f"rajax.train: processor initialised from {config.init_processor}", flush=True)
   log = progress.Progress(workdir, total_steps=total_steps, batch_size=config.data.batch_size,
                           start_step=start_step, write=is_main)
   log.truncate_after(start_step)
@@ -155,7 +149,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
         acc, acc_n = None, 0
       if step % config.ckpt_every == 0 or step == total_steps or stop.requested:
         checkpoints.save(step, state, train_iter)
-      if step % eval_every == 0 or step == total_steps:
+      if (step % eval_every == 0 and step < total_steps) or (step == total_steps and config.final_eval):
         final_eval = log.log_eval(step, evaluate(state))
       if stop.requested:
         checkpoints.close()
@@ -165,7 +159,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
 
   # ================================================================ final state
   checkpoints.close()
-  if not final_eval:
+  if not final_eval and config.final_eval:
     final_eval = log.log_eval(step, evaluate(state))
   if is_main:
     for name in state.params:
@@ -176,6 +170,31 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
 
 
 # ==================================================================== helpers
+
+def build_networks(config: ml_collections.ConfigDict) -> tuple[step_lib.Method, dict]:
+  """The training objective and the trainable networks ({"processor"[, "transformer"]}) of `config`."""
+  method = config_lib.method(config)
+  p_kwargs = config_lib.kwargs(config.processor)
+  if "scale" in _fields(config.processor.name):
+    p_kwargs["scale"] = config.degrade.scale if config.task == "sr" else 1
+  elif config.task == "sr":
+    raise config_lib.ConfigError(f"config.processor.name={config.processor.name!r} cannot upscale; "
+                                 "use 'srresnet' for task 'sr'.")
+  dtype = config.compute_dtype
+  networks = {"processor": processor(config.processor.name, dtype=dtype, **p_kwargs)}
+  if method.mode == "transformer":
+    networks["transformer"] = processor(config.transformer.name, dtype=dtype, **config_lib.kwargs(config.transformer))
+  return method, networks
+
+
+def _init_processor_from(state: step_lib.TrainState, path: str, sharding) -> step_lib.TrainState:
+  """Replaces P's parameters and BatchNorm statistics with the Flax variables in `path` (checked)."""
+  template = {"params": state.params["processor"], "batch_stats": state.batch_stats["processor"]}
+  loaded = weights_lib.load(path, jax.eval_shape(lambda: template), what="the processor (config.init_processor)")
+  loaded = jax.device_put(loaded, sharding)
+  return state.replace(params={**state.params, "processor": loaded["params"]},
+                       batch_stats={**state.batch_stats, "processor": loaded["batch_stats"]})
+
 
 def _fields(processor_name: str) -> list[str]:
   return [f.name for f in dataclasses.fields(PROCESSORS[processor_name])]

@@ -6,6 +6,7 @@ equivalence with PyTorch references (skipped where torch is not installed).
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -862,3 +863,41 @@ def test_recognizer_bad_option():
   with pytest.raises(TypeError) as e:
     rajax.recognizer("resnet18", "random", num_classes=10, depth=3)
   assert "resnet18" in str(e.value) and "depth" in str(e.value)
+
+
+# --------------------------------------------------------------------------- depthwise conv, input skip
+
+
+@pytest.mark.parametrize("stride,padding", [(1, ((1, 1), (1, 1))), (2, ((0, 1), (0, 1))), (2, ((1, 2), (2, 1)))])
+def test_depthwise_conv_impls_agree(stride, padding):
+  """The CPU-friendly shifted-sum depthwise conv equals XLA's grouped conv, values and gradients."""
+  from rajax.models.layers import DepthwiseConv
+  k = 3 if padding[0] != (1, 2) else 5
+  x = jax.random.normal(jax.random.key(0), (2, 11, 12, 6))
+  mods = {impl: DepthwiseConv(6, k, stride=stride, padding=padding, impl=impl) for impl in ("conv", "shifts")}
+  v = mods["conv"].init(jax.random.key(1), x)
+  outs = {i: m.apply(v, x) for i, m in mods.items()}
+  assert outs["conv"].shape == outs["shifts"].shape
+  np.testing.assert_allclose(outs["shifts"], outs["conv"], rtol=1e-5, atol=1e-5)
+  grads = {i: jax.grad(lambda v, x: jnp.sum(m.apply(v, x) ** 2), argnums=(0, 1))(v, x) for i, m in mods.items()}
+  chex.assert_trees_all_close(grads["shifts"], grads["conv"], rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="impl"):
+    DepthwiseConv(6, 3, impl="fft").init(jax.random.key(0), x)
+
+
+@pytest.mark.parametrize("name,kwargs,scale", [("srresnet", dict(scale=4, blocks=1, channels=8), 4),
+                                               ("srresnet", dict(scale=1, blocks=1, channels=8), 1),
+                                               ("resnet_generator", dict(blocks=1, channels=4), 1)])
+def test_input_skip_starts_at_bicubic_or_identity(name, kwargs, scale):
+  x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3), minval=0.05, maxval=0.95)
+  net = rajax.processor(name, input_skip=True, **kwargs)
+  v = net.init(jax.random.key(1), x)
+  out = net.apply(v, x)
+  base = jax.image.resize(x, (2, 8 * scale, 8 * scale, 3), "bicubic") if scale > 1 else x
+  np.testing.assert_allclose(out, jnp.clip(base, 1e-3, 1 - 1e-3), atol=1e-5)
+  # Same parameters as without the skip, and trainable: a gradient reaches the body.
+  plain = rajax.processor(name, **kwargs).init(jax.random.key(1), x)
+  assert jax.tree.structure(plain) == jax.tree.structure(v)
+  g = jax.grad(lambda p: jnp.sum(net.apply({**v, "params": p}, x) ** 2))(v["params"])
+  last = "tail" if name == "srresnet" else "head"
+  assert float(jnp.abs(g[last]["kernel"]).max()) > 0

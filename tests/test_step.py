@@ -10,6 +10,7 @@ import pytest
 
 import rajax
 from rajax import optim
+from rajax import losses
 from rajax import step as step_lib
 
 P_CHANNELS = 12   # distinct from every kernel shape of the width-8 recognizer below
@@ -125,7 +126,8 @@ def test_ra_gradient_reaches_p_and_lambda_zero_equals_plain(nets, rec, batch):
 def test_unsupervised_mode_matches_prob_mse_of_r_outputs(nets, rec, batch):
   method, _, state = _setup("unsupervised", nets)
   loss_fn = step_lib.make_loss_fn(method, nets)
-  _, (terms, _, logits, out) = jax.jit(loss_fn)(state.params, state.batch_stats, batch, rec)
+  _, (terms, _, logits, out, labels) = jax.jit(loss_fn)(state.params, state.batch_stats, batch, rec)
+  np.testing.assert_array_equal(labels, batch["label"])  # labels="dataset": the batch's own
   target_logits = jax.jit(lambda r, y: r(y))(rec, jnp.asarray(batch["target"], jnp.float32) / 255.0)
   p = jax.nn.softmax(logits, -1)
   q = jax.nn.softmax(target_logits, -1)
@@ -236,3 +238,21 @@ def test_paper_schedule_is_piecewise_constant_in_epochs():
   updates, _ = tx.update({"w": jnp.ones(3)}, tx.init(params), params)
   # Adam's first step moves every weight by lr (times sign of the gradient).
   np.testing.assert_allclose(np.asarray(updates["w"]), -1e-4, rtol=1e-3)
+
+
+def test_recognizer_labels_are_r_top1_on_clean_targets(nets, rec, batch):
+  """labels="recognizer": the CE uses argmax R(clean target), whatever batch["label"] holds."""
+  y = jnp.asarray(batch["target"], jnp.float32) / 255.0
+  want = np.asarray(jnp.argmax(jax.jit(lambda r, y: r(y))(rec, y), -1))
+  for mode in ("ra", "unsupervised", "transformer"):
+    method = step_lib.Method(mode=mode, lam=1.0, labels="recognizer")
+    _, _, state = _setup(mode, nets)
+    garbage = {**batch, "label": (batch["label"] + 1) % 10}
+    _, (terms, _, logits, _, labels) = jax.jit(step_lib.make_loss_fn(method, nets))(
+        state.params, state.batch_stats, garbage, rec)
+    np.testing.assert_array_equal(np.asarray(labels), want, err_msg=mode)
+    if mode == "ra":
+      np.testing.assert_allclose(float(terms["recognition"]),
+                                 float(losses.recognition_ce(logits=logits, labels=jnp.asarray(want))), rtol=1e-5)
+  with pytest.raises(ValueError, match="label source"):
+    step_lib.Method(mode="ra", labels="oracle")

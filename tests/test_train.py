@@ -11,6 +11,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import rajax
@@ -118,3 +119,31 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_finishes_identically(tmp_path,
   assert f"resumed from checkpoint at step {stopped}" in out
   jax.tree.map(np.testing.assert_array_equal, _processor_params(uninterrupted)["params"],
                _processor_params(tmp_path)["params"])
+
+
+def test_init_processor_starts_from_a_file(tmp_path):
+  """config.init_processor: P starts from another run's processor.msgpack (checked against the model)."""
+  from rajax import config as config_lib
+  from rajax import step as step_lib
+  from rajax import train
+
+  first = tmp_path / "first"
+  _train(first, "--config.total_steps=2")
+  config = config_lib.load(str(ROOT / "configs/smoke.py"))
+  method, nets = train.build_networks(config)
+  txs = {n: optax.adam(1e-3) for n in method.networks}
+  state = step_lib.init_state(method, nets, txs, rng=jax.random.PRNGKey(5), input_shape=(8, 8, 3))
+  loaded = train._init_processor_from(state, str(first / "processor.msgpack"), None)
+  want = weights.load(first / "processor.msgpack", {"params": state.params["processor"],
+                                                    "batch_stats": state.batch_stats["processor"]})
+  for a, b in zip(jax.tree.leaves(loaded.params["processor"]), jax.tree.leaves(want["params"])):
+    np.testing.assert_array_equal(a, b)
+  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params["processor"]),
+                                                        jax.tree.leaves(want["params"])))
+  # A run started from it says so; a file for another architecture is refused with the key names.
+  out = _train(tmp_path / "second", "--config.total_steps=1", f"--config.init_processor={first / 'processor.msgpack'}")
+  assert "processor initialised from" in out
+  r = subprocess.run(_cmd(tmp_path / "third", "--config.total_steps=1", "--config.processor.channels=8",
+                          f"--config.init_processor={first / 'processor.msgpack'}"),
+                     cwd=ROOT, capture_output=True, text=True, timeout=240)
+  assert r.returncode != 0 and "wrong shapes" in r.stderr and "config.init_processor" in r.stderr

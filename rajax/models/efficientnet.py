@@ -66,6 +66,9 @@ def _conv(features, kernel, *, stride=1, groups=1, size, dtype, name):
   def apply(x):
     h, w = size if size is not None else x.shape[1:3]
     pads = (same_pads(h, kernel, stride), same_pads(w, kernel, stride))
+    if groups > 1 and groups == features:
+      return layers.DepthwiseConv(features, kernel, stride=stride, padding=pads, dtype=dtype,
+                                  kernel_init=layers.torch_kernel_init, name=name)(x)
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=pads,
                    feature_group_count=groups, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
                    kernel_init=layers.torch_kernel_init, name=name)(x)

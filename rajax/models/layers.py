@@ -41,6 +41,7 @@ def conv(
     use_bias: bool = True,
     dtype: Dtype = jnp.float32,
     kernel_init=torch_kernel_init,
+    bias_init=None,
     name: str | None = None,
 ) -> nn.Conv:
   """A square NHWC convolution with PyTorch's padding semantics and default initialisation."""
@@ -53,7 +54,7 @@ def conv(
       dtype=dtype,
       param_dtype=jnp.float32,
       kernel_init=kernel_init,
-      bias_init=torch_bias_init(in_features * kernel * kernel),
+      bias_init=bias_init if bias_init is not None else torch_bias_init(in_features * kernel * kernel),
       name=name,
   )
 
@@ -95,6 +96,17 @@ def to_unit_range(y: jax.Array) -> jax.Array:
   return (jnp.tanh(y.astype(jnp.float32)) + 1.0) / 2.0
 
 
+def to_unit_range_around(y: jax.Array, base: jax.Array) -> jax.Array:
+  """(tanh(y + atanh(2 base - 1)) + 1) / 2: like `to_unit_range`, but equal to `base` where y = 0.
+
+  Lets a network learn a correction of `base` (e.g. a bicubic upscaling of its input) in the
+  pre-tanh domain while its output stays smooth and inside [0, 1]. `base` is clipped to
+  [1e-3, 1 - 1e-3] so the inverse tanh stays finite.
+  """
+  b = jnp.clip(base.astype(jnp.float32), 1e-3, 1.0 - 1e-3)
+  return (jnp.tanh(y.astype(jnp.float32) + jnp.arctanh(2.0 * b - 1.0)) + 1.0) / 2.0
+
+
 def as_dtype(dtype: Any) -> jnp.dtype:
   """'bfloat16' / jnp.bfloat16 / np.dtype -> a jnp dtype, with a clear error for anything else."""
   try:
@@ -104,3 +116,46 @@ def as_dtype(dtype: Any) -> jnp.dtype:
   if not jnp.issubdtype(out, jnp.floating):
     raise ValueError(f"Compute dtype must be a float type ('float32', 'bfloat16', 'float16'), got {dtype!r}.")
   return out
+
+
+class DepthwiseConv(nn.Module):
+  """A depthwise (one filter per channel) NHWC convolution; parameters as nn.Conv with
+  feature_group_count == features: `kernel` [k, k, 1, C].
+
+  `impl` picks the computation: "conv" is XLA's grouped convolution (what GPUs and TPUs run
+  fastest); "shifts" sums k*k shifted, scaled copies of the input, which XLA's CPU backend runs
+  about 20x faster forward and 8x faster backward than its grouped convolution; "auto" (default)
+  uses "shifts" on CPU and "conv" elsewhere. Both compute the same function.
+  """
+
+  features: int
+  kernel_size: int
+  stride: int = 1
+  padding: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
+  dtype: Dtype = jnp.float32
+  kernel_init: Any = torch_kernel_init
+  impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k, s, c = self.kernel_size, self.stride, self.features
+    if x.shape[-1] != c:
+      raise ValueError(f"DepthwiseConv of {c} channels got an input with {x.shape[-1]} channels.")
+    kernel = self.param("kernel", self.kernel_init, (k, k, 1, c), jnp.float32)
+    impl = self.impl if self.impl != "auto" else ("shifts" if jax.default_backend() == "cpu" else "conv")
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    if impl == "conv":
+      return jax.lax.conv_general_dilated(
+          x, kernel, (s, s), self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
+    if impl != "shifts":
+      raise ValueError(f"Unknown depthwise convolution impl {self.impl!r}; use 'auto', 'conv' or 'shifts'.")
+    (pt, pb), (pl, pr) = self.padding
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    ho = (x.shape[1] + pt + pb - k) // s + 1
+    wo = (x.shape[2] + pl + pr - k) // s + 1
+    out = None
+    for i in range(k):
+      for j in range(k):
+        term = xp[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :] * kernel[i, j, 0]
+        out = term if out is None else out + term
+    return out

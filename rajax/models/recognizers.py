@@ -42,6 +42,7 @@ class Arch:
   module: Callable[..., nn.Module]        # module(num_classes=..., dtype=..., **options)
   options: Mapping[str, Any]
   torch_key: Callable[[str], str] | None   # Flax module path -> torch module prefix (None: no torch layout)
+  rename_torch_keys: Callable[[dict], dict] | None = None   # old torch key layouts -> the current one
   mean: tuple[float, float, float] = IMAGENET_MEAN   # input normalisation the weights expect
   std: tuple[float, float, float] = IMAGENET_STD
 
@@ -50,22 +51,24 @@ _ARCHS: dict[str, Arch] = {}
 
 
 def register(name: str, module: Callable[..., nn.Module], options: Mapping[str, Any] | None = None, *,
-             torch_key: Callable[[str], str] | None = None, mean: tuple[float, float, float] = IMAGENET_MEAN,
-             std: tuple[float, float, float] = IMAGENET_STD) -> None:
+             torch_key: Callable[[str], str] | None = None, rename_torch_keys: Callable[[dict], dict] | None = None,
+             mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD) -> None:
   """Adds a recognizer architecture.
 
   `module(num_classes=..., dtype=..., **options, **user_kwargs)` must return a linen module
   accepting `(images, *, train=False, features=False)` on normalised NHWC images. `torch_key`
-  maps a Flax module path to the torch module prefix, so torch checkpoints can be read; `mean` and
+  maps a Flax module path to the torch module prefix, so torch checkpoints can be read, after
+  `rename_torch_keys` has brought older key layouts up to date; `mean` and
   `std` are the input normalisation the architecture's weights expect.
   """
-  _ARCHS[name] = Arch(module, dict(options or {}), torch_key, mean, std)
+  _ARCHS[name] = Arch(module, dict(options or {}), torch_key, rename_torch_keys, mean, std)
 
 
 for _family in _FAMILIES:
   for _name, _options in _family.ARCHS.items():
     _mean, _std = _NORMALISATION.get(_name, (IMAGENET_MEAN, IMAGENET_STD))
-    register(_name, _family.MODULE, _options, torch_key=_family.torch_key, mean=_mean, std=_std)
+    register(_name, _family.MODULE, _options, torch_key=_family.torch_key,
+             rename_torch_keys=_family.rename_torch_keys, mean=_mean, std=_std)
 
 
 def available() -> list[str]:
@@ -149,6 +152,7 @@ def recognizer(
       raise ValueError(f"The bundled weights of {name!r} are for the standard 1000-class architecture; "
                        f"drop num_classes/options {sorted(kwargs)} or pass weights=PATH.")
   template = jax.eval_shape(init, jax.random.key(0), dummy)
-  variables = weights_lib.load(weights, template, what=f"recognizer {name!r}", torch_key=arch.torch_key)
+  variables = weights_lib.load(weights, template, what=f"recognizer {name!r}", torch_key=arch.torch_key,
+                               rename_torch_keys=arch.rename_torch_keys)
   return Recognizer(name=name, module=module, variables=jax.tree.map(jnp.asarray, variables), mean=arch.mean,
                     std=arch.std)

@@ -9,6 +9,12 @@ Layout (the paper's official code, after SRGAN):
     log2(scale) x [conv3(C->4C), pixel shuffle 2, PReLU]    up_{i}
     conv9x9(C->3), output (tanh + 1) / 2                    tail
 
+With `input_skip=True` (not in the paper) the network learns a correction of the bicubic
+upscaling of its input (the input itself at scale 1) in the pre-tanh domain,
+out = (tanh(tail + atanh(2 bicubic(x) - 1)) + 1) / 2, and the tail starts at zero, so an
+untrained P already reproduces bicubic upscaling. This residual learning (as in VDSR) makes short
+trainings, e.g. on a CPU, converge far faster; the parameters are the same as without it.
+
 Scale 1 (denoising, JPEG deblocking) has no upsampling stage. Pixel shuffle is dm-pix's
 `depth_to_space`, which orders the 4C channels as (row offset, column offset, channel); PyTorch's
 PixelShuffle orders them (channel, row offset, column offset). The two differ by a fixed
@@ -52,12 +58,14 @@ class SRResNet(nn.Module):
     blocks: number of residual blocks (5 in the paper's code, 16 in SRGAN).
     channels: feature width C.
     dtype: compute dtype (parameters are always float32).
+    input_skip: learn a correction of the bicubic-upscaled input (see the module docstring).
   """
 
   scale: int = 4
   blocks: int = 5
   channels: int = 64
   dtype: layers.Dtype = jnp.float32
+  input_skip: bool = False
 
   def __post_init__(self):
     if self.scale not in SCALES:
@@ -72,6 +80,7 @@ class SRResNet(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     layers.check_images(x, who="SRResNet")
     c, dt = self.channels, self.dtype
+    inp = x
     x = x.astype(dt)
     head = layers.prelu(name="head_prelu")(
         layers.conv(c, 9, in_features=3, padding=4, dtype=dt, name="head")(x))
@@ -84,5 +93,13 @@ class SRResNet(nn.Module):
     for i in range(self.scale.bit_length() - 1):
       h = layers.conv(4 * c, 3, in_features=c, padding=1, dtype=dt, name=f"up_{i}")(h)
       h = layers.prelu(name=f"up_{i}_prelu")(depth_to_space(h, 2))
-    y = layers.conv(3, 9, in_features=c, padding=4, dtype=dt, name="tail")(h)
-    return layers.to_unit_range(y)
+    if not self.input_skip:
+      y = layers.conv(3, 9, in_features=c, padding=4, dtype=dt, name="tail")(h)
+      return layers.to_unit_range(y)
+    y = layers.conv(3, 9, in_features=c, padding=4, dtype=dt, kernel_init=nn.initializers.zeros,
+                    bias_init=nn.initializers.zeros, name="tail")(h)
+    base = inp.astype(jnp.float32)
+    if self.scale > 1:
+      b, hh, ww, ch = base.shape
+      base = jax.image.resize(base, (b, hh * self.scale, ww * self.scale, ch), "bicubic")
+    return layers.to_unit_range_around(y, base)

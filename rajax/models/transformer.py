@@ -45,11 +45,14 @@ class ResnetGenerator(nn.Module):
     blocks: residual blocks at the bottleneck (6 in the paper).
     channels: width of the first and last stage (ngf, 64); the bottleneck has 4x this.
     dtype: compute dtype (parameters are always float32).
+    input_skip: learn a correction of the input in the pre-tanh domain, with the last conv starting
+      at zero so an untrained T is the identity (not in the paper; as SRResNet's option).
   """
 
   blocks: int = 6
   channels: int = 64
   dtype: layers.Dtype = jnp.float32
+  input_skip: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -77,5 +80,9 @@ class ResnetGenerator(nn.Module):
           use_bias=False, dtype=dt, param_dtype=jnp.float32, kernel_init=layers.torch_kernel_init,
           name=f"up_{i}")(h)
       h = nn.relu(layers.batch_norm(train=train, dtype=dt, name=f"up_{i}_bn")(h))
-    y = layers.conv(3, 7, in_features=c, dtype=dt, name="head")(layers.reflect_pad(h, 3))
-    return layers.to_unit_range(y)
+    if not self.input_skip:
+      y = layers.conv(3, 7, in_features=c, dtype=dt, name="head")(layers.reflect_pad(h, 3))
+      return layers.to_unit_range(y)
+    y = layers.conv(3, 7, in_features=c, dtype=dt, kernel_init=nn.initializers.zeros,
+                    bias_init=nn.initializers.zeros, name="head")(layers.reflect_pad(h, 3))
+    return layers.to_unit_range_around(y, x)

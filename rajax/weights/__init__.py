@@ -101,11 +101,13 @@ def load(
     *,
     what: str = "model",
     torch_key: Callable[[str], str] | None = None,
+    rename_torch_keys: Callable[[dict], dict] | None = None,
 ) -> dict:
   """Reads the weights in `path` and checks them against `template`'s keys and shapes.
 
   `.msgpack` files hold Flax variables; PyTorch and safetensors files are converted with
-  `torch_key` (the architecture's Flax-path -> torch-prefix map). Returns a nested dict of numpy
+  `torch_key` (the architecture's Flax-path -> torch-prefix map), after `rename_torch_keys` (if
+  given) has renamed keys of older layouts. Returns a nested dict of numpy
   arrays in the template's dtypes.
   """
   from rajax.weights import convert
@@ -121,7 +123,10 @@ def load(
   if torch_key is None:
     raise WeightsError(f"{what} cannot read PyTorch-layout weights ({path}): it has no torch key map. "
                        "Pass a Flax .msgpack file.")
-  return convert.from_torch(read_state_dict(path), template, torch_key, source=str(path))
+  state_dict = read_state_dict(path)
+  if rename_torch_keys is not None:
+    state_dict = rename_torch_keys(state_dict)
+  return convert.from_torch(state_dict, template, torch_key, source=str(path))
 
 
 def check_variables(loaded: Mapping[str, Any], template: Mapping[str, Any], *, source: str) -> dict:

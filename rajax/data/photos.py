@@ -1,0 +1,137 @@
+"""Real photographs that ship inside installed packages, as train and held-out sources.
+
+Fifteen photos from scikit-image's data module, scikit-learn's sample images and matplotlib's
+sample data: nothing is downloaded. They are split *by photo* into a training set and a held-out
+set, so evaluation crops come from photos never seen in training:
+
+  held out:  chelsea (a cat), coffee (a cup of espresso), rocket (a launch pad), grace_hopper
+             (a portrait in uniform), flower (a blossom);
+  training:  astronaut, hubble_deep_field, immunohistochemistry, retina, motorcycle, china,
+             camera, coins, clock, moon (the last four are grayscale, converted to RGB).
+
+`PhotoSource(split, short_side, crop)` is a random-access source like the others
+(`len`, `[i] -> {"image", "label"}`): training elements are whole photos resized so the short
+side is `short_side` (repeated `repeats` times so an epoch holds many random crops); held-out
+elements are fixed crops on a regular grid of each resized photo, and their mirror images.
+There are no ground-truth labels (label -1): use `labels="recognizer"` (R's own top-1 class on the
+clean crop) for the recognition terms and metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+from PIL import Image
+
+from rajax.data.sources import DataError
+
+HELDOUT = ("chelsea", "coffee", "rocket", "grace_hopper", "flower")
+TRAIN = ("astronaut", "hubble_deep_field", "immunohistochemistry", "retina", "motorcycle", "china",
+         "camera", "coins", "clock", "moon")
+NO_LABEL = -1
+
+
+def _skimage(name: str) -> np.ndarray:
+  from skimage import data
+  if name == "motorcycle":
+    return data.stereo_motorcycle()[0]
+  return getattr(data, name)()
+
+
+def _sklearn(name: str) -> np.ndarray:
+  import importlib.resources
+  path = importlib.resources.files("sklearn.datasets").joinpath("images", f"{name}.jpg")
+  with Image.open(path) as im:  # type: ignore[arg-type]
+    return np.asarray(im.convert("RGB"))
+
+
+def _matplotlib(name: str) -> np.ndarray:
+  from matplotlib import cbook
+  with cbook.get_sample_data(f"{name}.jpg") as f, Image.open(f) as im:
+    return np.asarray(im.convert("RGB"))
+
+
+_LOADERS = {**{n: _skimage for n in ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
+                                     "immunohistochemistry", "retina", "motorcycle", "camera", "coins",
+                                     "clock", "moon")},
+            "china": _sklearn, "flower": _sklearn, "grace_hopper": _matplotlib}
+
+
+@functools.cache
+def photo(name: str) -> np.ndarray:
+  """Bundled photo `name` as uint8 RGB [H, W, 3] (grayscale photos replicated to three channels)."""
+  if name not in _LOADERS:
+    raise DataError(f"Unknown bundled photo {name!r}; available: {', '.join(sorted(_LOADERS))}.")
+  try:
+    img = np.asarray(_LOADERS[name](name))
+  except ImportError as e:
+    raise DataError(f"Bundled photo {name!r} needs {e.name!r}; install rajax's requirements "
+                    "(scikit-image, scikit-learn, matplotlib).") from e
+  if img.ndim == 2:
+    img = np.repeat(img[..., None], 3, axis=-1)
+  img = img[..., :3]
+  img.setflags(write=False)
+  return img
+
+
+def resized(name: str, short_side: int) -> np.ndarray:
+  """`photo(name)` resized (Pillow bicubic, antialiased) so its short side is `short_side`."""
+  img = photo(name)
+  h, w = img.shape[:2]
+  s = short_side / min(h, w)
+  size = (max(short_side, round(w * s)), max(short_side, round(h * s)))
+  return np.asarray(Image.fromarray(img).resize(size, Image.BICUBIC))
+
+
+def grid_crops(img: np.ndarray, crop: int, per_side: int) -> list[np.ndarray]:
+  """per_side x per_side crops of crop x crop pixels on a regular grid spanning `img`."""
+  h, w = img.shape[:2]
+  if h < crop or w < crop:
+    raise DataError(f"Photo of {h}x{w} is smaller than the {crop}x{crop} crop; raise the short side.")
+  tops = np.linspace(0, h - crop, per_side).round().astype(int)
+  lefts = np.linspace(0, w - crop, per_side).round().astype(int)
+  return [img[t:t + crop, l:l + crop] for t in tops for l in lefts]
+
+
+@dataclasses.dataclass(frozen=True)
+class PhotoSource:
+  """The bundled photos of `split` ("train" or "heldout") as a random-access source."""
+
+  split: str
+  short_side: int = 192
+  crop: int = 96
+  repeats: int = 64          # train: each photo appears this many times per epoch
+  grid: int = 3              # heldout: grid x grid crops per photo, plus their mirror images
+  names: tuple[str, ...] | None = None
+
+  def __post_init__(self):
+    if self.split not in ("train", "heldout"):
+      raise DataError(f"PhotoSource split must be 'train' or 'heldout', got {self.split!r}.")
+    if self.short_side < self.crop:
+      raise DataError(f"short_side={self.short_side} must be >= crop={self.crop}.")
+
+  @property
+  def photo_names(self) -> tuple[str, ...]:
+    return self.names if self.names is not None else (TRAIN if self.split == "train" else HELDOUT)
+
+  @functools.cached_property
+  def _elements(self) -> list[tuple[str, np.ndarray]]:
+    if self.split == "train":
+      return [(n, resized(n, self.short_side)) for n in self.photo_names]
+    out = []
+    for n in self.photo_names:
+      crops = grid_crops(resized(n, self.short_side), self.crop, self.grid)
+      out += [(n, np.ascontiguousarray(c)) for c in crops] + [(n, np.ascontiguousarray(c[:, ::-1])) for c in crops]
+    return out
+
+  def __len__(self) -> int:
+    n = len(self._elements)
+    return n * self.repeats if self.split == "train" else n
+
+  def __getitem__(self, index: int) -> dict:
+    if not 0 <= index < len(self):
+      raise IndexError(f"index {index} out of range for {len(self)} {self.split} photo elements")
+    name, img = self._elements[index % len(self._elements)]
+    return {"image": img, "label": NO_LABEL, "photo": name}

@@ -1,0 +1,358 @@
+"""The offline demo: the paper's claims in miniature, with real ImageNet classifiers and real photos.
+
+    python -m rajax.demo --workdir runs/demo            # 12 training runs, evaluation, report
+    python -m rajax.demo --workdir runs/demo --quick    # a few steps each: checks the machinery
+    python -m rajax.demo --workdir runs/demo --tasks sr --modes plain,ra
+
+For each task (SR x4, denoising sigma 0.1, JPEG quality 10) and each method (plain, RA,
+unsupervised RA, RA with transformer) it trains a processor with `rajax.train` from
+`configs/demo.py` in `WORKDIR/<task>/<mode>` (rerunning resumes), with MobileNetV2 (real ImageNet
+weights) as the loss recognizer R. It then evaluates every processor on crops of held-out photos
+with R and with EfficientNet-Lite0, a recognizer never used in training, and writes
+`report.md`, `results.json` and figures to WORKDIR.
+
+Labels: the photos have no ground truth, so each recognizer's label for a crop is its own top-1
+class on the clean crop, and "top-1" is agreement with it (the clean images score 100% by
+construction).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import sys
+import time
+from typing import Sequence
+
+TASKS = ("sr", "denoise", "jpeg")
+MODES = ("plain", "ra", "unsupervised", "transformer")
+RECOGNIZERS = ("mobilenet_v2", "efficientnet_lite0")   # the loss recognizer first, then the unseen one
+LOSS_RECOGNIZER = RECOGNIZERS[0]
+CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "demo.py"
+TASK_TITLES = {"sr": "super-resolution x4", "denoise": "denoising (sigma 0.1)", "jpeg": "JPEG deblocking (quality 10)"}
+MODE_TITLES = {"input": "degraded input", "plain": "plain", "ra": "RA", "unsupervised": "unsupervised RA",
+               "transformer": "RA with transformer", "clean": "clean image"}
+
+
+def demo_config(task: str, mode: str, quick: bool, *, stage: str = "finetune", init: pathlib.Path | None = None):
+  from rajax import config as config_lib
+  if not CONFIG.is_file():
+    raise FileNotFoundError(f"{CONFIG} not found: run the demo from a rajax source checkout (pip install -e .).")
+  config = config_lib.load(f"{CONFIG}:task={task},mode={mode},stage={stage},quick={quick}")
+  config.final_eval = False  # the demo evaluates every run itself, with both recognizers
+  if init is not None:
+    config.init_processor = str(init)
+  config_lib.validate(config)
+  config.lock()
+  return config
+
+
+# ==================================================================== training
+
+def train_all(workdir: pathlib.Path, tasks: Sequence[str], modes: Sequence[str], quick: bool) -> float:
+  """Per task: the plain pretraining run, then every mode from it, each in its own sub-directory
+  (`WORKDIR/<task>/pretrain`, `WORKDIR/<task>/<mode>`; each resumes if interrupted). Returns seconds."""
+  from rajax import train
+  runs = [r for t in tasks for r in [(t, "pretrain")] + [(t, m) for m in modes]]
+  t0 = time.perf_counter()
+  for i, (task, mode) in enumerate(runs):
+    elapsed = time.perf_counter() - t0
+    eta = elapsed / i * (len(runs) - i) if i else float("nan")
+    eta_s = str(datetime.timedelta(seconds=round(eta))) if i else "?"
+    print(f"[demo] run {i + 1}/{len(runs)}: {task}/{mode} | elapsed {datetime.timedelta(seconds=round(elapsed))} "
+          f"| ETA {eta_s}", flush=True)
+    if mode == "pretrain":
+      config = demo_config(task, "plain", quick, stage="pretrain")
+    else:
+      config = demo_config(task, mode, quick, init=workdir / task / "pretrain" / "processor.msgpack")
+    train.run(config, workdir / task / mode)
+  return time.perf_counter() - t0
+
+
+# ==================================================================== evaluation
+
+def _heldout_batch(config):
+  """All held-out crops of `config`'s task: degraded inputs and clean targets as numpy arrays."""
+  import numpy as np
+
+  from rajax import data as data_lib
+  source = data_lib.make_source(config.data, config.data.eval_split)
+  degradation = data_lib.Degradation(task=config.task, scale=config.degrade.scale, sigma=config.degrade.sigma,
+                                     quality=config.degrade.quality)
+  ds = data_lib.eval_dataset(source, degradation, resize=config.data.resize, crop=config.data.crop,
+                             global_batch=config.data.eval_batch_size, seed=config.seed)
+  batches = [b for b in ds]
+  out = {k: np.concatenate([b[k] for b in batches]) for k in ("input", "target", "mask")}
+  keep = out.pop("mask") > 0
+  return {k: v[keep] for k, v in out.items()}, [source[i]["photo"] for i in range(len(source))]
+
+
+def evaluate_all(workdir: pathlib.Path, tasks: Sequence[str], modes: Sequence[str], quick: bool) -> tuple[dict, dict]:
+  """results[task][row][recognizer] = {"top1", "psnr", "ssim"} and sample crops for the figures."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from rajax import metrics, recognizer, train, weights
+  from rajax.step import to_float_images
+
+  recs = {name: recognizer(name) for name in RECOGNIZERS}
+  predict = jax.jit(lambda r, x: jnp.argmax(r(x), axis=-1))
+  quality = jax.jit(lambda out, y: (metrics.psnr(out, y), metrics.ssim(out, y)))
+  results, samples = {}, {}
+  for task in tasks:
+    config = demo_config(task, "plain", quick)
+    batch, photo_names = _heldout_batch(config)
+    x, y = to_float_images(jnp.asarray(batch["input"])), to_float_images(jnp.asarray(batch["target"]))
+    clean_labels = {n: np.asarray(predict(r, y)) for n, r in recs.items()}
+    shown = {"input": x if task != "sr" else jax.image.resize(x, y.shape, "bicubic").clip(0, 1)}
+    seen = dict(shown)
+    for mode in modes:
+      mconf = demo_config(task, mode, quick)
+      _, nets = train.build_networks(mconf)
+      run_dir = workdir / task / mode
+      out = None
+      for name, net in nets.items():
+        file = run_dir / f"{name}.msgpack"
+        if not file.is_file():
+          raise FileNotFoundError(f"{file} is missing: the {task}/{mode} run has not finished. Rerun the demo to resume it.")
+        template = jax.eval_shape(lambda: net.init(jax.random.key(0), x[:1] if name == "processor" else y[:1]))
+        variables = weights.load(file, template, what=f"{task}/{mode} {name}")
+        apply = jax.jit(lambda v, z, net=net: net.apply(v, z, train=False))
+        if name == "processor":
+          out = jnp.clip(apply(variables, x), 0.0, 1.0)
+          shown[mode] = seen[mode] = out
+        else:  # the transformer T sits between P and the recognizers
+          seen[mode] = jnp.clip(apply(variables, out), 0.0, 1.0)
+    seen["clean"] = shown["clean"] = y
+    table = {}
+    for row, images in seen.items():
+      psnr, ssim = quality(shown[row], y)
+      table[row] = {}
+      for rname, r in recs.items():
+        pred = np.asarray(predict(r, images))
+        table[row][rname] = {"top1": float(np.mean(pred == clean_labels[rname])),
+                             "psnr": float(jnp.mean(psnr)), "ssim": float(jnp.mean(ssim))}
+    results[task] = table
+    picks = np.asarray(_sample_indices(photo_names))
+    r0 = recs[LOSS_RECOGNIZER]
+    samples[task] = {row: {"images": np.asarray(shown[row][picks]),
+                           "pred": np.asarray(predict(r0, seen[row][picks]))} for row in shown}
+    print(f"[demo] evaluated {task}: " + ", ".join(
+        f"{row} {table[row][LOSS_RECOGNIZER]['top1']:.1%}" for row in table), flush=True)
+  return results, samples
+
+
+def _sample_indices(photo_names: Sequence[str]) -> list[int]:
+  """One crop per held-out photo (the centre one of its grid), at most four."""
+  first = {}
+  for i, n in enumerate(photo_names):
+    first.setdefault(n, []).append(i)
+  return [idx[len(idx) // 4] for idx in list(first.values())[:4]]
+
+
+# ==================================================================== outputs
+
+def _fmt_pct(v: float) -> str:
+  return f"{100 * v:.1f}"
+
+
+def write_results(workdir: pathlib.Path, results: dict) -> pathlib.Path:
+  path = workdir / "results.json"
+  tmp = path.with_suffix(".json.tmp")
+  tmp.write_text(json.dumps({"results": results, "recognizers": {"loss": LOSS_RECOGNIZER,
+                                                                 "unseen": list(RECOGNIZERS[1:])}}, indent=2))
+  os.replace(tmp, path)
+  return path
+
+
+def claims(results: dict) -> list[str]:
+  """Plain statements of which of the paper's claims held in this run."""
+  lines = []
+  for task, table in results.items():
+    if "plain" not in table or "ra" not in table:
+      continue
+    p, r = table["plain"], table["ra"]
+    gain = r[LOSS_RECOGNIZER]["top1"] - p[LOSS_RECOGNIZER]["top1"]
+    dpsnr = r[LOSS_RECOGNIZER]["psnr"] - p[LOSS_RECOGNIZER]["psnr"]
+    held = gain > 0 and dpsnr > -1.0
+    lines.append(
+        f"- **{TASK_TITLES[task]}**: RA {'beats' if gain > 0 else 'does not beat'} plain processing on "
+        f"{LOSS_RECOGNIZER} ({_fmt_pct(r[LOSS_RECOGNIZER]['top1'])}% vs {_fmt_pct(p[LOSS_RECOGNIZER]['top1'])}%, "
+        f"{gain * 100:+.1f} points) with PSNR {dpsnr:+.2f} dB relative to plain: the claim "
+        f"{'holds' if held else 'does not hold'} here.")
+    for unseen in RECOGNIZERS[1:]:
+      g = r[unseen]["top1"] - p[unseen]["top1"]
+      lines.append(
+          f"  Transfer to {unseen} (never used in training): {_fmt_pct(r[unseen]['top1'])}% vs "
+          f"{_fmt_pct(p[unseen]['top1'])}% ({g * 100:+.1f} points): the gain "
+          f"{'carries over' if g > 0 else 'does not carry over'} in this run.")
+  return lines
+
+
+def write_report(workdir: pathlib.Path, results: dict, *, quick: bool, train_seconds: float,
+                 eval_seconds: float, figures: Sequence[str]) -> pathlib.Path:
+  import jax
+
+  config = demo_config("sr", "ra", quick)
+  lines = ["# rajax demo: recognition-aware processing on real photos", ""]
+  lines += [f"Generated {datetime.datetime.now().isoformat(timespec='seconds')} by `python -m rajax.demo "
+            f"--workdir {workdir}{' --quick' if quick else ''}` on {jax.device_count()} "
+            f"{jax.devices()[0].platform} device(s), {os.cpu_count()} CPU cores.", ""]
+  if quick:
+    lines += ["**Quick mode**: a few training steps per run, to check the machinery. The numbers below say "
+              "nothing about the methods.", ""]
+  lines += ["## Settings", "",
+            f"- Processor P: SRResNet, {config.processor.blocks} residual blocks, {config.processor.channels} channels "
+            f"(transformer T: ResNet generator, {config.transformer.blocks} blocks, {config.transformer.channels} "
+            "channels); Adam, lr "
+            f"{config.optim.lr:g} decayed x{config.optim.decay_factor:g} at {tuple(config.optim.decay_epochs)} of the "
+            f"run; batch {config.data.batch_size}; {config.total_steps if config.total_steps > 0 else 'one epoch of'} "
+            f"{_steps(config)} steps per run.",
+            f"- Loss recognizer R: {LOSS_RECOGNIZER} with its real ImageNet weights; unseen recognizer: "
+            f"{', '.join(RECOGNIZERS[1:])} (real ImageNet weights, never used in training).",
+            f"- Loss weights: RA {demo_config('sr', 'ra', quick).lam:g}, unsupervised RA "
+            f"{demo_config('sr', 'unsupervised', quick).lam:g} (MSE of softmax probabilities), RA with transformer "
+            f"{demo_config('sr', 'transformer', quick).lam:g} (the paper's RA weight, 1e-3, overfitted the ten "
+            "training photos here; see configs/demo.py). Each task first trains P with the plain loss "
+            f"({_steps(demo_config('sr', 'plain', quick, stage='pretrain'))} steps on smaller crops); every method, "
+            "plain included, then continues from that P for the same number of steps.",
+            f"- Data: photos shipped in scikit-image, scikit-learn and matplotlib, split by photo. Training: random "
+            f"{config.data.crop}x{config.data.crop} crops (with flips) of {len(_photos().TRAIN)} photos resized to "
+            f"short side {config.data.photos.short_side}. Evaluation: a {config.data.photos.grid}x"
+            f"{config.data.photos.grid} grid of crops of each of the {len(_photos().HELDOUT)} held-out photos "
+            f"({', '.join(_photos().HELDOUT)}) and their mirror images.",
+            "- Labels: no ground truth exists for these photos, so each recognizer's label for a crop is its own "
+            "top-1 class on the clean crop; top-1 below is agreement with it (100% for clean images by "
+            "construction). PSNR and SSIM (11x11 Gaussian window, sigma 1.5) compare P's output with the clean crop.",
+            "- Degradations: bicubic x4 downscaling (Pillow, antialiased), clip(y + 0.1 N(0, 1)), Pillow JPEG "
+            "quality 10 with 4:2:0 chroma. The degraded-input row shows SR inputs upscaled bicubically.",
+            f"- Wall time: training {datetime.timedelta(seconds=round(train_seconds))}, evaluation "
+            f"{datetime.timedelta(seconds=round(eval_seconds))}.", ""]
+  lines += ["## Accuracy and quality per method (in the form of the paper's Table 1)", "",
+            f"Top-1 agreement on {LOSS_RECOGNIZER} (the loss recognizer), PSNR (dB) and SSIM of P's output.", ""]
+  for task, table in results.items():
+    lines += [f"**{TASK_TITLES[task]}**", "", "| processing | top-1 (%) | PSNR | SSIM |", "|---|---:|---:|---:|"]
+    for row, recs in table.items():
+      m = recs[LOSS_RECOGNIZER]
+      lines.append(f"| {MODE_TITLES[row]} | {_fmt_pct(m['top1'])} | {m['psnr']:.2f} | {m['ssim']:.4f} |")
+    lines.append("")
+  lines += ["## Transfer to a recognizer never used in training (the paper's Table 2)", "",
+            f"Rows: processors trained with R = {LOSS_RECOGNIZER}. Columns: top-1 agreement (%) on each recognizer.", ""]
+  for task, table in results.items():
+    lines += [f"**{TASK_TITLES[task]}**", "", "| processing | " + " | ".join(RECOGNIZERS) + " |",
+              "|---|" + "---:|" * len(RECOGNIZERS)]
+    for row, recs in table.items():
+      lines.append(f"| {MODE_TITLES[row]} | " + " | ".join(_fmt_pct(recs[r]["top1"]) for r in RECOGNIZERS) + " |")
+    lines.append("")
+  lines += ["## Which claims held", ""] + claims(results) + [""]
+  lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figures] + [""]
+  path = workdir / "report.md"
+  tmp = path.with_suffix(".md.tmp")
+  tmp.write_text("\n".join(lines))
+  os.replace(tmp, path)
+  return path
+
+
+def _steps(config) -> int:
+  n = len(_photos().TRAIN) * config.data.photos.repeats // config.data.batch_size
+  return config.total_steps if config.total_steps > 0 else int(n * config.num_epochs)
+
+
+def _photos():
+  from rajax.data import photos
+  return photos
+
+
+def write_figures(workdir: pathlib.Path, results: dict, samples: dict) -> list[str]:
+  """samples_<task>.png (input / plain / RA / target with R's predicted class) and top1.png."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+
+  from rajax.data import class_name
+  files = []
+  for task, rows in samples.items():
+    cols = [c for c in ("input", "plain", "ra", "clean") if c in rows]
+    n = len(rows[cols[0]]["images"])
+    fig, axes = plt.subplots(n, len(cols), figsize=(2.6 * len(cols), 2.9 * n), squeeze=False)
+    for j, col in enumerate(cols):
+      for i in range(n):
+        ax = axes[i][j]
+        ax.imshow(np.clip(rows[col]["images"][i], 0, 1), interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel(class_name(int(rows[col]["pred"][i]))[:24], fontsize=8)
+        if i == 0:
+          ax.set_title(MODE_TITLES[col], fontsize=10)
+    fig.suptitle(f"{TASK_TITLES[task]}: {LOSS_RECOGNIZER}'s top-1 class under each image", fontsize=10)
+    fig.tight_layout()
+    name = f"samples_{task}.png"
+    fig.savefig(workdir / name, dpi=80)
+    plt.close(fig)
+    files.append(name)
+  fig, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 3.6), squeeze=False)
+  for ax, (task, table) in zip(axes[0], results.items()):
+    rows = [r for r in table if r != "clean"]
+    xs = np.arange(len(rows))
+    for k, rname in enumerate(RECOGNIZERS):
+      ax.bar(xs + (k - 0.5) * 0.38, [100 * table[r][rname]["top1"] for r in rows], width=0.38,
+             label=rname + (" (loss)" if rname == LOSS_RECOGNIZER else " (unseen)"))
+    ax.set_xticks(xs)
+    ax.set_xticklabels([MODE_TITLES[r].replace(" with ", "\n+") for r in rows], fontsize=7)
+    ax.set_ylabel("top-1 agreement (%)")
+    ax.set_title(TASK_TITLES[task], fontsize=10)
+    ax.set_ylim(0, 100)
+  axes[0][0].legend(fontsize=7, loc="upper left")
+  fig.tight_layout()
+  fig.savefig(workdir / "top1.png", dpi=90)
+  plt.close(fig)
+  return files + ["top1.png"]
+
+
+# ==================================================================== command line
+
+def _names(text: str, allowed: Sequence[str], what: str) -> list[str]:
+  names = [n.strip() for n in text.split(",") if n.strip()]
+  bad = [n for n in names if n not in allowed]
+  if bad or not names:
+    raise argparse.ArgumentTypeError(f"unknown {what} {bad or text!r}; choose from {', '.join(allowed)}")
+  return names
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m rajax.demo", description=__doc__.split("\n\n")[0])
+  parser.add_argument("--workdir", required=True, type=pathlib.Path, help="directory for the runs and the report")
+  parser.add_argument("--quick", action="store_true", help="a few steps per run (checks the machinery only)")
+  parser.add_argument("--tasks", default=",".join(TASKS), type=lambda s: _names(s, TASKS, "task"),
+                      help=f"comma-separated subset of {','.join(TASKS)}")
+  parser.add_argument("--modes", default=",".join(MODES), type=lambda s: _names(s, MODES, "mode"),
+                      help=f"comma-separated subset of {','.join(MODES)}")
+  args = parser.parse_args(argv)
+  workdir = args.workdir
+  workdir.mkdir(parents=True, exist_ok=True)
+  import jax
+  # Identical programs (e.g. the plain step of every task's runs, or a resumed demo) compile once.
+  jax.config.update("jax_compilation_cache_dir", str(workdir / "jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  t0 = time.perf_counter()
+  train_seconds = train_all(workdir, args.tasks, args.modes, args.quick)
+  t1 = time.perf_counter()
+  results, samples = evaluate_all(workdir, args.tasks, args.modes, args.quick)
+  eval_seconds = time.perf_counter() - t1
+  write_results(workdir, results)
+  figures = write_figures(workdir, results, samples)
+  report = write_report(workdir, results, quick=args.quick, train_seconds=train_seconds,
+                        eval_seconds=eval_seconds, figures=figures)
+  print(f"[demo] done in {datetime.timedelta(seconds=round(time.perf_counter() - t0))}: {report}", flush=True)
+  for line in claims(results):
+    print(line.replace("**", ""), flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

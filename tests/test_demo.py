@@ -1,0 +1,82 @@
+"""The offline demo: bundled photos as data, recognizer-made labels, and `python -m rajax.demo --quick`."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rajax import config as config_lib
+from rajax.data import photos
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_photo_split_is_by_photo():
+  assert not set(photos.TRAIN) & set(photos.HELDOUT)
+  train = photos.PhotoSource("train", short_side=80, crop=64, repeats=3)
+  held = photos.PhotoSource("heldout", short_side=80, crop=64, grid=2)
+  assert len(train) == 3 * len(photos.TRAIN)
+  assert len(held) == 2 * 2 * 2 * len(photos.HELDOUT)          # grid x grid crops and their mirrors
+  assert {train[i]["photo"] for i in range(len(train))} == set(photos.TRAIN)
+  assert {held[i]["photo"] for i in range(len(held))} == set(photos.HELDOUT)
+  for i in (0, len(held) - 1):
+    e = held[i]
+    assert e["image"].shape == (64, 64, 3) and e["image"].dtype == np.uint8 and e["label"] == photos.NO_LABEL
+  assert min(train[0]["image"].shape[:2]) == 80
+  # Crops i and i + grid^2 of a photo are mirror images.
+  np.testing.assert_array_equal(held[0]["image"][:, ::-1], held[4]["image"])
+  with pytest.raises(IndexError):
+    held[len(held)]
+  with pytest.raises(ValueError, match="split"):
+    photos.PhotoSource("test")
+
+
+def test_every_bundled_photo_loads_as_rgb():
+  for name in photos.TRAIN + photos.HELDOUT:
+    img = photos.photo(name)
+    assert img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8 and min(img.shape[:2]) >= 256, name
+
+
+def test_demo_config_needs_recognizer_labels():
+  c = config_lib.load(f"{ROOT}/configs/demo.py:task=denoise,mode=ra")
+  config_lib.validate(c)
+  assert c.labels == "recognizer" and c.recognizer.name == "mobilenet_v2" and c.recognizer.weights is None
+  c.labels = "dataset"
+  with pytest.raises(config_lib.ConfigError, match="labels"):
+    config_lib.validate(c)
+  with pytest.raises(config_lib.ConfigError, match="stage"):
+    config_lib.load(f"{ROOT}/configs/demo.py:stage=warmup")
+
+
+def test_demo_quick_writes_report_results_and_figures(tmp_path):
+  """CI's check of the main job: every file, the results schema. (--quick says nothing about the effect.)"""
+  work = tmp_path / "demo"
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  proc = subprocess.run([sys.executable, "-m", "rajax.demo", "--workdir", str(work), "--quick"],
+                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert "[demo] run 15/15" in proc.stdout and "[demo] done" in proc.stdout
+  results = json.loads((work / "results.json").read_text())["results"]
+  assert set(results) == {"sr", "denoise", "jpeg"}
+  for task, rows in results.items():
+    assert {"input", "plain", "ra", "unsupervised", "transformer", "clean"} <= set(rows), task
+    for row, recs in rows.items():
+      assert set(recs) == {"mobilenet_v2", "efficientnet_lite0"}
+      for m in recs.values():
+        assert set(m) == {"top1", "psnr", "ssim"} and 0.0 <= m["top1"] <= 1.0 and -1.0 <= m["ssim"] <= 1.0
+    assert rows["clean"]["mobilenet_v2"]["top1"] == 1.0     # labels are R's own top-1 on the clean crops
+  report = (work / "report.md").read_text()
+  assert "Quick mode" in report and "Which claims held" in report and "efficientnet_lite0" in report
+  for name in ("top1.png", "samples_sr.png", "samples_denoise.png", "samples_jpeg.png"):
+    with Image.open(work / name) as im:
+      assert im.format == "PNG" and im.size[0] > 100, name
+    assert f"({name})" in report
+  for task in ("sr", "denoise", "jpeg"):
+    for run in ("pretrain", "plain", "ra", "unsupervised", "transformer"):
+      assert (work / task / run / "processor.msgpack").is_file(), (task, run)
+    assert (work / task / "transformer" / "transformer.msgpack").is_file()
