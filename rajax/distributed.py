@@ -36,6 +36,7 @@ import sys
 import traceback
 
 import jax
+import numpy as np
 
 ENV_ENABLE = "RAJAX_DISTRIBUTED"
 _TIMEOUTS = {"heartbeat_timeout_seconds": "RAJAX_HEARTBEAT_TIMEOUT",
@@ -134,6 +135,18 @@ def check_mesh(mesh: jax.sharding.Mesh) -> None:
     raise ValueError(f"The mesh's {mesh.size} devices are spread over the {jax.process_count()} processes as "
                      f"{counts}; every process must hold the same number. Use config.mesh.data=-1 "
                      f"(all {jax.device_count()} devices) in multi-process runs.")
+
+
+def any_process(flag: bool) -> bool:
+  """True on every process if `flag` is true on any of them (a collective: all processes must call it).
+
+  Used to agree on stopping: a signal reaches the processes at slightly different steps, but all of
+  them must save the same step and leave the loop together.
+  """
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils  # noqa: PLC0415 - only multi-process runs need it
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(flag)))))
 
 
 def fail_fast(process_index: int, process_count: int) -> None:

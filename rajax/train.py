@@ -147,11 +147,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
         means = {k: float(v) / acc_n for k, v in jax.device_get(acc).items()}
         log.log_train(step, means, lr=float(lr_schedule(step - 1)), epoch=step / steps_per_epoch)
         acc, acc_n = None, 0
-      if step % config.ckpt_every == 0 or step == total_steps or stop.requested:
+      stopping = stop.requested
+      if jax.process_count() > 1:  # all processes stop (and save) at the same step: agree at logging steps
+        stopping = step % config.log_every == 0 and distributed.any_process(stop.requested)
+      if step % config.ckpt_every == 0 or step == total_steps or stopping:
         checkpoints.save(step, state, train_iter)
       if (step % eval_every == 0 and step < total_steps) or (step == total_steps and config.final_eval):
         final_eval = log.log_eval(step, evaluate(state))
-      if stop.requested:
+      if stopping:
         checkpoints.close()
         print(f"rajax.train: stopped by signal at step {step}; checkpoint saved. Rerun the same command to resume.",
               flush=True)

@@ -338,6 +338,12 @@ _PEER = textwrap.dedent("""
     mesh = sharding.make_mesh(-1, distributed.devices())
     total = jax.jit(lambda x: x.sum(), out_shardings=sharding.replicated(mesh))
     me = jax.process_index()
+    if os.environ.get("AGREE"):  # only process 1 wants to stop, from step 3 on
+      for i in range(50):
+        if distributed.any_process(me == 1 and i >= 3):
+          print(f"both stop at {i}", flush=True)
+          break
+      raise SystemExit(0)
     for i in range(100000):
       x = sharding.global_batch({"x": np.ones((4,), np.float32)}, mesh)["x"]
       print(f"step {i} sum {float(total(x))}", flush=True)
@@ -397,6 +403,17 @@ def test_an_exception_in_one_process_ends_it_at_once_and_the_others_follow(tmp_p
     assert "Fix the error above" in jobs[1].text
     assert rc0 != 0 and follow_s < 5 + 30, f"process 0: rc {rc0} after {follow_s:.0f}s\n{jobs[0].tail()}"
     assert "stopped sending heartbeats" in jobs[0].text, jobs[0].tail()
+  finally:
+    for job in jobs:
+      job.kill()
+
+
+def test_processes_agree_to_stop_when_one_of_them_is_asked_to(tmp_path):
+  jobs = _peers(tmp_path, AGREE=1)
+  try:
+    for job in jobs:
+      assert job.wait(timeout=120) == 0, job.tail()
+      assert "both stop at 3" in job.text, job.tail()
   finally:
     for job in jobs:
       job.kill()
