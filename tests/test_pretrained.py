@@ -88,7 +88,14 @@ _grad = jax.jit(_ce_grad)
 _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
-@pytest.mark.parametrize("name", sorted(recognizers.available()))
+# resnet34/101/152 and vgg16 run the same module code as resnet18/50 and vgg16_bn at another depth
+# (or without BatchNorm); they take minutes to compile on a 2-core CPU, so they run with `-m heavy`.
+_SAME_CODE_AS_ANOTHER = ("resnet34", "resnet101", "resnet152", "vgg16")
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.heavy) if n in _SAME_CODE_AS_ANOTHER else n
+    for n in sorted(recognizers.available())])
 def test_input_gradient_through_every_recognizer(name):
   """d CE / d image under jit, float32 and bfloat16: finite, non-zero, and the two agree in direction."""
   x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
