@@ -23,10 +23,14 @@ and optionally JAX_LOCAL_DEVICE_IDS=0,1 (the local GPUs this process uses). Time
 A process that dies (killed, out of memory, machine lost) stops sending heartbeats; the
 coordination service then terminates the others ("Terminating process because the JAX distributed
 service detected fatal errors ... The following tasks are unhealthy (stopped sending heartbeats)"),
-instead of leaving them blocked in a collective forever. If process 0, which hosts the service,
-dies, the others notice at once. A Python exception in one process ends that process at once
-(`fail_fast`) rather than after the shutdown timeout, so the same mechanism stops the others. The
-launch scripts then exit non-zero; rerunning them resumes from the last complete checkpoint.
+instead of leaving them blocked in a collective forever; often a collective fails even sooner
+(connection reset) and the process ends itself through `fail_fast`. If process 0, which hosts the
+service, dies, the others notice at once. A Python exception in one process ends that process at
+once (`fail_fast`) rather than after the shutdown timeout, so the same mechanisms stop the others.
+The launch scripts then exit non-zero; rerunning them resumes from the last complete checkpoint.
+
+A stop request (SIGTERM, Ctrl-C) reaches the processes at slightly different steps; the trainer
+lets them agree (`any_process`, at logging steps) so that all save the same step and exit together.
 """
 
 from __future__ import annotations
@@ -103,16 +107,20 @@ def initialize(config_flag: bool = False) -> bool:
   # Cross-process collectives on CPU (tests, debugging) go through gloo; keep a choice made elsewhere.
   if jax.config.jax_cpu_collectives_implementation is None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  where = os.environ.get("JAX_COORDINATOR_ADDRESS")
+  if "process_id" in kwargs:  # a failed connection ends the process from inside JAX: say first what it tried
+    print(f"rajax: process {kwargs['process_id']} of {kwargs['num_processes']} connecting to the coordinator at "
+          f"{where} (waiting up to {kwargs.get('initialization_timeout', 300)}s for all processes)",
+          file=sys.stderr, flush=True)
   try:
     jax.distributed.initialize(**kwargs)
   except (ValueError, RuntimeError) as e:
-    where = os.environ.get("JAX_COORDINATOR_ADDRESS")
-    hint = (f"check that process 0 runs and that {where} is reachable from this process"
+    hint = (f"Check that process 0 runs and that {where} is reachable from this process"
             if where else
-            "outside Slurm, Open MPI and Cloud TPU VMs set JAX_COORDINATOR_ADDRESS=host:port, "
+            "Outside Slurm, Open MPI and Cloud TPU VMs set JAX_COORDINATOR_ADDRESS=host:port, "
             "RAJAX_NUM_PROCESSES and RAJAX_PROCESS_ID (the launch/ scripts do)")
     raise DistributedError(f"Starting the multi-process runtime failed ({ENV_ENABLE}=1 or config.distributed): "
-                           f"{e}. {hint}.") from e
+                           f"{str(e).rstrip('.')}. {hint}.") from e
   fail_fast(jax.process_index(), jax.process_count())
   return True
 

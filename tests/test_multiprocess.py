@@ -327,6 +327,55 @@ def test_evaluation_covers_every_example_once_whatever_the_number_of_processes(p
     np.testing.assert_array_equal(reference[i], one[i])
 
 
+# --------------------------------------------------------------------------- start-up settings
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+  for k in list(os.environ):
+    if k.startswith(("RAJAX_", "JAX_COORDINATOR", "SLURM_", "OMPI_")):
+      monkeypatch.delenv(k)
+  return monkeypatch
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"RAJAX_DISTRIBUTED": "yes"}, "RAJAX_DISTRIBUTED='yes': use 1 (multi-process) or 0"),
+    ({"RAJAX_NUM_PROCESSES": "2"}, "Set both RAJAX_NUM_PROCESSES and RAJAX_PROCESS_ID"),
+    ({"RAJAX_NUM_PROCESSES": "2", "RAJAX_PROCESS_ID": "2", "JAX_COORDINATOR_ADDRESS": "h:1"},
+     "RAJAX_PROCESS_ID=2 must be < RAJAX_NUM_PROCESSES=2"),
+    ({"RAJAX_NUM_PROCESSES": "2", "RAJAX_PROCESS_ID": "0"}, "JAX_COORDINATOR_ADDRESS is not"),
+    ({"RAJAX_HEARTBEAT_TIMEOUT": "soon"}, "RAJAX_HEARTBEAT_TIMEOUT='soon' must be an integer >= 1"),
+    ({"RAJAX_INIT_TIMEOUT": "0"}, "RAJAX_INIT_TIMEOUT='0' must be an integer >= 1"),
+])
+def test_bad_multi_process_settings_are_named(clean_env, env, message):
+  from rajax import distributed
+  for k, v in env.items():
+    clean_env.setenv(k, v)
+  with pytest.raises(distributed.DistributedError, match=re.escape(message)):
+    distributed.requested()
+    distributed.initialize_kwargs()
+
+
+def test_multi_process_settings_from_the_environment(clean_env):
+  from rajax import distributed
+  assert not distributed.requested() and distributed.requested(True)
+  assert distributed.initialize(False) is False  # single-process: nothing starts
+  for k, v in dict(RAJAX_DISTRIBUTED="1", JAX_COORDINATOR_ADDRESS="10.0.0.1:1234", RAJAX_NUM_PROCESSES="4",
+                   RAJAX_PROCESS_ID="3", RAJAX_HEARTBEAT_TIMEOUT="20", RAJAX_INIT_TIMEOUT="60").items():
+    clean_env.setenv(k, v)
+  assert distributed.requested()
+  assert distributed.initialize_kwargs() == dict(num_processes=4, process_id=3, heartbeat_timeout_seconds=20,
+                                                 initialization_timeout=60)
+
+
+def test_no_cluster_found_says_what_to_set(tmp_path):
+  env = _env(1, RAJAX_DISTRIBUTED=1)
+  r = subprocess.run([sys.executable, "-c", "from rajax import distributed; distributed.initialize()"], cwd=ROOT,
+                     env=env, capture_output=True, text=True, timeout=120)
+  assert r.returncode != 0
+  assert "DistributedError" in r.stderr and "set JAX_COORDINATOR_ADDRESS=host:port, RAJAX_NUM_PROCESSES" in r.stderr
+
+
 # --------------------------------------------------------------------------- failures
 
 
@@ -339,6 +388,10 @@ _PEER = textwrap.dedent("""
     total = jax.jit(lambda x: x.sum(), out_shardings=sharding.replicated(mesh))
     me = jax.process_index()
     if os.environ.get("AGREE"):  # only process 1 wants to stop, from step 3 on
+      try:
+        distributed.check_mesh(sharding.make_mesh(4, distributed.devices()))
+      except ValueError as e:
+        print("refused:", e, flush=True)
       for i in range(50):
         if distributed.any_process(me == 1 and i >= 3):
           print(f"both stop at {i}", flush=True)
@@ -414,6 +467,8 @@ def test_processes_agree_to_stop_when_one_of_them_is_asked_to(tmp_path):
     for job in jobs:
       assert job.wait(timeout=120) == 0, job.tail()
       assert "both stop at 3" in job.text, job.tail()
+      # A mesh over the 4 devices of process 0 alone leaves process 1 nothing to feed.
+      assert "refused: The mesh's 4 devices are spread over the 2 processes as [4, 0]" in job.text, job.tail()
   finally:
     for job in jobs:
       job.kill()
