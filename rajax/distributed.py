@@ -105,7 +105,7 @@ def initialize(config_flag: bool = False) -> bool:
     return True
   kwargs = initialize_kwargs()
   # Cross-process collectives on CPU (tests, debugging) go through gloo; keep a choice made elsewhere.
-  if jax.config.jax_cpu_collectives_implementation is None:
+  if getattr(jax.config, "jax_cpu_collectives_implementation", "gloo") is None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   where = os.environ.get("JAX_COORDINATOR_ADDRESS")
   if "process_id" in kwargs:  # a failed connection ends the process from inside JAX: say first what it tried
@@ -172,7 +172,9 @@ def fail_fast(process_index: int, process_count: int) -> None:
     except Exception:  # noqa: BLE001 - the report below must still happen
       traceback.print_exception(kind, value, tb)
     heartbeat = os.environ.get("RAJAX_HEARTBEAT_TIMEOUT", "100")
-    if issubclass(kind, jax.errors.JaxRuntimeError):
+    if issubclass(kind, KeyboardInterrupt):
+      cause = "It was interrupted twice."
+    elif issubclass(kind, jax.errors.JaxRuntimeError):
       cause = ("A runtime error in a collective (all-reduce, connection reset, timeout) usually means that "
                "another process died or stalled: look at the other processes' output for the first error.")
     else:

@@ -1,4 +1,4 @@
-"""grain input pipelines: source -> per-host slice -> shuffle -> decode -> crop -> degrade -> batch.
+"""grain input pipelines: source -> shuffle -> this host's block of each global batch -> decode -> crop -> degrade.
 
 Everything here runs on the host (grain threads or worker processes) and yields per-host numpy
 batches; `rajax.sharding.global_batch` turns them into global arrays on the mesh, and the
