@@ -96,6 +96,16 @@ def override(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_
   return config
 
 
+def overrides_from_args(parser, rest: Sequence[str], example: str) -> list[str]:
+  """The "a.b=v" texts of `--config.a.b=v` arguments; anything else is an argparse error via `parser`."""
+  overrides = []
+  for item in rest:
+    if not item.startswith("--config."):
+      parser.error(f"unrecognized argument {item!r}; config overrides look like --config.{example}")
+    overrides.append(item[len("--config."):])
+  return overrides
+
+
 def from_command_line(spec: str, overrides: Sequence[str]) -> ml_collections.ConfigDict:
   """load() + override() + validate(), then lock the config."""
   config = override(load(spec), overrides)

@@ -257,11 +257,7 @@ def cli(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--config", required=True, help="config file, optionally with an argument: FILE.py[:ARG]")
   parser.add_argument("--workdir", required=True, help="directory for checkpoints, logs and outputs")
   args, rest = parser.parse_known_args(argv)
-  overrides = []
-  for item in rest:
-    if not item.startswith("--config."):
-      parser.error(f"unrecognized argument {item!r}; config overrides look like --config.optim.lr=3e-4")
-    overrides.append(item[len("--config."):])
+  overrides = config_lib.overrides_from_args(parser, rest, "optim.lr=3e-4")
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
   try:
     config = config_lib.from_command_line(args.config, overrides)

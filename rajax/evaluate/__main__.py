@@ -19,11 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--workdir", required=True, help="directory for the tables, figures and the prediction cache")
   parser.add_argument("--only", default="", help="comma-separated evaluator names to run (default: all in config.evals)")
   args, rest = parser.parse_known_args(argv)
-  overrides = []
-  for item in rest:
-    if not item.startswith("--config."):
-      parser.error(f"unrecognized argument {item!r}; config overrides look like --config.batch_size=64")
-    overrides.append(item[len("--config."):])
+  overrides = config_lib.overrides_from_args(parser, rest, "batch_size=64")
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
   try:
     config = config_lib.override(config_lib.load(args.config), overrides)
