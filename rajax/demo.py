@@ -206,12 +206,12 @@ def write_report(workdir: pathlib.Path, results: dict, *, quick: bool, train_sec
     lines += ["**Quick mode**: a few training steps per run, to check the machinery. The numbers below say "
               "nothing about the methods.", ""]
   lines += ["## Settings", "",
-            f"- Processor P: SRResNet, {config.processor.blocks} residual blocks, {config.processor.channels} channels "
-            f"(transformer T: ResNet generator, {config.transformer.blocks} blocks, {config.transformer.channels} "
+            f"- Processor P: SRResNet, {config.processor.blocks} residual blocks, "
+            + ", ".join(f"{demo_config(t, 'plain', quick).processor.channels} channels for {t}" for t in TASKS)
+            + f" (transformer T: ResNet generator, {config.transformer.blocks} blocks, {config.transformer.channels} "
             "channels); Adam, lr "
             f"{config.optim.lr:g} decayed x{config.optim.decay_factor:g} at {tuple(config.optim.decay_epochs)} of the "
-            f"run; batch {config.data.batch_size}; {config.total_steps if config.total_steps > 0 else 'one epoch of'} "
-            f"{_steps(config)} steps per run.",
+            f"run; batch {config.data.batch_size}; {_steps(config)} steps per run.",
             f"- Loss recognizer R: {LOSS_RECOGNIZER} with its real ImageNet weights; unseen recognizer: "
             f"{', '.join(RECOGNIZERS[1:])} (real ImageNet weights, never used in training).",
             f"- Loss weights: RA {demo_config('sr', 'ra', quick).lam:g}, unsupervised RA "

@@ -198,7 +198,7 @@ def test_recognizer_from_torch_file_and_cli(tmp_path):
     value = np.asarray(value)
     if leaf == "kernel":
       value = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
-    torch_leaf = dict(convert._LEAF_TO_TORCH)[(collection, leaf)]
+    torch_leaf = convert._LEAF_TO_TORCH[(collection, leaf)]
     # (safetensors.numpy writes an array's raw memory, so transposed views must be made contiguous.)
     sd[f"{resnet.torch_key('/'.join(module))}.{torch_leaf}"] = np.ascontiguousarray(value)
   path = tmp_path / "r18.safetensors"
