@@ -177,6 +177,9 @@ def base(*, task: str = "sr", mode: str = "ra", recognizer: str = "resnet18") ->
   c.data.num_eval_examples = -1       # -1: the whole eval split
   c.data.workers = 0                  # grain worker processes (0: threads in the main process)
   c.data.threads = 8
+  # Denoising: where the Gaussian noise is drawn. "device": in the jitted step from the example index
+  # (the host ships uint8 crops); "host": NumPy in the pipeline (rajax.degrade.gaussian_noise).
+  c.data.noise = "device"
   c.data.synthetic = ml_collections.ConfigDict(
       dict(train_size=1024, eval_size=64, image_size=64, num_classes=10, seed=0))
   # source "photos": photos shipped in installed packages (rajax.data.photos), resized to short_side;
@@ -261,6 +264,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     check(d.crop % 4 == 0, f"config.data.crop={d.crop} must be divisible by 4 for the transformer T")
   check(d.batch_size >= 1, f"config.data.batch_size={d.batch_size} must be >= 1")
   check(d.eval_batch_size >= 1, f"config.data.eval_batch_size={d.eval_batch_size} must be >= 1")
+  check(d.noise in ("device", "host"), f"config.data.noise={d.noise!r} must be 'device' (drawn in the step) or 'host'")
   check(d.workers >= 0 and d.threads >= 1, f"config.data.workers={d.workers} must be >= 0 and data.threads >= 1")
   o = c.optim
   check(o.name in ("adam", "adamw", "sgd"), f"config.optim.name={o.name!r} is not one of adam, adamw, sgd")

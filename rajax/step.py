@@ -11,7 +11,9 @@ In the transformer method the stop_gradient between P and T means P's update see
 recognition gradient at all, and T has its own optimizer state; both are updated in one step.
 
 Batches hold "input" and "target" images as uint8 (or float in [0, 1]) and integer "label"s;
-conversion to float happens here, on device. With `Method(labels="recognizer")` the labels are
+conversion to float happens here, on device. A batch without "input" (denoising with the noise
+drawn on the device: clean "target" and example "index") is completed first by the step's
+`device_stage` (`rajax.degrade.DeviceNoise`, from `rajax.data.Degradation.device_stage(seed)`). With `Method(labels="recognizer")` the labels are
 R's own top-1 classes on the clean targets, computed in the step (for data without labels: the
 recognition loss then asks P's output to be recognised as the clean image is).
 
@@ -99,6 +101,17 @@ def to_float_images(x: jax.Array) -> jax.Array:
   if x.dtype == jnp.uint8:
     return x.astype(jnp.float32) / 255.0
   return x.astype(jnp.float32)
+
+
+def with_input(batch: Batch, device_stage: Callable[[Batch], Batch] | None) -> Batch:
+  """The batch with its processor "input": made by `device_stage` on device if the batch has none."""
+  if device_stage is not None:
+    batch = device_stage(batch)
+  if "input" not in batch:
+    raise ValueError(f"The batch has no 'input' (keys: {sorted(batch)}): its degradation is left to the device, "
+                     "so build the step with device_stage=degradation.device_stage(seed) "
+                     "(e.g. rajax.degrade.DeviceNoise(sigma, seed)).")
+  return batch
 
 
 def class_halves(num_classes: int, seed: int = 0) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -194,10 +207,13 @@ def make_train_step(
     method: Method,
     networks: Mapping[str, nn.Module],
     optimizers: Mapping[str, optax.GradientTransformation],
+    *,
+    device_stage: Callable[[Batch], Batch] | None = None,
 ) -> Callable[[TrainState, Batch, Recognizer | None], tuple[TrainState, Metrics]]:
   """step(state, batch, recognizer) -> (new_state, metrics): one update of every trainable network.
 
   `recognizer` may be None in "plain" mode. Metrics are scalars averaged over the global batch.
+  `device_stage` (batch -> batch) runs first and makes a missing "input" (see `with_input`).
   """
   loss_fn = make_loss_fn(method, networks)
   missing = [n for n in method.networks if n not in optimizers]
@@ -207,6 +223,7 @@ def make_train_step(
   def step(state: TrainState, batch: Batch, recognizer: Recognizer | None):
     if method.uses_recognizer and recognizer is None:
       raise ValueError(f"Mode {method.mode!r} needs a recognizer; pass one (or use mode='plain').")
+    batch = with_input(batch, device_stage)
     (total, (terms, new_stats, logits, out, labels)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, state.batch_stats, batch, recognizer)
     params, opt_state = dict(state.params), dict(state.opt_state)
@@ -228,16 +245,19 @@ def make_train_step(
   return step
 
 
-def make_eval_step(method: Method, networks: Mapping[str, nn.Module]) -> Callable:
+def make_eval_step(method: Method, networks: Mapping[str, nn.Module], *,
+                   device_stage: Callable[[Batch], Batch] | None = None) -> Callable:
   """eval_step(state, batch, recognizer) -> masked sums over the batch.
 
   Returns {"count", "psnr", "ssim", "pixel_mse"} and, with a recognizer, {"top1", "top5",
   "recognition_ce"}: sums over examples whose batch["mask"] is 1 (divide by "count"). Quality
   is measured on P's output; recognition on what R sees (T(P(x)) in the transformer method).
+  `device_stage` as in make_train_step.
   """
   _check_networks(method, networks)
 
   def eval_step(state: TrainState, batch: Batch, recognizer: Recognizer | None):
+    batch = with_input(batch, device_stage)
     x, y = to_float_images(batch["input"]), to_float_images(batch["target"])
     mask = batch["mask"].astype(jnp.float32) if "mask" in batch else jnp.ones(x.shape[0], jnp.float32)
     out = _apply_eval(networks["processor"], state.params["processor"], state.batch_stats["processor"], x)

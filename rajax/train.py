@@ -58,7 +58,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
 
   # ================================================================ data
   degradation = data_lib.Degradation(task=config.task, scale=config.degrade.scale, sigma=config.degrade.sigma,
-                                     quality=config.degrade.quality)
+                                     quality=config.degrade.quality, noise=config.data.noise)
+  device_stage = degradation.device_stage(config.seed)  # the noise, drawn in the steps (data.noise="device")
   train_source = data_lib.make_source(config.data, config.data.train_split)
   eval_source = data_lib.make_source(config.data, config.data.eval_split)
   steps_per_epoch = len(train_source) // config.data.batch_size
@@ -108,10 +109,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
   log.truncate_after(start_step)
 
   # ================================================================ compiled steps
-  train_step = jax.jit(step_lib.make_train_step(method, networks, optimizers),
+  train_step = jax.jit(step_lib.make_train_step(method, networks, optimizers, device_stage=device_stage),
                        in_shardings=(replicated, batched, replicated), out_shardings=(replicated, replicated),
                        donate_argnums=(0,))
-  eval_step = jax.jit(step_lib.make_eval_step(method, networks),
+  eval_step = jax.jit(step_lib.make_eval_step(method, networks, device_stage=device_stage),
                       in_shardings=(replicated, batched, replicated), out_shardings=replicated)
 
   def evaluate(state) -> dict:

@@ -424,6 +424,88 @@ def test_eval_two_hosts_cover_everything_once(n, gb):
   assert sorted(seen) == list(range(n))
 
 
+# --------------------------------------------------------------------------- noise drawn on the device
+
+
+def _device_stage_input(batch, seed, sigma=0.1):
+  return np.asarray(D.DeviceNoise(sigma=sigma, seed=seed)(batch)["input"])
+
+
+def test_train_device_noise_ships_clean_crops_and_stream_indices():
+  n, b = 8, 4
+  src = IndexedImages(n)
+  host = _take(_train(src, "denoise", batch=b, seed=2, resize=20), 3 * n // b)
+  dev_ds = rd.train_dataset(src, Degradation("denoise", sigma=0.1, noise="device"), resize=20, crop=16,
+                            global_batch=b, seed=2)
+  dev = _take(dev_ds, 3 * n // b)
+  for h, d in zip(host, dev):
+    assert set(d) == {"target", "label", "index"}
+    assert d["target"].dtype == np.uint8 and d["index"].dtype == np.int32 and d["index"].shape == (b,)
+    # The same examples, crops and flips as with the noise drawn on the host: only the input moved.
+    np.testing.assert_array_equal(d["target"], h["target"])
+    np.testing.assert_array_equal(d["label"], h["label"])
+  # The index is the position in the endless shuffled stream: unique per (epoch, position), so an
+  # example gets fresh noise every epoch.
+  assert np.concatenate([d["index"] for d in dev]).tolist() == list(range(3 * n))
+  noisy = _device_stage_input(dev[0], seed=2)
+  assert noisy.dtype == np.float32 and noisy.shape == (b, 16, 16, 3)
+  resid = noisy - dev[0]["target"] / 255.0
+  assert 0.05 < resid.std() < 0.11
+
+
+def test_train_device_noise_indices_global_across_hosts_and_resume():
+  n, gb = 12, 4
+  src = IndexedImages(n)
+  deg = Degradation("denoise", noise="device")
+  one = _take(rd.train_dataset(src, deg, resize=0, crop=16, global_batch=gb, seed=0), 3)
+  by_index = {int(i): int(l) for d in one for i, l in zip(d["index"], d["label"])}
+  for host in range(2):
+    for d in _take(rd.train_dataset(src, deg, resize=0, crop=16, global_batch=gb, seed=0, process_index=host,
+                                    process_count=2), 3):
+      for i, l in zip(d["index"], d["label"]):  # the same example under the same index, whatever the host count
+        assert by_index[int(i)] == int(l)
+  it = iter(rd.train_dataset(src, deg, resize=0, crop=16, global_batch=gb, seed=0))
+  next(it)
+  state = it.get_state()
+  want = [next(it) for _ in range(4)]
+  it2 = iter(rd.train_dataset(src, deg, resize=0, crop=16, global_batch=gb, seed=0))
+  it2.set_state(state)
+  _equal_batches(want, [next(it2) for _ in range(4)])
+
+
+def test_eval_device_noise_per_example_index():
+  src = IndexedImages(6)
+  deg = Degradation("denoise", sigma=0.1, noise="device")
+  batches = list(rd.eval_dataset(src, deg, resize=0, crop=16, global_batch=4, seed=5))
+  allb = _stack(batches)
+  assert set(allb) == {"target", "label", "mask", "index"}
+  assert allb["index"].tolist() == [0, 1, 2, 3, 4, 5, 0, 0]  # padding: index 0, mask 0
+  assert allb["mask"].tolist() == [1.0] * 6 + [0.0] * 2
+  host = _stack(list(_eval(src, "denoise", batch=4, seed=5)))
+  np.testing.assert_array_equal(allb["target"], host["target"])
+  # The device stage draws example i's noise from (seed, i): the same in any batch and for any host count.
+  inputs = np.concatenate([_device_stage_input(b, seed=5) for b in batches])
+  for host_index in range(2):
+    for b in rd.eval_dataset(src, deg, resize=0, crop=16, global_batch=4, seed=5, process_index=host_index,
+                             process_count=2, threads=1):
+      got = _device_stage_input(b, seed=5)
+      for k in np.flatnonzero(b["mask"]):
+        np.testing.assert_array_equal(got[k], inputs[int(b["index"][k])])
+  single = rd.eval_dataset(src, deg, resize=0, crop=16, global_batch=1, seed=5, num_examples=3)
+  for b in single:
+    np.testing.assert_array_equal(_device_stage_input(b, seed=5)[0], inputs[int(b["index"][0])])
+  assert not np.array_equal(_device_stage_input(batches[0], seed=6), inputs[:4])
+
+
+def test_degradation_noise_place():
+  assert Degradation("denoise").noise == "host" and not Degradation("denoise").on_device
+  assert Degradation("denoise").device_stage(0) is None
+  assert Degradation("sr", noise="device").device_stage(0) is None  # nothing to draw for SR
+  assert Degradation("denoise", sigma=0.2, noise="device").device_stage(7) == D.DeviceNoise(sigma=0.2, seed=7)
+  with pytest.raises(DataError, match="noise"):
+    Degradation("denoise", noise="gpu")
+
+
 def test_eval_empty():
   with pytest.raises(DataError, match="empty"):
     _eval(IndexedImages(5), num_examples=0)

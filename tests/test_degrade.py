@@ -1,4 +1,4 @@
-"""Degradations: Pillow bicubic downscaling, Pillow JPEG round trips, Gaussian noise, dispatch, errors."""
+"""Degradations: Pillow bicubic downscaling, Pillow JPEG round trips, Gaussian noise (host and device), dispatch, errors."""
 
 import io
 
@@ -155,6 +155,105 @@ def test_gaussian_noise_sigma_zero_is_rescale():
 def test_gaussian_noise_negative_sigma():
   with pytest.raises(ValueError, match="sigma"):
     D.gaussian_noise(_photo(h=8, w=8), -0.1, np.random.default_rng(0))
+
+
+# --------------------------------------------------------------------------- gaussian_noise_device
+
+
+def _device_noise(target, index, sigma=0.1, seed=0):
+  """gaussian_noise_device jitted, as the steps run it."""
+  import jax
+  return np.asarray(jax.jit(lambda t, i: D.gaussian_noise_device(t, i, sigma=sigma, seed=seed))(target, index))
+
+
+def _batch_of_photos(n, h=24, w=32):
+  return np.stack([_photo(h=h, w=w, seed=s) for s in range(n)])
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.1, 0.5])
+def test_gaussian_noise_device_formula(sigma):
+  import jax
+  imgs = _batch_of_photos(3)
+  index = np.array([7, 0, 123456], np.int32)
+  out = _device_noise(imgs, index, sigma=sigma, seed=11)
+  assert out.shape == imgs.shape and out.dtype == np.float32
+  assert out.min() >= 0.0 and out.max() <= 1.0
+  for img, i, got in zip(imgs, index, out):
+    n = np.asarray(jax.random.normal(jax.random.fold_in(jax.random.key(11), int(i)), img.shape, np.float32))
+    want = np.clip(img.astype(np.float32) / 255.0 + np.float32(sigma) * n, 0.0, 1.0)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)  # XLA may round y / 255 differently by 1 ulp
+    resid = got - img.astype(np.float32) / 255.0
+    assert 0.5 * sigma < resid.std() <= 1.05 * sigma
+  # One image with a scalar index: the same values, unjitted.
+  np.testing.assert_allclose(np.asarray(D.gaussian_noise_device(imgs[2], 123456, sigma=sigma, seed=11)), out[2],
+                             rtol=0, atol=1e-6)
+  # sigma 0 is the rescaled clean image.
+  np.testing.assert_allclose(_device_noise(imgs, index, sigma=0.0), imgs.astype(np.float32) / 255.0, rtol=0, atol=1e-7)
+
+
+def test_gaussian_noise_device_depends_only_on_seed_and_index():
+  imgs = _batch_of_photos(8)
+  index = np.arange(100, 108, dtype=np.int32)
+  out = _device_noise(imgs, index)
+  # The same example in another position, in a smaller or larger batch: the same bits.
+  perm = np.array([5, 2, 7, 0, 1, 6, 3, 4])
+  np.testing.assert_array_equal(_device_noise(imgs[perm], index[perm]), out[perm])
+  np.testing.assert_array_equal(_device_noise(imgs[3:5], index[3:5]), out[3:5])
+  big = np.concatenate([imgs, imgs[::-1]])
+  np.testing.assert_array_equal(_device_noise(big, np.concatenate([index, index[::-1]]))[:8], out)
+  # Other indices or another seed give other noise; different examples never share one pattern.
+  assert not np.array_equal(_device_noise(imgs, index + 1), out)
+  assert not np.array_equal(_device_noise(imgs, index, seed=1), out)
+  same = np.repeat(imgs[:1], 8, axis=0)
+  resid = _device_noise(same, index) - same.astype(np.float32) / 255.0
+  assert not np.allclose(resid[0], resid[1], atol=1e-3)
+
+
+def test_gaussian_noise_device_same_on_eight_sharded_devices():
+  import jax
+  from rajax import sharding
+  if len(jax.devices()) < 8:
+    pytest.skip("needs 8 (fake CPU) devices: XLA_FLAGS=--xla_force_host_platform_device_count=8")
+  imgs = _batch_of_photos(16, h=16, w=16)
+  index = (np.arange(16, dtype=np.int32) * 977) % 5000
+  one = _device_noise(imgs, index)
+  for n in (8, 4, 2):
+    mesh = sharding.make_mesh(n)
+    bat = sharding.batch_sharded(mesh)
+    fn = jax.jit(lambda t, i: D.gaussian_noise_device(t, i, sigma=0.1, seed=0), in_shardings=(bat, bat),
+                 out_shardings=bat)
+    got = fn(jax.device_put(imgs, bat), jax.device_put(index, bat))
+    assert len(got.sharding.device_set) == n
+    np.testing.assert_array_equal(np.asarray(got), one)
+
+
+def test_device_noise_stage():
+  import jax
+  imgs = _batch_of_photos(4)
+  batch = {"target": imgs, "index": np.arange(4, dtype=np.int32), "label": np.zeros(4, np.int32)}
+  stage = D.DeviceNoise(sigma=0.1, seed=3)
+  out = jax.jit(stage)(batch)
+  assert set(out) == {"input", "target", "index", "label"}
+  np.testing.assert_array_equal(np.asarray(out["input"]), _device_noise(imgs, batch["index"], seed=3))
+  np.testing.assert_array_equal(np.asarray(out["target"]), imgs)
+  # A batch whose noise was drawn on the host passes unchanged.
+  host = {"input": np.zeros((4, 24, 32, 3), np.float32), "target": imgs}
+  assert stage(host) is host
+  with pytest.raises(ValueError, match="index"):
+    stage({"target": imgs})
+  assert hash(stage) == hash(D.DeviceNoise(sigma=0.1, seed=3))  # usable as a cache key
+
+
+def test_gaussian_noise_device_errors():
+  imgs = _batch_of_photos(2)
+  with pytest.raises(ValueError, match="sigma"):
+    D.gaussian_noise_device(imgs, np.arange(2), sigma=-0.1, seed=0)
+  with pytest.raises(ValueError, match="uint8 RGB"):
+    D.gaussian_noise_device(imgs.astype(np.float32), np.arange(2), sigma=0.1, seed=0)
+  with pytest.raises(ValueError, match="one integer index per image"):
+    D.gaussian_noise_device(imgs, np.arange(3), sigma=0.1, seed=0)
+  with pytest.raises(ValueError, match="one integer index per image"):
+    D.gaussian_noise_device(imgs, np.zeros(2, np.float32), sigma=0.1, seed=0)
 
 
 # --------------------------------------------------------------------------- degrade()

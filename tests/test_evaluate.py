@@ -178,6 +178,9 @@ def _eval_config(runs: pathlib.Path) -> ml_collections.ConfigDict:
   c.data.resize = 0
   c.data.crop = 32
   c.data.threads = 2
+  # The noise drawn with NumPy in the pipeline: the boundary checks below need a plain-output mistake whose
+  # boundary lies within max_distance, which these settings were chosen for on these noisy images.
+  c.data.noise = "host"
   c.labels = "recognizer"
   c.batch_size = 8                      # 10 images: the last batch is padded
   c.processors.plain = str(runs / "plain")
@@ -268,6 +271,43 @@ def test_every_evaluator_writes_its_tables_and_figures(runs, source_rec, tmp_pat
   third = evaluate.run(config, tmp_path, targets={"blackbox": blackbox}, only=["accuracy"])
   assert third.stats["computed"] == 3   # ra: quality, resnet18, blackbox
   assert blackbox.calls > calls
+
+
+def test_denoising_inputs_drawn_on_device_per_example_index(runs, tmp_path):
+  """config.data.noise="device" (the default): the evaluation makes each input on device from the clean
+  image and the example index, the same in any batch; host and device noise are cached apart."""
+  from rajax import degrade
+  c = _eval_config(runs)
+  c.data.noise = "device"
+  c.targets = ml_collections.ConfigDict(dict(resnet18=evaluate.zoo("resnet18", "random", num_classes=K, width=4)))
+  c.evals = ml_collections.ConfigDict(dict(accuracy=dict(type="accuracy", processors=("ra",))))
+  res = evaluate.run(c, tmp_path)
+  ctx = evaluate.Context(c, tmp_path / "direct")
+  by_row, clean = {}, {}
+  for batch, rows in ctx.batches(ctx.main):
+    x, y = np.asarray(batch["input"]), np.asarray(batch["target"])
+    assert x.dtype == np.float32 and y.dtype == np.uint8
+    want = np.asarray(degrade.gaussian_noise_device(y, np.maximum(rows, 0), sigma=c.degrade.sigma, seed=c.seed))
+    np.testing.assert_allclose(x, want, rtol=0, atol=1e-6)
+    by_row.update({int(r): x[k] for k, r in enumerate(rows) if r >= 0})
+    clean.update({int(r): y[k] for k, r in enumerate(rows) if r >= 0})
+  assert sorted(by_row) == list(range(10))
+  c.batch_size = 16  # one batch holding all ten images, at other positions of another sharding: the same bits
+  for batch, rows in evaluate.Context(c, tmp_path / "direct16").batches(ctx.main):
+    for k, r in enumerate(rows):
+      if r >= 0:
+        np.testing.assert_array_equal(np.asarray(batch["input"])[k], by_row[int(r)])
+  # The table's input row is measured on exactly these inputs.
+  psnr = rajax.metrics.psnr(jnp.asarray(np.stack([by_row[i] for i in range(10)])),
+                            jnp.asarray(np.stack([clean[i] for i in range(10)]).astype(np.float32) / 255))
+  acc = {r["view"]: r for r in res["accuracy"].rows}
+  assert acc["input"]["PSNR"] == pytest.approx(float(np.mean(psnr)), rel=1e-5)
+  c.batch_size = 8
+  c.data.noise = "host"
+  host = evaluate.run(c, tmp_path)
+  # The clean images' records are shared; the noisy input and the processor's outputs are recomputed.
+  assert host.stats["cached"] > 0 and host.stats["computed"] >= 4
+  assert {r["view"]: r for r in host["accuracy"].rows}["input"]["PSNR"] != acc["input"]["PSNR"]
 
 
 def _onnx_linear(path: pathlib.Path, w: np.ndarray, b: np.ndarray, hw: int) -> None:

@@ -212,6 +212,37 @@ def test_eval_step_masks_padding_and_measures_on_t_in_transformer_mode(nets, rec
   assert float(full["top1"]) == float(correct)
 
 
+def test_device_stage_makes_the_denoising_input(rec):
+  """A batch without "input" (noise left to the device) trains and evaluates as the batch it completes to."""
+  from rajax import degrade
+  nets = {"processor": rajax.processor("srresnet", scale=1, blocks=1, channels=8)}
+  method = step_lib.Method(mode="ra", lam=1e-3)
+  txs = {"processor": optax.adam(1e-3)}
+  state = jax.jit(lambda k: step_lib.init_state(method, nets, txs, rng=k, input_shape=(16, 16, 3)))(
+      jax.random.PRNGKey(0))
+  rng = np.random.default_rng(1)
+  clean = {"target": rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8),
+           "label": rng.integers(0, 10, (4,)).astype(np.int32), "index": np.array([3, 1, 4, 1], np.int32)}
+  stage = degrade.DeviceNoise(sigma=0.1, seed=5)
+  full = dict(clean, input=np.asarray(jax.jit(stage)(clean)["input"]))
+  want_state, want_metrics = jax.jit(step_lib.make_train_step(method, nets, txs))(state, full, rec)
+  got_state, got_metrics = jax.jit(step_lib.make_train_step(method, nets, txs, device_stage=stage))(state, clean, rec)
+  chex.assert_trees_all_close(got_metrics, want_metrics, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(got_state.params, want_state.params, rtol=1e-5, atol=1e-6)
+  want_eval = jax.jit(step_lib.make_eval_step(method, nets))(state, full, rec)
+  got_eval = jax.jit(step_lib.make_eval_step(method, nets, device_stage=stage))(state, clean, rec)
+  chex.assert_trees_all_close(got_eval, want_eval, rtol=1e-5, atol=1e-6)
+  # Examples 1 and 3 share index 1, hence their noise: identical targets give identical inputs.
+  noisy = np.asarray(stage(dict(clean, target=np.repeat(clean["target"][:1], 4, 0)))["input"])
+  np.testing.assert_array_equal(noisy[1], noisy[3])
+  assert not np.array_equal(noisy[0], noisy[1])
+  # Without the stage the step says what is missing and how to provide it.
+  with pytest.raises(ValueError, match="device_stage"):
+    step_lib.make_train_step(method, nets, txs)(state, clean, rec)
+  with pytest.raises(ValueError, match="device_stage"):
+    step_lib.make_eval_step(method, nets)(state, clean, rec)
+
+
 def test_errors_name_the_problem(nets, rec, batch):
   with pytest.raises(ValueError, match="Unknown mode"):
     step_lib.Method(mode="sr")

@@ -5,10 +5,16 @@ batches; `rajax.sharding.global_batch` turns them into global arrays on the mesh
 jitted step does the rest (uint8 -> float, normalisation) on device.
 
 A batch is a dict:
-  "input":  the degraded image, uint8 [b, h, w, 3] (SR, JPEG, corruptions) or float32 in [0, 1] (denoising);
+  "input":  the degraded image, uint8 [b, h, w, 3] (SR, JPEG, corruptions) or float32 in [0, 1] (denoising
+            with the noise drawn on the host);
   "target": the clean crop, uint8 [b, H, W, 3];
   "label":  int32 [b];
-  "mask":   float32 [b], 1 for real examples, 0 for padding or unreadable images (evaluation only).
+  "mask":   float32 [b], 1 for real examples, 0 for padding or unreadable images (evaluation only);
+  "index":  int32 [b], only when the noise is drawn on the device (`Degradation("denoise",
+            noise="device")`): the batch then has no "input", and the jitted step makes it from
+            "target" and "index" with `Degradation.device_stage(seed)` (`rajax.degrade.DeviceNoise`).
+            In evaluation it is the example's index; in training the example's position in the endless
+            shuffled stream (epoch * len(source) + position, modulo 2**31), so every epoch gets fresh noise.
 
 Training follows the paper's reference: Resize(short side) + RandomCrop + horizontal flip;
 evaluation: Resize(short side) + CenterCrop, with the randomness of example i (noise, corruption)
@@ -41,6 +47,9 @@ from rajax.data.sources import DataError, SyntheticImages, tfds_source
 log = logging.getLogger("rajax.data")
 
 DEGRADATION_TASKS = degrade_lib.TASKS + ("corrupt",)
+NOISE_PLACES = ("host", "device")   # where denoising draws its noise: the pipeline (NumPy) or the jitted step
+# Training indices for the device noise are stream positions modulo this (they travel as int32).
+_INDEX_MODULUS = 2**31
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +58,9 @@ class Degradation:
 
   task: "sr" (bicubic down by `scale`), "denoise" (Gaussian noise of `sigma`), "jpeg" (Pillow
   JPEG at `quality`) or "corrupt" (ImageNet-C corruption `corruption` at `severity`).
+  noise (denoising only): "host" draws the noise in the pipeline with NumPy (`degrade.gaussian_noise`,
+  the batch holds the float32 "input"); "device" leaves it to the jitted step: the batch holds the
+  uint8 "target" and the example "index", and `device_stage(seed)` makes the input there.
   """
 
   task: str
@@ -57,6 +69,7 @@ class Degradation:
   quality: int = 10
   corruption: str = ""
   severity: int = 3
+  noise: str = "host"
 
   def __post_init__(self):
     if self.task not in DEGRADATION_TASKS:
@@ -66,6 +79,21 @@ class Degradation:
                       f"got {self.corruption!r}.")
     if self.task == "corrupt" and not 1 <= self.severity <= 5:
       raise DataError(f"Degradation severity must be in 1..5, got {self.severity}.")
+    if self.noise not in NOISE_PLACES:
+      raise DataError(f"Degradation noise={self.noise!r} must be one of {', '.join(NOISE_PLACES)}.")
+
+  @property
+  def on_device(self) -> bool:
+    """True if the pipeline yields clean targets and indices and the step makes the input."""
+    return self.task == "denoise" and self.noise == "device"
+
+  def device_stage(self, seed: int) -> degrade_lib.DeviceNoise | None:
+    """The stage the jitted step applies to this pipeline's batches (None: they are complete).
+
+    `seed` must be the one the pipeline was built with: with it, evaluation example i gets the same
+    noise every time, whatever the worker, host or device count.
+    """
+    return degrade_lib.DeviceNoise(sigma=self.sigma, seed=seed) if self.on_device else None
 
   def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return degrade_lib.degrade(self.task, img, rng=rng, scale=self.scale if self.task == "sr" else 1,
@@ -239,6 +267,8 @@ class TrainExample(grain.transforms.RandomMap):
   """Raw element -> training pair (random crop and flip, degradation drawn from the element's rng).
 
   An unreadable image gives None, which grain drops (the batch is filled from the next examples).
+  With the noise on the device the element carries its stream position ("_position", added by
+  train_dataset) and the example holds the clean target and that "index" instead of an "input".
   """
 
   degradation: Degradation
@@ -254,7 +284,14 @@ class TrainExample(grain.transforms.RandomMap):
       return None
     _ok()
     img = random_crop_flip(img, self.crop, rng)
+    if self.degradation.on_device:
+      return {"target": img, "label": np.int32(element["label"]), "index": np.int32(element["_position"])}
     return {"input": self.degradation(img, rng), "target": img, "label": np.int32(element["label"])}
+
+
+def _with_position(position: int, element: Any) -> dict:
+  """The element (a mapping) with its position in the endless stream, for the device noise's index."""
+  return {**element, "_position": position % _INDEX_MODULUS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,6 +320,8 @@ class EvalExample:
     except DataError as e:
       _note("skipped_unreadable", f"example {index}: {e}")
       img, mask = np.zeros((self.crop, self.crop, 3), np.uint8), np.float32(0)
+    if self.degradation.on_device:
+      return {"target": img, "label": np.int32(element["label"]), "mask": mask, "index": np.int32(max(index, 0))}
     rng = np.random.default_rng([self.seed, max(index, 0)])
     return {"input": self.degradation(img, rng), "target": img, "label": np.int32(element["label"]),
             "mask": mask}
@@ -379,7 +418,9 @@ def train_dataset(
   epoch and cut into global batches of `global_batch` consecutive examples; host p reads only its
   block of each (`HostBlocks`), so the global batch `rajax.sharding.global_batch` assembles is the
   same for any number of hosts, and an epoch over all hosts reads every example exactly once.
-  Random crops, flips and degradations are drawn from each example's position in the global order.
+  Random crops, flips and degradations are drawn from each example's position in the global order;
+  with `degradation.on_device` that position is the batch's "index" (modulo 2**31), from which the
+  step draws the noise.
 
   `workers` > 0 runs the pipeline in that many processes (each with `threads` reading threads);
   the data order is fixed by (seed, workers): a resumed iterator continues the same order when
@@ -390,6 +431,8 @@ def train_dataset(
   if len(ds) < global_batch:
     raise DataError(f"The training data has {len(ds)} examples, fewer than one global batch of {global_batch}.")
   ds = ds.shuffle(seed=seed).repeat(None)
+  if degradation.on_device:
+    ds = ds.map_with_index(_with_position)  # changes no random draw: random_map's rngs follow the positions
   ds = ds.random_map(TrainExample(degradation, resize, crop, fast_decode), seed=seed)
   ds = HostBlocks(ds, global_batch=global_batch, process_index=process_index, process_count=process_count)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * b))
@@ -418,7 +461,8 @@ def eval_dataset(
 
   Every host gets the same number of batches; positions past the end are padding with mask 0, so
   metrics weighted by the mask are exact whatever the number of hosts. The batches are the same
-  for any number of `workers` and `threads`.
+  for any number of `workers` and `threads`. With `degradation.on_device` each batch carries the
+  examples' indices ("index"; 0 for padding) instead of the noisy input.
   """
   b = local_batch_size(global_batch, process_count)
   n = len(source) if num_examples < 0 else min(num_examples, len(source))

@@ -71,7 +71,8 @@ def base_config(*, task: str = "sr") -> ml_collections.ConfigDict:
   c.classes = ml_collections.ConfigDict(dict(seed=0))   # the category split: rajax.step.class_halves(K, seed)
   c.data = ml_collections.ConfigDict(dict(
       source="tfds", name="imagenet2012", data_dir="", split="validation", train_split="train",
-      resize=256, crop=224, num_examples=-1, threads=8, workers=0))
+      resize=256, crop=224, num_examples=-1, threads=8, workers=0,
+      noise="device"))                  # denoising: Gaussian noise drawn on the device (jitted) or on the "host"
   c.data.photos = ml_collections.ConfigDict(dict(short_side=192, repeats=1, grid=3))
   c.data.synthetic = ml_collections.ConfigDict(dict(train_size=1, eval_size=64, image_size=64, num_classes=10, seed=0))
   c.processors = ml_collections.ConfigDict()
@@ -104,6 +105,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     problems.append(f"config.labels={config.labels!r} must be 'dataset' or 'recognizer'")
   if config.batch_size < 1:
     problems.append(f"config.batch_size={config.batch_size} must be >= 1")
+  if config.data.get("noise", "device") not in ("device", "host"):
+    problems.append(f"config.data.noise={config.data.noise!r} must be 'device' or 'host'")
   if config.data.source == "photos" and config.labels != "recognizer":
     problems.append("config.data.source='photos' has no labels: set config.labels='recognizer'")
   if not config.evals:

@@ -1,7 +1,8 @@
 """What every evaluator shares: the mesh, the evaluation data, trained processors, targets, the cache.
 
 Images flow in batches: the host pipeline (`rajax.data.eval_dataset`, last batch padded with mask
-0) -> global arrays sharded over the mesh's "data" axis -> a *view* of them on device:
+0) -> global arrays sharded over the mesh's "data" axis (denoising inputs drawn there, from the clean
+images and example indices, unless config.data.noise="host") -> a *view* of them on device:
 
   "input"   the degraded input (SR inputs upscaled bicubically to the clean size);
   "clean"   the clean image;
@@ -152,7 +153,10 @@ class DataSpec:
     d = json.loads(data_cfg.to_json_best_effort(sort_keys=True))
     d.pop("threads", None)
     d.pop("workers", None)
+    d.pop("noise", None)  # the degradation says where its noise is drawn, when it has any
     deg = "none" if clean else dataclasses.asdict(self.degradation)
+    if not clean and self.degradation.task != "denoise":
+      deg.pop("noise")
     return json.dumps([d, deg, seed], sort_keys=True)
 
 
@@ -176,7 +180,8 @@ class Context:
     self._jitted: dict[Any, Any] = {}
     self._source = None
     d = config.degrade
-    self.main = DataSpec(data_lib.Degradation(task=config.task, scale=d.scale, sigma=d.sigma, quality=d.quality))
+    self.main = DataSpec(data_lib.Degradation(task=config.task, scale=d.scale, sigma=d.sigma, quality=d.quality,
+                                              noise=config.data.get("noise", "device")))
 
   # ------------------------------------------------------------------ lookups
   def processor(self, name: str) -> Processor:
@@ -221,7 +226,10 @@ class Context:
 
   # ------------------------------------------------------------------ batches
   def batches(self, spec: DataSpec):
-    """(global batch, example indices of its rows (-1: padding)) over the evaluation images."""
+    """(global batch, example indices of its rows (-1: padding)) over the evaluation images.
+
+    Every batch has its "input": one the pipeline left to the device is made here, once per batch.
+    """
     c = self.config
     ds = data_lib.eval_dataset(
         self.source, spec.degradation, resize=c.data.resize, crop=c.data.crop, global_batch=c.batch_size,
@@ -229,11 +237,15 @@ class Context:
         process_count=jax.process_count(), threads=c.data.threads)
     n, pc = self.num_examples, jax.process_count()
     local_b = c.batch_size // pc
+    stage = spec.degradation.device_stage(c.seed)
     for j, local in enumerate(ds):
       positions = j * local_b + np.arange(local_b)
       rows = np.concatenate([h + pc * positions for h in range(pc)])
       rows = np.where(rows < n, rows, -1)
-      yield sharding.global_batch(local, self.mesh), rows
+      batch = sharding.global_batch(local, self.mesh)
+      if stage is not None:
+        batch = self._jit(("device_stage", stage), stage, (self.batched,), self.batched)(batch)
+      yield batch, rows
 
   def num_batches(self) -> int:
     per_host = -(-self.num_examples // jax.process_count())
