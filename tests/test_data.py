@@ -834,16 +834,28 @@ def test_fused_decode_resize_equals_reference():
 def test_bench_cli_prints_stages_and_pipeline_rates(capsys):
   from rajax.data import bench
   assert bench.cli(["--config", "configs/sr_imagenet.py", "--source", "photos", "--seconds", "0.3",
-                    "--workers", "0", "--tasks", "sr,jpeg", "--threads", "1", "--images", "8",
+                    "--workers", "0", "--tasks", "sr,denoise,jpeg", "--threads", "1", "--images", "8",
                     "--config.data.batch_size=4"]) == 0
   out = capsys.readouterr().out
   for row in ("decode (PIL, full size)", "Resize(256) bilinear", "RandomCrop(224) + flip", "SR: bicubic down x4",
-              "denoise: Gaussian noise sigma 0.1", "JPEG q10 round trip", "whole example: decode+resize+crop+SR x4",
-              "whole example: decode+resize+crop+noise", "whole example: decode+resize+crop+JPEG q10"):
-    assert row in out
-  rates = [line.split() for line in out.splitlines() if line.startswith(("sr ", "jpeg "))]
-  assert [r[0] for r in rates] == ["sr", "jpeg"]
-  assert all(float(r[2]) > 0 for r in rates)
+              "denoise, host: NumPy Gaussian noise sigma 0.1", "JPEG q10 round trip",
+              "whole example: decode+resize+crop+SR x4", "whole example: decode+resize+crop (denoise, device noise)",
+              "whole example: decode+resize+crop+noise (denoise, host noise)",
+              "whole example: decode+resize+crop+JPEG q10", "device noise: jitted on cpu"):
+    assert row in out, row
+  rates = {}
+  for line in out[out.index("pipeline (train_dataset)"):].splitlines()[1:]:
+    if line.startswith(("sr ", "denoise, ", "jpeg ")):
+      label, (workers, rate, per_core, kb) = line[:30].strip(), line[30:].split()
+      rates[label] = (float(rate), float(kb))
+  assert list(rates) == ["sr", "denoise, device noise", "denoise, host noise", "jpeg"]  # the config's place first
+  assert all(rate > 0 for rate, _ in rates.values())
+  # Bytes shipped per example: the device-noise pipeline sends the uint8 crop (+ label and index), the host-noise
+  # one the float32 noisy image as well (4x the crop).
+  crop = 224 * 224 * 3
+  assert rates["denoise, device noise"][1] == pytest.approx((crop + 8) / 1024, abs=1)
+  assert rates["denoise, host noise"][1] == pytest.approx((5 * crop + 4) / 1024, abs=1)
+  assert rates["sr"][1] == pytest.approx((crop + 56 * 56 * 3 + 4) / 1024, abs=1)
 
 
 def test_bench_photo_jpegs_are_imagenet_sized():

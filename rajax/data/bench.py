@@ -10,9 +10,14 @@ scikit-image, so the figures are comparable across machines without the dataset.
 
 Two tables:
   stages    one thread, one image at a time: decode, Resize(256), RandomCrop(224)+flip, and each
-            degradation (SR bicubic x4, Gaussian noise, JPEG q10), in ms/image and images/s;
-  pipeline  the real grain training pipeline (train_dataset) for each task and worker count, in
-            images/s after a warm-up (worker start-up excluded).
+            degradation (SR bicubic x4, NumPy Gaussian noise, JPEG q10), in ms/image and images/s,
+            then the pipeline's whole per-example transform for each task. Denoising has two rows:
+            with the noise drawn on the device (data.noise="device", the default: the host only
+            decodes, resizes and crops) and on the host (data.noise="host", NumPy). For comparison,
+            the device noise's cost when the device is this machine's CPU (jitted, all threads);
+  pipeline  the real grain training pipeline (train_dataset) for each task (denoising with the noise
+            on the device and on the host) and worker count, in images/s after a warm-up (worker
+            start-up excluded), and the bytes per example it ships to the device.
 """
 
 from __future__ import annotations
@@ -76,9 +81,30 @@ def _timeit(fn, items, min_seconds: float, repeats: int = 3) -> float:
   return best
 
 
+def _device_noise_seconds(crops: list[np.ndarray], sigma: float, seconds: float, batch: int = 20) -> float:
+  """CPU seconds (all threads of this process) per image of the jitted device noise on JAX's default
+  backend, in batches of `batch` crops: the best of 3 rounds."""
+  import jax
+  from rajax import degrade
+  imgs = np.stack([crops[i % len(crops)] for i in range(batch)])
+  fn = jax.jit(lambda t, i: degrade.gaussian_noise_device(t, i, sigma=sigma, seed=0))
+  target, index = jax.device_put(imgs), jax.device_put(np.arange(batch, dtype=np.int32))
+  fn(target, index).block_until_ready()  # compile
+  best = float("inf")
+  for _ in range(3):
+    n, start, cpu0 = 0, time.perf_counter(), time.process_time()
+    while True:
+      fn(target, index).block_until_ready()
+      n += batch
+      if time.perf_counter() - start >= seconds / 3:
+        break
+    best = min(best, (time.process_time() - cpu0) / n)
+  return best
+
+
 def stage_table(source, *, resize: int, crop: int, scale: int, sigma: float, quality: int,
-                seconds: float) -> list[tuple[str, float]]:
-  """[(stage, CPU seconds per image)] on one thread."""
+                seconds: float, device_noise: bool = True) -> list[tuple[str, float]]:
+  """[(stage, CPU seconds per image)] on one thread (the device-noise row: all of JAX's threads)."""
   from rajax import degrade
   raw = [source[i]["image"] for i in range(min(len(source), 32))]
   decoded = [pipe.decode_image(r) for r in raw]
@@ -92,30 +118,38 @@ def stage_table(source, *, resize: int, crop: int, scale: int, sigma: float, qua
       (f"Resize({resize}) bilinear", _timeit(lambda d: pipe.resize_short_side(d, resize), decoded, seconds)),
       (f"RandomCrop({crop}) + flip", _timeit(lambda r: pipe.random_crop_flip(r, crop, rng), resized, seconds)),
       (f"SR: bicubic down x{scale}", _timeit(lambda c: degrade.bicubic_down(c, scale), crops, seconds)),
-      (f"denoise: Gaussian noise sigma {sigma}", _timeit(lambda c: degrade.gaussian_noise(c, sigma, rng), crops, seconds)),
+      (f"denoise, host: NumPy Gaussian noise sigma {sigma}",
+       _timeit(lambda c: degrade.gaussian_noise(c, sigma, rng), crops, seconds)),
       (f"JPEG q{quality} round trip", _timeit(lambda c: degrade.jpeg(c, quality), crops, seconds)),
   ]
-  for task, label in (("sr", f"SR x{scale}"), ("denoise", "noise"), ("jpeg", f"JPEG q{quality}")):
-    example = pipe.TrainExample(pipe.Degradation(task, scale=scale, sigma=sigma, quality=quality), resize, crop)
-    rows.append((f"whole example: decode+resize+crop+{label}",
-                 _timeit(lambda r: example.random_map({"image": r, "label": 0}, rng), raw, seconds)))
+  for task, noise, label in (("sr", "host", f"+SR x{scale}"), ("denoise", "device", " (denoise, device noise)"),
+                              ("denoise", "host", "+noise (denoise, host noise)"), ("jpeg", "host", f"+JPEG q{quality}")):
+    deg = pipe.Degradation(task, scale=scale, sigma=sigma, quality=quality, noise=noise)
+    example = pipe.TrainExample(deg, resize, crop)
+    rows.append((f"whole example: decode+resize+crop{label}",
+                 _timeit(lambda r: example.random_map({"image": r, "label": 0, "_position": 0}, rng), raw, seconds)))
+  if device_noise:
+    import jax
+    rows.append((f"device noise: jitted on {jax.default_backend()}, all its threads",
+                 _device_noise_seconds(crops, sigma, seconds)))
   return rows
 
 
 def pipeline_rate(source, degradation, *, resize: int, crop: int, batch: int, workers: int, threads: int,
-                  seconds: float, fast_decode: bool = False) -> float:
-  """Images/s of train_dataset after warm-up."""
+                  seconds: float, fast_decode: bool = False) -> tuple[float, float]:
+  """(images/s of train_dataset after warm-up, bytes per example of its batches)."""
   ds = pipe.train_dataset(source, degradation, resize=resize, crop=crop, global_batch=batch, seed=0,
                           workers=workers, threads=threads, fast_decode=fast_decode)
   it = iter(ds)
   for _ in range(3 + 2 * workers):  # warm-up: worker start-up, thread pools, first prefetches
-    next(it)
+    first = next(it)
+  nbytes = sum(np.asarray(v).nbytes for v in first.values()) / len(first["label"])
   n, start = 0, time.perf_counter()
   while time.perf_counter() - start < seconds:
     n += len(next(it)["label"])
   rate = n / (time.perf_counter() - start)
   del it
-  return rate
+  return rate, nbytes
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
@@ -155,23 +189,32 @@ def cli(argv: Sequence[str] | None = None) -> int:
         f"load average {os.getloadavg()[0]:.1f} (pipeline rates are wall-clock: other load lowers them)\n",
         flush=True)
 
+  tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
   rows = stage_table(source, resize=d.resize, crop=d.crop, scale=g.scale, sigma=g.sigma, quality=g.quality,
-                     seconds=max(args.seconds / 2, 0.05))
-  print(f"{'stage (1 thread, CPU time, best of 3)':50s} {'ms/img':>8s} {'img/s/core':>11s}")
+                     seconds=max(args.seconds / 2, 0.05), device_noise="denoise" in tasks)
+  print(f"{'stage (1 thread, CPU time, best of 3)':62s} {'ms/img':>8s} {'img/s/core':>11s}")
   for name, sec in rows:
-    print(f"{name:50s} {1e3 * sec:8.2f} {1 / sec:11.0f}")
+    print(f"{name:62s} {1e3 * sec:8.2f} {1 / sec:11.0f}")
   print(flush=True)
 
-  print(f"{'pipeline (train_dataset)':30s} {'workers':>8s} {'img/s':>8s} {'img/s/core':>11s}", flush=True)
-  for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
-    deg = pipe.Degradation(task, scale=g.scale, sigma=g.sigma, quality=g.quality)
+  print(f"{'pipeline (train_dataset)':30s} {'workers':>8s} {'img/s':>8s} {'img/s/core':>11s} {'KB/img':>8s}",
+        flush=True)
+  variants = []
+  for task in tasks:
+    if task == "denoise":  # the config's place for the noise first, then the other one for comparison
+      noise = d.get("noise", "device")
+      for place in (noise, "host" if noise == "device" else "device"):
+        variants.append((f"denoise, {place} noise", pipe.Degradation(task, sigma=g.sigma, noise=place)))
+    else:
+      variants.append((task, pipe.Degradation(task, scale=g.scale, sigma=g.sigma, quality=g.quality)))
+  for name, deg in variants:
     for workers in [int(w) for w in args.workers.split(",")]:
       for fast in ((False, True) if args.fast_decode else (False,)):
-        rate = pipeline_rate(source, deg, resize=d.resize, crop=d.crop, batch=d.batch_size, workers=workers,
-                             threads=threads, seconds=args.seconds, fast_decode=fast)
-        label = task + (" (fast_decode)" if fast else "")
+        rate, nbytes = pipeline_rate(source, deg, resize=d.resize, crop=d.crop, batch=d.batch_size, workers=workers,
+                                     threads=threads, seconds=args.seconds, fast_decode=fast)
+        label = name + (" (fast_decode)" if fast else "")
         cores = min(max(workers, 1) if workers else os.cpu_count() or 1, os.cpu_count() or 1)
-        print(f"{label:30s} {workers:8d} {rate:8.0f} {rate / cores:11.0f}", flush=True)
+        print(f"{label:30s} {workers:8d} {rate:8.0f} {rate / cores:11.0f} {nbytes / 1024:8.0f}", flush=True)
   counts = pipe.bad_data_counts()
   skipped = {k: v for k, v in counts.items() if k != "decoded"}
   if skipped:
