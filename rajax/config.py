@@ -22,7 +22,7 @@ from ml_collections import config_dict
 from rajax import degrade, losses
 from rajax.models import PROCESSORS
 from rajax.models import recognizers as recognizer_lib
-from rajax.models.layers import as_dtype
+from rajax.models.layers import BN_STATS, as_dtype
 from rajax.step import DEFAULT_LAMBDA, LABEL_SOURCES, MODES, Method, class_halves
 
 
@@ -152,6 +152,9 @@ def base(*, task: str = "sr", mode: str = "ra", recognizer: str = "resnet18") ->
   c.label_smoothing = 0.0
   c.labels = "dataset"                # dataset | recognizer (R's top-1 on the clean image, for unlabelled data)
   c.compute_dtype = "float32"         # bfloat16 on GPU/TPU
+  # Training BatchNorm statistics of P and T: "global" (over the whole batch, one all-reduce per layer
+  # forward and backward when it is sharded) or "per_device" (each device's slice; no such all-reduces).
+  c.bn_stats = "global"
   # Category transfer: train on half "A" or "B" of step.class_halves(recognizer.num_classes, seed); "" = all.
   c.classes = ml_collections.ConfigDict(dict(half="", seed=0))
 
@@ -240,6 +243,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     as_dtype(c.compute_dtype)
   except ValueError as e:
     problems.append(f"config.compute_dtype: {e}")
+  check(c.get("bn_stats", "global") in BN_STATS,
+        f"config.bn_stats={c.get('bn_stats')!r} is not one of {', '.join(BN_STATS)}")
   check(c.processor.name in PROCESSORS,
         f"config.processor.name={c.processor.name!r} is not one of {', '.join(sorted(PROCESSORS))}")
   check(c.transformer.name in PROCESSORS,

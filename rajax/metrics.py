@@ -75,6 +75,10 @@ def topk_correct(logits: jax.Array, labels: jax.Array, ks: Sequence[int] = (1, 5
   for k in ks:
     if not 1 <= k <= logits.shape[1]:
       raise ValueError(f"k={k} is not in [1, {logits.shape[1]}] (the number of classes).")
+    if k == 1:  # argmax picks the same index as top_k (the first of equal maxima) and, unlike top_k,
+      # is partitioned along a sharded batch axis instead of gathering the logits onto every device
+      out["top1"] = jnp.argmax(logits, axis=-1) == labels
+      continue
     _, idx = jax.lax.top_k(logits, k)
     out[f"top{k}"] = jnp.any(idx == labels[:, None], axis=-1)
   return out

@@ -184,10 +184,10 @@ def build_networks(config: ml_collections.ConfigDict) -> tuple[step_lib.Method, 
   elif config.task == "sr":
     raise config_lib.ConfigError(f"config.processor.name={config.processor.name!r} cannot upscale; "
                                  "use 'srresnet' for task 'sr'.")
-  dtype = config.compute_dtype
-  networks = {"processor": processor(config.processor.name, dtype=dtype, **p_kwargs)}
+  common = dict(dtype=config.compute_dtype, bn_stats=config.get("bn_stats", "global"))
+  networks = {"processor": processor(config.processor.name, **common, **p_kwargs)}
   if method.mode == "transformer":
-    networks["transformer"] = processor(config.transformer.name, dtype=dtype, **config_lib.kwargs(config.transformer))
+    networks["transformer"] = processor(config.transformer.name, **common, **config_lib.kwargs(config.transformer))
   return method, networks
 
 

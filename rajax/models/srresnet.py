@@ -38,15 +38,16 @@ class ResidualBlock(nn.Module):
 
   channels: int
   dtype: layers.Dtype = jnp.float32
+  bn_stats: str = "global"
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     c = self.channels
     r = layers.conv(c, 3, in_features=c, padding=1, dtype=self.dtype, name="conv1")(x)
-    r = layers.batch_norm(train=train, dtype=self.dtype, name="bn1")(r)
+    r = layers.batch_norm(train=train, dtype=self.dtype, stats=self.bn_stats, name="bn1")(r)
     r = layers.prelu(name="prelu")(r)
     r = layers.conv(c, 3, in_features=c, padding=1, dtype=self.dtype, name="conv2")(r)
-    r = layers.batch_norm(train=train, dtype=self.dtype, name="bn2")(r)
+    r = layers.batch_norm(train=train, dtype=self.dtype, stats=self.bn_stats, name="bn2")(r)
     return x + r
 
 
@@ -59,6 +60,8 @@ class SRResNet(nn.Module):
     channels: feature width C.
     dtype: compute dtype (parameters are always float32).
     input_skip: learn a correction of the bicubic-upscaled input (see the module docstring).
+    bn_stats: training-mode BatchNorm statistics over the "global" batch or "per_device" slices
+      (`layers.PerDeviceBatchNorm`).
   """
 
   scale: int = 4
@@ -66,8 +69,11 @@ class SRResNet(nn.Module):
   channels: int = 64
   dtype: layers.Dtype = jnp.float32
   input_skip: bool = False
+  bn_stats: str = "global"
 
   def __post_init__(self):
+    if self.bn_stats not in layers.BN_STATS:
+      raise ValueError(f"SRResNet bn_stats must be one of {layers.BN_STATS}, got {self.bn_stats!r}.")
     if self.scale not in SCALES:
       raise ValueError(f"SRResNet scale must be one of {SCALES}, got {self.scale!r}.")
     if self.blocks < 0 or self.channels < 1:
@@ -86,7 +92,7 @@ class SRResNet(nn.Module):
         layers.conv(c, 9, in_features=3, padding=4, dtype=dt, name="head")(x))
     h = head
     for i in range(self.blocks):
-      h = ResidualBlock(c, dtype=dt, name=f"blocks_{i}")(h, train=train)
+      h = ResidualBlock(c, dtype=dt, bn_stats=self.bn_stats, name=f"blocks_{i}")(h, train=train)
     h = layers.prelu(name="mid_prelu")(
         layers.conv(c, 3, in_features=c, padding=1, dtype=dt, name="mid")(h))
     h = head + h

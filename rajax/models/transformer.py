@@ -27,14 +27,15 @@ class GeneratorBlock(nn.Module):
 
   channels: int
   dtype: layers.Dtype = jnp.float32
+  bn_stats: str = "global"
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     c = self.channels
     r = layers.conv(c, 3, in_features=c, use_bias=False, dtype=self.dtype, name="conv1")(layers.reflect_pad(x, 1))
-    r = nn.relu(layers.batch_norm(train=train, dtype=self.dtype, name="bn1")(r))
+    r = nn.relu(layers.batch_norm(train=train, dtype=self.dtype, stats=self.bn_stats, name="bn1")(r))
     r = layers.conv(c, 3, in_features=c, use_bias=False, dtype=self.dtype, name="conv2")(layers.reflect_pad(r, 1))
-    r = layers.batch_norm(train=train, dtype=self.dtype, name="bn2")(r)
+    r = layers.batch_norm(train=train, dtype=self.dtype, stats=self.bn_stats, name="bn2")(r)
     return x + r
 
 
@@ -47,12 +48,20 @@ class ResnetGenerator(nn.Module):
     dtype: compute dtype (parameters are always float32).
     input_skip: learn a correction of the input in the pre-tanh domain, with the last conv starting
       at zero so an untrained T is the identity (not in the paper; as SRResNet's option).
+    bn_stats: training-mode BatchNorm statistics over the "global" batch or "per_device" slices
+      (`layers.PerDeviceBatchNorm`).
   """
 
   blocks: int = 6
   channels: int = 64
   dtype: layers.Dtype = jnp.float32
   input_skip: bool = False
+  bn_stats: str = "global"
+
+  def __post_init__(self):
+    if self.bn_stats not in layers.BN_STATS:
+      raise ValueError(f"ResnetGenerator bn_stats must be one of {layers.BN_STATS}, got {self.bn_stats!r}.")
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -64,13 +73,13 @@ class ResnetGenerator(nn.Module):
       )
     c, dt = self.channels, self.dtype
     h = layers.conv(c, 7, in_features=3, use_bias=False, dtype=dt, name="stem")(layers.reflect_pad(x.astype(dt), 3))
-    h = nn.relu(layers.batch_norm(train=train, dtype=dt, name="stem_bn")(h))
+    h = nn.relu(layers.batch_norm(train=train, dtype=dt, stats=self.bn_stats, name="stem_bn")(h))
     for i in range(2):
       cin = c * 2**i
       h = layers.conv(2 * cin, 3, in_features=cin, stride=2, padding=1, use_bias=False, dtype=dt, name=f"down_{i}")(h)
-      h = nn.relu(layers.batch_norm(train=train, dtype=dt, name=f"down_{i}_bn")(h))
+      h = nn.relu(layers.batch_norm(train=train, dtype=dt, stats=self.bn_stats, name=f"down_{i}_bn")(h))
     for i in range(self.blocks):
-      h = GeneratorBlock(4 * c, dtype=dt, name=f"blocks_{i}")(h, train=train)
+      h = GeneratorBlock(4 * c, dtype=dt, bn_stats=self.bn_stats, name=f"blocks_{i}")(h, train=train)
     for i in range(2):
       cin = c * 4 // 2**i
       # torch ConvTranspose2d(k=3, s=2, padding=1, output_padding=1) == a stride-1 conv over the
@@ -79,7 +88,7 @@ class ResnetGenerator(nn.Module):
           cin // 2, (3, 3), strides=(2, 2), padding=((1, 2), (1, 2)), transpose_kernel=True,
           use_bias=False, dtype=dt, param_dtype=jnp.float32, kernel_init=layers.torch_kernel_init,
           name=f"up_{i}")(h)
-      h = nn.relu(layers.batch_norm(train=train, dtype=dt, name=f"up_{i}_bn")(h))
+      h = nn.relu(layers.batch_norm(train=train, dtype=dt, stats=self.bn_stats, name=f"up_{i}_bn")(h))
     if not self.input_skip:
       y = layers.conv(3, 7, in_features=c, dtype=dt, name="head")(layers.reflect_pad(h, 3))
       return layers.to_unit_range(y)
