@@ -11,7 +11,9 @@ same code runs on one CPU, one multi-GPU host and a multi-host TPU pod.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import queue
+import threading
+from typing import Any, Iterator, Mapping
 
 import jax
 import numpy as np
@@ -55,3 +57,49 @@ def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.A
 def replicate(tree: Any, mesh: Mesh) -> Any:
   """Places every leaf of `tree` on all devices of `mesh`."""
   return jax.device_put(tree, replicated(mesh))
+
+
+def prefetch_to_device(batches: Iterator[Mapping[str, np.ndarray]], mesh: Mesh, size: int = 2
+                       ) -> Iterator[dict[str, jax.Array]]:
+  """Yields `global_batch(b, mesh)` for each host batch b of `batches`, `size` batches ahead.
+
+  A background thread reads the host iterator and starts each batch's transfer to the devices
+  while the step runs on the previous ones, so reading, decoding and copying overlap with device
+  compute. An exception in the reader is raised here, at the batch where it happened.
+  """
+  if size < 1:
+    raise ValueError(f"prefetch size must be >= 1, got {size}.")
+  q: queue.Queue = queue.Queue(maxsize=size)
+  stop = threading.Event()
+  done = object()
+
+  def put(item) -> bool:
+    while not stop.is_set():
+      try:
+        q.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def fill():
+    try:
+      for local in batches:
+        if not put(global_batch(local, mesh)):
+          return
+      put(done)
+    except BaseException as e:  # handed to the consumer
+      put(e)
+
+  thread = threading.Thread(target=fill, name="prefetch_to_device", daemon=True)
+  thread.start()
+  try:
+    while True:
+      item = q.get()
+      if item is done:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()
