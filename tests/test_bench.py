@@ -360,3 +360,52 @@ def test_prefetch_to_device_keeps_order_and_raises_reader_errors():
     next(it)
   with pytest.raises(ValueError, match="prefetch size"):
     next(sharding.prefetch_to_device(iter(batches), mesh, size=0))
+
+
+# --------------------------------------------------------------------------- launch/bench_gpu.sh
+
+def _bench_gpu_dry_run(gpus: int, *args: str) -> list[str]:
+  import os
+  import subprocess
+  env = {**os.environ, "NUM_GPUS": str(gpus), "PYTHON": "python"}
+  env.pop("XLA_FLAGS", None)
+  r = subprocess.run(["launch/bench_gpu.sh", "--dry-run", *args, "runs/bench"], capture_output=True, text=True,
+                     env=env, timeout=60)
+  assert r.returncode == 0, r.stderr
+  return r.stdout.splitlines()
+
+
+def test_bench_gpu_script_commands_are_valid():
+  import shlex
+  lines = _bench_gpu_dry_run(8)
+  names = [l.split(":", 1)[0] for l in lines]
+  for required in ("sr_ra", "denoise_ra", "jpeg_ra", "sr_unsupervised", "sr_transformer", "sr_ra_pipeline",
+                   "hlo_sr_ra", "multi_sr_ra_global", "multi_sr_ra_per_device"):
+    assert required in names
+  assert len(names) == len(set(names))
+  assert not any(n.startswith("multi_") for n in (l.split(":", 1)[0] for l in _bench_gpu_dry_run(1)))
+  assert [l.split(":", 1)[0] for l in _bench_gpu_dry_run(1, "--only", "^jpeg")] == ["jpeg_ra", "jpeg_ra_pipeline"]
+  for line in lines:   # every command's config loads, with its overrides
+    argv = shlex.split(line.split(":", 1)[1])
+    argv = argv[argv.index("rajax.bench") + 1:]
+    spec = argv[argv.index("--config") + 1]
+    overrides = [a[len("--config."):] for a in argv if a.startswith("--config.")]
+    config = config_lib.from_command_line(spec, overrides)
+    assert "bench" in config
+    assert ("--config.mesh.data=1" in argv) != line.startswith("multi_") or "--hlo" in argv
+
+
+def test_bench_gpu_script_xla_flags_are_known_to_xla():
+  import os
+  import shlex
+  import subprocess
+  flags = set()
+  for line in _bench_gpu_dry_run(8):
+    for word in shlex.split(line.split(":", 1)[1]):
+      if word.startswith("XLA_FLAGS="):
+        flags.update(word.split("=", 1)[1].split())
+  assert "--xla_gpu_enable_latency_hiding_scheduler=true" in flags
+  env = {**os.environ, "XLA_FLAGS": " ".join(sorted(flags)), "JAX_PLATFORMS": "cpu"}
+  r = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], capture_output=True, text=True, env=env,
+                     timeout=120)
+  assert r.returncode == 0, r.stderr[-2000:]   # XLA aborts on a flag it does not know
