@@ -885,6 +885,31 @@ def test_depthwise_conv_impls_agree(stride, padding):
     DepthwiseConv(6, 3, impl="fft").init(jax.random.key(0), x)
 
 
+@pytest.mark.parametrize("kernel,stride,padding,groups", [(1, 1, ((0, 0), (0, 0)), 1), (1, 2, ((0, 0), (0, 0)), 1),
+                                                   (1, 2, ((1, 0), (0, 1)), 1), (3, 1, ((1, 1), (1, 1)), 2)])
+def test_conv_impls_agree_with_flax_conv(kernel, stride, padding, groups):
+  """layers.Conv has nn.Conv's variables and values for both impls; the 1x1 'dot' path is a matmul."""
+  from flax import linen as nn
+  from rajax.models.layers import Conv
+  x = jax.random.normal(jax.random.key(0), (2, 7, 9, 6))
+  ref = nn.Conv(4, (kernel, kernel), strides=(stride, stride), padding=padding, feature_group_count=groups)
+  v = ref.init(jax.random.key(1), x)
+  v = jax.tree.map(lambda a: a + 0.1, v)  # a non-zero bias
+  want = ref.apply(v, x)
+  mods = {impl: Conv(4, (kernel, kernel), strides=(stride, stride), padding=padding, feature_group_count=groups,
+                     impl=impl) for impl in ("conv", "dot", "auto")}
+  for impl, m in mods.items():
+    assert jax.tree.structure(m.init(jax.random.key(1), x)) == jax.tree.structure(v)
+    np.testing.assert_allclose(m.apply(v, x), want, rtol=1e-5, atol=1e-5, err_msg=impl)
+  grads = {i: jax.jit(jax.grad(lambda v, x, m=m: jnp.sum(m.apply(v, x) ** 2), argnums=(0, 1)))(v, x)
+           for i, m in mods.items()}
+  chex.assert_trees_all_close(grads["dot"], grads["conv"], rtol=1e-4, atol=1e-4)
+  hlo = jax.jit(mods["dot"].apply).lower(v, x).as_text()
+  assert ("convolution" in hlo) == (kernel != 1), hlo  # 1x1 kernels become a dot_general
+  with pytest.raises(ValueError, match="impl"):
+    Conv(4, (1, 1), impl="fft").init(jax.random.key(0), x)
+
+
 @pytest.mark.parametrize("name,kwargs,scale", [("srresnet", dict(scale=4, blocks=1, channels=8), 4),
                                                ("srresnet", dict(scale=1, blocks=1, channels=8), 1),
                                                ("resnet_generator", dict(blocks=1, channels=4), 1)])

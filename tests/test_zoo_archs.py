@@ -291,7 +291,7 @@ def test_bfloat16_compute_dtypes(family):
   x = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
   closed = jax.make_jaxpr(functools.partial(model.apply, features=True))(variables, x)
   products = [e for e in _eqns(closed.jaxpr) if e.primitive.name in ("conv_general_dilated", "dot_general")]
-  assert sum(e.primitive.name == "conv_general_dilated" for e in products) >= 5
+  assert len(products) >= 5  # on CPU 1x1 convolutions are matrix products (layers.Conv)
   for eqn in products:  # every convolution and matrix product runs in bfloat16
     assert [v.aval.dtype for v in eqn.invars] == [jnp.bfloat16] * 2, eqn
   assert closed.out_avals[0].dtype == jnp.float32  # the logits

@@ -69,8 +69,8 @@ def _conv(features, kernel, *, stride=1, groups=1, size, dtype, name):
     if groups > 1 and groups == features:
       return layers.DepthwiseConv(features, kernel, stride=stride, padding=pads, dtype=dtype,
                                   kernel_init=layers.torch_kernel_init, name=name)(x)
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=pads,
-                   feature_group_count=groups, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+    return layers.Conv(features, (kernel, kernel), strides=(stride, stride), padding=pads,
+                   feature_group_count=groups, use_bias=False, dtype=dtype,
                    kernel_init=layers.torch_kernel_init, name=name)(x)
   return apply
 

@@ -48,8 +48,8 @@ def _conv(features, kernel, *, stride=1, groups=1, dtype, name):
   if groups > 1 and groups == features:
     return layers.DepthwiseConv(features, kernel, stride=stride, padding=((p, p), (p, p)), dtype=dtype,
                                 kernel_init=_conv_init, name=name)
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((p, p), (p, p)),
-                 feature_group_count=groups, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+  return layers.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((p, p), (p, p)),
+                 feature_group_count=groups, use_bias=False, dtype=dtype,
                  kernel_init=_conv_init, name=name)
 
 
