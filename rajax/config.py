@@ -151,6 +151,7 @@ def base(*, task: str = "sr", mode: str = "ra", recognizer: str = "resnet18") ->
   c.unsupervised_distance = "prob_mse"     # prob_mse (reference code) | kl
   c.label_smoothing = 0.0
   c.labels = "dataset"                # dataset | recognizer (R's top-1 on the clean image, for unlabelled data)
+  c.min_confidence = 0.0              # labels=recognizer: RA/transformer loss only where R's clean top-1 prob >= this
   c.compute_dtype = "float32"         # bfloat16 on GPU/TPU
   # Training BatchNorm statistics of P and T: "global" (over the whole batch, one all-reduce per layer
   # forward and backward when it is sharded) or "per_device" (each device's slice; no such all-reduces).
@@ -187,7 +188,8 @@ def base(*, task: str = "sr", mode: str = "ra", recognizer: str = "resnet18") ->
       dict(train_size=1024, eval_size=64, image_size=64, num_classes=10, seed=0))
   # source "photos": photos shipped in installed packages (rajax.data.photos), resized to short_side;
   # an epoch is `repeats` random crops of each training photo; eval is a grid x grid of crops (+ mirrors).
-  c.data.photos = ml_collections.ConfigDict(dict(short_side=192, repeats=64, grid=3))
+  c.data.photos = ml_collections.ConfigDict(dict(short_side=192, repeats=64, grid=3, scales=(1.0,),
+                                                 eval_scales=(1.0,)))
 
   c.optim = ml_collections.ConfigDict(dict(
       name="adam", lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
@@ -213,7 +215,8 @@ def method(config: ml_collections.ConfigDict) -> Method:
     halves = class_halves(config.recognizer.num_classes, config.classes.seed)
     classes = halves["AB".index(config.classes.half)]
   return Method(mode=config.mode, lam=lam, distance=config.unsupervised_distance,
-                label_smoothing=config.label_smoothing, labels=config.labels, classes=classes)
+                label_smoothing=config.label_smoothing, labels=config.labels,
+                min_confidence=config.min_confidence, classes=classes)
 
 
 def kwargs(section: ml_collections.ConfigDict, *exclude: str) -> dict[str, Any]:
@@ -239,6 +242,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   check(0.0 <= c.label_smoothing < 1.0, f"config.label_smoothing={c.label_smoothing} must be in [0, 1)")
   check(c.classes.half in ("", "A", "B"), f"config.classes.half={c.classes.half!r} must be '', 'A' or 'B'")
   check(c.labels in LABEL_SOURCES, f"config.labels={c.labels!r} is not one of {', '.join(LABEL_SOURCES)}")
+  check(0.0 <= c.min_confidence < 1.0, f"config.min_confidence={c.min_confidence} must be in [0, 1)")
+  check(not c.min_confidence or c.labels == "recognizer",
+        "config.min_confidence applies to recognizer-made labels: set config.labels='recognizer' or min_confidence=0")
   try:
     as_dtype(c.compute_dtype)
   except ValueError as e:

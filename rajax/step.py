@@ -67,6 +67,9 @@ class Method:
   distance: str = "prob_mse"
   label_smoothing: float = 0.0
   labels: str = "dataset"   # "dataset": batch["label"]; "recognizer": R's top-1 on the clean target
+  # With labels="recognizer": the recognition term of "ra"/"transformer" counts only the examples R
+  # itself recognises with at least this top-1 probability on the clean target (0: all of them).
+  min_confidence: float = 0.0
   classes: tuple[int, ...] = ()   # train on these classes only (empty: all classes)
 
   def __post_init__(self):
@@ -80,6 +83,11 @@ class Method:
       raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
     if self.labels not in LABEL_SOURCES:
       raise ValueError(f"Unknown label source {self.labels!r}; one of {', '.join(LABEL_SOURCES)}.")
+    if not 0.0 <= self.min_confidence < 1.0:
+      raise ValueError(f"min_confidence must be in [0, 1), got {self.min_confidence}.")
+    if self.min_confidence and self.labels != "recognizer":
+      raise ValueError("min_confidence applies to recognizer-made labels; set labels='recognizer' or "
+                       "min_confidence=0.")
     if self.classes and (len(set(self.classes)) != len(self.classes) or min(self.classes) < 0):
       raise ValueError(f"classes must be distinct non-negative class indices, got {self.classes}.")
     if self.classes and self.mode == "plain" and self.labels == "recognizer":
@@ -140,11 +148,23 @@ def _weighted_mean(per_example: jax.Array, weight: jax.Array) -> jax.Array:
 
 def batch_labels(method: Method, batch: Batch, recognizer: Recognizer | None, clean: jax.Array) -> jax.Array | None:
   """The labels the recognition terms use: the batch's, or R's top-1 on the clean images."""
-  if method.labels == "recognizer":
-    if recognizer is None:
-      return None
-    return jnp.argmax(jax.lax.stop_gradient(recognizer(clean)), axis=-1).astype(jnp.int32)
-  return batch["label"]
+  return labels_and_confidence(method, batch, recognizer, clean)[0]
+
+
+def labels_and_confidence(method: Method, batch: Batch, recognizer: Recognizer | None,
+                          clean: jax.Array) -> tuple[jax.Array | None, jax.Array | None]:
+  """(labels, weight): `batch_labels`, and with `method.min_confidence` a 0/1 weight per example
+  that is 1 where R's top-1 probability on the clean image reaches it (None otherwise)."""
+  if method.labels != "recognizer":
+    return batch["label"], None
+  if recognizer is None:
+    return None, None
+  logits = jax.lax.stop_gradient(recognizer(clean)).astype(jnp.float32)
+  labels = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  if not method.min_confidence:
+    return labels, None
+  confidence = jnp.max(jax.nn.softmax(logits, axis=-1), axis=-1)
+  return labels, (confidence >= method.min_confidence).astype(jnp.float32)
 
 
 def _apply_train(net: nn.Module, params, batch_stats, x):
@@ -170,7 +190,9 @@ def make_loss_fn(method: Method, networks: Mapping[str, nn.Module]) -> Callable:
     out, new_stats = _apply_train(networks["processor"], params["processor"], batch_stats["processor"], x)
     new_stats = {"processor": new_stats}
     logits = None
-    labels = batch_labels(method, batch, recognizer, y) if method.mode in ("ra", "transformer") else None
+    labels, confident = None, None
+    if method.mode in ("ra", "transformer"):
+      labels, confident = labels_and_confidence(method, batch, recognizer, y)
     if method.mode == "unsupervised":  # needs no labels; they only feed the top-1 metric
       target_logits = jax.lax.stop_gradient(recognizer(y))
       labels = jnp.argmax(target_logits, axis=-1) if method.labels == "recognizer" else batch["label"]
@@ -180,12 +202,17 @@ def make_loss_fn(method: Method, networks: Mapping[str, nn.Module]) -> Callable:
         labels = batch["label"]
       _, sub_labels, weight = restrict_to_classes(method.classes, None, labels)
     reduce = (lambda v: jnp.mean(v)) if weight is None else (lambda v: _weighted_mean(v, weight))
+    if confident is not None:  # the recognition term counts the confidently recognised examples only
+      rec_weight = confident if weight is None else confident * weight
+      reduce_rec = lambda v: _weighted_mean(v, rec_weight)
+    else:
+      reduce_rec = reduce
     sub = (lambda z: z) if not method.classes else (lambda z: jnp.take(z, jnp.asarray(method.classes), axis=-1))
     ce_labels = labels if not method.classes else sub_labels
     terms = {"pixel_mse": reduce(losses.pixel_mse(pred=out, target=y, reduction="none"))}
     if method.mode == "ra":
       logits = recognizer(out)
-      terms["recognition"] = reduce(losses.recognition_ce(
+      terms["recognition"] = reduce_rec(losses.recognition_ce(
           logits=sub(logits), labels=ce_labels, label_smoothing=method.label_smoothing, reduction="none"))
     elif method.mode == "unsupervised":
       logits = recognizer(out)
@@ -195,7 +222,7 @@ def make_loss_fn(method: Method, networks: Mapping[str, nn.Module]) -> Callable:
       t_out, new_stats["transformer"] = _apply_train(
           networks["transformer"], params["transformer"], batch_stats["transformer"], jax.lax.stop_gradient(out))
       logits = recognizer(t_out)
-      terms["recognition"] = reduce(losses.recognition_ce(
+      terms["recognition"] = reduce_rec(losses.recognition_ce(
           logits=sub(logits), labels=ce_labels, label_smoothing=method.label_smoothing, reduction="none"))
     total = terms["pixel_mse"] + method.lam * terms.get("recognition", 0.0)
     return total, (terms, new_stats, logits, out, labels)

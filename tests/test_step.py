@@ -271,6 +271,30 @@ def test_paper_schedule_is_piecewise_constant_in_epochs():
   np.testing.assert_allclose(np.asarray(updates["w"]), -1e-4, rtol=1e-3)
 
 
+def test_min_confidence_keeps_only_confidently_recognised_examples(nets, rec, batch):
+  """min_confidence: the RA term is the CE averaged over the examples whose clean top-1 probability
+  reaches the threshold; the pixel term still sees every example."""
+  y = jnp.asarray(batch["target"], jnp.float32) / 255.0
+  clean = jax.jit(lambda r, y: r(y))(rec, y)
+  conf = np.asarray(jnp.max(jax.nn.softmax(clean, -1), -1))
+  threshold = float(np.median(conf))           # about half the examples pass
+  keep = conf >= threshold
+  assert 0 < keep.sum() < len(keep)
+  _, _, state = _setup("ra", nets)
+  run = lambda m: jax.jit(step_lib.make_loss_fn(m, nets))(state.params, state.batch_stats, batch, rec)
+  _, (terms, _, logits, _, labels) = run(step_lib.Method(mode="ra", lam=1.0, labels="recognizer",
+                                                         min_confidence=threshold))
+  per_example = np.asarray(losses.recognition_ce(logits=logits, labels=labels, reduction="none"))
+  np.testing.assert_allclose(float(terms["recognition"]), per_example[keep].mean(), rtol=1e-5)
+  _, (all_terms, *_) = run(step_lib.Method(mode="ra", lam=1.0, labels="recognizer"))
+  np.testing.assert_allclose(float(all_terms["recognition"]), per_example.mean(), rtol=1e-5)
+  np.testing.assert_allclose(float(terms["pixel_mse"]), float(all_terms["pixel_mse"]), rtol=1e-6)
+  with pytest.raises(ValueError, match="recognizer-made labels"):
+    step_lib.Method(mode="ra", min_confidence=0.5)
+  with pytest.raises(ValueError, match="min_confidence"):
+    step_lib.Method(mode="ra", labels="recognizer", min_confidence=1.5)
+
+
 def test_recognizer_labels_are_r_top1_on_clean_targets(nets, rec, batch):
   """labels="recognizer": the CE uses argmax R(clean target), whatever batch["label"] holds."""
   y = jnp.asarray(batch["target"], jnp.float32) / 255.0
