@@ -36,6 +36,20 @@ def test_photo_split_is_by_photo():
     photos.PhotoSource("test")
 
 
+def test_photo_scales_give_each_photo_at_several_sizes():
+  train = photos.PhotoSource("train", short_side=64, crop=64, repeats=2, scales=(1.0, 1.5))
+  assert len(train) == 2 * 2 * len(photos.TRAIN)
+  sides = {(train[i]["photo"], min(train[i]["image"].shape[:2])) for i in range(len(train))}
+  assert sides == {(n, s) for n in photos.TRAIN for s in (64, 96)}
+  held = photos.PhotoSource("heldout", short_side=64, crop=64, grid=2, scales=(1.25, 2.0))
+  assert len(held) == 2 * 2 * 2 * 2 * len(photos.HELDOUT)     # scales x grid x grid x mirror
+  assert len({held[i]["image"].tobytes() for i in range(len(held))}) == len(held)   # all distinct crops
+  with pytest.raises(ValueError, match="below crop"):
+    photos.PhotoSource("train", short_side=64, crop=64, scales=(0.5, 1.0))
+  with pytest.raises(ValueError, match="scales is empty"):
+    photos.PhotoSource("train", scales=())
+
+
 def test_every_bundled_photo_loads_as_rgb():
   for name in photos.TRAIN + photos.HELDOUT:
     img = photos.photo(name)

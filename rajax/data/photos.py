@@ -11,8 +11,10 @@ set, so evaluation crops come from photos never seen in training:
 
 `PhotoSource(split, short_side, crop)` is a random-access source like the others
 (`len`, `[i] -> {"image", "label"}`): training elements are whole photos resized so the short
-side is `short_side` (repeated `repeats` times so an epoch holds many random crops); held-out
-elements are fixed crops on a regular grid of each resized photo, and their mirror images.
+side is `short_side` times each of `scales` (repeated `repeats` times so an epoch holds many
+random crops: at small scales a crop shows most of its photo, at large ones a detail); held-out
+elements are fixed crops on a regular grid of each resized photo (at each scale), and their
+mirror images.
 There are no ground-truth labels (label -1): use `labels="recognizer"` (R's own top-1 class on the
 clean crop) for the recognition terms and metrics.
 """
@@ -105,12 +107,21 @@ class PhotoSource:
   repeats: int = 64          # train: each photo appears this many times per epoch
   grid: int = 3              # heldout: grid x grid crops per photo, plus their mirror images
   names: tuple[str, ...] | None = None
+  scales: tuple[float, ...] = (1.0,)   # each photo at short side round(short_side * s), for s in scales
 
   def __post_init__(self):
     if self.split not in ("train", "heldout"):
       raise DataError(f"PhotoSource split must be 'train' or 'heldout', got {self.split!r}.")
-    if self.short_side < self.crop:
-      raise DataError(f"short_side={self.short_side} must be >= crop={self.crop}.")
+    if not self.scales:
+      raise DataError("PhotoSource scales is empty; give at least one scale (1.0: short_side itself).")
+    small = [s for s in self.short_sides if s < self.crop]
+    if small:
+      raise DataError(f"short_side={self.short_side} x scales {tuple(self.scales)} gives short sides {small} "
+                      f"below crop={self.crop}; raise short_side or the scales.")
+
+  @property
+  def short_sides(self) -> tuple[int, ...]:
+    return tuple(round(self.short_side * s) for s in self.scales)
 
   @property
   def photo_names(self) -> tuple[str, ...]:
@@ -119,11 +130,12 @@ class PhotoSource:
   @functools.cached_property
   def _elements(self) -> list[tuple[str, np.ndarray]]:
     if self.split == "train":
-      return [(n, resized(n, self.short_side)) for n in self.photo_names]
+      return [(n, resized(n, side)) for n in self.photo_names for side in self.short_sides]
     out = []
     for n in self.photo_names:
-      crops = grid_crops(resized(n, self.short_side), self.crop, self.grid)
-      out += [(n, np.ascontiguousarray(c)) for c in crops] + [(n, np.ascontiguousarray(c[:, ::-1])) for c in crops]
+      for side in self.short_sides:
+        crops = grid_crops(resized(n, side), self.crop, self.grid)
+        out += [(n, np.ascontiguousarray(c)) for c in crops] + [(n, np.ascontiguousarray(c[:, ::-1])) for c in crops]
     return out
 
   def __len__(self) -> int:

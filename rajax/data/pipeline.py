@@ -343,8 +343,10 @@ def make_source(data_cfg, split: str):
   if data_cfg.source == "photos":  # the photos bundled with installed packages, split by photo
     from rajax.data.photos import PhotoSource
     ph = data_cfg.photos
-    return PhotoSource("train" if split == data_cfg.train_split else "heldout", short_side=ph.short_side,
-                       crop=data_cfg.crop, repeats=ph.repeats, grid=ph.grid)
+    train = split == data_cfg.train_split
+    scales = ph.get("scales", (1.0,)) if train else ph.get("eval_scales", (1.0,))
+    return PhotoSource("train" if train else "heldout", short_side=ph.short_side, crop=data_cfg.crop,
+                       repeats=ph.repeats, grid=ph.grid, scales=tuple(scales))
   raise DataError(f"Unknown data.source {data_cfg.source!r}; use 'synthetic', 'tfds' or 'photos'.")
 
 
