@@ -13,9 +13,10 @@ recognition gradient at all, and T has its own optimizer state; both are updated
 Batches hold "input" and "target" images as uint8 (or float in [0, 1]) and integer "label"s;
 conversion to float happens here, on device. A batch without "input" (denoising with the noise
 drawn on the device: clean "target" and example "index") is completed first by the step's
-`device_stage` (`rajax.degrade.DeviceNoise`, from `rajax.data.Degradation.device_stage(seed)`). With `Method(labels="recognizer")` the labels are
-R's own top-1 classes on the clean targets, computed in the step (for data without labels: the
-recognition loss then asks P's output to be recognised as the clean image is).
+`device_stage` (`rajax.degrade.DeviceNoise`, from `rajax.data.Degradation.device_stage(seed)`).
+With `Method(labels="recognizer")` the labels are R's own top-1 classes on the clean targets,
+computed in the step (for data without labels: the recognition loss then asks P's output to be
+recognised as the clean image is).
 
 `Method(classes=...)` trains on a subset of the classes (the paper's category transfer): examples
 whose label is outside the subset get zero weight in every loss term (as if the training data had
