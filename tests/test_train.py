@@ -59,7 +59,8 @@ def test_smoke_cli_trains_logs_and_checkpoints(tmp_path):
   t0 = time.perf_counter()
   out = _train(tmp_path)
   elapsed = time.perf_counter() - t0
-  assert elapsed < 60, f"smoke run took {elapsed:.0f}s"
+  # A bound for a hang, not a benchmark: CI runs tests in parallel workers on two shared cores.
+  assert elapsed < 300, f"smoke run took {elapsed:.0f}s"
   lines = [ln for ln in out.splitlines() if ln.startswith("[train]")]
   assert len(lines) == 36 // 4
   for key in ("loss", "pixel_mse", "recognition", "psnr", "img/s", "ETA"):
