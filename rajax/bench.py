@@ -100,7 +100,7 @@ class Setup:
       self.recognizer = jax.device_put(
           recognizer(config.recognizer.name, config.recognizer.weights, dtype=config.compute_dtype, seed=config.seed,
                      **config_lib.kwargs(config.recognizer, "weights")), self.replicated)
-    self.optimizers = {n: optim.make_optimizer(config.optim, 1000) for n in self.method.networks}
+    self.optimizers = optim.make_optimizers(config.optim, self.method.networks, 1000)
     self.input_size = config.data.crop // self.scale
     host = batch if batch is not None else synthetic_batch(config)
     self.batch = sharding.global_batch(host, self.mesh)

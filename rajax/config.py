@@ -194,6 +194,7 @@ def base(*, task: str = "sr", mode: str = "ra", recognizer: str = "resnet18") ->
   c.optim = ml_collections.ConfigDict(dict(
       name="adam", lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
       decay_epochs=(4, 5), decay_factor=0.1, grad_clip=0.0))
+  c.optim.transformer_lr = config_dict.placeholder(float)   # T's base rate; None: optim.lr
   c.num_epochs = 6.0
   c.total_steps = -1                  # > 0 overrides num_epochs
 
@@ -280,6 +281,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   o = c.optim
   check(o.name in ("adam", "adamw", "sgd"), f"config.optim.name={o.name!r} is not one of adam, adamw, sgd")
   check(o.lr > 0, f"config.optim.lr={o.lr} must be > 0")
+  check(o.get("transformer_lr") is None or o.transformer_lr > 0,
+        f"config.optim.transformer_lr={o.get('transformer_lr')} must be > 0 (or None: optim.lr)")
   check(0 < o.decay_factor <= 1, f"config.optim.decay_factor={o.decay_factor} must be in (0, 1]")
   check(all(e >= 0 for e in o.decay_epochs), f"config.optim.decay_epochs={o.decay_epochs} must be >= 0")
   check(c.num_epochs > 0 or c.total_steps > 0, "config.num_epochs or config.total_steps must be > 0")

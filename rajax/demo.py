@@ -23,6 +23,8 @@ import datetime
 import json
 import os
 import pathlib
+import signal
+import subprocess
 import sys
 import time
 from typing import Sequence
@@ -52,23 +54,95 @@ def demo_config(task: str, mode: str, quick: bool, *, stage: str = "finetune", i
 
 # ==================================================================== training
 
-def train_all(workdir: pathlib.Path, tasks: Sequence[str], modes: Sequence[str], quick: bool) -> float:
-  """Per task: the plain pretraining run, then every mode from it, each in its own sub-directory
-  (`WORKDIR/<task>/pretrain`, `WORKDIR/<task>/<mode>`; each resumes if interrupted). Returns seconds."""
-  from rajax import train
-  runs = [r for t in tasks for r in [(t, "pretrain")] + [(t, m) for m in modes]]
-  t0 = time.perf_counter()
-  for i, (task, mode) in enumerate(runs):
-    elapsed = time.perf_counter() - t0
-    eta = elapsed / i * (len(runs) - i) if i else float("nan")
-    eta_s = str(datetime.timedelta(seconds=round(eta))) if i else "?"
-    print(f"[demo] run {i + 1}/{len(runs)}: {task}/{mode} | elapsed {datetime.timedelta(seconds=round(elapsed))} "
-          f"| ETA {eta_s}", flush=True)
-    if mode == "pretrain":
-      config = demo_config(task, "plain", quick, stage="pretrain")
-    else:
-      config = demo_config(task, mode, quick, init=workdir / task / "pretrain" / "processor.msgpack")
-    train.run(config, workdir / task / mode)
+def run_command(workdir: pathlib.Path, task: str, run: str, quick: bool) -> list[str]:
+  """The `python -m rajax.train` command of one demo run ("pretrain" or a mode) of `task`."""
+  stage = "pretrain" if run == "pretrain" else "finetune"
+  mode = "plain" if run == "pretrain" else run
+  cmd = [sys.executable, "-m", "rajax.train", "--config", f"{CONFIG}:task={task},mode={mode},stage={stage},quick={quick}",
+         "--workdir", str(workdir / task / run), "--config.final_eval=false"]  # the demo evaluates every run itself
+  if stage == "finetune":
+    cmd.append(f"--config.init_processor={workdir / task / 'pretrain' / 'processor.msgpack'}")
+  return cmd
+
+
+def _last_progress(log: pathlib.Path) -> str:
+  """The last "[train] step ..." line of a run's log, shortened to its step and speed."""
+  try:
+    lines = [l for l in log.read_text(errors="replace").splitlines() if l.startswith("[train] step")]
+  except OSError:
+    return "starting"
+  if not lines:
+    return "compiling"
+  parts = [p.strip() for p in lines[-1][len("[train] "):].split("|")]
+  return " ".join(p for p in parts if p.startswith("step") or "img/s" in p)
+
+
+def train_all(workdir: pathlib.Path, tasks: Sequence[str], modes: Sequence[str], quick: bool, *, jobs: int = 2,
+              status_every: float = 30.0) -> float:
+  """Per task: the plain pretraining run, then every mode from it, each a `python -m rajax.train`
+  process in its own sub-directory (`WORKDIR/<task>/pretrain`, `WORKDIR/<task>/<mode>`; each resumes
+  if interrupted). Up to `jobs` runs at a time: compilation is single-threaded, so a second run
+  overlaps one run's compilation with another's training. Each run's output goes to its
+  `train.log`; progress (runs done, running steps, ETA) is printed here. Returns seconds."""
+  runs = [(t, r) for t in tasks for r in ("pretrain", *modes)]
+  pending, running, done = list(runs), {}, []
+  env = dict(os.environ)
+  # Identical programs (e.g. a resumed demo's) compile once; a cache the caller chose is kept.
+  env.setdefault("JAX_COMPILATION_CACHE_DIR", str(workdir / "jax_cache"))
+  env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+  t0 = last_status = time.perf_counter()
+  fmt = lambda sec: str(datetime.timedelta(seconds=round(sec)))
+  print(f"[demo] {len(runs)} training runs, {jobs} at a time; each run's output: WORKDIR/<task>/<run>/train.log",
+        flush=True)
+
+  def ready(run):
+    task, name = run
+    return name == "pretrain" or (task, "pretrain") in done
+
+  def stop_all():
+    for proc, *_ in running.values():
+      proc.send_signal(signal.SIGINT)     # rajax.train saves a checkpoint and exits
+    for proc, *_ in running.values():
+      try:
+        proc.wait(timeout=120)
+      except subprocess.TimeoutExpired:
+        proc.kill()
+
+  try:
+    while pending or running:
+      for run in [r for r in pending if ready(r)][:max(0, jobs - len(running))]:
+        pending.remove(run)
+        log = workdir / run[0] / run[1] / "train.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        out = open(log, "a")
+        proc = subprocess.Popen(run_command(workdir, *run, quick), stdout=out, stderr=subprocess.STDOUT, env=env)
+        running[run] = (proc, out, log, time.perf_counter())
+        print(f"[demo] start {run[0]}/{run[1]} ({len(done) + len(running)}/{len(runs)})", flush=True)
+      time.sleep(0.2)
+      for run, (proc, out, log, started) in list(running.items()):
+        if proc.poll() is None:
+          continue
+        out.close()
+        del running[run]
+        if proc.returncode != 0:
+          tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
+          stop_all()
+          raise RuntimeError(f"The demo run {run[0]}/{run[1]} failed (exit status {proc.returncode}); the end of "
+                             f"{log}:\n{tail}\nFix the cause and rerun the demo: finished runs are kept, "
+                             "interrupted ones resume.")
+        done.append(run)
+        elapsed = time.perf_counter() - t0
+        left = len(pending) + len(running)
+        eta = elapsed / len(done) * left
+        print(f"[demo] done  {run[0]}/{run[1]} in {fmt(time.perf_counter() - started)} | {len(done)}/{len(runs)} runs "
+              f"| elapsed {fmt(elapsed)} | ETA {fmt(eta) if left else '0:00:00'}", flush=True)
+      if running and time.perf_counter() - last_status >= status_every:
+        last_status = time.perf_counter()
+        print("[demo] running: " + "; ".join(f"{t}/{r} {_last_progress(v[2])}" for (t, r), v in running.items())
+              + f" | elapsed {fmt(last_status - t0)}", flush=True)
+  except KeyboardInterrupt:
+    stop_all()
+    raise
   return time.perf_counter() - t0
 
 
@@ -198,6 +272,7 @@ def write_report(workdir: pathlib.Path, results: dict, *, quick: bool, train_sec
   import jax
 
   config = demo_config("sr", "ra", quick)
+  pre = demo_config("sr", "plain", quick, stage="pretrain")
   lines = ["# rajax demo: recognition-aware processing on real photos", ""]
   lines += [f"Generated {datetime.datetime.now().isoformat(timespec='seconds')} by `python -m rajax.demo "
             f"--workdir {workdir}{' --quick' if quick else ''}` on {jax.device_count()} "
@@ -208,26 +283,25 @@ def write_report(workdir: pathlib.Path, results: dict, *, quick: bool, train_sec
   lines += ["## Settings", "",
             f"- Processor P: SRResNet, {config.processor.blocks} residual blocks, "
             + ", ".join(f"{demo_config(t, 'plain', quick).processor.channels} channels for {t}" for t in TASKS)
-            + f" (transformer T: ResNet generator, {config.transformer.blocks} blocks, {config.transformer.channels} "
-            "channels); Adam, lr "
-            f"{config.optim.lr:g} decayed x{config.optim.decay_factor:g} at {tuple(config.optim.decay_epochs)} of the "
-            f"run; batch {config.data.batch_size}; {_steps(config)} steps per run.",
+            + f", {config.processor.outer_kernel}x{config.processor.outer_kernel} head and tail (transformer T: "
+            f"ResNet generator, {config.transformer.blocks} blocks, {config.transformer.channels} channels); Adam, "
+            f"batch {config.data.batch_size}, learning rate decayed x{config.optim.decay_factor:g} at "
+            f"{tuple(config.optim.decay_epochs)} of each run.",
+            f"- Runs: each task first trains P with the plain loss ({_steps(pre)} steps, lr {pre.optim.lr:g}, "
+            f"{pre.data.crop}x{pre.data.crop} crops); every method, plain included, then continues from that P for "
+            f"{_steps(config)} steps at lr {config.optim.lr:g} on {config.data.crop}x{config.data.crop} crops.",
             f"- Loss recognizer R: {LOSS_RECOGNIZER} with its real ImageNet weights; unseen recognizer: "
             f"{', '.join(RECOGNIZERS[1:])} (real ImageNet weights, never used in training).",
-            f"- Loss weights: RA {demo_config('sr', 'ra', quick).lam:g}, unsupervised RA "
-            f"{demo_config('sr', 'unsupervised', quick).lam:g} (MSE of softmax probabilities), RA with transformer "
-            f"{demo_config('sr', 'transformer', quick).lam:g} (the paper's RA weight, 1e-3, cost held-out "
-            "agreement and about 1 dB of PSNR here; see configs/demo.py). Each task first trains P with the plain loss "
-            f"({_steps(demo_config('sr', 'plain', quick, stage='pretrain'))} steps on smaller crops); every method, "
-            "plain included, then continues from that P for the same number of steps.",
+            f"- Loss weights for {' / '.join(TASKS)}: RA {_lams('ra', quick)} (the paper's: 1e-3), unsupervised RA "
+            f"{_lams('unsupervised', quick)} ({_distance(quick)}), RA with transformer {_lams('transformer', quick)}; "
+            "see configs/demo.py.",
             f"- Data: photos shipped in scikit-image, scikit-learn and matplotlib, split by photo. Training: random "
             f"{config.data.crop}x{config.data.crop} crops (with flips) of {len(_photos().TRAIN)} photos resized to "
             f"short sides {_sides(config, 'scales')}. Evaluation: {len(_photos().HELDOUT)} held-out photos "
             f"({', '.join(_photos().HELDOUT)}) resized to short sides {_sides(config, 'eval_scales')}, a "
             f"{config.data.photos.grid}x{config.data.photos.grid} grid of crops of each and their mirror images "
             f"({_heldout_count(config)} crops).",
-            f"- Recognition loss: only on crops that {LOSS_RECOGNIZER} itself recognises with a top-1 probability of "
-            f"at least {demo_config('sr', 'ra', quick).min_confidence:g} on the clean crop.",
+            *_confidence_line(quick),
             "- Labels: no ground truth exists for these photos, so each recognizer's label for a crop is its own "
             "top-1 class on the clean crop; top-1 below is agreement with it (100% for clean images by "
             "construction). PSNR and SSIM (11x11 Gaussian window, sigma 1.5) compare P's output with the clean crop.",
@@ -263,6 +337,23 @@ def write_report(workdir: pathlib.Path, results: dict, *, quick: bool, train_sec
 def _steps(config) -> int:
   n = len(_photos().TRAIN) * len(config.data.photos.scales) * config.data.photos.repeats // config.data.batch_size
   return config.total_steps if config.total_steps > 0 else int(n * config.num_epochs)
+
+
+def _lams(mode: str, quick: bool) -> str:
+  return " / ".join(f"{demo_config(t, mode, quick).lam:g}" for t in TASKS)
+
+
+def _distance(quick: bool) -> str:
+  d = demo_config("sr", "unsupervised", quick).unsupervised_distance
+  return {"prob_mse": "MSE of softmax probabilities", "kl": "KL divergence of the softmax probabilities"}.get(d, d)
+
+
+def _confidence_line(quick: bool) -> list[str]:
+  threshold = demo_config("sr", "ra", quick).min_confidence
+  if threshold <= 0:
+    return []
+  return [f"- Recognition loss: only on crops that {LOSS_RECOGNIZER} itself recognises with a top-1 probability of "
+          f"at least {threshold:g} on the clean crop."]
 
 
 def _sides(config, field: str) -> str:
@@ -343,7 +434,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help=f"comma-separated subset of {','.join(TASKS)}")
   parser.add_argument("--modes", default=",".join(MODES), type=lambda s: _names(s, MODES, "mode"),
                       help=f"comma-separated subset of {','.join(MODES)}")
+  parser.add_argument("--jobs", type=int, default=2,
+                      help="training runs at a time (default 2: one compiles while another trains)")
   args = parser.parse_args(argv)
+  if args.jobs < 1:
+    parser.error(f"--jobs must be >= 1, got {args.jobs}")
   workdir = args.workdir
   workdir.mkdir(parents=True, exist_ok=True)
   import jax
@@ -351,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   jax.config.update("jax_compilation_cache_dir", str(workdir / "jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   t0 = time.perf_counter()
-  train_seconds = train_all(workdir, args.tasks, args.modes, args.quick)
+  train_seconds = train_all(workdir, args.tasks, args.modes, args.quick, jobs=args.jobs)
   t1 = time.perf_counter()
   results, samples = evaluate_all(workdir, args.tasks, args.modes, args.quick)
   eval_seconds = time.perf_counter() - t1

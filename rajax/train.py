@@ -87,7 +87,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
   rec = jax.device_put(rec, replicated)
 
   # ================================================================ optimizers, train state
-  optimizers = {n: optim.make_optimizer(config.optim, steps_per_epoch) for n in method.networks}
+  optimizers = optim.make_optimizers(config.optim, method.networks, steps_per_epoch)
   lr_schedule = optim.schedule(config.optim, steps_per_epoch)
   input_size = config.data.crop // (config.degrade.scale if config.task == "sr" else 1)
   init = jax.jit(

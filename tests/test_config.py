@@ -62,6 +62,7 @@ def test_bad_overrides_name_the_field(override, match):
     ("recognizer.name=alexnet", "config.recognizer.name='alexnet' is not one of"),
     ("data.crop=30", "not divisible by|must be divisible by config.degrade.scale"),
     ("optim.lr=0.0", "config.optim.lr=0.0 must be > 0"),
+    ("optim.transformer_lr=-1e-4", r"config.optim.transformer_lr=-0.0001 must be > 0"),
     ("data.source=folder", "config.data.source='folder'"),
     ("degrade.quality=0", "config.degrade.quality=0"),
 ])

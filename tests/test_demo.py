@@ -94,3 +94,37 @@ def test_demo_quick_writes_report_results_and_figures(tmp_path):
     for run in ("pretrain", "plain", "ra", "unsupervised", "transformer"):
       assert (work / task / run / "processor.msgpack").is_file(), (task, run)
     assert (work / task / "transformer" / "transformer.msgpack").is_file()
+
+
+def _fake_runs(monkeypatch, fail=None):
+  """Replaces each demo training run by a short process that records its start and end times."""
+  from rajax import demo
+  code = ("import sys, time, pathlib; d = pathlib.Path(sys.argv[1]); d.mkdir(parents=True, exist_ok=True); "
+          "(d / 'start').write_text(repr(time.time())); time.sleep(1.0); print('[train] step 1/1 | 5 img/s'); "
+          "(d / 'end').write_text(repr(time.time())); sys.exit(int(sys.argv[2]))")
+
+  def command(workdir, task, run, quick):
+    return [sys.executable, "-c", code, str(workdir / task / run), "3" if (task, run) == fail else "0"]
+  monkeypatch.setattr(demo, "run_command", command)
+  return demo
+
+
+def test_demo_runs_pretraining_first_and_at_most_jobs_at_a_time(tmp_path, monkeypatch):
+  demo = _fake_runs(monkeypatch)
+  demo.train_all(tmp_path, ["sr", "jpeg"], ["plain", "ra"], quick=True, jobs=2, status_every=0.1)
+  times = {(t, r): (float((tmp_path / t / r / "start").read_text()), float((tmp_path / t / r / "end").read_text()))
+           for t in ("sr", "jpeg") for r in ("pretrain", "plain", "ra")}
+  for task in ("sr", "jpeg"):
+    for mode in ("plain", "ra"):
+      assert times[(task, mode)][0] >= times[(task, "pretrain")][1], (task, mode)   # starts from the pretrained P
+  events = sorted([(s, 1) for s, _ in times.values()] + [(e, -1) for _, e in times.values()])
+  level = np.cumsum([d for _, d in events])
+  assert level.max() == 2                      # two at a time, never more
+  assert "[train] step 1/1" in (tmp_path / "sr" / "ra" / "train.log").read_text()
+
+
+def test_demo_stops_and_names_the_failed_run_with_its_log(tmp_path, monkeypatch):
+  demo = _fake_runs(monkeypatch, fail=("sr", "pretrain"))
+  with pytest.raises(RuntimeError, match=r"sr/pretrain failed \(exit status 3\)[\s\S]*train.log[\s\S]*rerun the demo"):
+    demo.train_all(tmp_path, ["sr"], ["plain", "ra"], quick=True, jobs=2)
+  assert not (tmp_path / "sr" / "plain").exists()   # nothing started from a pretraining that failed

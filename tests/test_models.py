@@ -90,6 +90,19 @@ def test_srresnet_blocks_and_channels(blocks, channels):
   assert sorted(k for k in params if k.startswith("up_") and not k.endswith("prelu")) == ["up_0"]
 
 
+@pytest.mark.parametrize("input_skip", [False, True])
+def test_srresnet_outer_kernel_sets_head_and_tail(input_skip):
+  model = rajax.processor("srresnet", scale=2, blocks=1, channels=4, outer_kernel=3, input_skip=input_skip)
+  x = jax.random.uniform(jax.random.key(1), (2, 8, 8, 3))
+  variables = _init(model, x)
+  assert variables["params"]["head"]["kernel"].shape == (3, 3, 3, 4)
+  assert variables["params"]["tail"]["kernel"].shape == (3, 3, 4, 3)
+  assert model.apply(variables, x).shape == (2, 16, 16, 3)
+  for bad in (0, 4):
+    with pytest.raises(ValueError, match="outer_kernel"):
+      rajax.processor("srresnet", scale=2, outer_kernel=bad)
+
+
 def test_srresnet_upsampling_stages_follow_scale():
   for scale, n in [(1, 0), (2, 1), (4, 2), (8, 3)]:
     _, variables = _srresnet(scale)

@@ -271,6 +271,20 @@ def test_paper_schedule_is_piecewise_constant_in_epochs():
   np.testing.assert_allclose(np.asarray(updates["w"]), -1e-4, rtol=1e-3)
 
 
+def test_transformer_lr_gives_t_its_own_base_rate():
+  cfg = ml_collections.ConfigDict(dict(name="adam", lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+                                       decay_epochs=(1,), decay_factor=0.1, grad_clip=0.0, transformer_lr=3e-6))
+  txs = optim.make_optimizers(cfg, ("processor", "transformer"), steps_per_epoch=10)
+  params = {"w": jnp.ones(3)}
+  first = {n: tx.update({"w": jnp.ones(3)}, tx.init(params), params)[0]["w"] for n, tx in txs.items()}
+  np.testing.assert_allclose(np.asarray(first["processor"]), -1e-4, rtol=1e-3)
+  np.testing.assert_allclose(np.asarray(first["transformer"]), -3e-6, rtol=1e-3)
+  cfg.transformer_lr = None   # unset: T follows optim.lr
+  txs = optim.make_optimizers(cfg, ("processor", "transformer"), steps_per_epoch=10)
+  t = txs["transformer"]
+  np.testing.assert_allclose(np.asarray(t.update({"w": jnp.ones(3)}, t.init(params), params)[0]["w"]), -1e-4, rtol=1e-3)
+
+
 def test_min_confidence_keeps_only_confidently_recognised_examples(nets, rec, batch):
   """min_confidence: the RA term is the CE averaged over the examples whose clean top-1 probability
   reaches the threshold; the pixel term still sees every example."""

@@ -60,6 +60,8 @@ class SRResNet(nn.Module):
     channels: feature width C.
     dtype: compute dtype (parameters are always float32).
     input_skip: learn a correction of the bicubic-upscaled input (see the module docstring).
+    outer_kernel: size of the head and tail convolutions (9 in the paper; odd). The tail runs at
+      the output resolution, so on small budgets (a CPU) a smaller one makes P several times cheaper.
     bn_stats: training-mode BatchNorm statistics over the "global" batch or "per_device" slices
       (`layers.PerDeviceBatchNorm`).
   """
@@ -70,6 +72,7 @@ class SRResNet(nn.Module):
   dtype: layers.Dtype = jnp.float32
   input_skip: bool = False
   bn_stats: str = "global"
+  outer_kernel: int = 9
 
   def __post_init__(self):
     if self.bn_stats not in layers.BN_STATS:
@@ -80,16 +83,18 @@ class SRResNet(nn.Module):
       raise ValueError(
           f"SRResNet needs blocks >= 0 and channels >= 1, got blocks={self.blocks}, channels={self.channels}."
       )
+    if self.outer_kernel < 1 or self.outer_kernel % 2 == 0:
+      raise ValueError(f"SRResNet outer_kernel must be a positive odd size, got {self.outer_kernel!r}.")
     super().__post_init__()
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     layers.check_images(x, who="SRResNet")
-    c, dt = self.channels, self.dtype
+    c, dt, k = self.channels, self.dtype, self.outer_kernel
     inp = x
     x = x.astype(dt)
     head = layers.prelu(name="head_prelu")(
-        layers.conv(c, 9, in_features=3, padding=4, dtype=dt, name="head")(x))
+        layers.conv(c, k, in_features=3, padding=k // 2, dtype=dt, name="head")(x))
     h = head
     for i in range(self.blocks):
       h = ResidualBlock(c, dtype=dt, bn_stats=self.bn_stats, name=f"blocks_{i}")(h, train=train)
@@ -100,9 +105,9 @@ class SRResNet(nn.Module):
       h = layers.conv(4 * c, 3, in_features=c, padding=1, dtype=dt, name=f"up_{i}")(h)
       h = layers.prelu(name=f"up_{i}_prelu")(depth_to_space(h, 2))
     if not self.input_skip:
-      y = layers.conv(3, 9, in_features=c, padding=4, dtype=dt, name="tail")(h)
+      y = layers.conv(3, k, in_features=c, padding=k // 2, dtype=dt, name="tail")(h)
       return layers.to_unit_range(y)
-    y = layers.conv(3, 9, in_features=c, padding=4, dtype=dt, kernel_init=nn.initializers.zeros,
+    y = layers.conv(3, k, in_features=c, padding=k // 2, dtype=dt, kernel_init=nn.initializers.zeros,
                     bias_init=nn.initializers.zeros, name="tail")(h)
     base = inp.astype(jnp.float32)
     if self.scale > 1:
