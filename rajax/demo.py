@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import pathlib
@@ -33,6 +34,7 @@ TASKS = ("sr", "denoise", "jpeg")
 MODES = ("plain", "ra", "unsupervised", "transformer")
 RECOGNIZERS = ("mobilenet_v2", "efficientnet_lite0")   # the loss recognizer first, then the unseen one
 LOSS_RECOGNIZER = RECOGNIZERS[0]
+RUN_ORDER = ("pretrain", "transformer", "unsupervised", "ra", "plain")   # by cost, most expensive first
 CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "demo.py"
 TASK_TITLES = {"sr": "super-resolution x4", "denoise": "denoising (sigma 0.1)", "jpeg": "JPEG deblocking (quality 10)"}
 MODE_TITLES = {"input": "degraded input", "plain": "plain", "ra": "RA", "unsupervised": "unsupervised RA",
@@ -85,7 +87,10 @@ def train_all(workdir: pathlib.Path, tasks: Sequence[str], modes: Sequence[str],
   overlaps one run's compilation with another's training. Each run's output goes to its
   `train.log`; progress (runs done, running steps, ETA) is printed here. Returns seconds."""
   runs = [(t, r) for t in tasks for r in ("pretrain", *modes)]
-  pending, running, done = list(runs), {}, []
+  # Every pretraining first (the other runs wait for them), then the longest runs first, so the
+  # last minutes do not leave a core idle behind one long run.
+  pending = sorted(runs, key=lambda run: RUN_ORDER.index(run[1]))
+  running, done = {}, []
   env = dict(os.environ)
   # Identical programs (e.g. a resumed demo's) compile once; a cache the caller chose is kept.
   env.setdefault("JAX_COMPILATION_CACHE_DIR", str(workdir / "jax_cache"))
@@ -195,7 +200,7 @@ def evaluate_all(workdir: pathlib.Path, tasks: Sequence[str], modes: Sequence[st
           raise FileNotFoundError(f"{file} is missing: the {task}/{mode} run has not finished. Rerun the demo to resume it.")
         template = jax.eval_shape(lambda: net.init(jax.random.key(0), x[:1] if name == "processor" else y[:1]))
         variables = weights.load(file, template, what=f"{task}/{mode} {name}")
-        apply = jax.jit(lambda v, z, net=net: net.apply(v, z, train=False))
+        apply = functools.partial(_eval_apply(), net)
         if name == "processor":
           out = jnp.clip(apply(variables, x), 0.0, 1.0)
           shown[mode] = seen[mode] = out
@@ -218,6 +223,13 @@ def evaluate_all(workdir: pathlib.Path, tasks: Sequence[str], modes: Sequence[st
     print(f"[demo] evaluated {task}: " + ", ".join(
         f"{row} {table[row][LOSS_RECOGNIZER]['top1']:.1%}" for row in table), flush=True)
   return results, samples
+
+
+@functools.cache
+def _eval_apply():
+  """net, variables, images -> inference output, compiled once per architecture and shape (not per run)."""
+  import jax
+  return jax.jit(lambda net, variables, images: net.apply(variables, images, train=False), static_argnums=0)
 
 
 def _sample_indices(photo_names: Sequence[str]) -> list[int]:

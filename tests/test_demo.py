@@ -74,7 +74,7 @@ def test_demo_quick_writes_report_results_and_figures(tmp_path):
   proc = subprocess.run([sys.executable, "-m", "rajax.demo", "--workdir", str(work), "--quick"],
                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-  assert "[demo] run 15/15" in proc.stdout and "[demo] done" in proc.stdout
+  assert "| 15/15 runs |" in proc.stdout and "[demo] done in" in proc.stdout
   results = json.loads((work / "results.json").read_text())["results"]
   assert set(results) == {"sr", "denoise", "jpeg"}
   for task, rows in results.items():
@@ -93,6 +93,7 @@ def test_demo_quick_writes_report_results_and_figures(tmp_path):
   for task in ("sr", "denoise", "jpeg"):
     for run in ("pretrain", "plain", "ra", "unsupervised", "transformer"):
       assert (work / task / run / "processor.msgpack").is_file(), (task, run)
+      assert "rajax.train:" in (work / task / run / "train.log").read_text(), (task, run)
     assert (work / task / "transformer" / "transformer.msgpack").is_file()
 
 
