@@ -118,14 +118,18 @@ fi
 
 rundir=$(mktemp -d)
 trap 'rm -rf "$rundir"' EXIT
+# A stop request leaves $rundir/stop, so a waiter that records its process's pid only after the
+# signal came (a process can print before its waiter has written pid.i) still stops it.
 forward() {  # pass a signal on to every process
   local f
+  touch "$rundir/stop"
   for f in "$rundir"/pid.*; do [[ -e $f ]] && kill -"$1" "$(cat "$f")" 2>/dev/null || true; done
 }
 interrupt() {
   # Ctrl-C in a terminal reaches every process directly once the trainer handles it; a process that
   # still ignores SIGINT (started in the background, before the trainer's handler) gets SIGTERM.
   local f pid ignored
+  touch "$rundir/stop"
   for f in "$rundir"/pid.*; do
     [[ -e $f ]] || continue
     pid=$(cat "$f")
@@ -144,6 +148,7 @@ for ((i = 0; i < processes; i++)); do
     pid=$!
     trap '' INT TERM  # this waiter outlives the process
     echo "$pid" >"$rundir/pid.$i"
+    if [[ -e $rundir/stop ]]; then kill -TERM "$pid" 2>/dev/null || true; fi
     echo "launch: process $i of $processes has pid $pid; coordinator 127.0.0.1:$port"
     rc=0
     while :; do
