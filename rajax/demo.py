@@ -41,14 +41,12 @@ MODE_TITLES = {"input": "degraded input", "plain": "plain", "ra": "RA", "unsuper
                "transformer": "RA with transformer", "clean": "clean image"}
 
 
-def demo_config(task: str, mode: str, quick: bool, *, stage: str = "finetune", init: pathlib.Path | None = None):
+def demo_config(task: str, mode: str, quick: bool, *, stage: str = "finetune"):
+  """The config of one demo run, as its `run_command` trains it (for evaluation and the report)."""
   from rajax import config as config_lib
   if not CONFIG.is_file():
     raise FileNotFoundError(f"{CONFIG} not found: run the demo from a rajax source checkout (pip install -e .).")
   config = config_lib.load(f"{CONFIG}:task={task},mode={mode},stage={stage},quick={quick}")
-  config.final_eval = False  # the demo evaluates every run itself, with both recognizers
-  if init is not None:
-    config.init_processor = str(init)
   config_lib.validate(config)
   config.lock()
   return config
@@ -105,13 +103,16 @@ def train_all(workdir: pathlib.Path, tasks: Sequence[str], modes: Sequence[str],
     return name == "pretrain" or (task, "pretrain") in done
 
   def stop_all():
+    # One SIGINT each (the runs have their own sessions, so a Ctrl-C reaches only the demo): rajax.train
+    # saves a checkpoint and exits, where a second signal would stop it at once.
     for proc, *_ in running.values():
-      proc.send_signal(signal.SIGINT)     # rajax.train saves a checkpoint and exits
-    for proc, *_ in running.values():
+      proc.send_signal(signal.SIGINT)
+    for proc, out, *_ in running.values():
       try:
         proc.wait(timeout=120)
       except subprocess.TimeoutExpired:
         proc.kill()
+      out.close()
 
   try:
     while pending or running:
@@ -120,7 +121,8 @@ def train_all(workdir: pathlib.Path, tasks: Sequence[str], modes: Sequence[str],
         log = workdir / run[0] / run[1] / "train.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         out = open(log, "a")
-        proc = subprocess.Popen(run_command(workdir, *run, quick), stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(run_command(workdir, *run, quick), stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
         running[run] = (proc, out, log, time.perf_counter())
         print(f"[demo] start {run[0]}/{run[1]} ({len(done) + len(running)}/{len(runs)})", flush=True)
       time.sleep(0.2)

@@ -100,9 +100,11 @@ def test_demo_quick_writes_report_results_and_figures(tmp_path):
 def _fake_runs(monkeypatch, fail=None):
   """Replaces each demo training run by a short process that records its start and end times."""
   from rajax import demo
-  code = ("import sys, time, pathlib; d = pathlib.Path(sys.argv[1]); d.mkdir(parents=True, exist_ok=True); "
-          "(d / 'start').write_text(repr(time.time())); time.sleep(1.0); print('[train] step 1/1 | 5 img/s'); "
-          "(d / 'end').write_text(repr(time.time())); sys.exit(int(sys.argv[2]))")
+  code = ("import sys, time, pathlib, signal; d = pathlib.Path(sys.argv[1]); d.mkdir(parents=True, exist_ok=True); "
+          "signal.signal(signal.SIGINT, lambda *a: (open(d / 'signals', 'a').write('INT\\n'), time.sleep(0.5), "
+          "sys.exit(130))); "
+          "(d / 'start').write_text(repr(time.time())); rc = int(sys.argv[2]); time.sleep(0.1 if rc else 1.0); "
+          "print('[train] step 1/1 | 5 img/s'); (d / 'end').write_text(repr(time.time())); sys.exit(rc)")
 
   def command(workdir, task, run, quick):
     return [sys.executable, "-c", code, str(workdir / task / run), "3" if (task, run) == fail else "0"]
@@ -129,3 +131,12 @@ def test_demo_stops_and_names_the_failed_run_with_its_log(tmp_path, monkeypatch)
   with pytest.raises(RuntimeError, match=r"sr/pretrain failed \(exit status 3\)[\s\S]*train.log[\s\S]*rerun the demo"):
     demo.train_all(tmp_path, ["sr"], ["plain", "ra"], quick=True, jobs=2)
   assert not (tmp_path / "sr" / "plain").exists()   # nothing started from a pretraining that failed
+
+
+def test_demo_failure_stops_the_other_runs_with_one_sigint_each(tmp_path, monkeypatch):
+  """rajax.train checkpoints on the first SIGINT and stops at once on a second: send exactly one."""
+  demo = _fake_runs(monkeypatch, fail=("jpeg", "pretrain"))
+  with pytest.raises(RuntimeError, match="jpeg/pretrain failed"):
+    demo.train_all(tmp_path, ["sr", "jpeg"], ["plain"], quick=True, jobs=2)
+  assert (tmp_path / "sr" / "pretrain" / "signals").read_text() == "INT\n"
+  assert not (tmp_path / "sr" / "pretrain" / "end").exists()
