@@ -171,8 +171,11 @@ def _heldout_batch(config):
   return {k: v[keep] for k, v in out.items()}, [source[i]["photo"] for i in range(len(source))]
 
 
-def evaluate_all(workdir: pathlib.Path, tasks: Sequence[str], modes: Sequence[str], quick: bool) -> tuple[dict, dict]:
-  """results[task][row][recognizer] = {"top1", "psnr", "ssim"} and sample crops for the figures."""
+def evaluate_all(workdir: pathlib.Path, tasks: Sequence[str], modes: Sequence[str], quick: bool
+                 ) -> tuple[dict, dict, dict]:
+  """(results, paired, samples): results[task][row][recognizer] = {"top1", "psnr", "ssim"};
+  paired[task][mode][recognizer] = `metrics.paired_test` of the mode's per-crop top-1 against
+  plain processing's (crops gained, lost, p); sample crops for the figures."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -183,7 +186,7 @@ def evaluate_all(workdir: pathlib.Path, tasks: Sequence[str], modes: Sequence[st
   recs = {name: recognizer(name) for name in RECOGNIZERS}
   predict = jax.jit(lambda r, x: jnp.argmax(r(x), axis=-1))
   quality = jax.jit(lambda out, y: (metrics.psnr(out, y), metrics.ssim(out, y)))
-  results, samples = {}, {}
+  results, paired, samples = {}, {}, {}
   for task in tasks:
     config = demo_config(task, "plain", quick)
     batch, photo_names = _heldout_batch(config)
@@ -209,22 +212,25 @@ def evaluate_all(workdir: pathlib.Path, tasks: Sequence[str], modes: Sequence[st
         else:  # the transformer T sits between P and the recognizers
           seen[mode] = jnp.clip(apply(variables, out), 0.0, 1.0)
     seen["clean"] = shown["clean"] = y
-    table = {}
+    table, preds = {}, {}
     for row, images in seen.items():
       psnr, ssim = quality(shown[row], y)
-      table[row] = {}
+      table[row], preds[row] = {}, {}
       for rname, r in recs.items():
-        pred = np.asarray(predict(r, images))
-        table[row][rname] = {"top1": float(np.mean(pred == clean_labels[rname])),
+        preds[row][rname] = clean_labels[rname] if row == "clean" else np.asarray(predict(r, images))
+        table[row][rname] = {"top1": float(np.mean(preds[row][rname] == clean_labels[rname])),
                              "psnr": float(jnp.mean(psnr)), "ssim": float(jnp.mean(ssim))}
     results[task] = table
+    if "plain" in preds:
+      paired[task] = {mode: {rname: metrics.paired_test(preds["plain"][rname] == clean_labels[rname],
+                                                        preds[mode][rname] == clean_labels[rname])
+                             for rname in recs} for mode in modes if mode != "plain"}
     picks = np.asarray(_sample_indices(photo_names))
-    r0 = recs[LOSS_RECOGNIZER]
-    samples[task] = {row: {"images": np.asarray(shown[row][picks]),
-                           "pred": np.asarray(predict(r0, seen[row][picks]))} for row in shown}
-    print(f"[demo] evaluated {task}: " + ", ".join(
+    samples[task] = {row: {"images": np.asarray(shown[row][picks]), "pred": preds[row][LOSS_RECOGNIZER][picks]}
+                     for row in shown}
+    print(f"[demo] evaluated {task} on {len(y)} held-out crops: " + ", ".join(
         f"{row} {table[row][LOSS_RECOGNIZER]['top1']:.1%}" for row in table), flush=True)
-  return results, samples
+  return results, paired, samples
 
 
 @functools.cache
@@ -248,41 +254,55 @@ def _fmt_pct(v: float) -> str:
   return f"{100 * v:.1f}"
 
 
-def write_results(workdir: pathlib.Path, results: dict) -> pathlib.Path:
+def write_results(workdir: pathlib.Path, results: dict, paired: dict | None = None,
+                  crops: dict | None = None) -> pathlib.Path:
   path = workdir / "results.json"
   tmp = path.with_suffix(".json.tmp")
-  tmp.write_text(json.dumps({"results": results, "recognizers": {"loss": LOSS_RECOGNIZER,
-                                                                 "unseen": list(RECOGNIZERS[1:])}}, indent=2))
+  tmp.write_text(json.dumps({"results": results, "paired_vs_plain": paired or {}, "heldout_crops": crops or {},
+                             "recognizers": {"loss": LOSS_RECOGNIZER, "unseen": list(RECOGNIZERS[1:])}}, indent=2))
   os.replace(tmp, path)
   return path
 
 
-def claims(results: dict) -> list[str]:
-  """Plain statements of which of the paper's claims held in this run."""
+SIGNIFICANCE = 0.05   # the p-value below which the report calls a paired difference significant
+
+
+def _paired_text(test: dict | None) -> str:
+  if not test:
+    return ""
+  verdict = "significant" if test["p"] < SIGNIFICANCE else "within chance"
+  return f"; {test['gained']} crops gained, {test['lost']} lost, McNemar p = {test['p']:.2g}, {verdict}"
+
+
+def claims(results: dict, paired: dict | None = None) -> list[str]:
+  """Plain statements of which of the paper's claims held in this run. `paired` (from evaluate_all)
+  adds each difference's crop-by-crop count and McNemar p-value."""
   lines = []
+  paired = paired or {}
   for task, table in results.items():
     if "plain" not in table or "ra" not in table:
       continue
     p, r = table["plain"], table["ra"]
+    tests = paired.get(task, {}).get("ra", {})
     gain = r[LOSS_RECOGNIZER]["top1"] - p[LOSS_RECOGNIZER]["top1"]
     dpsnr = r[LOSS_RECOGNIZER]["psnr"] - p[LOSS_RECOGNIZER]["psnr"]
     held = gain > 0 and dpsnr > -1.0
     lines.append(
         f"- **{TASK_TITLES[task]}**: RA {'beats' if gain > 0 else 'does not beat'} plain processing on "
         f"{LOSS_RECOGNIZER} ({_fmt_pct(r[LOSS_RECOGNIZER]['top1'])}% vs {_fmt_pct(p[LOSS_RECOGNIZER]['top1'])}%, "
-        f"{gain * 100:+.1f} points) with PSNR {dpsnr:+.2f} dB relative to plain: the claim "
-        f"{'holds' if held else 'does not hold'} here.")
+        f"{gain * 100:+.1f} points{_paired_text(tests.get(LOSS_RECOGNIZER))}) with PSNR {dpsnr:+.2f} dB "
+        f"relative to plain: the claim {'holds' if held else 'does not hold'} here.")
     for unseen in RECOGNIZERS[1:]:
       g = r[unseen]["top1"] - p[unseen]["top1"]
       lines.append(
           f"  Transfer to {unseen} (never used in training): {_fmt_pct(r[unseen]['top1'])}% vs "
-          f"{_fmt_pct(p[unseen]['top1'])}% ({g * 100:+.1f} points): the gain "
+          f"{_fmt_pct(p[unseen]['top1'])}% ({g * 100:+.1f} points{_paired_text(tests.get(unseen))}): the gain "
           f"{'carries over' if g > 0 else 'does not carry over'} in this run.")
   return lines
 
 
 def write_report(workdir: pathlib.Path, results: dict, *, quick: bool, train_seconds: float,
-                 eval_seconds: float, figures: Sequence[str]) -> pathlib.Path:
+                 eval_seconds: float, figures: Sequence[str], paired: dict | None = None) -> pathlib.Path:
   import jax
 
   config = demo_config("sr", "ra", quick)
@@ -323,29 +343,42 @@ def write_report(workdir: pathlib.Path, results: dict, *, quick: bool, train_sec
             "quality 10 with 4:2:0 chroma. The degraded-input row shows SR inputs upscaled bicubically.",
             f"- Wall time: training {datetime.timedelta(seconds=round(train_seconds))}, evaluation "
             f"{datetime.timedelta(seconds=round(eval_seconds))}.", ""]
+  paired = paired or {}
   lines += ["## Accuracy and quality per method (in the form of the paper's Table 1)", "",
-            f"Top-1 agreement on {LOSS_RECOGNIZER} (the loss recognizer), PSNR (dB) and SSIM of P's output.", ""]
+            f"Top-1 agreement on {LOSS_RECOGNIZER} (the loss recognizer), PSNR (dB) and SSIM of P's output. "
+            "\"vs plain\": held-out crops the method gets right and plain processing wrong (+), the reverse (-), and "
+            "McNemar's exact p-value: the chance of a split at least this lopsided if the two were equally good.", ""]
   for task, table in results.items():
-    lines += [f"**{TASK_TITLES[task]}**", "", "| processing | top-1 (%) | PSNR | SSIM |", "|---|---:|---:|---:|"]
+    lines += [f"**{TASK_TITLES[task]}**", "", "| processing | top-1 (%) | vs plain | PSNR | SSIM |",
+              "|---|---:|---:|---:|---:|"]
     for row, recs in table.items():
       m = recs[LOSS_RECOGNIZER]
-      lines.append(f"| {MODE_TITLES[row]} | {_fmt_pct(m['top1'])} | {m['psnr']:.2f} | {m['ssim']:.4f} |")
+      lines.append(f"| {MODE_TITLES[row]} | {_fmt_pct(m['top1'])} | "
+                   f"{_paired_cell(paired.get(task, {}).get(row, {}).get(LOSS_RECOGNIZER))} | "
+                   f"{m['psnr']:.2f} | {m['ssim']:.4f} |")
     lines.append("")
   lines += ["## Transfer to a recognizer never used in training (the paper's Table 2)", "",
-            f"Rows: processors trained with R = {LOSS_RECOGNIZER}. Columns: top-1 agreement (%) on each recognizer.", ""]
+            f"Rows: processors trained with R = {LOSS_RECOGNIZER}. Columns: top-1 agreement (%) on each recognizer; "
+            "in brackets, crops gained and lost against plain processing and McNemar's p.", ""]
   for task, table in results.items():
     lines += [f"**{TASK_TITLES[task]}**", "", "| processing | " + " | ".join(RECOGNIZERS) + " |",
               "|---|" + "---:|" * len(RECOGNIZERS)]
     for row, recs in table.items():
-      lines.append(f"| {MODE_TITLES[row]} | " + " | ".join(_fmt_pct(recs[r]["top1"]) for r in RECOGNIZERS) + " |")
+      tests = paired.get(task, {}).get(row, {})
+      lines.append(f"| {MODE_TITLES[row]} | " + " | ".join(
+          _fmt_pct(recs[r]["top1"]) + (f" ({_paired_cell(tests[r])})" if r in tests else "") for r in RECOGNIZERS) + " |")
     lines.append("")
-  lines += ["## Which claims held", ""] + claims(results) + [""]
+  lines += ["## Which claims held", ""] + claims(results, paired) + [""]
   lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figures] + [""]
   path = workdir / "report.md"
   tmp = path.with_suffix(".md.tmp")
   tmp.write_text("\n".join(lines))
   os.replace(tmp, path)
   return path
+
+
+def _paired_cell(test: dict | None) -> str:
+  return "" if not test else f"+{test['gained']}/-{test['lost']}, p = {test['p']:.2g}"
 
 
 def _steps(config) -> int:
@@ -462,14 +495,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   t0 = time.perf_counter()
   train_seconds = train_all(workdir, args.tasks, args.modes, args.quick, jobs=args.jobs)
   t1 = time.perf_counter()
-  results, samples = evaluate_all(workdir, args.tasks, args.modes, args.quick)
+  results, paired, samples = evaluate_all(workdir, args.tasks, args.modes, args.quick)
   eval_seconds = time.perf_counter() - t1
-  write_results(workdir, results)
+  write_results(workdir, results, paired, {t: _heldout_count(demo_config(t, "plain", args.quick)) for t in results})
   figures = write_figures(workdir, results, samples)
   report = write_report(workdir, results, quick=args.quick, train_seconds=train_seconds,
-                        eval_seconds=eval_seconds, figures=figures)
+                        eval_seconds=eval_seconds, figures=figures, paired=paired)
   print(f"[demo] done in {datetime.timedelta(seconds=round(time.perf_counter() - t0))}: {report}", flush=True)
-  for line in claims(results):
+  for line in claims(results, paired):
     print(line.replace("**", ""), flush=True)
   return 0
 

@@ -5,6 +5,9 @@ reference implementation (pytorch_ssim): an 11x11 Gaussian window with sigma 1.5
 RGB channel with zero padding ("same" size), C1 = 0.01^2, C2 = 0.03^2, the map averaged over
 pixels and channels of each image. `padding="valid"` gives the more common variant that only
 averages windows lying wholly inside the image (tf.image.ssim, dm-pix's default).
+
+`paired_test` compares two processors (or recognizers) example by example on the same examples:
+McNemar's exact test on the examples that one gets right and the other wrong.
 """
 
 from __future__ import annotations
@@ -87,3 +90,22 @@ def topk_correct(logits: jax.Array, labels: jax.Array, ks: Sequence[int] = (1, 5
 def accuracy(logits: jax.Array, labels: jax.Array, ks: Sequence[int] = (1, 5)) -> dict[str, jax.Array]:
   """Top-k accuracy over the batch, as fractions in [0, 1]: {"top{k}": scalar}."""
   return {name: jnp.mean(c.astype(jnp.float32)) for name, c in topk_correct(logits, labels, ks).items()}
+
+
+def paired_test(a_correct, b_correct) -> dict[str, float]:
+  """McNemar's exact test of per-example correctness of B against A on the same examples.
+
+  a_correct, b_correct: boolean [N] (e.g. `topk_correct(...)["top1"]` of two processors' outputs).
+  Returns {"gained": examples B gets right and A wrong, "lost": the reverse, "p": the two-sided
+  p-value of the exact binomial test of gained against gained + lost at 1/2}, i.e. how often a
+  split at least this lopsided arises when neither is better. Examples both get right or both get
+  wrong carry no information about the difference and are not counted.
+  """
+  from scipy import stats
+  a, b = np.asarray(a_correct, bool), np.asarray(b_correct, bool)
+  if a.shape != b.shape or a.ndim != 1:
+    raise ValueError(f"paired_test expects two boolean vectors over the same examples, got shapes {a.shape} "
+                     f"and {b.shape}.")
+  gained, lost = int(np.sum(b & ~a)), int(np.sum(a & ~b))
+  p = 1.0 if gained + lost == 0 else float(stats.binomtest(gained, gained + lost, 0.5).pvalue)
+  return {"gained": gained, "lost": lost, "p": p}

@@ -75,8 +75,10 @@ def test_demo_quick_writes_report_results_and_figures(tmp_path):
                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   assert "| 15/15 runs |" in proc.stdout and "[demo] done in" in proc.stdout
-  results = json.loads((work / "results.json").read_text())["results"]
+  saved = json.loads((work / "results.json").read_text())
+  results = saved["results"]
   assert set(results) == {"sr", "denoise", "jpeg"}
+  assert saved["heldout_crops"] == {"sr": 40, "denoise": 40, "jpeg": 40}   # 5 photos x 2x2 grid x mirror
   for task, rows in results.items():
     assert {"input", "plain", "ra", "unsupervised", "transformer", "clean"} <= set(rows), task
     for row, recs in rows.items():
@@ -84,8 +86,18 @@ def test_demo_quick_writes_report_results_and_figures(tmp_path):
       for m in recs.values():
         assert set(m) == {"top1", "psnr", "ssim"} and 0.0 <= m["top1"] <= 1.0 and -1.0 <= m["ssim"] <= 1.0
     assert rows["clean"]["mobilenet_v2"]["top1"] == 1.0     # labels are R's own top-1 on the clean crops
+    paired = saved["paired_vs_plain"][task]
+    assert set(paired) == {"ra", "unsupervised", "transformer"}, task
+    for mode, recs in paired.items():
+      assert set(recs) == {"mobilenet_v2", "efficientnet_lite0"}
+      for rname, test in recs.items():
+        assert set(test) == {"gained", "lost", "p"} and 0.0 <= test["p"] <= 1.0
+        # the counts are consistent with the two top-1 figures: gained - lost = crops x difference
+        diff = (rows[mode][rname]["top1"] - rows["plain"][rname]["top1"]) * saved["heldout_crops"][task]
+        assert test["gained"] - test["lost"] == round(diff), (task, mode, rname)
   report = (work / "report.md").read_text()
   assert "Quick mode" in report and "Which claims held" in report and "efficientnet_lite0" in report
+  assert "McNemar" in report and "vs plain" in report
   for name in ("top1.png", "samples_sr.png", "samples_denoise.png", "samples_jpeg.png"):
     with Image.open(work / name) as im:
       assert im.format == "PNG" and im.size[0] > 100, name
@@ -140,3 +152,19 @@ def test_demo_failure_stops_the_other_runs_with_one_sigint_each(tmp_path, monkey
     demo.train_all(tmp_path, ["sr", "jpeg"], ["plain"], quick=True, jobs=2)
   assert (tmp_path / "sr" / "pretrain" / "signals").read_text() == "INT\n"
   assert not (tmp_path / "sr" / "pretrain" / "end").exists()
+
+
+def test_claims_state_the_paired_test_and_the_psnr_budget():
+  from rajax import demo
+  row = lambda top1, psnr: {r: {"top1": top1, "psnr": psnr, "ssim": 0.8} for r in demo.RECOGNIZERS}
+  results = {"sr": {"plain": row(0.30, 26.0), "ra": row(0.35, 25.8)},
+             "jpeg": {"plain": row(0.30, 26.0), "ra": row(0.31, 24.5)}}
+  test = lambda g, l, p: {r: {"gained": g, "lost": l, "p": p} for r in demo.RECOGNIZERS}
+  paired = {"sr": {"ra": test(30, 6, 6e-5)}, "jpeg": {"ra": test(10, 8, 0.81)}}
+  lines = demo.claims(results, paired)
+  sr = next(l for l in lines if "super-resolution" in l)
+  assert "30 crops gained, 6 lost" in sr and "p = 6e-05, significant" in sr and "claim holds" in sr
+  jpeg = next(l for l in lines if "JPEG" in l)
+  # RA is ahead by a point, but the PSNR cost is over 1 dB and the split is within chance
+  assert "within chance" in jpeg and "claim does not hold" in jpeg
+  assert demo.claims(results) and "crops gained" not in " ".join(demo.claims(results))   # without paired tests

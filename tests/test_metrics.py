@@ -1,6 +1,7 @@
 """Tests of rajax.metrics against independent numpy/scipy references and hand-built examples."""
 
 import functools
+import math
 
 import dm_pix
 import jax
@@ -330,3 +331,31 @@ def test_topk_and_accuracy_under_jit():
   acc = jax.jit(metrics.accuracy)(jl, jy)  # default ks (1, 5)
   assert float(acc["top1"]) == pytest.approx(0.25)
   assert float(acc["top5"]) == pytest.approx(0.5)
+
+
+def _two_sided_binomial(k, n):
+  tail = sum(math.comb(n, i) for i in range(min(k, n - k) + 1)) / 2**n
+  return min(1.0, 2 * tail)
+
+
+def test_paired_test_counts_discordant_examples_and_exact_p():
+  a = np.array([1, 1, 0, 0, 1, 0, 0, 0, 1, 1] * 3, bool)
+  b = np.array([1, 0, 1, 1, 1, 1, 0, 1, 1, 1] * 3, bool)
+  out = metrics.paired_test(a, b)
+  assert (out["gained"], out["lost"]) == (12, 3)
+  assert out["p"] == pytest.approx(_two_sided_binomial(3, 15), rel=1e-9)
+  assert out["p"] == pytest.approx(0.03515625, rel=1e-9)
+  swapped = metrics.paired_test(b, a)
+  assert (swapped["gained"], swapped["lost"]) == (3, 12) and swapped["p"] == pytest.approx(out["p"])
+
+
+def test_paired_test_even_split_and_no_difference():
+  a = np.array([1, 0, 1, 0, 1, 1], bool)
+  b = np.array([0, 1, 1, 0, 1, 1], bool)
+  assert metrics.paired_test(a, b) == {"gained": 1, "lost": 1, "p": 1.0}
+  assert metrics.paired_test(a, a) == {"gained": 0, "lost": 0, "p": 1.0}
+
+
+def test_paired_test_rejects_mismatched_shapes():
+  with pytest.raises(ValueError, match="same examples"):
+    metrics.paired_test(np.zeros(4, bool), np.zeros(5, bool))
