@@ -35,20 +35,28 @@ class ConfigError(ValueError):
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   """Parses "k1=v1,k2=v2" into a ConfigDict over `defaults`, typed like the defaults.
 
-  Keys not in `defaults` are an error naming the accepted keys.
+  A text value may be a comma-separated list: "modes=plain,ra,task=sr" sets modes to "plain,ra" (a
+  piece without "=" continues the text value before it). Keys not in `defaults` are an error naming
+  the accepted keys.
   """
   out = ml_collections.ConfigDict(defaults)
   if not arg:
     return out
+  items: list[list[str]] = []   # [key, value]; a text value may itself hold commas: "modes=plain,ra,task=sr"
   for item in arg.split(","):
     if not item.strip():
       continue
     key, sep, value = item.partition("=")
     key = key.strip()
     if not sep:
+      if items and isinstance(defaults.get(items[-1][0]), str):
+        items[-1][1] += "," + item   # continues the previous text value
+        continue
       raise ConfigError(f"Config argument {item!r} is not of the form key=value.")
     if key not in defaults:
       raise ConfigError(f"Unknown config argument {key!r}; accepted: {', '.join(sorted(defaults))}.")
+    items.append([key, value])
+  for key, value in items:
     out[key] = _convert(value.strip(), type(defaults[key]), f"config argument {key!r}")
   return out
 

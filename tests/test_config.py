@@ -79,6 +79,11 @@ def test_config_args_are_checked():
     config_lib.load(f"{CONFIGS}/sr_imagenet.py:recogniser=resnet50")
   with pytest.raises(config_lib.ConfigError, match="not of the form key=value"):
     config_lib.parse_arg("ra", mode="plain")
+  # A text value may hold commas; pieces without "=" continue it, but not a number's value.
+  a = config_lib.parse_arg("modes=plain,ra,unsupervised,task=sr", modes="plain", task="x")
+  assert (a.modes, a.task) == ("plain,ra,unsupervised", "sr")
+  with pytest.raises(config_lib.ConfigError, match="'2' is not of the form key=value"):
+    config_lib.parse_arg("n=1,2", n=1)
   with pytest.raises(config_lib.ConfigError, match="not found"):
     config_lib.load("configs/nope.py")
 

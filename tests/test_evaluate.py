@@ -16,6 +16,7 @@ from rajax import evaluate, losses, step as step_lib, train
 from rajax import weights as weights_lib
 from rajax.evaluate import boundary as boundary_lib
 from rajax.evaluate import tables, targets as targets_lib
+from rajax.evaluate import context as context_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 K = 10
@@ -157,6 +158,15 @@ def _save_run(workdir: pathlib.Path, mode: str, seed: int, **fields) -> pathlib.
   return workdir
 
 
+def test_a_run_with_extra_network_options_loads_as_trained(tmp_path):
+  """Architecture options beyond the defaults (the demo's processor.outer_kernel, input_skip) reach the model."""
+  work = _save_run(tmp_path / "k5", "plain", seed=0, **{"processor.outer_kernel": 5, "processor.input_skip": True})
+  p = context_lib.load_processor("k5", work)
+  net = p.networks["processor"]
+  assert (net.outer_kernel, net.input_skip) == (5, True)
+  assert p.variables["processor"]["params"]["head"]["kernel"].shape == (5, 5, 3, 8)
+
+
 class Counting:
   """A black-box target: the zoo recognizer `rec` behind a host callable, counting its calls."""
 
@@ -229,6 +239,11 @@ def test_every_evaluator_writes_its_tables_and_figures(runs, source_rec, tmp_pat
   for v in acc:
     assert acc[v]["blackbox top-1"] == acc[v]["resnet18 top-1"]
     assert acc[v]["blackbox top-5"] == acc[v]["resnet18 top-5"]
+  # RA against plain example by example: the counts agree with the two top-1 figures (10 images).
+  test = results["accuracy"].extra["paired_vs_plain"]["ra"]["resnet18"]
+  assert test["gained"] - test["lost"] == round((acc["ra"]["resnet18 top-1"] - acc["plain"]["resnet18 top-1"]) * 10)
+  assert 0.0 < test["p"] <= 1.0 and acc["ra"]["resnet18 vs plain"].startswith(f"+{test['gained']}/-{test['lost']}")
+  assert all("resnet18 vs plain" not in acc[v] for v in ("input", "plain", "clean"))
   # PSNR and SSIM against a direct computation for the RA processor.
   ctx = evaluate.Context(config, tmp_path / "direct")
   imgs = [b for b, _ in ctx.batches(ctx.main)]

@@ -7,11 +7,14 @@ The processors are the demo's runs (configs/demo.py, trained with R = MobileNetV
 `<runs>/<task>/<mode>` for each mode listed in `modes`. Extra runs enable more tables:
   lams=0.01,0.1  adds `<runs>/<task>/ra_lam<value>` (trained with --config.lam=VALUE) to the lambda sweep;
   category=True  adds `<runs>/<task>/ra_A` (trained with --config.classes.half=A) to the category table.
-The photos have no labels: each recognizer's label is its own top-1 class on the clean crop.
+The held-out crops are the demo's. The photos have no labels: each recognizer's label is its own top-1
+class on the clean crop.
 
 Args: runs, task (sr | denoise | jpeg), modes (comma-separated, e.g. "plain,ra,unsupervised,transformer"),
 lams, category, corruptions (for denoise/jpeg: the ImageNet-C table's corruptions, comma-separated).
 """
+
+import pathlib
 
 import ml_collections
 
@@ -25,10 +28,13 @@ def get_config(arg=None):
   c = evaluate.base_config(task=a.task)
   c.labels = "recognizer"
   c.data.source = "photos"
-  c.data.photos.short_side = 192
-  c.data.photos.grid = 3                 # 5 held-out photos x 9 crops x 2 (mirrors) = 90 crops
+  # The demo's held-out crops (configs/demo.py): 5 photos x 3 scales x a 4x4 grid x 2 (mirrors) = 480.
+  demo = config_lib.load(str(pathlib.Path(__file__).resolve().parent.parent / "demo.py") + f":task={a.task}")
+  for field in ("short_side", "grid", "eval_scales"):
+    c.data.photos[field] = demo.data.photos[field]
   c.data.resize = 0
-  c.data.crop = 96
+  c.data.crop = demo.data.crop
+  c.data.noise = "host"                  # as the demo's evaluation draws it
   c.data.threads = 2
   c.batch_size = 30
 

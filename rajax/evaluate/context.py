@@ -113,6 +113,12 @@ def train_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
   saved = json.loads(path.read_text())
   config = config_lib.base(task=saved.get("task", "sr"), mode=saved.get("mode", "ra"))
   _merge(config, saved)
+  # The network sections hold constructor arguments; a run may set ones the defaults leave out
+  # (e.g. configs/demo.py's processor.input_skip and outer_kernel): keep them all.
+  for section in ("processor", "transformer"):
+    for k, v in saved.get(section, {}).items():
+      if k not in config[section]:
+        config[section][k] = tuple(v) if isinstance(v, list) else v
   return config
 
 
@@ -423,6 +429,10 @@ class Context:
                         "set config.labels='recognizer'.")
       return recs["labels"]
     return recs[(CLEAN, target)]["topk"][:, 0]
+
+  def top1_correct(self, recs: dict, view: str, target: str) -> np.ndarray:
+    """Per example, whether `target`'s top-1 class on `view` is the label (boolean [N])."""
+    return recs[(view, target)]["topk"][:, 0] == self.labels(recs, target)
 
   def accuracy(self, recs: dict, view: str, target: str) -> dict[str, float]:
     """Top-1 and top-5 (NaN where the target gives fewer than 5 classes) of `target` on `view`."""

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from rajax import data as data_lib
-from rajax import degrade
+from rajax import degrade, metrics
 from rajax.evaluate.context import CLEAN, INPUT, Context, DataSpec, EvalError
 from rajax.evaluate.report import Table, pyplot
 from rajax.step import class_halves
@@ -34,14 +34,22 @@ def _row_title(ctx: Context, view: str) -> str:
 
 
 def accuracy(ctx: Context, cfg, name: str) -> Table:
-  """Top-1, top-5 on every target, PSNR and SSIM for input, each processor and the clean image."""
+  """Top-1, top-5 on every target, PSNR and SSIM for input, each processor and the clean image.
+
+  With a plain processor among the rows, each other processor's top-1 is also compared with it
+  example by example (`metrics.paired_test`: examples gained, lost, McNemar's p) in "<target> vs plain".
+  """
   procs = ctx.processor_names(cfg.get("processors"))
   tnames = ctx.target_names(cfg.get("targets"))
   views = [INPUT] + procs + [CLEAN]
   recs = ctx.records(views, tnames, what=name)
+  plain = next((v for v in procs if ctx.processor(v).mode == "plain"), None)
   cols = ["processing", "PSNR", "SSIM"] + [f"{t} {k}" for t in tnames for k in ("top-1", "top-5")]
+  cols += [f"{t} vs plain" for t in tnames] if plain else []
   formats = {"processing": "text", "PSNR": "db", "SSIM": "ssim"} | {c: "pct" for c in cols[3:]}
+  formats |= {f"{t} vs plain": "text" for t in tnames}
   table = Table(name, cfg.get("title", "Accuracy and image quality (Table 1)"), cols, formats)
+  paired = {}
   for v in views:
     q = recs[(v, "quality")]
     row = {"processing": _row_title(ctx, v), "view": v, "PSNR": _mean(q["psnr"]) if v != CLEAN else float("inf"),
@@ -49,8 +57,17 @@ def accuracy(ctx: Context, cfg, name: str) -> Table:
     for t in tnames:
       acc = ctx.accuracy(recs, v, t)
       row[f"{t} top-1"], row[f"{t} top-5"] = acc["top1"], acc["top5"]
+      if plain and v in procs and v != plain:
+        test = metrics.paired_test(ctx.top1_correct(recs, plain, t), ctx.top1_correct(recs, v, t))
+        paired.setdefault(v, {})[t] = test
+        row[f"{t} vs plain"] = f"+{test['gained']}/-{test['lost']}, p = {test['p']:.2g}"
     table.rows.append(row)
   table.notes.append(_labels_note(ctx, recs))
+  if plain:
+    table.notes.append(f"\"vs plain\": examples a processor's output is recognised correctly on (top-1) and {plain}'s is "
+                       "not (+), the reverse (-), and McNemar's exact p-value: the chance of a split at least this "
+                       "lopsided if the two processors were equally good.")
+    table.extra["paired_vs_plain"] = paired
   return table
 
 
