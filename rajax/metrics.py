@@ -40,19 +40,24 @@ def _gaussian_window(size: int, sigma: float) -> np.ndarray:
   return (g / g.sum()).astype(np.float32)
 
 
-def _same_zero_padded_blur(z: jax.Array) -> jax.Array:
-  """Separable Gaussian blur of each channel of [B, H, W, C], zero padding, output size = input size."""
-  g = jnp.asarray(_gaussian_window(SSIM_WINDOW, SSIM_SIGMA))
-  c = z.shape[-1]
+def _band_matrix(n: int) -> np.ndarray:
+  """[n, n] matrix M with (M @ v) = v convolved with the Gaussian window, zero-padded to size n."""
+  g = _gaussian_window(SSIM_WINDOW, SSIM_SIGMA)
   pad = SSIM_WINDOW // 2
-  dn = ("NHWC", "HWIO", "NHWC")
-  kh = jnp.tile(g.reshape(SSIM_WINDOW, 1, 1, 1), (1, 1, 1, c))
-  kw = jnp.tile(g.reshape(1, SSIM_WINDOW, 1, 1), (1, 1, 1, c))
+  offset = np.arange(n)[None, :] - np.arange(n)[:, None] + pad   # tap index of input j for output i
+  inside = (offset >= 0) & (offset < SSIM_WINDOW)
+  return np.where(inside, g[np.clip(offset, 0, SSIM_WINDOW - 1)], 0.0).astype(np.float32)
+
+
+def _same_zero_padded_blur(z: jax.Array) -> jax.Array:
+  """Separable Gaussian blur of each channel of [B, H, W, C], zero padding, output size = input size.
+
+  Each pass is a product with a banded [n, n] matrix rather than a grouped convolution: the same
+  numbers, and several times faster on a CPU (where a grouped convolution is a slow loop nest).
+  """
   hi = jax.lax.Precision.HIGHEST
-  z = jax.lax.conv_general_dilated(z, kh, (1, 1), ((pad, pad), (0, 0)), dimension_numbers=dn,
-                                   feature_group_count=c, precision=hi)
-  return jax.lax.conv_general_dilated(z, kw, (1, 1), ((0, 0), (pad, pad)), dimension_numbers=dn,
-                                      feature_group_count=c, precision=hi)
+  z = jnp.einsum("ij,bjwc->biwc", jnp.asarray(_band_matrix(z.shape[1])), z, precision=hi)
+  return jnp.einsum("ij,bhjc->bhic", jnp.asarray(_band_matrix(z.shape[2])), z, precision=hi)
 
 
 def ssim(a: jax.Array, b: jax.Array, *, padding: str = "same") -> jax.Array:
