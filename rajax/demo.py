@@ -184,9 +184,8 @@ def evaluate_all(workdir: pathlib.Path, tasks: Sequence[str], modes: Sequence[st
   from rajax.step import to_float_images
 
   recs = {name: recognizer(name) for name in RECOGNIZERS}
-  # In chunks of EVAL_CHUNK crops: a whole set of 480 at once is several times slower on a CPU.
-  predict = _chunked(jax.jit(lambda r, x: jnp.argmax(r(x), axis=-1)))
-  quality = _chunked(jax.jit(lambda out, y: (metrics.psnr(out, y), metrics.ssim(out, y))))
+  predict = jax.jit(_per_crop(lambda r, x: jnp.argmax(r(x), axis=-1), 1))
+  quality = jax.jit(_per_crop(lambda out, y: (metrics.psnr(out, y), metrics.ssim(out, y)), 0))
   results, paired, samples = {}, {}, {}
   for task in tasks:
     config = demo_config(task, "plain", quick)
@@ -206,7 +205,7 @@ def evaluate_all(workdir: pathlib.Path, tasks: Sequence[str], modes: Sequence[st
           raise FileNotFoundError(f"{file} is missing: the {task}/{mode} run has not finished. Rerun the demo to resume it.")
         template = jax.eval_shape(lambda: net.init(jax.random.key(0), x[:1] if name == "processor" else y[:1]))
         variables = weights.load(file, template, what=f"{task}/{mode} {name}")
-        apply = _chunked(functools.partial(_eval_apply(), net))
+        apply = functools.partial(_eval_apply(), net)
         if name == "processor":
           out = jnp.clip(apply(variables, x), 0.0, 1.0)
           shown[mode] = seen[mode] = out
@@ -234,41 +233,28 @@ def evaluate_all(workdir: pathlib.Path, tasks: Sequence[str], modes: Sequence[st
   return results, paired, samples
 
 
-EVAL_CHUNK = 40   # crops per compiled call in the demo's evaluation (divides the 480 and the quick 40)
+EVAL_CHUNK = 40   # crops per step of the demo's evaluation: a whole set of 480 at once is slower on a CPU
 
 
-def _chunked(fn, size: int = EVAL_CHUNK):
-  """fn(*args, images[, images2]) applied EVAL_CHUNK images at a time: leading args are passed whole,
-  the trailing array args (same first dimension) are split; the outputs (arrays or tuples of
-  arrays) are concatenated. A last, shorter chunk is padded, so every call has one shape."""
+def _per_crop(fn, n_lead: int):
+  """`fn(*lead, *arrays)` over a whole set of crops, EVAL_CHUNK at a time (`jax.lax.map`): the first
+  `n_lead` arguments (a recognizer, variables) are passed whole, the arrays [N, ...] after them are
+  split along N. `fn` takes batches."""
   import jax
-  import jax.numpy as jnp
 
   def run(*args):
-    lead = [a for a in args if not _is_batch(a)]
-    arrays = [a for a in args if _is_batch(a)]
-    n = arrays[0].shape[0]
-    outs = []
-    for start in range(0, n, size):
-      part = [a[start:start + size] for a in arrays]
-      short = size - part[0].shape[0]
-      if short:
-        part = [jnp.concatenate([p, jnp.zeros((short, *p.shape[1:]), p.dtype)]) for p in part]
-      out = fn(*lead, *part)
-      outs.append(jax.tree.map(lambda o: o[:size - short], out))
-    return jax.tree.map(lambda *o: jnp.concatenate(o), *outs)
+    lead, arrays = args[:n_lead], args[n_lead:]
+    one = lambda xs: jax.tree.map(lambda o: o[0], fn(*lead, *(a[None] for a in xs)))
+    return jax.lax.map(one, tuple(arrays), batch_size=EVAL_CHUNK)
   return run
-
-
-def _is_batch(a) -> bool:
-  return hasattr(a, "shape") and getattr(a, "ndim", 0) == 4
 
 
 @functools.cache
 def _eval_apply():
   """net, variables, images -> inference output, compiled once per architecture and shape (not per run)."""
   import jax
-  return jax.jit(lambda net, variables, images: net.apply(variables, images, train=False), static_argnums=0)
+  return jax.jit(lambda net, variables, images: _per_crop(lambda v, x: net.apply(v, x, train=False), 1)(
+      variables, images), static_argnums=0)
 
 
 def _sample_indices(photo_names: Sequence[str]) -> list[int]:

@@ -5,6 +5,7 @@ import jax
 import numpy as np
 import optax
 import pytest
+from flax import traverse_util
 
 import rajax
 from rajax import sharding
@@ -47,14 +48,26 @@ def test_eight_fake_devices_are_available():
 
 @pytest.mark.parametrize("mode", ["ra", "transformer"])
 def test_sharded_step_equals_single_device_step(mode, batches):
+  init, _ = _run(sharding.make_mesh(1), mode, [])
   one, _ = _run(sharding.make_mesh(1), mode, batches)
   eight, history = _run(sharding.make_mesh(8), mode, batches)
   # Batch statistics are global (the compiler all-reduces them), so the results agree to float rounding.
   # The absolute tolerance covers conv biases that feed BatchNorm: their true gradient is zero, so their
   # values after two steps are pure rounding noise (~1e-4) that differs with the reduction order.
-  chex.assert_trees_all_close(jax.device_get(one.params), jax.device_get(eight.params), rtol=2e-5, atol=1e-5)
-  chex.assert_trees_all_close(jax.device_get(one.batch_stats), jax.device_get(eight.batch_stats),
-                              rtol=2e-5, atol=1e-5)
+  if mode == "ra":
+    chex.assert_trees_all_close(jax.device_get(one.params), jax.device_get(eight.params), rtol=2e-5, atol=1e-5)
+    chex.assert_trees_all_close(jax.device_get(one.batch_stats), jax.device_get(eight.batch_stats),
+                                rtol=2e-5, atol=1e-5)
+  else:
+    # T's BatchNorm layers see P's nearly constant output, whose variance (E[x^2] - E[x]^2 in float32)
+    # cancels badly, so the reduction order moves T's two updates by up to ~2% on some CPUs (measured
+    # on a Sapphire Rapids Xeon; well below 2e-5 on an AMD EPYC). A step that split the batch wrongly
+    # (per-device losses or statistics, a missing gradient all-reduce) moves them by tens of percent.
+    for tree in ("params", "batch_stats"):
+      start, a, b = (traverse_util.flatten_dict(jax.device_get(getattr(s, tree)), sep="/") for s in (init, one, eight))
+      for k in a:
+        scale = np.abs(a[k] - start[k]).max()
+        assert np.abs(a[k] - b[k]).max() <= 0.05 * scale + 1e-5, (tree, k, np.abs(a[k] - b[k]).max(), scale)
   for leaf in jax.tree.leaves(eight):
     assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == 8
   for _, metrics in history:
