@@ -175,7 +175,12 @@ def test_local_runs_every_process_and_reports_the_failed_one(stubs):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_local_passes_a_stop_signal_on_to_every_process(stubs, sig):
-  proc = subprocess.Popen([LAUNCH / "local.sh", "--processes", "2", "configs/smoke.py", "runs/x"], cwd=ROOT,
+  # The launcher starts with SIGINT at its default, as from a terminal: a suite started in the
+  # background (`pytest &`, some CI runners) ignores SIGINT, and bash cannot trap a signal that was
+  # ignored when it started. The wrapper resets it and execs the launcher under the same pid.
+  default_int = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                 "os.execv(sys.argv[1], sys.argv[1:])"]
+  proc = subprocess.Popen([*default_int, LAUNCH / "local.sh", "--processes", "2", "configs/smoke.py", "runs/x"], cwd=ROOT,
                           env=stubs.env(JAX_PLATFORMS="cpu", STUB_WAIT=1), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
   try:
