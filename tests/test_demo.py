@@ -116,6 +116,7 @@ def _fake_runs(monkeypatch, fail=None):
           "signal.signal(signal.SIGINT, lambda *a: (open(d / 'signals', 'a').write('INT\\n'), time.sleep(0.5), "
           "sys.exit(130))); "
           "(d / 'start').write_text(repr(time.time())); rc = int(sys.argv[2]); time.sleep(0.1 if rc else 1.0); "
+          "import os; (d / 'xla_flags').write_text(os.environ.get('XLA_FLAGS', '')); "
           "print('[train] step 1/1 | 5 img/s'); (d / 'end').write_text(repr(time.time())); sys.exit(rc)")
 
   def command(workdir, task, run, quick):
@@ -136,6 +137,20 @@ def test_demo_runs_pretraining_first_and_at_most_jobs_at_a_time(tmp_path, monkey
   level = np.cumsum([d for _, d in events])
   assert level.max() == 2                      # two at a time, never more
   assert "[train] step 1/1" in (tmp_path / "sr" / "ra" / "train.log").read_text()
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_demo_quick_runs_compile_without_llvm_optimisation(tmp_path, monkeypatch, quick):
+  """--quick trains for a few steps, so its runs trade LLVM's optimisation passes for compile time;
+  the default runs keep them. The user's own XLA flags are passed on either way."""
+  demo = _fake_runs(monkeypatch)
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+  demo.train_all(tmp_path, ["sr"], ["plain"], quick=quick, jobs=2, status_every=0.1)
+  for run in ("pretrain", "plain"):
+    flags = (tmp_path / "sr" / run / "xla_flags").read_text().split()
+    assert "--xla_cpu_enable_fast_math=false" in flags
+    assert ("--xla_backend_optimization_level=0" in flags) == quick
+  assert demo.quick_xla_flags("--xla_backend_optimization_level=2") == "--xla_backend_optimization_level=2"
 
 
 def test_demo_stops_and_names_the_failed_run_with_its_log(tmp_path, monkeypatch):

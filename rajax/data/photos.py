@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import pathlib
 
 import numpy as np
 from PIL import Image
@@ -43,9 +44,16 @@ def _skimage(name: str) -> np.ndarray:
 
 
 def _sklearn(name: str) -> np.ndarray:
-  import importlib.resources
-  path = importlib.resources.files("sklearn.datasets").joinpath("images", f"{name}.jpg")
-  with Image.open(path) as im:  # type: ignore[arg-type]
+  # The JPEG files sklearn.datasets.load_sample_image reads, found without importing scikit-learn
+  # (its import takes about 1.5 s, which every demo run would pay).
+  import importlib.util
+  spec = importlib.util.find_spec("sklearn")
+  if spec is None or not spec.submodule_search_locations:
+    raise ImportError("scikit-learn is not installed", name="sklearn")
+  path = pathlib.Path(list(spec.submodule_search_locations)[0]) / "datasets" / "images" / f"{name}.jpg"
+  if not path.is_file():
+    raise DataError(f"Bundled photo {name!r}: scikit-learn has no {path}; reinstall scikit-learn.")
+  with Image.open(path) as im:
     return np.asarray(im.convert("RGB"))
 
 
