@@ -179,7 +179,7 @@ def _heldout_batch(config):
   degradation = data_lib.Degradation(task=config.task, scale=config.degrade.scale, sigma=config.degrade.sigma,
                                      quality=config.degrade.quality)
   ds = data_lib.eval_dataset(source, degradation, resize=config.data.resize, crop=config.data.crop,
-                             global_batch=config.data.eval_batch_size, seed=config.seed)
+                             global_batch=config.data.eval_batch_size, seed=config.seed, threads=config.data.threads)
   batches = [b for b in ds]
   out = {k: np.concatenate([b[k] for b in batches]) for k in ("input", "target", "mask")}
   keep = out.pop("mask") > 0

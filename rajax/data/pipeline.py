@@ -477,7 +477,8 @@ def eval_dataset(
   ds = grain.MapDataset.range(positions).map(
       EvalExample(source, degradation, resize, crop, seed, indices, fast_decode))
   ds = ds.batch(b, drop_remainder=True)
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2, 32 // b)))
+  # A buffer below the thread count would leave threads idle (and grain warns about it).
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2, threads, 32 // b)))
   if workers > 0:
     it = _mp_prefetch(it, workers)
   return it
