@@ -425,7 +425,8 @@ def write_report(workdir: pathlib.Path, results: dict, *, quick: bool, train_sec
 
 
 def _paired_cell(test: dict | None) -> str:
-  return "" if not test else f"+{test['gained']}/-{test['lost']}, p = {test['p']:.2g}"
+  from rajax import metrics
+  return metrics.paired_summary(test) if test else ""
 
 
 def _steps(config) -> int:

@@ -114,3 +114,8 @@ def paired_test(a_correct, b_correct) -> dict[str, float]:
   gained, lost = int(np.sum(b & ~a)), int(np.sum(a & ~b))
   p = 1.0 if gained + lost == 0 else float(stats.binomtest(gained, gained + lost, 0.5).pvalue)
   return {"gained": gained, "lost": lost, "p": p}
+
+
+def paired_summary(test: dict) -> str:
+  """A `paired_test` result as table text: "+gained/-lost, p = ..."."""
+  return f"+{test['gained']}/-{test['lost']}, p = {test['p']:.2g}"

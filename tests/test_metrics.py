@@ -345,6 +345,7 @@ def test_paired_test_counts_discordant_examples_and_exact_p():
   assert (out["gained"], out["lost"]) == (12, 3)
   assert out["p"] == pytest.approx(_two_sided_binomial(3, 15), rel=1e-9)
   assert out["p"] == pytest.approx(0.03515625, rel=1e-9)
+  assert metrics.paired_summary(out) == "+12/-3, p = 0.035"
   swapped = metrics.paired_test(b, a)
   assert (swapped["gained"], swapped["lost"]) == (3, 12) and swapped["p"] == pytest.approx(out["p"])
 

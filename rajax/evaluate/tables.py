@@ -60,7 +60,7 @@ def accuracy(ctx: Context, cfg, name: str) -> Table:
       if plain and v in procs and v != plain:
         test = metrics.paired_test(ctx.top1_correct(recs, plain, t), ctx.top1_correct(recs, v, t))
         paired.setdefault(v, {})[t] = test
-        row[f"{t} vs plain"] = f"+{test['gained']}/-{test['lost']}, p = {test['p']:.2g}"
+        row[f"{t} vs plain"] = metrics.paired_summary(test)
     table.rows.append(row)
   table.notes.append(_labels_note(ctx, recs))
   if plain:

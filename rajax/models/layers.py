@@ -227,16 +227,12 @@ class DepthwiseConv(nn.Module):
       raise ValueError(f"Unknown depthwise convolution impl {self.impl!r}; use 'auto', 'conv' or 'shifts'.")
     (pt, pb), (pl, pr) = self.padding
     xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    n = x.shape[0]
     ho = (x.shape[1] + pt + pb - k) // s + 1
     wo = (x.shape[2] + pl + pr - k) // s + 1
-    taps = kernel.reshape(k * k, c)
     out = None
     for i in range(k):
       for j in range(k):
-        # lax.slice rather than NumPy-style indexing: the same ops, several times faster to trace
-        window = jax.lax.slice(xp, (0, i, j, 0), (n, i + s * (ho - 1) + 1, j + s * (wo - 1) + 1, c), (1, s, s, 1))
-        term = window * jax.lax.slice_in_dim(taps, i * k + j, i * k + j + 1).reshape(c)
+        term = xp[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :] * kernel[i, j, 0]
         out = term if out is None else out + term
     return out
 
@@ -277,9 +273,7 @@ class Conv(nn.Module):
       if any(p for pair in self.padding for p in pair):
         x = jnp.pad(x, ((0, 0), *self.padding, (0, 0)))
       sh, sw = self.strides
-      if (sh, sw) != (1, 1):
-        x = jax.lax.slice(x, (0, 0, 0, 0), x.shape, (1, sh, sw, 1))
-      y = jax.lax.dot_general(x, kernel.reshape(cin, self.features), (((3,), (0,)), ((), ())))
+      y = jax.lax.dot_general(x[:, ::sh, ::sw, :], kernel[0, 0], (((3,), (0,)), ((), ())))
     elif impl in ("conv", "dot"):
       y = jax.lax.conv_general_dilated(x, kernel, tuple(self.strides), self.padding,
                                        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=g)
