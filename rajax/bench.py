@@ -4,6 +4,7 @@
     python -m rajax.bench --config configs/bench.py:task=denoise,mode=ra --config.compute_dtype=bfloat16 --vs-torch
     python -m rajax.bench --config configs/bench.py:task=sr,mode=ra --pipeline   # fed by the grain pipeline
     python -m rajax.bench --config configs/bench.py:task=sr,mode=ra,tiny=true --hlo  # collectives on 8 CPU devices
+    python -m rajax.bench --config configs/bench.py:task=denoise,recognizer=mobilenet_v2 --recognizer  # R alone
 
 The step is `rajax.step.make_train_step` over the networks the trainer builds
 (`rajax.train.build_networks`), jitted with the trainer's shardings over all devices (or
@@ -22,6 +23,8 @@ and compute dtype; null where unknown, e.g. on CPUs).
 --pipeline   also feeds the step from the real grain pipeline (ImageNet-sized JPEGs made from
              bundled photos; decode, crop and degradation on the host; transfers overlapped by
              `sharding.prefetch_to_device`) and reports end-to-end img/s next to step-only img/s.
+--recognizer instead of the step, times the recognizer alone on the step's target batch: its
+             forward and the input gradient of its cross-entropy (what RA backpropagates into P).
 --hlo [N]    instead of timing, compiles the data-parallel step on N fake CPU devices, for
              global and per-device BatchNorm statistics, and prints the collectives it contains.
 """
@@ -271,6 +274,41 @@ def run(config: ml_collections.ConfigDict, *, vs_torch: bool = False, pipeline: 
   return record
 
 
+def recognizer_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Times the recognizer of `config` alone on the step's target batch: its forward, and the
+  gradient of its cross-entropy with respect to the input (what RA's loss backpropagates into P)."""
+  bench = config.bench
+  if bench.steps < 1 or bench.warmup < 0:
+    raise BenchError(f"config.bench.steps={bench.steps} must be >= 1 and bench.warmup={bench.warmup} >= 0.")
+  rec = recognizer(config.recognizer.name, config.recognizer.weights, dtype=config.compute_dtype, seed=config.seed,
+                   **config_lib.kwargs(config.recognizer, "weights"))
+  host = synthetic_batch(config)
+  x = jnp.asarray(host["target"], jnp.float32) / 255.0
+  labels = jnp.asarray(host["label"])
+
+  def loss(x):
+    logp = jax.nn.log_softmax(rec(x).astype(jnp.float32))
+    return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=-1))
+
+  record = {"bench": "recognizer", "recognizer": config.recognizer.name, "batch": config.data.batch_size,
+            "input_shape": list(x.shape[1:]), "dtype": jnp.dtype(config.compute_dtype).name,
+            "platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind,
+            "steps": bench.steps, "host": _host(), "jax_version": jax.__version__}
+  for name, fn in (("forward", jax.jit(lambda x: rec(x))), ("input_grad", jax.jit(jax.grad(loss)))):
+    t0 = time.perf_counter()
+    compiled = fn.lower(x).compile()
+    record[f"{name}_compile_s"] = time.perf_counter() - t0
+    for _ in range(bench.warmup):
+      jax.block_until_ready(compiled(x))
+    times = []
+    for _ in range(bench.steps):
+      t0 = time.perf_counter()
+      jax.block_until_ready(compiled(x))
+      times.append(time.perf_counter() - t0)
+    record[f"{name}_ms"] = 1e3 * float(np.median(times))
+  return record
+
+
 # --------------------------------------------------------------------------- end to end
 
 def _pipeline(config):
@@ -440,6 +478,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--config", required=True, help="benchmark config FILE.py[:ARG], e.g. configs/bench.py:task=sr,mode=ra")
   parser.add_argument("--vs-torch", action="store_true", help="also time the PyTorch reference step")
   parser.add_argument("--pipeline", action="store_true", help="also time the step fed by the grain pipeline")
+  parser.add_argument("--recognizer", action="store_true",
+                      help="time the recognizer alone: its forward and its loss's input gradient")
   parser.add_argument("--hlo", type=int, nargs="?", const=8, default=0, metavar="N",
                       help="count the collectives of the step compiled on N fake CPU devices (default 8)")
   args, rest = parser.parse_known_args(argv)
@@ -460,6 +500,12 @@ def cli(argv: Sequence[str] | None = None) -> int:
       table = collective_table(config, args.hlo)
       print(format_collectives(table), flush=True)
       print(json.dumps({"bench": "collectives", **table}), flush=True)
+      return 0
+    if args.recognizer:
+      r = recognizer_run(config)
+      print(f"{r['recognizer']} batch {r['batch']} {r['input_shape']} {r['dtype']} on {r['device_kind']}: "
+            f"forward {r['forward_ms']:.1f} ms, input gradient {r['input_grad_ms']:.1f} ms", file=sys.stderr, flush=True)
+      print(json.dumps(r), flush=True)
       return 0
     record = run(config, vs_torch=args.vs_torch, pipeline=args.pipeline)
   except (config_lib.ConfigError, BenchError) as e:

@@ -272,6 +272,18 @@ def test_bench_cli_prints_one_json_record(capsys):
     assert "PyTorch is not installed" in r["vs_torch"]["skipped"]
 
 
+def test_bench_cli_recognizer_alone(capsys):
+  """--recognizer times R's forward and its loss's input gradient on the step's target shapes."""
+  code = bench.cli(["--config", f"{BENCH}:task=sr,tiny=true,steps=2,batch=4", "--recognizer",
+                    "--config.bench.warmup=1"])
+  assert code == 0
+  lines = [l for l in capsys.readouterr().out.splitlines() if l.strip()]
+  assert len(lines) == 1
+  r = json.loads(lines[0])
+  assert (r["bench"], r["recognizer"], r["batch"], r["input_shape"]) == ("recognizer", "resnet18", 4, [32, 32, 3])
+  assert r["forward_ms"] > 0 and r["input_grad_ms"] > 0 and r["forward_compile_s"] > 0 and r["input_grad_compile_s"] > 0
+
+
 def test_ra_step_flops_are_p_training_plus_r_forward_and_input_gradient():
   """The RA step's count (traced, not compiled): P's training pass (~3x its forward) and R's forward
   and input gradient (~2x its forward; R's weights get no gradient)."""
