@@ -64,6 +64,8 @@ runs=(
   "sr_transformer||--config $C:task=sr,mode=transformer $ONE --vs-torch"
   "denoise_transformer||--config $C:task=denoise,mode=transformer $ONE"
   "sr_plain||--config $C:task=sr,mode=plain $ONE"
+  # R alone (ResNet-18, 224x224, batch 32): forward and the input gradient RA backpropagates into P
+  "recognizer_resnet18||--config $C:task=denoise,mode=ra $ONE --recognizer"
   # levers: compute dtype, batch size, denoising noise on the host instead of in the step
   "sr_ra_fp32||--config $C:task=sr,mode=ra,dtype=float32 $ONE --vs-torch"
   "sr_ra_b32||--config $C:task=sr,mode=ra,batch=32 $ONE"
