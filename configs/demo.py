@@ -34,7 +34,7 @@ def get_config(arg=None):
   c.recognizer.weights = None            # the bundled ImageNet weights
   c.labels = "recognizer"                # no ground truth: R's top-1 on the clean crop
 
-  # Small enough for 15 runs in about 12 minutes on a 2-core CPU, two at a time. SR runs its body at
+  # Small enough for 15 runs in about 7 minutes on a 2-core CPU, two at a time. SR runs its body at
   # 1/4 resolution, so it can afford twice the channels of the full-resolution denoising/JPEG P.
   c.processor.blocks = 2
   c.processor.channels = 32 if a.task == "sr" else 16
