@@ -222,11 +222,16 @@ def _compiled_memory(compiled) -> int | None:
     return None
 
 
-def run(config: ml_collections.ConfigDict, *, vs_torch: bool = False, pipeline: bool = False) -> dict[str, Any]:
-  """Times the train step of `config` (configs/bench.py); returns the JSON record."""
+def _checked_bench(config: ml_collections.ConfigDict):
   bench = config.bench
   if bench.steps < 1 or bench.warmup < 0:
     raise BenchError(f"config.bench.steps={bench.steps} must be >= 1 and bench.warmup={bench.warmup} >= 0.")
+  return bench
+
+
+def run(config: ml_collections.ConfigDict, *, vs_torch: bool = False, pipeline: bool = False) -> dict[str, Any]:
+  """Times the train step of `config` (configs/bench.py); returns the JSON record."""
+  bench = _checked_bench(config)
   host_batch, pipe = None, None
   if pipeline:
     pipe = _pipeline(config)
@@ -277,9 +282,7 @@ def run(config: ml_collections.ConfigDict, *, vs_torch: bool = False, pipeline: 
 def recognizer_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Times the recognizer of `config` alone on the step's target batch: its forward, and the
   gradient of its cross-entropy with respect to the input (what RA's loss backpropagates into P)."""
-  bench = config.bench
-  if bench.steps < 1 or bench.warmup < 0:
-    raise BenchError(f"config.bench.steps={bench.steps} must be >= 1 and bench.warmup={bench.warmup} >= 0.")
+  bench = _checked_bench(config)
   rec = recognizer(config.recognizer.name, config.recognizer.weights, dtype=config.compute_dtype, seed=config.seed,
                    **config_lib.kwargs(config.recognizer, "weights"))
   host = synthetic_batch(config)
@@ -486,6 +489,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
   overrides = config_lib.overrides_from_args(parser, rest, "data.batch_size=16")
   if args.hlo < 0:
     parser.error(f"--hlo needs a positive device count, got {args.hlo}")
+  if args.recognizer and (args.vs_torch or args.pipeline or args.hlo):
+    parser.error("--recognizer times the recognizer alone; it does not combine with --vs-torch, --pipeline or --hlo")
   if args.hlo:  # before jax starts its backends
     flag = f"--xla_force_host_platform_device_count={args.hlo}"
     if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):

@@ -282,6 +282,9 @@ def test_bench_cli_recognizer_alone(capsys):
   r = json.loads(lines[0])
   assert (r["bench"], r["recognizer"], r["batch"], r["input_shape"]) == ("recognizer", "resnet18", 4, [32, 32, 3])
   assert r["forward_ms"] > 0 and r["input_grad_ms"] > 0 and r["forward_compile_s"] > 0 and r["input_grad_compile_s"] > 0
+  with pytest.raises(SystemExit):
+    bench.cli(["--config", f"{BENCH}:task=sr,tiny=true", "--recognizer", "--vs-torch"])
+  assert "does not combine" in capsys.readouterr().err
 
 
 def test_ra_step_flops_are_p_training_plus_r_forward_and_input_gradient():

@@ -898,6 +898,9 @@ def test_depthwise_conv_impls_agree(stride, padding, k):
   chex.assert_trees_all_close(grads["shifts"], grads["conv"], rtol=1e-4, atol=1e-4)
   with pytest.raises(ValueError, match="impl"):
     DepthwiseConv(6, 3, impl="fft").init(jax.random.key(0), x)
+  from rajax.models.layers import depthwise_shifts
+  with pytest.raises(ValueError, match=r"kernel of shape \(k, k, 1, 6\)"):
+    depthwise_shifts(x, jnp.zeros((3, 3, 1, 4)), 1, ((1, 1), (1, 1)))
 
 
 @pytest.mark.parametrize("kernel,stride,padding,groups", [(1, 1, ((0, 0), (0, 0)), 1), (1, 2, ((0, 0), (0, 0)), 1),

@@ -206,33 +206,43 @@ def _phases(x: jax.Array, s: int, padding, k: int) -> tuple[jax.Array, int, int]
   return xp.reshape(n, hp // s, s, wp // s, s, c), ho, wo
 
 
-def _depthwise_forward(x, kernel, s, padding):
+def _tap(xp: jax.Array, i: int, j: int, s: int, ho: int, wo: int) -> jax.Array:
+  """What kernel tap (i, j) of a stride-s window multiplies: a unit-stride slice of one phase."""
+  return xp[:, i // s:i // s + ho, i % s, j // s:j // s + wo, j % s, :]
+
+
+def depthwise_shifts(x: jax.Array, kernel: jax.Array, stride: int, padding) -> jax.Array:
+  """A k x k depthwise NHWC convolution (kernel [k, k, 1, C]) with `stride` and explicit
+  `padding` ((top, bottom), (left, right)), as a sum of k*k shifted, scaled copies of x.
+
+  Every tap reads a unit-stride slice of one of x's stride x stride phases, and the gradient is
+  an explicit rule of the same form: per phase of x, a full correlation of the output gradient
+  with that phase's sub-kernel. Left to autodiff (strided slices, whose transposes are
+  interior-padded pads), XLA's CPU backend fused the transposed taps with the BatchNorm and ReLU6
+  around the layer into loops that made MobileNetV2's input gradient about 10x its forward.
+  """
+  k, c = kernel.shape[0], x.shape[-1]
+  if kernel.shape != (k, k, 1, c):
+    raise ValueError(f"depthwise_shifts needs a kernel of shape (k, k, 1, {c}) for {c} input channels; "
+                     f"got {kernel.shape}.")
+  padding = tuple(tuple(int(p) for p in pair) for pair in padding)
+  return _depthwise_shifts(x, kernel, int(stride), padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _depthwise_shifts(x, kernel, s, padding):
   k = kernel.shape[0]
   xp, ho, wo = _phases(x, s, padding, k)
   out = None
   for i in range(k):
     for j in range(k):
-      term = xp[:, i // s:i // s + ho, i % s, j // s:j // s + wo, j % s, :] * kernel[i, j, 0]
+      term = _tap(xp, i, j, s, ho, wo) * kernel[i, j, 0]
       out = term if out is None else out + term
   return out
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def depthwise_shifts(x: jax.Array, kernel: jax.Array, s: int, padding) -> jax.Array:
-  """A k x k, stride-s depthwise convolution (kernel [k, k, 1, C]) as a sum of k*k shifted, scaled
-  copies of x, with an explicit gradient of the same form.
-
-  Every tap reads a unit-stride slice of one of x's s x s phases. The gradient with respect to x
-  is, per phase of x, a full correlation of the output gradient with that phase's sub-kernel,
-  computed the same way: left to autodiff, XLA's CPU backend fused the transposed slices with
-  the BatchNorm and ReLU6 around the layer into loops that made MobileNetV2's input gradient
-  about 10x its forward.
-  """
-  return _depthwise_forward(x, kernel, s, padding)
-
-
 def _depthwise_fwd(x, kernel, s, padding):
-  return _depthwise_forward(x, kernel, s, padding), (x, kernel)
+  return _depthwise_shifts(x, kernel, s, padding), (x, kernel)
 
 
 def _depthwise_bwd(s, padding, res, g):
@@ -242,29 +252,28 @@ def _depthwise_bwd(s, padding, res, g):
   n, h, w, c = x.shape
   xp, ho, wo = _phases(x, s, padding, k)
   qh, qw = xp.shape[1], xp.shape[3]
-  dkernel = jnp.stack([jnp.stack([
-      jnp.sum(xp[:, i // s:i // s + ho, i % s, j // s:j // s + wo, j % s, :] * g, axis=(0, 1, 2))
-      for j in range(k)]) for i in range(k)])[:, :, None, :]
-  # Phase (a, b) of the padded input gradient: sum over u, v of g[q - u, r - v] * kernel[s u + a, s v + b].
-  lh, lw = -(-k // s), -(-k // s)
-  gp = jnp.pad(g, ((0, 0), (lh - 1, max(0, qh - ho)), (lw - 1, max(0, qw - wo)), (0, 0)))
+  dkernel = jnp.stack([jnp.stack([jnp.sum(_tap(xp, i, j, s, ho, wo) * g, axis=(0, 1, 2)) for j in range(k)])
+                       for i in range(k)])[:, :, None, :]
+  # Phase (a, b) of the padded input gradient: sum over u, v of g[q - u, r - v] * kernel[s u + a, s v + b],
+  # u, v < taps = ceil(k / s); g is padded by taps - 1 in front so that every read is in range.
+  taps = -(-k // s)
+  gp = jnp.pad(g, ((0, 0), (taps - 1, max(0, qh - ho)), (taps - 1, max(0, qw - wo)), (0, 0)))
   rows = []
   for a in range(s):
     cols = []
     for b in range(s):
       acc = jnp.zeros((n, qh, qw, c), g.dtype)
-      for u in range((k - a + s - 1) // s):
-        for v in range((k - b + s - 1) // s):
-          tap = kernel[s * u + a, s * v + b, 0]
-          acc = acc + gp[:, lh - 1 - u:lh - 1 - u + qh, lw - 1 - v:lw - 1 - v + qw, :] * tap
+      for u in range(len(range(a, k, s))):
+        for v in range(len(range(b, k, s))):
+          du, dv = taps - 1 - u, taps - 1 - v
+          acc = acc + gp[:, du:du + qh, dv:dv + qw, :] * kernel[s * u + a, s * v + b, 0]
       cols.append(acc)
     rows.append(jnp.stack(cols, axis=3))
   dxp = jnp.stack(rows, axis=2).reshape(n, qh * s, qw * s, c)
   return dxp[:, pt:pt + h, pl:pl + w, :].astype(x.dtype), dkernel.astype(kernel.dtype)
 
 
-depthwise_shifts.defvjp(_depthwise_fwd, _depthwise_bwd)
-
+_depthwise_shifts.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
 class DepthwiseConv(nn.Module):
