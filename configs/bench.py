@@ -18,7 +18,7 @@ from rajax import config as config_lib
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, task="sr", mode="ra", batch=0, dtype="auto", blocks=0, recognizer="resnet18",
                            steps=30, tiny=False)
-  c = config_lib.base(task=a.task, mode=a.mode, recognizer=a.recognizer)
+  c = config_lib.base(task=a.task, method=a.mode, recognizer=a.recognizer)
   if a.dtype == "auto":
     import jax
     a.dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"

@@ -30,7 +30,7 @@ def get_config(arg=None):
     raise config_lib.ConfigError(f"configs/demo.py: stage={a.stage!r} is not one of {', '.join(STEPS)}.")
   if a.stage == "pretrain" and a.mode != "plain":
     a.mode = "plain"                     # pretraining is plain processing whatever the mode
-  c = config_lib.base(task=a.task, mode=a.mode, recognizer="mobilenet_v2")
+  c = config_lib.base(task=a.task, method=a.mode, recognizer="mobilenet_v2")
   c.recognizer.weights = None            # the bundled ImageNet weights
   c.labels = "recognizer"                # no ground truth: R's top-1 on the clean crop
 
@@ -49,7 +49,7 @@ def get_config(arg=None):
   # (3e-4 and 1e-3 lowered held-out agreement in a JPEG miniature with 9x9 head and tail). Unsupervised RA keeps the paper's ratio to RA
   # (10 : 1e-3); T, trained on the recognition loss alone with Adam, does not depend on its weight.
   ra = {"sr": 3e-4, "denoise": 3e-4, "jpeg": 1e-4}[a.task]
-  c.lam = {"plain": 0.0, "ra": ra, "unsupervised": 1e4 * ra, "transformer": 1e-2}[a.mode]
+  c.method.lam = {"plain": 0.0, "ra": ra, "unsupervised": 1e4 * ra, "transformer": 1e-2}[a.mode]
 
   c.data.source = "photos"
   # Training photos at four scales (short side 1x to 3.4x the crop): a crop shows a whole photo
@@ -74,8 +74,9 @@ def get_config(arg=None):
   # Pretraining from scratch at 1e-3; every method then continues at the paper's 1e-4. (At 1e-3 the
   # first updates from the new recognition term wreck the pretrained P: in the SR miniature RA then
   # lost agreement even on the training photos' own crops.)
-  c.optim.lr = 1e-3 if a.stage == "pretrain" else 1e-4
-  c.optim.decay_epochs = (0.7, 0.9)      # the run is one epoch: x0.1 at 70% of it, x0.01 at 90%
+  for net in ("processor", "transformer"):
+    c.optim[net].lr = 1e-3 if a.stage == "pretrain" else 1e-4
+    c.optim[net].decay_epochs = (0.7, 0.9)   # the run is one epoch: x0.1 at 70% of it, x0.01 at 90%
   steps = (QUICK_STEPS if a.quick else STEPS)[a.stage]
   per_repeat = len(photos.TRAIN) * len(c.data.photos.scales)
   c.data.photos.repeats = -(-steps * c.data.batch_size // per_repeat)   # one epoch = `steps` batches

@@ -11,7 +11,7 @@ from rajax import config as config_lib
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, task="sr", mode="ra")
-  c = config_lib.base(task=a.task, mode=a.mode, recognizer="resnet18")
+  c = config_lib.base(task=a.task, method=a.mode, recognizer="resnet18")
   c.processor.blocks = 2
   c.processor.channels = 16
   c.transformer.blocks = 1
@@ -31,8 +31,9 @@ def get_config(arg=None):
   c.data.eval_batch_size = 8
   c.data.threads = 2
 
-  c.optim.lr = 1e-3
-  c.optim.decay_epochs = (2.0, 2.5)
+  for net in ("processor", "transformer"):
+    c.optim[net].lr = 1e-3
+    c.optim[net].decay_epochs = (2.0, 2.5)
   c.num_epochs = 3.0                  # 12 steps per epoch, 36 steps
   c.log_every = 4
   c.eval_every = 0                    # evaluate at the end only

@@ -5,7 +5,10 @@ after the colon in `configs/sr_imagenet.py:mode=ra,recognizer=resnet18`, parsed 
 Any field can then be overridden as `--config.optim.lr=3e-4`; an unknown field or a value of the
 wrong type fails with a message naming it, and the config is locked afterwards.
 
-`base()` holds the paper's ImageNet settings; the files in configs/ adjust it.
+`base()` holds the paper's ImageNet settings; the files in configs/ adjust it. Fields that moved
+(`config.lam` is now `config.method.lam`, `config.optim.lr` is per network:
+`config.optim.processor.lr`) fail with a message naming the new field (`MOVED`), and the config.json
+of a run written before they moved is read through `migrate`.
 """
 
 from __future__ import annotations
@@ -13,17 +16,17 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
+import json
 import pathlib
 from typing import Any, Sequence
 
 import ml_collections
 from ml_collections import config_dict
 
-from rajax import degrade, losses
+from rajax import degrade, methods, optim
 from rajax.models import PROCESSORS
 from rajax.models import recognizers as recognizer_lib
 from rajax.models.layers import BN_STATS, as_dtype
-from rajax.step import DEFAULT_LAMBDA, LABEL_SOURCES, MODES, Method, class_halves
 
 
 class ConfigError(ValueError):
@@ -85,6 +88,8 @@ def override(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_
     path, sep, value = item.partition("=")
     if not sep:
       raise ConfigError(f"Override --config.{item} needs a value: --config.{path}=VALUE.")
+    if path in MOVED and not _has(config, path):
+      raise ConfigError(f"config.{path} has moved: set --config.{MOVED[path]}={value} instead.")
     *parents, leaf = path.split(".")
     node = config
     for depth, name in enumerate(parents + [leaf]):
@@ -147,24 +152,67 @@ def _convert(text: str, kind: type, what: str) -> Any:
   raise ConfigError(f"Cannot set {what} from the command line (type {kind.__name__}).")
 
 
+# --------------------------------------------------------------------------- fields that moved
+
+# Old field -> where it lives now (the method's settings under config.method, optimizers per network).
+MOVED = {
+    "mode": "method.name", "lam": "method.lam", "unsupervised_distance": "method.distance",
+    "label_smoothing": "method.label_smoothing", "min_confidence": "method.min_confidence",
+    "optim.transformer_lr": "optim.transformer.lr",
+    **{f"optim.{f}": f"optim.processor.{f}" for f in ("name", "lr", "b1", "b2", "eps", "weight_decay", "decay_epochs",
+                                                       "decay_factor", "grad_clip")},
+}
+
+
+def _has(config: ml_collections.ConfigDict, path: str) -> bool:
+  node = config
+  for name in path.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+      return False
+    node = node[name]
+  return True
+
+
+def migrate(saved: dict) -> dict:
+  """A run's saved config (config.json) with fields that have moved since (`MOVED`) in their new place.
+
+  The old flat optimizer settings become the processor's and, for a run that trained a
+  transformer, the transformer's (with its own rate, optim.transformer_lr, when one was set).
+  """
+  saved = json.loads(json.dumps(saved))
+  old_optim = saved.get("optim", {})
+  if "lr" in old_optim:   # the flat optimizer section of older runs
+    flat = {k: v for k, v in old_optim.items() if k != "transformer_lr"}
+    saved["optim"] = {"processor": dict(flat), "transformer": dict(flat)}
+    if old_optim.get("transformer_lr") is not None:
+      saved["optim"]["transformer"]["lr"] = old_optim["transformer_lr"]
+  for old, new in MOVED.items():
+    if "." in old or old not in saved:
+      continue
+    value = saved.pop(old)
+    section, field = new.split(".")
+    saved.setdefault(section, {})[field] = value
+  return saved
+
+
 # --------------------------------------------------------------------------- the paper's settings
 
-def base(*, task: str = "sr", mode: str = "ra", recognizer: str = "resnet18") -> ml_collections.ConfigDict:
-  """The paper's ImageNet setting for `task` and `mode` (SRResNet P, recognizer R, Adam 1e-4, batch 20)."""
+def base(*, task: str = "sr", method: str = "ra", recognizer: str = "resnet18") -> ml_collections.ConfigDict:
+  """The paper's ImageNet setting for `task` and `method` (SRResNet P, recognizer R, Adam 1e-4, batch 20)."""
+  spec = methods.get(method)
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.task = task                       # sr | denoise | jpeg
-  c.mode = mode                       # plain | ra | unsupervised | transformer
-  c.lam = config_dict.placeholder(float)   # recognition loss weight; None: the paper's for the mode
-  c.unsupervised_distance = "prob_mse"     # prob_mse (reference code) | kl
-  c.label_smoothing = 0.0
-  c.labels = "dataset"                # dataset | recognizer (R's top-1 on the clean image, for unlabelled data)
-  c.min_confidence = 0.0              # labels=recognizer: RA/transformer loss only where R's clean top-1 prob >= this
+  # The method (rajax.methods) and its settings; its defaults come from the method itself.
+  c.method = ml_collections.ConfigDict({"name": method, **spec.defaults()})
+  if "lam" in c.method:
+    c.method.lam = config_dict.placeholder(float)   # the recognition loss weight; None: the paper's
+  c.labels = "dataset"                # dataset | recognizer (R's pseudo-targets on the clean image, for unlabelled data)
   c.compute_dtype = "float32"         # bfloat16 on GPU/TPU
-  # Training BatchNorm statistics of P and T: "global" (over the whole batch, one all-reduce per layer
-  # forward and backward when it is sharded) or "per_device" (each device's slice; no such all-reduces).
+  # Training BatchNorm statistics of the trained networks: "global" (over the whole batch, one all-reduce
+  # per layer forward and backward when it is sharded) or "per_device" (each device's slice).
   c.bn_stats = "global"
-  # Category transfer: train on half "A" or "B" of step.class_halves(recognizer.num_classes, seed); "" = all.
+  # Category transfer: train on half "A" or "B" of tasks.classification.class_halves(recognizer.num_classes, seed).
   c.classes = ml_collections.ConfigDict(dict(half="", seed=0))
 
   c.processor = ml_collections.ConfigDict(dict(name="srresnet", blocks=5, channels=64))
@@ -172,12 +220,13 @@ def base(*, task: str = "sr", mode: str = "ra", recognizer: str = "resnet18") ->
   c.init_processor = config_dict.placeholder(str)
   c.transformer = ml_collections.ConfigDict(dict(name="resnet_generator", blocks=6, channels=64))
   c.recognizer = ml_collections.ConfigDict(dict(name=recognizer, num_classes=1000))
-  c.recognizer.weights = config_dict.placeholder(str)   # file; None: bundled pretrained; "random": tests only
+  # File; None: bundled pretrained; "random": a seeded random initialisation (tests; training R from scratch).
+  c.recognizer.weights = config_dict.placeholder(str)
 
   c.degrade = ml_collections.ConfigDict(dict(scale=4, sigma=0.1, quality=10))
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "tfds"              # tfds | synthetic
+  c.data.source = "tfds"              # tfds | synthetic | photos
   c.data.name = "imagenet2012"
   c.data.data_dir = ""
   c.data.train_split = "train"
@@ -199,10 +248,11 @@ def base(*, task: str = "sr", mode: str = "ra", recognizer: str = "resnet18") ->
   c.data.photos = ml_collections.ConfigDict(dict(short_side=192, repeats=64, grid=3, scales=(1.0,),
                                                  eval_scales=(1.0,)))
 
+  # One optimizer per trained network (rajax.optim.section): the paper's Adam at 1e-4 with its decay
+  # after 4 and 5 epochs for P and T; SGD with momentum for R, for the methods that train it.
   c.optim = ml_collections.ConfigDict(dict(
-      name="adam", lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
-      decay_epochs=(4, 5), decay_factor=0.1, grad_clip=0.0))
-  c.optim.transformer_lr = config_dict.placeholder(float)   # T's base rate; None: optim.lr
+      processor=optim.section(), transformer=optim.section(),
+      recognizer=optim.section(name="sgd", lr=1e-3, momentum=0.9, weight_decay=1e-4)))
   c.num_epochs = 6.0
   c.total_steps = -1                  # > 0 overrides num_epochs
 
@@ -216,27 +266,14 @@ def base(*, task: str = "sr", mode: str = "ra", recognizer: str = "resnet18") ->
   return c
 
 
-def method(config: ml_collections.ConfigDict) -> Method:
-  """The training objective a config describes (lam defaults to the paper's for the mode)."""
-  lam = DEFAULT_LAMBDA[config.mode] if config.lam is None else config.lam
-  classes = ()
-  if config.get("classes") and config.classes.half:
-    halves = class_halves(config.recognizer.num_classes, config.classes.seed)
-    classes = halves["AB".index(config.classes.half)]
-  return Method(mode=config.mode, lam=lam, distance=config.unsupervised_distance,
-                label_smoothing=config.label_smoothing, labels=config.labels,
-                min_confidence=config.min_confidence, classes=classes)
-
-
-def kwargs(section: ml_collections.ConfigDict, *exclude: str) -> dict[str, Any]:
-  """A model section's fields as constructor keyword arguments (without name and `exclude`)."""
-  return {k: v for k, v in section.items() if k not in ("name",) + exclude}
-
-
 # --------------------------------------------------------------------------- validation
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError listing every invalid value, each with the field name and what is allowed."""
+  """Raises ConfigError listing every invalid value, each with the field name and what is allowed.
+
+  The method validates its own settings (`MethodSpec.validate`), the optimizer module the optimizer
+  sections of the networks the method trains.
+  """
   problems = []
 
   def check(ok: bool, msg: str):
@@ -244,16 +281,15 @@ def validate(c: ml_collections.ConfigDict) -> None:
       problems.append(msg)
 
   check(c.task in degrade.TASKS, f"config.task={c.task!r} is not one of {', '.join(degrade.TASKS)}")
-  check(c.mode in MODES, f"config.mode={c.mode!r} is not one of {', '.join(MODES)}")
-  check(c.lam is None or c.lam >= 0, f"config.lam={c.lam} must be >= 0 (or None for the mode's default)")
-  check(c.unsupervised_distance in losses.DISTANCES,
-        f"config.unsupervised_distance={c.unsupervised_distance!r} is not one of {', '.join(losses.DISTANCES)}")
-  check(0.0 <= c.label_smoothing < 1.0, f"config.label_smoothing={c.label_smoothing} must be in [0, 1)")
+  check("method" in c and "name" in c.method,
+        "config.method.name is missing: configs are made by rajax.config.base(task=..., method=...)")
+  spec = None
+  if "method" in c and "name" in c.method:
+    if c.method.name in methods.METHODS:
+      spec = methods.get(c.method.name)
+    else:
+      problems.append(f"config.method.name={c.method.name!r} is not one of {', '.join(methods.names())}")
   check(c.classes.half in ("", "A", "B"), f"config.classes.half={c.classes.half!r} must be '', 'A' or 'B'")
-  check(c.labels in LABEL_SOURCES, f"config.labels={c.labels!r} is not one of {', '.join(LABEL_SOURCES)}")
-  check(0.0 <= c.min_confidence < 1.0, f"config.min_confidence={c.min_confidence} must be in [0, 1)")
-  check(not c.min_confidence or c.labels == "recognizer",
-        "config.min_confidence applies to recognizer-made labels: set config.labels='recognizer' or min_confidence=0")
   try:
     as_dtype(c.compute_dtype)
   except ValueError as e:
@@ -280,19 +316,18 @@ def validate(c: ml_collections.ConfigDict) -> None:
           f"config.data.crop={d.crop} must be divisible by config.degrade.scale={c.degrade.scale}")
   check(c.degrade.sigma >= 0, f"config.degrade.sigma={c.degrade.sigma} must be >= 0")
   check(1 <= c.degrade.quality <= 95, f"config.degrade.quality={c.degrade.quality} must be in [1, 95]")
-  if c.mode == "transformer":
-    check(d.crop % 4 == 0, f"config.data.crop={d.crop} must be divisible by 4 for the transformer T")
   check(d.batch_size >= 1, f"config.data.batch_size={d.batch_size} must be >= 1")
   check(d.eval_batch_size >= 1, f"config.data.eval_batch_size={d.eval_batch_size} must be >= 1")
   check(d.noise in ("device", "host"), f"config.data.noise={d.noise!r} must be 'device' (drawn in the step) or 'host'")
   check(d.workers >= 0 and d.threads >= 1, f"config.data.workers={d.workers} must be >= 0 and data.threads >= 1")
-  o = c.optim
-  check(o.name in ("adam", "adamw", "sgd"), f"config.optim.name={o.name!r} is not one of adam, adamw, sgd")
-  check(o.lr > 0, f"config.optim.lr={o.lr} must be > 0")
-  check(o.get("transformer_lr") is None or o.transformer_lr > 0,
-        f"config.optim.transformer_lr={o.get('transformer_lr')} must be > 0 (or None: optim.lr)")
-  check(0 < o.decay_factor <= 1, f"config.optim.decay_factor={o.decay_factor} must be in (0, 1]")
-  check(all(e >= 0 for e in o.decay_epochs), f"config.optim.decay_epochs={o.decay_epochs} must be >= 0")
+  if spec is not None:
+    problems.extend(spec.validate(c))
+    for name in spec.trains:
+      if name not in c.optim:
+        problems.append(f"config.optim.{name} is missing: method {spec.name!r} trains the {name}; add "
+                        f"config.optim.{name} = rajax.optim.section(...)")
+      else:
+        problems.extend(optim.validate(c.optim[name], f"config.optim.{name}"))
   check(c.num_epochs > 0 or c.total_steps > 0, "config.num_epochs or config.total_steps must be > 0")
   check(c.log_every >= 1, f"config.log_every={c.log_every} must be >= 1")
   check(c.ckpt_every >= 1, f"config.ckpt_every={c.ckpt_every} must be >= 1")

@@ -1,20 +1,24 @@
 """The rajax trainer: recognition-aware training of a processor P against a frozen recognizer R.
 
     python -m rajax.train --config configs/smoke.py --workdir runs/smoke
-    python -m rajax.train --config configs/sr_imagenet.py:mode=ra,recognizer=resnet18 \
+    python -m rajax.train --config configs/imagenet.py:task=sr,mode=ra,recognizer=resnet18 \
         --workdir runs/sr_ra --config.data.data_dir=$TFDS_DIR --config.compute_dtype=bfloat16
+
+The method (`config.method.name`, `rajax.methods`) says which networks are trained, each with its
+own optimizer (`config.optim.<network>`), and which are used frozen; the trainer builds them
+(`rajax.networks`) and runs the method's step, knowing nothing else about it.
 
 Runs offline; logs step, each loss term, PSNR, images/s and ETA to stdout and to
 `<workdir>/metrics.jsonl`; checkpoints with Orbax under `<workdir>/checkpoints`. Rerunning the same
 command resumes from the newest complete checkpoint (SIGTERM saves one before exiting), and the
 resumed run ends with the same parameters as an uninterrupted one. At the end the trained
-networks are also written as `<workdir>/<network>.msgpack` (Flax variables).
+networks are also written as `<workdir>/<network>.msgpack` (Flax variables); `rajax.runs.load`
+reads a finished run back.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -31,10 +35,9 @@ import ml_collections
 from rajax import checkpoint as ckpt_lib
 from rajax import config as config_lib
 from rajax import data as data_lib
-from rajax import distributed
-from rajax import optim, progress, sharding, step as step_lib
+from rajax import distributed, methods, networks
+from rajax import optim, progress, sharding
 from rajax import weights as weights_lib
-from rajax.models import PROCESSORS, processor, recognizer
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
@@ -53,7 +56,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
   if is_main:
     workdir.mkdir(parents=True, exist_ok=True)
     _write_config(config, workdir)
-  print(f"rajax.train: {config.task}/{config.mode} on {mesh.size} {jax.devices()[0].platform} device(s), "
+  print(f"rajax.train: {config.task}/{config.method.name} on {mesh.size} {jax.devices()[0].platform} device(s), "
         f"{jax.process_count()} process(es); workdir {workdir}", flush=True)
 
   # ================================================================ data
@@ -79,21 +82,18 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
       process_index=jax.process_index(), process_count=jax.process_count(), workers=config.data.workers,
       threads=config.data.threads)
 
-  # ================================================================ models
-  method, networks = build_networks(config)
-  dtype = config.compute_dtype
-  rec = recognizer(config.recognizer.name, config.recognizer.weights, dtype=dtype, seed=config.seed,
-                   **config_lib.kwargs(config.recognizer, "weights"))
-  rec = jax.device_put(rec, replicated)
-
-  # ================================================================ optimizers, train state
-  optimizers = optim.make_optimizers(config.optim, method.networks, steps_per_epoch)
-  lr_schedule = optim.schedule(config.optim, steps_per_epoch)
-  input_size = config.data.crop // (config.degrade.scale if config.task == "sr" else 1)
-  init = jax.jit(
-      lambda key: step_lib.init_state(method, networks, optimizers, rng=key, input_shape=(input_size, input_size, 3)),
-      out_shardings=replicated)
-  state = init(jax.random.PRNGKey(config.seed))
+  # ================================================================ networks, optimizers, method
+  spec = methods.get(config.method.name)
+  frozen = networks.frozen_networks(config, spec, evaluation=True)   # R also evaluates methods that train without one
+  frozen = jax.device_put(frozen, replicated)
+  modules = networks.trained_modules(config, spec, frozen)
+  optimizers = optim.make_optimizers(config.optim, spec.trains, steps_per_epoch, total_steps)
+  schedules = {n: optim.schedule(config.optim[n], steps_per_epoch, total_steps) for n in spec.trains}
+  method = methods.build(methods.Setup(config=config, modules=modules, optimizers=optimizers,
+                                       input_shape=networks.input_shape(config), device_stage=device_stage))
+  initial = jax.device_put(networks.initial_variables(config, spec, modules), replicated)
+  state = jax.jit(method.init, out_shardings=replicated)(jax.random.PRNGKey(config.seed), initial)
+  del initial
 
   # ================================================================ checkpoints: resume or start
   checkpoints = ckpt_lib.Checkpoints(workdir / "checkpoints", keep=config.keep_ckpts)
@@ -101,24 +101,23 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
   if start_step:
     state = checkpoints.restore(start_step, ckpt_lib.abstract_like(state), train_iter)
     print(f"rajax.train: resumed from checkpoint at step {start_step}", flush=True)
-  elif config.init_processor:
-    state = _init_processor_from(state, config.init_processor, replicated)
+  elif config.init_processor and "processor" in spec.trains:
     print(f"rajax.train: processor initialised from {config.init_processor}", flush=True)
   log = progress.Progress(workdir, total_steps=total_steps, batch_size=config.data.batch_size,
                           start_step=start_step, write=is_main)
   log.truncate_after(start_step)
 
   # ================================================================ compiled steps
-  train_step = jax.jit(step_lib.make_train_step(method, networks, optimizers, device_stage=device_stage),
-                       in_shardings=(replicated, batched, replicated), out_shardings=(replicated, replicated),
-                       donate_argnums=(0,))
-  eval_step = jax.jit(step_lib.make_eval_step(method, networks, device_stage=device_stage),
+  step_frozen = {n: frozen[n] for n in spec.frozen}
+  train_step = jax.jit(method.train_step, in_shardings=(replicated, batched, replicated),
+                       out_shardings=(replicated, replicated), donate_argnums=(0,))
+  eval_step = jax.jit(methods.make_eval_step(method, modules, labels=config.labels, device_stage=device_stage),
                       in_shardings=(replicated, batched, replicated), out_shardings=replicated)
 
   def evaluate(state) -> dict:
     sums = None
     for local in eval_data:
-      out = eval_step(state, sharding.global_batch(local, mesh), rec)
+      out = eval_step(state, sharding.global_batch(local, mesh), frozen)
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     sums = jax.device_get(sums)
     count = sums.pop("count")
@@ -135,7 +134,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     t_compile = time.perf_counter()
     while step < total_steps:
       batch = sharding.global_batch(next(train_iter), mesh)
-      state, metrics = train_step(state, batch, rec)
+      state, metrics = train_step(state, batch, step_frozen)
       step += 1
       if step == start_step + 1:
         jax.block_until_ready(metrics)
@@ -146,7 +145,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
       acc_n += 1
       if step % config.log_every == 0 or step == total_steps:
         means = {k: float(v) / acc_n for k, v in jax.device_get(acc).items()}
-        log.log_train(step, means, lr=float(lr_schedule(step - 1)), epoch=step / steps_per_epoch)
+        rates = {("lr" if i == 0 else f"lr_{n}"): float(f(step - 1)) for i, (n, f) in enumerate(schedules.items())}
+        log.log_train(step, means, **rates, epoch=step / steps_per_epoch)
         acc, acc_n = None, 0
       stopping = stop.requested
       if jax.process_count() > 1:  # all processes stop (and save) at the same step: agree at logging steps
@@ -174,35 +174,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
 
 
 # ==================================================================== helpers
-
-def build_networks(config: ml_collections.ConfigDict) -> tuple[step_lib.Method, dict]:
-  """The training objective and the trainable networks ({"processor"[, "transformer"]}) of `config`."""
-  method = config_lib.method(config)
-  p_kwargs = config_lib.kwargs(config.processor)
-  if "scale" in _fields(config.processor.name):
-    p_kwargs["scale"] = config.degrade.scale if config.task == "sr" else 1
-  elif config.task == "sr":
-    raise config_lib.ConfigError(f"config.processor.name={config.processor.name!r} cannot upscale; "
-                                 "use 'srresnet' for task 'sr'.")
-  common = dict(dtype=config.compute_dtype, bn_stats=config.get("bn_stats", "global"))
-  networks = {"processor": processor(config.processor.name, **common, **p_kwargs)}
-  if method.mode == "transformer":
-    networks["transformer"] = processor(config.transformer.name, **common, **config_lib.kwargs(config.transformer))
-  return method, networks
-
-
-def _init_processor_from(state: step_lib.TrainState, path: str, sharding) -> step_lib.TrainState:
-  """Replaces P's parameters and BatchNorm statistics with the Flax variables in `path` (checked)."""
-  template = {"params": state.params["processor"], "batch_stats": state.batch_stats["processor"]}
-  loaded = weights_lib.load(path, jax.eval_shape(lambda: template), what="the processor (config.init_processor)")
-  loaded = jax.device_put(loaded, sharding)
-  return state.replace(params={**state.params, "processor": loaded["params"]},
-                       batch_stats={**state.batch_stats, "processor": loaded["batch_stats"]})
-
-
-def _fields(processor_name: str) -> list[str]:
-  return [f.name for f in dataclasses.fields(PROCESSORS[processor_name])]
-
 
 def _write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
   """Keeps the run's config next to its checkpoints; warns when a resumed run's config differs."""
@@ -254,11 +225,11 @@ class _StopFlag:
 def cli(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
       prog="python -m rajax.train", description=__doc__.split("\n\n")[0],
-      epilog="Override any config field with --config.FIELD=VALUE, e.g. --config.optim.lr=3e-4.")
+      epilog="Override any config field with --config.FIELD=VALUE, e.g. --config.optim.processor.lr=3e-4.")
   parser.add_argument("--config", required=True, help="config file, optionally with an argument: FILE.py[:ARG]")
   parser.add_argument("--workdir", required=True, help="directory for checkpoints, logs and outputs")
   args, rest = parser.parse_known_args(argv)
-  overrides = config_lib.overrides_from_args(parser, rest, "optim.lr=3e-4")
+  overrides = config_lib.overrides_from_args(parser, rest, "optim.processor.lr=3e-4")
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
   try:
     config = config_lib.from_command_line(args.config, overrides)

@@ -1,0 +1,123 @@
+"""The networks of a run, built from its config: one place for "which module is network N".
+
+Network names are roles, each built from the config section of the same name:
+
+  processor    P, `rajax.processor(config.processor.name, ...)`; its upscaling factor is the task's
+               (`config.degrade.scale` for SR, 1 otherwise); `config.init_processor` starts it from a
+               saved run's processor.msgpack;
+  transformer  T, a processor of scale 1 between P and R (`config.transformer`);
+  recognizer   R, `rajax.recognizer(config.recognizer.name, config.recognizer.weights, ...)`: frozen by
+               most methods, trained by some (then it starts from those weights; weights="random" is
+               training from scratch).
+
+A method's trained networks are linen modules (R: a `Recognizer`, whose module and normalisation
+the step uses); its frozen ones are values passed to the step (`Recognizer`, `FrozenNetwork`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from rajax import weights as weights_lib
+from rajax.methods import base
+from rajax.models import PROCESSORS, processor, recognizer
+
+
+class NetworkError(ValueError):
+  """A network section of the config cannot be built."""
+
+
+def scale(config: ml_collections.ConfigDict) -> int:
+  """P's upscaling factor: the SR scale for task "sr", 1 otherwise."""
+  return config.degrade.scale if config.task == "sr" else 1
+
+
+def input_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+  """One processor input, (h, w, 3), for the config's crop size."""
+  size = config.data.crop // scale(config)
+  return (size, size, 3)
+
+
+def options(section: ml_collections.ConfigDict, *exclude: str) -> dict[str, Any]:
+  """A network section's fields as constructor keyword arguments (without name and `exclude`)."""
+  return {k: v for k, v in section.items() if k not in ("name",) + exclude}
+
+
+def _fields(processor_name: str) -> list[str]:
+  return [f.name for f in dataclasses.fields(PROCESSORS[processor_name])]
+
+
+def module(config: ml_collections.ConfigDict, name: str):
+  """The module of network `name` ("processor", "transformer": linen modules; "recognizer": a Recognizer)."""
+  common = dict(dtype=config.compute_dtype, bn_stats=config.get("bn_stats", "global"))
+  if name == "processor":
+    kwargs = options(config.processor)
+    if "scale" in _fields(config.processor.name):
+      kwargs["scale"] = scale(config)
+    elif config.task == "sr":
+      raise NetworkError(f"config.processor.name={config.processor.name!r} cannot upscale; use 'srresnet' for task 'sr'.")
+    return processor(config.processor.name, **common, **kwargs)
+  if name == "transformer":
+    return processor(config.transformer.name, **common, **options(config.transformer))
+  if name == "recognizer":
+    return recognizer(config.recognizer.name, config.recognizer.weights, dtype=config.compute_dtype,
+                      seed=config.seed, **options(config.recognizer, "weights"))
+  raise NetworkError(f"Unknown network {name!r}; one of {', '.join(base.NETWORKS)}.")
+
+
+def trained_modules(config: ml_collections.ConfigDict, spec: base.MethodSpec, built: Mapping[str, Any] | None = None
+                    ) -> dict[str, Any]:
+  """The modules of the networks `spec` trains (`built`: networks already made, reused)."""
+  built = built or {}
+  return {n: built[n] if n in built else module(config, n) for n in spec.trains}
+
+
+def initial_variables(config: ml_collections.ConfigDict, spec: base.MethodSpec, modules: Mapping[str, Any]
+                      ) -> dict[str, Any]:
+  """Variables that trained networks start from instead of a random initialisation.
+
+  P: `config.init_processor` when set; R: its weights (pretrained, a file, or a seeded random
+  initialisation for weights="random").
+  """
+  out = {}
+  if "processor" in spec.trains and config.get("init_processor"):
+    out["processor"] = load_variables(modules["processor"], config.init_processor, input_shape(config),
+                                      what="the processor (config.init_processor)")
+  if "recognizer" in spec.trains:
+    variables = modules["recognizer"].variables
+    out["recognizer"] = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+  return out
+
+
+def load_variables(net, path: str, shape: tuple[int, ...], *, what: str) -> dict[str, Any]:
+  """Flax variables {"params", "batch_stats"} of linen module `net` from a .msgpack file, checked."""
+  x = jnp.zeros((1, *shape), jnp.float32)
+  template = jax.eval_shape(lambda: base.init_variables(net, jax.random.key(0), x))
+  return jax.tree.map(jnp.asarray, weights_lib.load(path, template, what=what))
+
+
+def frozen_networks(config: ml_collections.ConfigDict, spec: base.MethodSpec, *, evaluation: bool = False
+                    ) -> dict[str, Any]:
+  """The frozen networks `spec` uses, by name; with `evaluation`, also the recognizer that evaluates
+  a method that has none of its own (config.recognizer), so every run reports recognition metrics."""
+  names = list(spec.frozen)
+  if evaluation and "recognizer" not in spec.networks:
+    names.append("recognizer")
+  out = {}
+  for name in names:
+    if name == "recognizer":
+      out[name] = module(config, "recognizer")
+    else:  # a frozen processor or transformer: from the file its method's config names
+      path = config.method.get(f"{name}_weights")
+      if not path:
+        raise NetworkError(f"Method {spec.name!r} uses a frozen {name}: set config.method.{name}_weights to a "
+                           f"trained run's {name}.msgpack.")
+      net = module(config, name)
+      shape = input_shape(config) if name == "processor" else (config.data.crop, config.data.crop, 3)
+      out[name] = base.FrozenNetwork(net, load_variables(net, path, shape, what=f"the frozen {name} ({path})"))
+  return out
