@@ -6,8 +6,8 @@
     python -m rajax.bench --config configs/bench.py:task=sr,mode=ra,tiny=true --hlo  # collectives on 8 CPU devices
     python -m rajax.bench --config configs/bench.py:task=denoise,recognizer=mobilenet_v2 --recognizer  # R alone
 
-The step is `rajax.step.make_train_step` over the networks the trainer builds
-(`rajax.train.build_networks`), jitted with the trainer's shardings over all devices (or
+The step is the method's own `train_step` (`rajax.methods`) over the networks the trainer builds
+(`rajax.networks`), jitted with the trainer's shardings over all devices (or
 `config.mesh.data` of them), on a synthetic batch already on the device. Compilation and
 `bench.warmup` steps are excluded and reported apart; `step_ms` is the median over `bench.steps`
 steps, each blocked on; `img_per_s` is the global batch over it (`img_per_s_pipelined` lets the
@@ -48,7 +48,8 @@ import numpy as np
 from rajax import config as config_lib
 from rajax import flops as flops_lib
 from rajax import hlo as hlo_lib
-from rajax import optim, sharding, step as step_lib
+from rajax import methods, networks, optim, sharding
+from rajax.methods import ra
 from rajax.models import layers, recognizer
 
 # Dense (non-sparse) peak TFLOP/s per device, by a lower-case substring of `device.device_kind`
@@ -91,40 +92,38 @@ class Setup:
 
   def __init__(self, config: ml_collections.ConfigDict, devices: Sequence[Any] | None = None,
                batch: dict[str, np.ndarray] | None = None):
-    from rajax import train  # the trainer's network construction, so the bench times what training runs
     self.config = config
     self.mesh = sharding.make_mesh(config.mesh.data, devices)
     sharding.check_batch_size(config.data.batch_size, self.mesh)
-    self.method, self.networks = train.build_networks(config)
+    self.spec = methods.get(config.method.name)
     self.degradation = degradation(config)
     self.replicated, self.batched = sharding.replicated(self.mesh), sharding.batch_sharded(self.mesh)
-    self.recognizer = None
-    if self.method.uses_recognizer:
-      self.recognizer = jax.device_put(
-          recognizer(config.recognizer.name, config.recognizer.weights, dtype=config.compute_dtype, seed=config.seed,
-                     **config_lib.kwargs(config.recognizer, "weights")), self.replicated)
-    self.optimizers = optim.make_optimizers(config.optim, self.method.networks, 1000)
+    self.frozen = jax.device_put(networks.frozen_networks(config, self.spec), self.replicated)
+    self.modules = networks.trained_modules(config, self.spec, self.frozen)
+    self.recognizer = self.frozen.get("recognizer")
+    if self.recognizer is None and "recognizer" in self.modules:
+      self.recognizer = self.modules["recognizer"]
+    self.optimizers = optim.make_optimizers(config.optim, self.spec.trains, 1000, 1000)
     self.input_size = config.data.crop // self.scale
     host = batch if batch is not None else synthetic_batch(config)
     self.batch = sharding.global_batch(host, self.mesh)
     device_stage = self.degradation.device_stage(config.seed)  # denoising noise drawn in the step
-    self.step = jax.jit(step_lib.make_train_step(self.method, self.networks, self.optimizers, device_stage=device_stage),
-                        in_shardings=(self.replicated, self.batched, self.replicated),
+    self.method = methods.build(methods.Setup(config=config, modules=self.modules, optimizers=self.optimizers,
+                                              input_shape=networks.input_shape(config), device_stage=device_stage))
+    self.step = jax.jit(self.method.train_step, in_shardings=(self.replicated, self.batched, self.replicated),
                         out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
 
   @property
   def scale(self) -> int:
     return self.config.degrade.scale if self.config.task == "sr" else 1
 
-  def init_state(self) -> step_lib.TrainState:
+  def init_state(self) -> methods.TrainState:
     """A fresh train state, as the trainer's. The parameters are drawn with the RBG generator, which
     compiles several times faster on CPUs than the default one (the values do not change the
     step's cost); the state's own key is the trainer's kind."""
-    size = self.input_size
 
     def init(key):
-      state = step_lib.init_state(self.method, self.networks, self.optimizers, rng=key, input_shape=(size, size, 3))
-      return state.replace(rng=jax.random.PRNGKey(self.config.seed))
+      return self.method.init(key).replace(rng=jax.random.PRNGKey(self.config.seed))
 
     return jax.jit(init, out_shardings=self.replicated)(jax.random.key(self.config.seed, impl="rbg"))
 
@@ -132,7 +131,7 @@ class Setup:
     """(compiled step, its jaxpr, seconds spent tracing, lowering and compiling)."""
     t0 = time.perf_counter()
     with jax.set_mesh(self.mesh):
-      traced = self.step.trace(state, self.batch, self.recognizer)
+      traced = self.step.trace(state, self.batch, self.frozen)
       compiled = traced.lower().compile()
     return compiled, traced.jaxpr, time.perf_counter() - t0
 
@@ -172,10 +171,12 @@ def flops_breakdown(setup: Setup, state) -> dict[str, float]:
   x = jax.ShapeDtypeStruct((b, setup.input_size, setup.input_size, 3), jnp.float32)
   y = jax.ShapeDtypeStruct((b, setup.config.data.crop, setup.config.data.crop, 3), jnp.float32)
   with jax.set_mesh(setup.mesh):
-    for name, net in setup.networks.items():
-      variables = {"params": state.params[name], "batch_stats": state.batch_stats[name]}
+    for name, net in setup.modules.items():
+      if name == "recognizer":   # a trained R: counted below with its inference forward
+        continue
       arg = x if name == "processor" else y
-      f = flops_lib.count(lambda v, a, net=net: net.apply(v, a, train=True, mutable=["batch_stats"]), variables, arg)
+      f = flops_lib.count(lambda v, a, net=net: net.apply(v, a, train=True, mutable=["batch_stats"]),
+                          state.variables(name), arg)
       out[f"{name}_forward"] = f["total"] / b
     if setup.recognizer is not None:
       out["recognizer_forward"] = flops_lib.count(lambda r, a: r(a), setup.recognizer, y)["total"] / b
@@ -238,14 +239,14 @@ def run(config: ml_collections.ConfigDict, *, vs_torch: bool = False, pipeline: 
     host_batch = next(iter(pipe))
   setup = Setup(config, batch=host_batch)
   devices = list(setup.mesh.devices.flat)
-  log.info("compiling the %s/%s step on %d %s device(s)", config.task, config.mode, len(devices), devices[0].platform)
+  log.info("compiling the %s/%s step on %d %s device(s)", config.task, config.method.name, len(devices), devices[0].platform)
   state = setup.init_state()
   compiled, jaxpr, compile_s = setup.compile(state)
   step_flops = flops_lib.count_jaxpr(jaxpr)["total"]
   breakdown = flops_breakdown(setup, state)
   b = config.data.batch_size
   log.info("timing %d steps after %d warm-up steps", bench.steps, bench.warmup)
-  state, times, pipelined = _time_steps(compiled, state, setup.batch, setup.recognizer, steps=bench.steps,
+  state, times, pipelined = _time_steps(compiled, state, setup.batch, setup.frozen, steps=bench.steps,
                                         warmup=bench.warmup)
   med = times[len(times) // 2]
   img_per_s = b / med
@@ -254,7 +255,7 @@ def run(config: ml_collections.ConfigDict, *, vs_torch: bool = False, pipeline: 
   kind = devices[0].device_kind
   peak = peak_tflops(kind, config.compute_dtype)
   record = {
-      "bench": "train_step", "task": config.task, "mode": config.mode, "batch": b,
+      "bench": "train_step", "task": config.task, "mode": config.method.name, "batch": b,
       "input_shape": [setup.input_size, setup.input_size, 3], "target_shape": [config.data.crop, config.data.crop, 3],
       "dtype": jnp.dtype(config.compute_dtype).name, "bn_stats": config.bn_stats,
       "noise_on_device": setup.degradation.on_device,
@@ -283,8 +284,7 @@ def recognizer_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Times the recognizer of `config` alone on the step's target batch: its forward, and the
   gradient of its cross-entropy with respect to the input (what RA's loss backpropagates into P)."""
   bench = _checked_bench(config)
-  rec = recognizer(config.recognizer.name, config.recognizer.weights, dtype=config.compute_dtype, seed=config.seed,
-                   **config_lib.kwargs(config.recognizer, "weights"))
+  rec = networks.module(config, "recognizer")
   host = synthetic_batch(config)
   x = jnp.asarray(host["target"], jnp.float32) / 255.0
   labels = jnp.asarray(host["label"])
@@ -376,16 +376,20 @@ def _vs_torch(config: ml_collections.ConfigDict, img_per_s: float) -> dict[str, 
   if config.recognizer.name != "resnet18":
     raise BenchError(f"The PyTorch reference uses ResNet-18 as R; config.recognizer.name is "
                      f"{config.recognizer.name!r}. Use recognizer=resnet18 for --vs-torch.")
-  if config.processor.name != "srresnet" or (config.mode == "transformer" and config.transformer.name != "resnet_generator"):
+  spec = methods.get(config.method.name)
+  if spec.name not in bench_torch.MODES:
+    raise BenchError(f"The PyTorch reference implements the methods {', '.join(bench_torch.MODES)}; "
+                     f"config.method.name is {spec.name!r}.")
+  if config.processor.name != "srresnet" or ("transformer" in spec.trains and config.transformer.name != "resnet_generator"):
     raise BenchError("The PyTorch reference implements P = SRResNet and T = ResnetGenerator only.")
   device = "cuda" if torch.cuda.is_available() else "cpu"
   variants = torch_variants(config, device)
   log.info("timing the PyTorch reference (%s) on %s", variants, device)
   results = bench_torch.run(
-      mode=config.mode, batch=config.data.batch_size, crop=config.data.crop,
+      mode=spec.name, batch=config.data.batch_size, crop=config.data.crop,
       scale=config.degrade.scale if config.task == "sr" else 1, blocks=config.processor.blocks,
       channels=config.processor.channels, num_classes=config.recognizer.num_classes,
-      lam=config_lib.method(config).lam, width=config.recognizer.get("width", 64), t_blocks=config.transformer.blocks, t_channels=config.transformer.channels,
+      lam=ra.Settings.of(config).lam, width=config.recognizer.get("width", 64), t_blocks=config.transformer.blocks, t_channels=config.transformer.channels,
       variants=variants, steps=config.bench.steps, warmup=config.bench.warmup, device=device)
   for r in results.values():
     r["ratio"] = img_per_s / r["img_per_s"]
@@ -408,7 +412,7 @@ def collective_table(config: ml_collections.ConfigDict, num_devices: int = 8) ->
                      f"(python -m rajax.bench --hlo {num_devices} does).")
   if config.data.batch_size % num_devices:
     raise BenchError(f"config.data.batch_size={config.data.batch_size} is not divisible by {num_devices} devices.")
-  out = {"devices": num_devices, "task": config.task, "mode": config.mode, "batch": config.data.batch_size,
+  out = {"devices": num_devices, "task": config.task, "mode": config.method.name, "batch": config.data.batch_size,
          "dtype": jnp.dtype(config.compute_dtype).name, "by_bn_stats": {}}
   for bn in layers.BN_STATS:
     c = config.copy_and_resolve_references()

@@ -140,6 +140,10 @@ def build_modules(*, scale: int, blocks: int, channels: int, t_blocks: int, t_ch
   return SRResNet(), (generator() if transformer else None), recognizer
 
 
+# The rajax methods this PyTorch reference implements (rajax.methods.ra), each as its own code below.
+MODES = ("plain", "ra", "unsupervised", "transformer")
+
+
 def run(*, mode: str, batch: int, crop: int, scale: int, blocks: int, channels: int, num_classes: int,
         lam: float, width: int = 64, t_blocks: int = 6, t_channels: int = 64,
         variants: str = "amp_bf16_cl,compile_bf16_cl",
@@ -147,7 +151,7 @@ def run(*, mode: str, batch: int, crop: int, scale: int, blocks: int, channels: 
   """Times the reference step for each variant: {variant: {img_per_s, step_ms, warmup_s, peak_memory_bytes, ...}}."""
   torch, _ = _torch()
   functional = torch.nn.functional
-  if mode not in ("plain", "ra", "unsupervised", "transformer"):
+  if mode not in MODES:
     raise ValueError(f"Unknown mode {mode!r} for the PyTorch reference.")
   dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
   torch.backends.cudnn.benchmark = True

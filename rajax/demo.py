@@ -196,7 +196,7 @@ def evaluate_all(workdir: pathlib.Path, tasks: Sequence[str], modes: Sequence[st
   import numpy as np
 
   from rajax import metrics, recognizer, train, weights
-  from rajax.step import to_float_images
+  from rajax.methods import to_float_images
 
   recs = {name: recognizer(name) for name in RECOGNIZERS}
   predict = jax.jit(_per_crop(lambda r, x: jnp.argmax(r(x), axis=-1), 1))

@@ -35,12 +35,13 @@ import jax
 import ml_collections
 from ml_collections import config_dict
 
+from rajax import distributed
 from rajax.evaluate import boundary, tables
 from rajax.evaluate.boundary import boundary_distance, inter_boundary_distance
 from rajax.evaluate.context import Context, EvalError, load_processor, log
 from rajax.evaluate.report import Table, write_report, write_table
 from rajax.evaluate.targets import CallableTarget, OnnxTarget, TargetError, ZooTarget
-from rajax.step import class_halves
+from rajax.tasks.classification import class_halves
 
 EVALUATORS = {
     "accuracy": tables.accuracy,
@@ -68,7 +69,7 @@ def base_config(*, task: str = "sr") -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(data=-1))
   c.distributed = False
   c.cache = True                      # reuse predictions under <workdir>/cache
-  c.classes = ml_collections.ConfigDict(dict(seed=0))   # the category split: rajax.step.class_halves(K, seed)
+  c.classes = ml_collections.ConfigDict(dict(seed=0))   # the category split: rajax.tasks.classification.class_halves(K, seed)
   c.data = ml_collections.ConfigDict(dict(
       source="tfds", name="imagenet2012", data_dir="", split="validation", train_split="train",
       resize=256, crop=224, num_examples=-1, threads=8, workers=0,
@@ -145,8 +146,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
   validate(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  if config.distributed or os.environ.get("RAJAX_DISTRIBUTED") == "1":
-    jax.distributed.initialize()
+  distributed.initialize(config.distributed)   # config.distributed or RAJAX_DISTRIBUTED=1, as the trainer
   ctx = Context(config, workdir, extra_targets=targets)
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
   log(f"{len(config.evals)} evaluator(s) on {ctx.mesh.size} {jax.devices()[0].platform} device(s), "

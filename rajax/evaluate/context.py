@@ -31,12 +31,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from rajax import config as config_lib
 from rajax import data as data_lib
 from rajax import metrics, sharding
-from rajax import weights as weights_lib
+from rajax import runs as runs_lib
 from rajax.evaluate import targets as targets_lib
-from rajax.step import to_float_images
+from rajax.methods import to_float_images
 
 CACHE_VERSION = 1
 INPUT, CLEAN = "input", "clean"
@@ -55,96 +54,69 @@ def log(msg: str) -> None:
 
 @dataclasses.dataclass
 class Processor:
-  """A trained processor P (and transformer T) read from a trainer workdir."""
+  """A trained processor: a finished run (`rajax.runs.Run`) under the name the evaluation gives it."""
 
   name: str
-  workdir: pathlib.Path
-  train_config: ml_collections.ConfigDict
-  networks: dict
-  variables: dict
-  key: str
+  run: runs_lib.Run
+  placed: Any = None   # `arguments()` on the evaluation's devices (set by the Context)
+
+  @property
+  def workdir(self) -> pathlib.Path:
+    return self.run.workdir
+
+  @property
+  def train_config(self) -> ml_collections.ConfigDict:
+    return self.run.config
+
+  @property
+  def key(self) -> str:
+    return self.run.key
 
   @property
   def task(self) -> str:
-    return self.train_config.task
+    return self.run.task
 
   @property
-  def mode(self) -> str:
-    return self.train_config.mode
+  def method(self) -> str:
+    return self.run.spec.name
 
   @property
-  def lam(self) -> float:
-    return config_lib.method(self.train_config).lam
+  def title(self) -> str:
+    return self.run.spec.title
 
   @property
-  def loss_recognizer(self) -> str:
-    return self.train_config.recognizer.name if self.mode != "plain" else "-"
+  def is_baseline(self) -> bool:
+    """Whether no recognizer shaped this processor (the plain processing other rows are compared with)."""
+    return not self.run.spec.recognition_loss
+
+  @property
+  def lam(self) -> float | None:
+    return self.run.lam
+
+  @property
+  def loss_recognizer(self) -> str | None:
+    return self.run.loss_recognizer
 
   @property
   def class_half(self) -> str:
-    return self.train_config.classes.half if "classes" in self.train_config else ""
+    return self.run.class_half
+
+  def arguments(self) -> dict[str, Any]:
+    """What `apply` reads besides the images: the trained variables and the frozen networks."""
+    return {"trained": self.run.variables, "frozen": self.run.frozen}
 
   def apply(self, variables, x):
-    """(shown, seen): P's output clipped to [0, 1], and what recognizers see (T's output if any)."""
-    out = jnp.clip(self.networks["processor"].apply(variables["processor"], x, train=False), 0.0, 1.0)
-    seen = out
-    if "transformer" in self.networks:
-      seen = jnp.clip(self.networks["transformer"].apply(variables["transformer"], out, train=False), 0.0, 1.0)
-    return out, seen
-
-
-def _merge(into: ml_collections.ConfigDict, values: Mapping[str, Any]) -> None:
-  for k, v in values.items():
-    if k not in into:
-      continue  # fields of older or newer trainers that this version does not know
-    if isinstance(into[k], ml_collections.ConfigDict) and isinstance(v, Mapping):
-      _merge(into[k], v)
-    else:
-      with into.ignore_type():
-        into[k] = tuple(v) if isinstance(v, list) else v
-
-
-def train_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
-  """The config a trainer run in `workdir` was trained with (its config.json over today's defaults)."""
-  path = workdir / "config.json"
-  if not path.is_file():
-    raise EvalError(f"{workdir} is not a rajax.train workdir: it has no config.json. Point the evaluation "
-                    "config's processors at directories written by `python -m rajax.train --workdir DIR`.")
-  saved = json.loads(path.read_text())
-  config = config_lib.base(task=saved.get("task", "sr"), mode=saved.get("mode", "ra"))
-  _merge(config, saved)
-  # The network sections hold constructor arguments; a run may set ones the defaults leave out
-  # (e.g. configs/demo.py's processor.input_skip and outer_kernel): keep them all.
-  for section in ("processor", "transformer"):
-    for k, v in saved.get(section, {}).items():
-      if k not in config[section]:
-        config[section][k] = tuple(v) if isinstance(v, list) else v
-  return config
+    """(shown, seen): the method's "human" and "machine" images (what a person sees, what recognizers see)."""
+    views = self.run.forward(x, variables["trained"], variables["frozen"])
+    return views["human"], views["machine"]
 
 
 def load_processor(name: str, workdir: str | os.PathLike, *, compute_dtype: str | None = None) -> Processor:
-  """The processor (and transformer) trained in `workdir`, as saved when its run finished."""
-  from rajax import train
-  workdir = pathlib.Path(workdir).expanduser()
-  config = train_config(workdir)
-  if compute_dtype:
-    config.compute_dtype = compute_dtype
-  _, networks = train.build_networks(config)
-  digest = hashlib.sha256(json.dumps([config.processor.to_dict(), config.transformer.to_dict(), config.task,
-                                      config.degrade.scale]).encode())
-  variables = {}
-  scale = config.degrade.scale if config.task == "sr" else 1
-  for net_name, net in networks.items():
-    file = workdir / f"{net_name}.msgpack"
-    if not file.is_file():
-      raise EvalError(f"Processor {name!r}: {file} is missing; the run in {workdir} has not finished "
-                      "(rerun its training command to resume it).")
-    size = 8 * scale if net_name == "transformer" else 8
-    template = jax.eval_shape(lambda n=net, s=size: n.init(jax.random.key(0), jnp.zeros((1, s, s, 3)), train=False))
-    variables[net_name] = jax.tree.map(jnp.asarray, weights_lib.load(file, template, what=f"{name} {net_name}"))
-    digest.update(file.read_bytes())
-  return Processor(name=name, workdir=workdir, train_config=config, networks=networks, variables=variables,
-                   key=digest.hexdigest())
+  """The processor trained in `workdir`, as saved when its run finished."""
+  try:
+    return Processor(name=name, run=runs_lib.load(workdir, compute_dtype=compute_dtype))
+  except runs_lib.RunError as e:
+    raise EvalError(f"Processor {name!r}: {e}") from None
 
 
 # ==================================================================== data
@@ -196,7 +168,7 @@ class Context:
         raise EvalError(f"Unknown processor {name!r}; the config's processors are: "
                         f"{', '.join(self.config.processors.keys()) or '(none)'}.")
       p = load_processor(name, self.config.processors[name], compute_dtype=self.config.compute_dtype)
-      p.variables = jax.device_put(p.variables, self.replicated)
+      p.placed = jax.device_put(p.arguments(), self.replicated)
       self._processors[name] = p
     return self._processors[name]
 
@@ -279,7 +251,7 @@ class Context:
       return x, x
     p = self.processor(name)
     fn = self._jit(("proc", name), lambda v, x: p.apply(v, to_float_images(x)), (rep, bat), (bat, bat))
-    return fn(p.variables, batch["input"])
+    return fn(p.placed, batch["input"])
 
   def quality(self, shown, batch) -> dict[str, np.ndarray]:
     bat, rep = self.batched, self.replicated

@@ -17,7 +17,7 @@ from rajax import data as data_lib
 from rajax import degrade, metrics
 from rajax.evaluate.context import CLEAN, INPUT, Context, DataSpec, EvalError
 from rajax.evaluate.report import Table, pyplot
-from rajax.step import class_halves
+from rajax.tasks.classification import class_halves
 
 ROW_TITLES = {INPUT: "input (unprocessed)", CLEAN: "clean image"}
 
@@ -30,7 +30,7 @@ def _row_title(ctx: Context, view: str) -> str:
   if view in ROW_TITLES:
     return ROW_TITLES[view]
   p = ctx.processor(view)
-  return f"{view} ({p.mode}{', R=' + p.loss_recognizer if p.mode != 'plain' else ''})"
+  return f"{view} ({p.title}{', R=' + p.loss_recognizer if p.loss_recognizer else ''})"
 
 
 def accuracy(ctx: Context, cfg, name: str) -> Table:
@@ -43,7 +43,7 @@ def accuracy(ctx: Context, cfg, name: str) -> Table:
   tnames = ctx.target_names(cfg.get("targets"))
   views = [INPUT] + procs + [CLEAN]
   recs = ctx.records(views, tnames, what=name)
-  plain = next((v for v in procs if ctx.processor(v).mode == "plain"), None)
+  plain = next((v for v in procs if ctx.processor(v).is_baseline), None)
   cols = ["processing", "PSNR", "SSIM"] + [f"{t} {k}" for t in tnames for k in ("top-1", "top-5")]
   cols += [f"{t} vs plain" for t in tnames] if plain else []
   formats = {"processing": "text", "PSNR": "db", "SSIM": "ssim"} | {c: "pct" for c in cols[3:]}
@@ -81,7 +81,7 @@ def transfer(ctx: Context, cfg, name: str) -> Table:
                 {"loss recognizer": "text", "processor": "text"} | {t: "pct" for t in tnames})
   for v in procs:
     p = ctx.processor(v)
-    row = {"loss recognizer": "none (plain)" if p.mode == "plain" else p.loss_recognizer, "processor": v}
+    row = {"loss recognizer": p.loss_recognizer or f"none ({p.title})", "processor": v}
     row |= {t: ctx.accuracy(recs, v, t)["top1"] for t in tnames}
     table.rows.append(row)
   table.notes.append("Rows: the recognizer each processor was trained with (its run's config); columns: the "
@@ -127,7 +127,7 @@ def category(ctx: Context, cfg, name: str) -> Table:
       row[f"{t} A"], counts[(t, "A")] = subset_accuracy(rec["sub_A"], labels, a)
       row[f"{t} B"], counts[(t, "B")] = subset_accuracy(rec["sub_B"], labels, b)
     table.rows.append(row)
-  table.notes.append(f"Halves: rajax.step.class_halves(num_classes, seed={seed}). Images per half: " + ", ".join(
+  table.notes.append(f"Halves: rajax.tasks.classification.class_halves(num_classes, seed={seed}). Images per half: " + ", ".join(
       f"{t} {h} {n}" for (t, h), n in counts.items()) + ". " + _labels_note(ctx, recs))
   table.extra["halves"] = {t: dict(zip("AB", class_halves(ctx.target(t).num_classes, seed))) for t in tnames}
   return table
@@ -138,6 +138,10 @@ def lambda_sweep(ctx: Context, cfg, name: str) -> Table:
   procs = ctx.processor_names(cfg.get("processors"))
   tnames = ctx.target_names(cfg.get("targets"))
   recs = ctx.records(procs, tnames, what=name)
+  no_weight = [v for v in procs if ctx.processor(v).lam is None]
+  if no_weight:
+    raise EvalError(f"evals.{name}: processor(s) {no_weight} were trained by a method without a loss weight lambda; "
+                    f"list only runs of methods that have one in evals.{name}.processors.")
   points = sorted(((ctx.processor(v).lam, v) for v in procs), key=lambda p: p[0])
   cols = ["lambda", "processor", "PSNR", "SSIM"] + [f"{t} top-1" for t in tnames]
   table = Table(name, cfg.get("title", "Quality and accuracy against the loss weight lambda (Table 5)"), cols,

@@ -8,7 +8,7 @@ A target maps a batch of float images in [0, 1] shaped [B, H, W, 3] to per-examp
   CallableTarget  any Python function images -> labels [B] or logits [B, K], run on the host.
 
 Every target's outputs go through `summarise`: the top-k class indices (k = min(5, K)) and, for
-targets that give logits, the best class within each half of `step.class_halves(K, seed)` (the
+targets that give logits, the best class within each half of `rajax.tasks.classification.class_halves(K, seed)` (the
 category-transfer table's subset predictions). A target that returns only labels has top-1 and
 no subset predictions.
 """
@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rajax.step import class_halves
+from rajax.tasks.classification import class_halves
 
 TOPK = 5
 

@@ -1,1 +1,262 @@
-METHODS = {}
+"""The paper's Appendix A: the alternatives to a fixed recognition loss that it compares against.
+
+    ra_joint                 P: MSE + lam * L(R(P(x))), and R fine-tuned jointly on w * L(R(P(x)))
+                             with its own optimizer (SGD with momentum: config.optim.recognizer), in
+                             training mode (its BatchNorm statistics move)
+    recognizer_on_processor  R trained on L(R(P(x))) with P fixed (a plain run's processor,
+                             config.method.processor_weights); from scratch (recognizer.weights=random)
+                             or fine-tuned from its weights
+    recognizer_on_input      R trained on L(R(up(x))), the degraded input itself (bicubic-upsampled
+                             to the clean size for SR), from scratch or fine-tuned
+    ra_no_pixel              P: lam * L(R(P(x))) alone, without the pixel loss
+    perceptual               P: MSE + lam * sum_l MSE(phi_l(P(x)), phi_l(y)), the feature ("perceptual")
+                             loss of Ledig et al. on a frozen recognizer's named features
+                             (config.method.layers, e.g. VGG-16's "stage5", its conv5_3 activations)
+
+L is R's task loss (cross-entropy for classifiers); labels as for RA (`config.labels`). What each
+shows and feeds a recognizer (`forward`): P's output for the methods that train P; the fixed P's
+output or the upsampled input for the methods that train only R, where the trained R is the
+recognizer that reads them (`rajax.methods.evaluation_recognizer`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from rajax import losses, metrics as metrics_lib
+from rajax.methods import base, ra
+
+
+def _labels(config, batch, recognizer, y):
+  """Labels for the recognition loss: the dataset's, or the recognizer's own on the clean image."""
+  if config.get("labels", "dataset") == "dataset":
+    return batch["label"]
+  return base.task_of(recognizer).pseudo_targets(recognizer(y))[0]
+
+
+def _init(setup: base.Setup, rng, initial) -> base.TrainState:
+  """P freshly initialised (or from `initial`), R from `initial` (its weights), fresh optimizer states."""
+  initial = initial or {}
+  rng, p_key = jax.random.split(rng)
+  variables = {}
+  if "processor" in setup.modules:
+    x = jnp.zeros((1, *setup.input_shape), jnp.float32)
+    variables["processor"] = initial.get("processor") or base.init_variables(setup.modules["processor"], p_key, x)
+  if "recognizer" in setup.modules:
+    if "recognizer" not in initial:
+      raise ValueError("A method that trains the recognizer starts from its weights: pass initial={'recognizer': "
+                       "variables} (rajax.networks.initial_variables).")
+    variables["recognizer"] = initial["recognizer"]
+  return base.new_state(variables, setup.optimizers, rng)
+
+
+def _metrics(total, terms, grads, outputs, targets, task, image=None, y=None) -> base.Metrics:
+  out = {"loss": total, **terms}
+  if image is not None:
+    out["psnr"] = jnp.mean(metrics_lib.psnr(jnp.clip(image, 0.0, 1.0), y))
+  for name, g in grads.items():
+    out["grad_norm" if name == "processor" else f"grad_norm_{name}"] = optax.tree.norm(g)
+  out["top1"] = jnp.mean(task.top1(outputs, targets))
+  return out
+
+
+def _forward_processor(setup):
+  return lambda variables, frozen, x: ra.forward_processor(setup.modules, variables, x)
+
+
+# ==================================================================== R fine-tuned jointly with P
+
+def make_joint(setup: base.Setup) -> base.Method:
+  config, modules = setup.config, setup.modules
+  lam = config.method.get("lam") or 1e-3
+  r_weight = config.method.recognizer_weight
+  smoothing = config.method.label_smoothing
+  rec = modules["recognizer"]
+  task = base.task_of(rec)
+
+  def loss_fn(params, batch_stats, batch, rng):
+    x, y = base.to_float_images(batch["input"]), base.to_float_images(batch["target"])
+    out, p_stats = base.apply_train(modules["processor"], params["processor"], batch_stats["processor"], x)
+    r_vars = {"params": params["recognizer"], "batch_stats": batch_stats["recognizer"]}
+    labels = _labels(config, batch, rec.replace(variables=jax.lax.stop_gradient(r_vars)), y)
+    logits, r_stats = rec.apply_train(r_vars, out, rng=rng)
+    terms = {"pixel_mse": losses.pixel_mse(pred=out, target=y),
+             "recognition": jnp.mean(task.loss(outputs=logits, targets=labels, label_smoothing=smoothing))}
+    total = terms["pixel_mse"] + lam * terms["recognition"]
+    return total, (terms, {"processor": p_stats, "recognizer": r_stats}, logits, out, labels)
+
+  def train_step(state, batch, frozen):
+    batch = base.with_input(batch, setup.device_stage)
+    rng, key = jax.random.split(state.rng)
+    (total, (terms, stats, logits, out, labels)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.batch_stats, batch, key)
+    # One backward pass: d(total)/dR = lam * dL/dR, so R's own objective w * L has gradient (w / lam) * that.
+    grads = dict(grads, recognizer=jax.tree.map(lambda g: g * (r_weight / lam), grads["recognizer"]))
+    params, opt_state = base.apply_gradients(state, grads, setup.optimizers, ("processor", "recognizer"))
+    new = state.replace(step=state.step + 1, params=params, batch_stats=stats, opt_state=opt_state, rng=rng)
+    return new, _metrics(total, terms, grads, logits, labels, task, out, base.to_float_images(batch["target"]))
+
+  return base.Method(spec=METHODS["ra_joint"], init=lambda rng, initial=None: _init(setup, rng, initial),
+                     train_step=train_step, forward=_forward_processor(setup))
+
+
+# ==================================================================== R trained on fixed images
+
+def _forward_fixed_processor(variables, frozen, x):
+  out = jnp.clip(frozen["processor"](x), 0.0, 1.0)
+  return {"human": out, "machine": out}
+
+
+def _upsampled_input(scale: int):
+  def forward(variables, frozen, x):
+    if scale > 1:
+      b, h, w, c = x.shape
+      x = jax.image.resize(x, (b, h * scale, w * scale, c), "bicubic")
+    x = jnp.clip(x, 0.0, 1.0)
+    return {"human": x, "machine": x}
+  return forward
+
+
+def _make_recognizer_training(name: str, forward):
+  def make(setup: base.Setup) -> base.Method:
+    config, rec = setup.config, setup.modules["recognizer"]
+    task = base.task_of(rec)
+    smoothing = config.method.label_smoothing
+
+    def loss_fn(params, batch_stats, batch, frozen, rng):
+      x, y = base.to_float_images(batch["input"]), base.to_float_images(batch["target"])
+      images = jax.lax.stop_gradient(forward({}, frozen, x)["machine"])
+      r_vars = {"params": params["recognizer"], "batch_stats": batch_stats["recognizer"]}
+      labels = _labels(config, batch, rec.replace(variables=jax.lax.stop_gradient(r_vars)), y)
+      logits, r_stats = rec.apply_train(r_vars, images, rng=rng)
+      loss = jnp.mean(task.loss(outputs=logits, targets=labels, label_smoothing=smoothing))
+      return loss, ({"recognizer": r_stats}, logits, labels, images, y)
+
+    def train_step(state, batch, frozen):
+      batch = base.with_input(batch, setup.device_stage)
+      rng, key = jax.random.split(state.rng)
+      (loss, (stats, logits, labels, images, y)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          state.params, state.batch_stats, batch, frozen, key)
+      params, opt_state = base.apply_gradients(state, grads, setup.optimizers, ("recognizer",))
+      new = state.replace(step=state.step + 1, params=params, batch_stats=stats, opt_state=opt_state, rng=rng)
+      return new, _metrics(loss, {"recognition": loss}, grads, logits, labels, task, images, y)
+
+    return base.Method(spec=METHODS[name], init=lambda rng, initial=None: _init(setup, rng, initial),
+                       train_step=train_step, forward=forward)
+  return make
+
+
+def _make_on_input(setup: base.Setup) -> base.Method:
+  scale = setup.config.degrade.scale if setup.config.task == "sr" else 1
+  return _make_recognizer_training("recognizer_on_input", _upsampled_input(scale))(setup)
+
+
+# ==================================================================== P without the pixel loss
+
+def make_no_pixel(setup: base.Setup) -> base.Method:
+  settings = ra.Settings.of(setup.config, mode="ra", default_lam=1e-3)
+  loss_fn = ra.make_loss_fn(settings, setup.modules)
+
+  def recognition_only(params, batch_stats, batch, recognizer):
+    _, aux = loss_fn(params, batch_stats, batch, recognizer)
+    return settings.lam * aux.terms["recognition"], aux
+
+  return _processor_method("ra_no_pixel", setup, recognition_only)
+
+
+# ==================================================================== the perceptual (feature) loss
+
+def make_perceptual(setup: base.Setup) -> base.Method:
+  config = setup.config
+  lam = config.method.get("lam")
+  lam = 1e-3 if lam is None else lam
+  layers = tuple(config.method.layers)
+  modules = setup.modules
+
+  def loss_fn(params, batch_stats, batch, recognizer):
+    x, y = base.to_float_images(batch["input"]), base.to_float_images(batch["target"])
+    out, p_stats = base.apply_train(modules["processor"], params["processor"], batch_stats["processor"], x)
+    logits, feats = recognizer(out, features=True)
+    _, target_feats = recognizer(y, features=True)
+    target_feats = jax.lax.stop_gradient(target_feats)
+    terms = {"pixel_mse": losses.pixel_mse(pred=out, target=y),
+             "recognition": losses.feature_loss(features=feats, target_features=target_feats, layers=layers)}
+    labels = _labels(config, batch, recognizer, y)
+    total = terms["pixel_mse"] + lam * terms["recognition"]
+    return total, ra.LossAux(terms, {"processor": p_stats}, logits, out, labels)
+
+  return _processor_method("perceptual", setup, loss_fn)
+
+
+def _processor_method(name: str, setup: base.Setup, loss_fn) -> base.Method:
+  """A method that trains P alone on `loss_fn` (ra.make_loss_fn's signature) with R frozen."""
+
+  def train_step(state, batch, frozen):
+    recognizer = frozen["recognizer"]
+    batch = base.with_input(batch, setup.device_stage)
+    (total, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.batch_stats, batch, recognizer)
+    params, opt_state = base.apply_gradients(state, grads, setup.optimizers, ("processor",))
+    rng, _ = jax.random.split(state.rng)
+    new = state.replace(step=state.step + 1, params=params, batch_stats=aux.batch_stats, opt_state=opt_state, rng=rng)
+    return new, ra.processing_metrics(total, aux, grads, base.to_float_images(batch["target"]),
+                                      base.task_of(recognizer))
+
+  return base.Method(spec=METHODS[name], init=lambda rng, initial=None: _init(setup, rng, initial),
+                     train_step=train_step, forward=_forward_processor(setup))
+
+
+# ==================================================================== config and validation
+
+def _validate(config) -> list[str]:
+  m, problems = config.method, []
+  if config.get("labels", "dataset") not in ra.LABEL_SOURCES:
+    problems.append(f"config.labels={config.labels!r} is not one of {', '.join(ra.LABEL_SOURCES)}")
+  if "lam" in m and m.lam is not None and not m.lam >= 0:
+    problems.append(f"config.method.lam={m.lam} must be >= 0 (or None for the method's default)")
+  if m.name == "ra_joint":
+    if m.get("lam") is not None and not m.lam > 0:
+      problems.append("config.method.lam must be > 0 for ra_joint (R's gradient is recovered from P's loss)")
+    if not m.get("recognizer_weight", 1.0) > 0:
+      problems.append(f"config.method.recognizer_weight={m.recognizer_weight} must be > 0")
+  if "label_smoothing" in m and not 0.0 <= m.label_smoothing < 1.0:
+    problems.append(f"config.method.label_smoothing={m.label_smoothing} must be in [0, 1)")
+  if m.name == "recognizer_on_processor" and not m.get("processor_weights"):
+    problems.append("config.method.processor_weights is not set: recognizer_on_processor trains R on a fixed P's "
+                    "outputs; set it to a plain run's processor.msgpack")
+  if m.name == "perceptual" and not m.get("layers"):
+    problems.append("config.method.layers is empty: name the recognizer features to compare, e.g. ('stage5',)")
+  return problems
+
+
+def _defaults(**fields: Any):
+  return lambda: dict(fields)
+
+
+METHODS = {
+    "ra_joint": base.MethodSpec(
+        name="ra_joint", title="RA, R fine-tuned jointly",
+        summary="P: MSE + lam * L(R(P(x))); R: w * L(R(P(x))), trained with P",
+        trains=("processor", "recognizer"), frozen=(), validate=_validate, make=make_joint,
+        defaults=_defaults(lam=None, recognizer_weight=1.0, label_smoothing=0.0)),
+    "recognizer_on_processor": base.MethodSpec(
+        name="recognizer_on_processor", title="R trained on a fixed P's outputs",
+        summary="R: L(R(P(x))), P fixed", trains=("recognizer",), frozen=("processor",), validate=_validate,
+        make=_make_recognizer_training("recognizer_on_processor", _forward_fixed_processor),
+        defaults=_defaults(processor_weights="", label_smoothing=0.0), forward_uses=("processor",)),
+    "recognizer_on_input": base.MethodSpec(
+        name="recognizer_on_input", title="R trained on the (upsampled) inputs",
+        summary="R: L(R(up(x)))", trains=("recognizer",), frozen=(), validate=_validate, make=_make_on_input,
+        defaults=_defaults(label_smoothing=0.0)),
+    "ra_no_pixel": base.MethodSpec(
+        name="ra_no_pixel", title="RA without the pixel loss", summary="P: lam * L(R(P(x)))",
+        trains=("processor",), frozen=("recognizer",), validate=_validate, make=make_no_pixel,
+        defaults=_defaults(lam=None, label_smoothing=0.0, min_confidence=0.0)),
+    "perceptual": base.MethodSpec(
+        name="perceptual", title="perceptual loss",
+        summary="P: MSE + lam * sum_l MSE(phi_l(P(x)), phi_l(y))", trains=("processor",), frozen=("recognizer",),
+        validate=_validate, make=make_perceptual, defaults=_defaults(lam=None, layers=("stage5",))),
+}

@@ -87,7 +87,8 @@ class MethodSpec:
   `defaults()` gives the fields of `config.method` besides `name` (each method owns its fields);
   `validate(config)` returns the problems of a config for this method, each naming the field and
   the fix; `make(setup)` builds the `Method`. `recognition_loss` is False for a method that no
-  recognizer shapes (the baseline the evaluation compares others with).
+  recognizer shapes (the baseline the evaluation compares others with); `forward_uses` names the
+  frozen networks its `forward` reads (most read none: what they show is made by trained networks).
   """
 
   name: str
@@ -99,6 +100,7 @@ class MethodSpec:
   validate: Callable[[Any], list[str]]
   make: Callable[[Setup], Method]
   recognition_loss: bool = True
+  forward_uses: tuple[str, ...] = ()              # frozen networks `forward` needs (e.g. a fixed P)
 
   def __post_init__(self):
     unknown = [n for n in self.trains + self.frozen if n not in NETWORKS]

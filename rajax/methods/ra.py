@@ -56,17 +56,19 @@ class Settings:
       raise ValueError("; ".join(problems))
 
   @classmethod
-  def of(cls, config) -> "Settings":
-    """The settings `config` describes (config.method, config.labels, config.classes)."""
+  def of(cls, config, mode: str | None = None, default_lam: float | None = None) -> "Settings":
+    """The settings `config` describes (config.method, config.labels, config.classes); `mode` and
+    `default_lam` let a method of another family use one of these objectives with its own name."""
     m = config.method
-    lam = DEFAULT_LAMBDA[m.name] if m.get("lam") is None else m.lam
+    mode = mode or m.name
+    lam = (DEFAULT_LAMBDA[mode] if default_lam is None else default_lam) if m.get("lam") is None else m.lam
     classes = ()
     if config.get("classes") and config.classes.half:
       if config.classes.half not in ("A", "B"):
         raise ValueError(f"config.classes.half={config.classes.half!r} must be '', 'A' or 'B'")
       halves = classification.class_halves(config.recognizer.num_classes, config.classes.seed)
       classes = halves["AB".index(config.classes.half)]
-    return cls(mode=m.name, lam=lam, distance=m.get("distance", "prob_mse"),
+    return cls(mode=mode, lam=lam, distance=m.get("distance", "prob_mse"),
                label_smoothing=m.get("label_smoothing", 0.0), labels=config.get("labels", "dataset"),
                min_confidence=m.get("min_confidence", 0.0), classes=tuple(classes))
 

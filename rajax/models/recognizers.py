@@ -1,12 +1,14 @@
-"""The frozen recognition model R: a linen module, its variables and its input preprocessing.
+"""The recognition model R: a linen module, its variables, its input preprocessing and its task.
 
 A `Recognizer` is a pytree whose only leaves are its variables (the module, name and
 normalisation constants are static), so it can be passed straight into a jitted function as an
 argument: its weights become sharded inputs of the compiled program rather than constants baked
 into it, and no gradient is ever taken with respect to them unless a caller asks for one.
 
-It is always run in inference mode (BatchNorm running statistics) and takes float images in
-[0, 1] shaped [B, H, W, 3]; `preprocess` applies the ImageNet mean/std normalisation.
+Called, it runs in inference mode (BatchNorm running statistics) on float images in [0, 1] shaped
+[B, H, W, 3]; `preprocess` applies the normalisation its weights expect. A method that trains R
+keeps R's variables in its train state and runs it with `apply_train` (batch statistics, dropout).
+`task` names what its outputs mean (`rajax.tasks`: "classification" for these families).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Arch:
   rename_torch_keys: Callable[[dict], dict] | None = None   # old torch key layouts -> the current one
   mean: tuple[float, float, float] = IMAGENET_MEAN   # input normalisation the weights expect
   std: tuple[float, float, float] = IMAGENET_STD
+  task: str = "classification"             # what its outputs are (rajax.tasks)
 
 
 _ARCHS: dict[str, Arch] = {}
@@ -52,16 +55,19 @@ _ARCHS: dict[str, Arch] = {}
 
 def register(name: str, module: Callable[..., nn.Module], options: Mapping[str, Any] | None = None, *,
              torch_key: Callable[[str], str] | None = None, rename_torch_keys: Callable[[dict], dict] | None = None,
-             mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD) -> None:
+             mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD,
+             task: str = "classification") -> None:
   """Adds a recognizer architecture.
 
   `module(num_classes=..., dtype=..., **options, **user_kwargs)` must return a linen module
   accepting `(images, *, train=False, features=False)` on normalised NHWC images. `torch_key`
   maps a Flax module path to the torch module prefix, so torch checkpoints can be read, after
   `rename_torch_keys` has brought older key layouts up to date; `mean` and
-  `std` are the input normalisation the architecture's weights expect.
+  `std` are the input normalisation the architecture's weights expect; `task` what its outputs are.
   """
-  _ARCHS[name] = Arch(module, dict(options or {}), torch_key, rename_torch_keys, mean, std)
+  if name in _ARCHS:
+    raise ValueError(f"Recognizer {name!r} is registered twice.")
+  _ARCHS[name] = Arch(module, dict(options or {}), torch_key, rename_torch_keys, mean, std, task)
 
 
 for _family in _FAMILIES:
@@ -79,17 +85,18 @@ def available() -> list[str]:
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=["variables"],
-    meta_fields=["name", "module", "mean", "std"],
+    meta_fields=["name", "module", "mean", "std", "task"],
 )
 @dataclasses.dataclass(frozen=True)
 class Recognizer:
-  """A frozen image classifier: call it on [B, H, W, 3] images in [0, 1] to get float32 logits."""
+  """An image recognizer: call it on [B, H, W, 3] images in [0, 1] to get its float32 outputs (logits)."""
 
   name: str
   module: nn.Module
   variables: Mapping[str, Any]
   mean: tuple[float, float, float] = IMAGENET_MEAN
   std: tuple[float, float, float] = IMAGENET_STD
+  task: str = "classification"
 
   @property
   def num_classes(self) -> int:
@@ -107,6 +114,17 @@ class Recognizer:
 
   def __call__(self, images: jax.Array, *, features: bool = False):
     return self.apply(self.variables, images, features=features)
+
+  def apply_train(self, variables: Mapping[str, Any], images: jax.Array, *, rng: jax.Array | None = None):
+    """(logits, updated batch_stats) in training mode: BatchNorm on batch statistics, dropout from `rng`."""
+    rngs = {"dropout": rng} if rng is not None else {}
+    logits, updates = self.module.apply(variables, self.preprocess(images), train=True, mutable=["batch_stats"],
+                                        rngs=rngs)
+    return logits, updates.get("batch_stats", {})
+
+  def replace(self, **changes) -> "Recognizer":
+    """A copy with `changes` (e.g. `variables=` trained ones)."""
+    return dataclasses.replace(self, **changes)
 
 
 def recognizer(
@@ -145,7 +163,7 @@ def recognizer(
     logging.warning("recognizer %r has random weights (weights='random'): its predictions mean nothing.", name)
     # The RBG generator compiles ~3x faster on CPU than threefry, which matters for tests and benchmarks.
     variables = jax.jit(init)(jax.random.key(seed, impl="rbg"), dummy)
-    return Recognizer(name=name, module=module, variables=variables, mean=arch.mean, std=arch.std)
+    return Recognizer(name=name, module=module, variables=variables, mean=arch.mean, std=arch.std, task=arch.task)
   if weights is None:
     weights = bundled.bundled_path(name)
     if num_classes != 1000 or kwargs:
@@ -155,4 +173,4 @@ def recognizer(
   variables = weights_lib.load(weights, template, what=f"recognizer {name!r}", torch_key=arch.torch_key,
                                rename_torch_keys=arch.rename_torch_keys)
   return Recognizer(name=name, module=module, variables=jax.tree.map(jnp.asarray, variables), mean=arch.mean,
-                    std=arch.std)
+                    std=arch.std, task=arch.task)
