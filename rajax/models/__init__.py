@@ -10,7 +10,7 @@ from flax import linen as nn
 from rajax.models.layers import as_dtype
 from rajax.models.recognizers import IMAGENET_MEAN, IMAGENET_STD, Recognizer, recognizer
 from rajax.models.srresnet import SRResNet
-from rajax.models.transformer import ResnetGenerator
+from rajax.models.resnet_generator import ResnetGenerator
 
 PROCESSORS: dict[str, type[nn.Module]] = {
     "srresnet": SRResNet,

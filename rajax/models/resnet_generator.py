@@ -1,4 +1,4 @@
-"""The transformer T of "RA with transformer": pix2pix's ResnetGenerator with BatchNorm.
+"""pix2pix's ResnetGenerator with BatchNorm: the transformer T of "RA with transformer".
 
 T maps P's output to an image the recognizer classifies better, and is trained with the
 recognition loss alone while P keeps only its pixel loss (a stop_gradient sits between them).
