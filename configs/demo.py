@@ -13,7 +13,7 @@ To fit a 2-core CPU, each task first trains P with the plain loss ("pretrain" st
 method (plain included, for fairness) then continues from that P for the same number of steps
 ("finetune" stage, the default).
 
-Args: task (sr | denoise | jpeg), mode (plain | ra | unsupervised | transformer),
+Args: task (sr | denoise | jpeg), mode (plain | ra | unsupervised | transformer, or an Appendix A method),
 stage (pretrain | finetune), quick (bool: a few steps, to check the machinery).
 """
 
@@ -49,7 +49,14 @@ def get_config(arg=None):
   # (3e-4 and 1e-3 lowered held-out agreement in a JPEG miniature with 9x9 head and tail). Unsupervised RA keeps the paper's ratio to RA
   # (10 : 1e-3); T, trained on the recognition loss alone with Adam, does not depend on its weight.
   ra = {"sr": 3e-4, "denoise": 3e-4, "jpeg": 1e-4}[a.task]
-  c.method.lam = {"plain": 0.0, "ra": ra, "unsupervised": 1e4 * ra, "transformer": 1e-2}[a.mode]
+  # The Appendix A alternatives (opt-in: rajax.demo --modes) use RA's weight for their recognition
+  # or feature term, MobileNetV2's stride-16 features ("stage4") for the perceptual loss, and fine-tune
+  # R from its ImageNet weights with SGD with momentum (lr 1e-3) where they train it.
+  lams = {"plain": 0.0, "ra": ra, "unsupervised": 1e4 * ra, "transformer": 1e-2}
+  if "lam" in c.method:
+    c.method.lam = lams.get(a.mode, ra)
+  if "layers" in c.method:
+    c.method.layers = ("stage4",)
 
   c.data.source = "photos"
   # Training photos at four scales (short side 1x to 3.4x the crop): a crop shows a whole photo
@@ -76,6 +83,7 @@ def get_config(arg=None):
   # lost agreement even on the training photos' own crops.)
   for net in ("processor", "transformer"):
     c.optim[net].lr = 1e-3 if a.stage == "pretrain" else 1e-4
+  for net in ("processor", "transformer", "recognizer"):
     c.optim[net].decay_epochs = (0.7, 0.9)   # the run is one epoch: x0.1 at 70% of it, x0.01 at 90%
   steps = (QUICK_STEPS if a.quick else STEPS)[a.stage]
   per_repeat = len(photos.TRAIN) * len(c.data.photos.scales)

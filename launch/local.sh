@@ -5,9 +5,9 @@
 #
 #   launch/local.sh [--processes N] [--port P] [--dry-run] CONFIG WORKDIR [--config.FIELD=VALUE ...]
 #
-#   launch/local.sh configs/sr_imagenet.py:mode=ra runs/sr_ra --config.data.data_dir=$TFDS_DATA_DIR \
+#   launch/local.sh configs/imagenet.py:task=sr,mode=ra runs/sr_ra --config.data.data_dir=$TFDS_DATA_DIR \
 #       --config.compute_dtype=bfloat16
-#   launch/local.sh --processes 8 configs/sr_imagenet.py:mode=ra runs/sr_ra ...   # one process per GPU
+#   launch/local.sh --processes 8 configs/imagenet.py:task=sr,mode=ra runs/sr_ra ...   # one process per GPU
 #   XLA_FLAGS=--xla_force_host_platform_device_count=4 JAX_PLATFORMS=cpu \
 #       launch/local.sh --processes 2 configs/smoke.py runs/smoke_2proc           # 2 CPU "hosts"
 #
@@ -37,7 +37,7 @@ while (($#)); do
     --port=*) port=${1#*=} ;;
     --config.*) overrides+=("$1") ;;
     -h|--help) usage; exit 0 ;;
-    -*) echo "$0: unknown option $1; config overrides look like --config.optim.lr=3e-4" >&2; usage >&2; exit 2 ;;
+    -*) echo "$0: unknown option $1; config overrides look like --config.optim.processor.lr=3e-4" >&2; usage >&2; exit 2 ;;
     *) positional+=("$1") ;;
   esac
   shift || true

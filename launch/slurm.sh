@@ -37,7 +37,7 @@ while (($#)); do
     --dry-run) dry_run=1 ;;
     --config.*) overrides+=("$1") ;;
     -h|--help) usage; exit 0 ;;
-    -*) echo "$0: unknown option $1; config overrides look like --config.optim.lr=3e-4" >&2; usage >&2; exit 2 ;;
+    -*) echo "$0: unknown option $1; config overrides look like --config.optim.processor.lr=3e-4" >&2; usage >&2; exit 2 ;;
     *) positional+=("$1") ;;
   esac
   shift

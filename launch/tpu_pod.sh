@@ -5,7 +5,7 @@
 #   launch/tpu_pod.sh --tpu NAME --zone ZONE [--project PROJECT] [--repo DIR] [--dry-run] \
 #       CONFIG WORKDIR [--config.FIELD=VALUE ...]
 #
-#   launch/tpu_pod.sh --tpu rajax-v4-32 --zone us-central2-b configs/sr_imagenet.py:mode=ra \
+#   launch/tpu_pod.sh --tpu rajax-v4-32 --zone us-central2-b configs/imagenet.py:task=sr,mode=ra \
 #       /mnt/shared/runs/sr_ra --config.data.data_dir=/mnt/shared/tfds --config.compute_dtype=bfloat16
 #
 # Runs `gcloud compute tpus tpu-vm ssh NAME --zone ZONE --worker=all --command ...`: on each worker
@@ -38,7 +38,7 @@ while (($#)); do
     --tpu=*|--zone=*|--project=*|--repo=*) opt=${1%%=*}; declare "${opt#--}=${1#*=}" ;;
     --config.*) overrides+=("$1") ;;
     -h|--help) usage; exit 0 ;;
-    -*) echo "$0: unknown option $1; config overrides look like --config.optim.lr=3e-4" >&2; usage >&2; exit 2 ;;
+    -*) echo "$0: unknown option $1; config overrides look like --config.optim.processor.lr=3e-4" >&2; usage >&2; exit 2 ;;
     *) positional+=("$1") ;;
   esac
   shift

@@ -1,7 +1,7 @@
 """Experiment configs: loading `configs/*.py:arg` files, command-line overrides, validation.
 
 A config file defines `get_config(arg: str | None) -> ml_collections.ConfigDict`; `arg` is the text
-after the colon in `configs/sr_imagenet.py:mode=ra,recognizer=resnet18`, parsed with `parse_arg`.
+after the colon in `configs/imagenet.py:task=sr,mode=ra,recognizer=resnet18`, parsed with `parse_arg`.
 Any field can then be overridden as `--config.optim.lr=3e-4`; an unknown field or a value of the
 wrong type fails with a message naming it, and the config is locked afterwards.
 

@@ -5,13 +5,14 @@
 
 The processors are the demo's runs (configs/demo.py, trained with R = MobileNetV2) in
 `<runs>/<task>/<mode>` for each mode listed in `modes`. Extra runs enable more tables:
-  lams=0.01,0.1  adds `<runs>/<task>/ra_lam<value>` (trained with --config.lam=VALUE) to the lambda sweep;
+  lams=0.01,0.1  adds `<runs>/<task>/ra_lam<value>` (trained with --config.method.lam=VALUE) to the lambda sweep;
   category=True  adds `<runs>/<task>/ra_A` (trained with --config.classes.half=A) to the category table.
 The held-out crops are the demo's. The photos have no labels: each recognizer's label is its own top-1
 class on the clean crop.
 
-Args: runs, task (sr | denoise | jpeg), modes (comma-separated, e.g. "plain,ra,unsupervised,transformer"),
-lams, category, corruptions (for denoise/jpeg: the ImageNet-C table's corruptions, comma-separated).
+Args: runs, task (sr | denoise | jpeg), modes (comma-separated methods, e.g. "plain,ra,unsupervised,transformer",
+or Appendix A's "ra_joint,recognizer_on_input"), lams, category, corruptions (for denoise/jpeg: the
+ImageNet-C table's corruptions, comma-separated), quick (the demo's --quick held-out crops).
 """
 
 import pathlib
@@ -24,12 +25,13 @@ from rajax import evaluate
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, runs="runs/demo", task="sr", modes="plain,ra", lams="", category=False,
-                           corruptions="gaussian_noise,defocus_blur,fog,jpeg_compression")
+                           corruptions="gaussian_noise,defocus_blur,fog,jpeg_compression", quick=False)
   c = evaluate.base_config(task=a.task)
   c.labels = "recognizer"
   c.data.source = "photos"
   # The demo's held-out crops (configs/demo.py): 5 photos x 3 scales x a 4x4 grid x 2 (mirrors) = 480.
-  demo = config_lib.load(str(pathlib.Path(__file__).resolve().parent.parent / "demo.py") + f":task={a.task}")
+  demo = config_lib.load(str(pathlib.Path(__file__).resolve().parent.parent / "demo.py")
+                         + f":task={a.task},quick={a.quick}")
   for field in ("short_side", "grid", "eval_scales"):
     c.data.photos[field] = demo.data.photos[field]
   c.data.resize = 0
@@ -55,6 +57,9 @@ def get_config(arg=None):
   E = ml_collections.ConfigDict
   c.evals.accuracy = E(dict(type="accuracy", processors=tuple(modes)))
   c.evals.transfer = E(dict(type="transfer", processors=tuple(modes)))
+  # Appendix A: each method with its own recognizer (the one it trained, or MobileNetV2 where it is fixed).
+  c.evals.alternatives = E(dict(type="alternatives", processors=tuple(modes), source="mobilenet_v2",
+                                transfer=("efficientnet_lite0",)))
   if "plain" in modes and "ra" in modes:
     c.evals.lambda_sweep = E(dict(type="lambda_sweep", processors=("plain", "ra", *lam_runs)))
     c.evals.boundary = E(dict(type="boundary", plain="plain", ra="ra", source="mobilenet_v2", random_directions=4,

@@ -1,7 +1,7 @@
 """Host input-pipeline throughput: images/s per stage and end to end, per task and worker count.
 
-    python -m rajax.data.bench --config configs/sr_imagenet.py --config.data.data_dir=~/tfds
-    python -m rajax.data.bench --config configs/sr_imagenet.py --source photos --workers 0,1,2
+    python -m rajax.data.bench --config configs/imagenet.py --config.data.data_dir=~/tfds
+    python -m rajax.data.bench --config configs/imagenet.py --source photos --workers 0,1,2
 
 With a prepared dataset (`--source tfds`, the config's data.name and data.data_dir) the benchmark
 reads the real files; `--source photos` (the default when no data_dir is set) uses ImageNet-sized

@@ -12,6 +12,8 @@ to run, each selected by its `type` (big_vision style):
   transfer      Table 2   rows = recognizer used as the loss, columns = recognizer evaluated
   category      Table 3   subset accuracy on two halves of the classes
   lambda_sweep  Table 5   PSNR, SSIM, top-1 against lambda, with a plot
+  alternatives  App. A    each method's accuracy on its outputs by its own recognizer (trained or fixed),
+                          that recognizer on clean images, transfer to other recognizers, PSNR, SSIM
   boundary      Table 6   decision-boundary distances (BD) and inter-boundary distances (IBD) along the
                           RA direction and random directions; 2-D decision maps (Figure 4)
   imagenet_c              top-1 per corruption and severity
@@ -48,6 +50,7 @@ EVALUATORS = {
     "transfer": tables.transfer,
     "category": tables.category,
     "lambda_sweep": tables.lambda_sweep,
+    "alternatives": tables.alternatives,
     "boundary": boundary.boundary,
     "imagenet_c": tables.imagenet_c,
 }
@@ -90,6 +93,11 @@ def zoo(name: str, weights: str | None = None, **options) -> ml_collections.Conf
   t.weights = config_dict.placeholder(str)
   t.weights = weights
   return t
+
+
+def run_target(workdir: str) -> ml_collections.ConfigDict:
+  """A target section for the recognizer that the training run in `workdir` trained (e.g. ra_joint)."""
+  return ml_collections.ConfigDict(dict(kind="run", run=str(workdir)))
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -176,5 +184,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
 
 __all__ = [
     "EVALUATORS", "CallableTarget", "Context", "EvalError", "OnnxTarget", "Results", "Table", "TargetError", "ZooTarget",
-    "base_config", "boundary_distance", "class_halves", "inter_boundary_distance", "load_processor", "run", "validate", "zoo",
+    "base_config", "boundary_distance", "class_halves", "inter_boundary_distance", "load_processor", "run", "run_target",
+    "validate", "zoo",
 ]

@@ -393,26 +393,39 @@ class Context:
     return out
 
   # ------------------------------------------------------------------ labels and accuracy
-  def labels(self, recs: dict, target: str) -> np.ndarray:
-    """Per-example labels for `target`: the dataset's, or its own top-1 on the clean image."""
+  def labels(self, recs: dict, target: str, reference: str | None = None) -> np.ndarray:
+    """Per-example labels for `target`: the dataset's, or (config.labels="recognizer") a recognizer's
+    own top-1 on the clean image: the target's, or `reference`'s when given (e.g. a trained R measured
+    against the recognizer it started from)."""
     if self.config.labels == "dataset":
       if np.any(recs["labels"] < 0):
         raise EvalError("The evaluation data has no labels (label -1, e.g. data.source='photos'): "
                         "set config.labels='recognizer'.")
       return recs["labels"]
-    return recs[(CLEAN, target)]["topk"][:, 0]
+    return recs[(CLEAN, reference or target)]["topk"][:, 0]
 
-  def top1_correct(self, recs: dict, view: str, target: str) -> np.ndarray:
+  def top1_correct(self, recs: dict, view: str, target: str, reference: str | None = None) -> np.ndarray:
     """Per example, whether `target`'s top-1 class on `view` is the label (boolean [N])."""
-    return recs[(view, target)]["topk"][:, 0] == self.labels(recs, target)
+    return recs[(view, target)]["topk"][:, 0] == self.labels(recs, target, reference)
 
-  def accuracy(self, recs: dict, view: str, target: str) -> dict[str, float]:
+  def accuracy(self, recs: dict, view: str, target: str, reference: str | None = None) -> dict[str, float]:
     """Top-1 and top-5 (NaN where the target gives fewer than 5 classes) of `target` on `view`."""
-    labels = self.labels(recs, target)
+    labels = self.labels(recs, target, reference)
     topk = recs[(view, target)]["topk"]
     top1 = float(np.mean(topk[:, 0] == labels))
     top5 = float(np.mean(np.any(topk == labels[:, None], axis=1))) if topk.shape[1] >= 5 else float("nan")
     return {"top1": top1, "top5": top5}
+
+  def trained_recognizer(self, view: str) -> str | None:
+    """The name of a target for the recognizer processor `view`'s run trained (None if it trained none)."""
+    p = self.processor(view)
+    if p.run.recognizer is None:
+      return None
+    name = f"{view}:R"
+    if name not in self._targets:
+      rec = jax.device_put(p.run.recognizer, self.replicated)
+      self._targets[name] = targets_lib.ZooTarget(name=name, recognizer=rec, key=json.dumps(["run", p.key]))
+    return name
 
 
 def dataset_labels_ok(recs: dict) -> bool:

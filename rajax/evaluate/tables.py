@@ -4,6 +4,7 @@
   transfer     Table 2: rows = recognizer used as the loss, columns = recognizer evaluated
   category     Table 3: subset accuracy on the two halves of the classes
   lambda_sweep Table 5: PSNR, SSIM, top-1 against the recognition loss weight, with a plot
+  alternatives Appendix A: each method with its own recognizer, that recognizer on clean images, transfer
   imagenet_c   top-1 per corruption and severity, input vs processors
 """
 
@@ -174,6 +175,41 @@ def lambda_sweep(ctx: Context, cfg, name: str) -> Table:
   plt.close(fig)
   table.figures.append(png)
   table.notes.append(_labels_note(ctx, recs))
+  return table
+
+
+def alternatives(ctx: Context, cfg, name: str) -> Table:
+  """The paper's Appendix A table: for each processor (any method), top-1 on its outputs by its own
+  recognizer (the one its run trained, else `cfg.source`, the fixed loss recognizer), that
+  recognizer's top-1 on clean images, top-1 on the outputs of each `cfg.transfer` target (default:
+  every other target), PSNR and SSIM. Without dataset labels, every recognizer is measured against
+  `cfg.source`'s top-1 on the clean image (a trained R then shows how far it moved from where it started).
+  """
+  procs = ctx.processor_names(cfg.get("processors"))
+  source = cfg.get("source")
+  if not source:
+    raise EvalError(f"evals.{name}.source is not set: name the target that is the fixed loss recognizer.")
+  transfer = list(cfg.get("transfer") or [t for t in ctx.target_names(None) if t != source])
+  own = {v: ctx.trained_recognizer(v) or source for v in procs}
+  tnames = list(dict.fromkeys([source, *transfer, *own.values()]))
+  recs = ctx.records(procs + [CLEAN], tnames, what=name)
+  reference = source if ctx.config.labels == "recognizer" else None
+  cols = ["method", "processor", "PSNR", "SSIM", "top-1 (own R)", "own R", "own R on clean"]
+  cols += [f"{t} top-1" for t in transfer]
+  table = Table(name, cfg.get("title", "Alternatives to a fixed recognition loss (Appendix A)"), cols,
+                {"method": "text", "processor": "text", "PSNR": "db", "SSIM": "ssim", "own R": "text"}
+                | {c: "pct" for c in cols if "top-1" in c or c.endswith("on clean")})
+  for v in procs:
+    q = recs[(v, "quality")]
+    row = {"method": ctx.processor(v).title, "processor": v, "PSNR": _mean(q["psnr"]), "SSIM": _mean(q["ssim"]),
+           "top-1 (own R)": ctx.accuracy(recs, v, own[v], reference)["top1"],
+           "own R": "trained" if own[v] != source else f"{source} (fixed)",
+           "own R on clean": ctx.accuracy(recs, CLEAN, own[v], reference)["top1"]}
+    row |= {f"{t} top-1": ctx.accuracy(recs, v, t, reference)["top1"] for t in transfer}
+    table.rows.append(row)
+  table.notes.append(f"\"own R\": the recognizer a run trained (methods that train R), else {source}, the fixed loss "
+                     f"recognizer. " + (f"Labels: {source}'s top-1 on the clean image (no ground truth), for every "
+                                        "recognizer." if reference else _labels_note(ctx, recs)))
   return table
 
 

@@ -147,7 +147,8 @@ class OnnxTarget(HostTarget):
 
 
 def build(name: str, spec, *, compute_dtype: str = "float32", seed: int = 0):
-  """A target from its config section: kind "zoo" | "onnx" | "callable" (see configs/eval/README)."""
+  """A target from its config section: kind "zoo" | "onnx" | "callable" | "run" (the recognizer a
+  training run trained: `run` is its workdir)."""
   from rajax.models import recognizer
 
   kind = spec.get("kind", "zoo")
@@ -184,7 +185,18 @@ def build(name: str, spec, *, compute_dtype: str = "float32", seed: int = 0):
     except (ImportError, AttributeError) as e:
       raise TargetError(f"Callable target {name!r}: cannot import {ref!r} ({e}).") from e
     return CallableTarget(name=name, key=json.dumps(["callable", ref, spec.get("version", "")]), fn=fn)
-  raise TargetError(f"Target {name!r}: unknown kind {kind!r}; use 'zoo', 'onnx' or 'callable'.")
+  if kind == "run":
+    from rajax import runs
+    path = spec.get("run", "")
+    try:
+      run = runs.load(path, compute_dtype=compute_dtype)
+    except runs.RunError as e:
+      raise TargetError(f"Target {name!r}: {e}") from None
+    if run.recognizer is None:
+      raise TargetError(f"Target {name!r}: the run in {path} (method {run.spec.name!r}) trains no recognizer; "
+                        "a run target is the recognizer a method trained.")
+    return ZooTarget(name=name, recognizer=run.recognizer, key=json.dumps(["run", run.key, compute_dtype]))
+  raise TargetError(f"Target {name!r}: unknown kind {kind!r}; use 'zoo', 'onnx', 'callable' or 'run'.")
 
 
 def wrap(name: str, obj) -> ZooTarget | HostTarget:

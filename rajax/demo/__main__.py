@@ -1,0 +1,7 @@
+"""python -m rajax.demo: see rajax.demo."""
+
+import sys
+
+from rajax.demo import main
+
+sys.exit(main())
