@@ -170,9 +170,9 @@ def write_report(workdir: pathlib.Path, results: dict, *, quick: bool, train_sec
 def _appendix_lines(appendix: dict) -> list[str]:
   """The Appendix A table per task: each method with its own recognizer (trained or the fixed one)."""
   lines = ["## Alternatives to a fixed recognition loss (the paper's Appendix A)", "",
-           f"\"own R\": the recognizer a method trained, or {LOSS_RECOGNIZER} where it is fixed. Top-1 is agreement "
-           f"with {LOSS_RECOGNIZER}'s own top-1 class on the clean crop, for every recognizer, so a trained R's "
-           "\"on clean\" column shows how far it moved from the recognizer it started as.", ""]
+           f"\"own R\": the recognizer a method trained, or {LOSS_RECOGNIZER} where it is fixed. A trained R's top-1 "
+           f"is agreement with {LOSS_RECOGNIZER}'s own top-1 class on the clean crop, so its \"on clean\" column shows "
+           "how far it moved from the recognizer it started as; the unseen recognizer's is agreement with its own.", ""]
   for task, rows in appendix.items():
     unseen = [c[:-len(" top-1")] for c in rows[0] if c.endswith(" top-1") and c != "top-1 (own R)"] if rows else []
     lines += [f"**{TASK_TITLES[task]}**", "",

@@ -182,8 +182,9 @@ def alternatives(ctx: Context, cfg, name: str) -> Table:
   """The paper's Appendix A table: for each processor (any method), top-1 on its outputs by its own
   recognizer (the one its run trained, else `cfg.source`, the fixed loss recognizer), that
   recognizer's top-1 on clean images, top-1 on the outputs of each `cfg.transfer` target (default:
-  every other target), PSNR and SSIM. Without dataset labels, every recognizer is measured against
-  `cfg.source`'s top-1 on the clean image (a trained R then shows how far it moved from where it started).
+  every other target), PSNR and SSIM. Without dataset labels, a trained R is measured against
+  `cfg.source`'s top-1 on the clean image (it shows how far it moved from where it started), and
+  every other recognizer against its own, as in the accuracy table.
   """
   procs = ctx.processor_names(cfg.get("processors"))
   source = cfg.get("source")
@@ -205,11 +206,12 @@ def alternatives(ctx: Context, cfg, name: str) -> Table:
            "top-1 (own R)": ctx.accuracy(recs, v, own[v], reference)["top1"],
            "own R": "trained" if own[v] != source else f"{source} (fixed)",
            "own R on clean": ctx.accuracy(recs, CLEAN, own[v], reference)["top1"]}
-    row |= {f"{t} top-1": ctx.accuracy(recs, v, t, reference)["top1"] for t in transfer}
+    row |= {f"{t} top-1": ctx.accuracy(recs, v, t)["top1"] for t in transfer}
     table.rows.append(row)
   table.notes.append(f"\"own R\": the recognizer a run trained (methods that train R), else {source}, the fixed loss "
-                     f"recognizer. " + (f"Labels: {source}'s top-1 on the clean image (no ground truth), for every "
-                                        "recognizer." if reference else _labels_note(ctx, recs)))
+                     f"recognizer. " + (f"Labels: a trained R's are {source}'s top-1 on the clean image (no ground "
+                                        "truth); every other recognizer's are its own." if reference
+                                        else _labels_note(ctx, recs)))
   return table
 
 

@@ -87,18 +87,18 @@ def make_joint(setup: base.Setup) -> base.Method:
     terms = {"pixel_mse": losses.pixel_mse(pred=out, target=y),
              "recognition": jnp.mean(task.loss(outputs=logits, targets=labels, label_smoothing=smoothing))}
     total = terms["pixel_mse"] + lam * terms["recognition"]
-    return total, (terms, {"processor": p_stats, "recognizer": r_stats}, logits, out, labels)
+    return total, base.LossAux(terms, {"processor": p_stats, "recognizer": r_stats}, logits, out, labels)
 
   def train_step(state, batch, frozen):
     batch = base.with_input(batch, setup.device_stage)
     rng, key = jax.random.split(state.rng)
-    (total, (terms, stats, logits, out, labels)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.batch_stats, batch, key)
+    (total, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.batch_stats, batch, key)
     # One backward pass: d(total)/dR = lam * dL/dR, so R's own objective w * L has gradient (w / lam) * that.
     grads = dict(grads, recognizer=jax.tree.map(lambda g: g * (r_weight / lam), grads["recognizer"]))
     params, opt_state = base.apply_gradients(state, grads, setup.optimizers, ("processor", "recognizer"))
-    new = state.replace(step=state.step + 1, params=params, batch_stats=stats, opt_state=opt_state, rng=rng)
-    return new, _metrics(total, terms, grads, logits, labels, task, out, base.to_float_images(batch["target"]))
+    new = state.replace(step=state.step + 1, params=params, batch_stats=aux.batch_stats, opt_state=opt_state, rng=rng)
+    return new, _metrics(total, aux.terms, grads, aux.outputs, aux.targets, task, aux.image,
+                         base.to_float_images(batch["target"]))
 
   return base.Method(spec=METHODS["ra_joint"], init=lambda rng, initial=None: _init(setup, rng, initial),
                      train_step=train_step, forward=_forward_processor(setup))
@@ -134,16 +134,17 @@ def _make_recognizer_training(name: str, forward):
       labels = _labels(config, batch, rec.replace(variables=jax.lax.stop_gradient(r_vars)), y)
       logits, r_stats = rec.apply_train(r_vars, images, rng=rng)
       loss = jnp.mean(task.loss(outputs=logits, targets=labels, label_smoothing=smoothing))
-      return loss, ({"recognizer": r_stats}, logits, labels, images, y)
+      return loss, base.LossAux({"recognition": loss}, {"recognizer": r_stats}, logits, images, labels)
 
     def train_step(state, batch, frozen):
       batch = base.with_input(batch, setup.device_stage)
       rng, key = jax.random.split(state.rng)
-      (loss, (stats, logits, labels, images, y)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-          state.params, state.batch_stats, batch, frozen, key)
+      (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.batch_stats, batch, frozen,
+                                                                     key)
       params, opt_state = base.apply_gradients(state, grads, setup.optimizers, ("recognizer",))
-      new = state.replace(step=state.step + 1, params=params, batch_stats=stats, opt_state=opt_state, rng=rng)
-      return new, _metrics(loss, {"recognition": loss}, grads, logits, labels, task, images, y)
+      new = state.replace(step=state.step + 1, params=params, batch_stats=aux.batch_stats, opt_state=opt_state, rng=rng)
+      return new, _metrics(loss, aux.terms, grads, aux.outputs, aux.targets, task, aux.image,
+                           base.to_float_images(batch["target"]))
 
     return base.Method(spec=METHODS[name], init=lambda rng, initial=None: _init(setup, rng, initial),
                        train_step=train_step, forward=forward)
@@ -187,7 +188,7 @@ def make_perceptual(setup: base.Setup) -> base.Method:
              "recognition": losses.feature_loss(features=feats, target_features=target_feats, layers=layers)}
     labels = _labels(config, batch, recognizer, y)
     total = terms["pixel_mse"] + lam * terms["recognition"]
-    return total, ra.LossAux(terms, {"processor": p_stats}, logits, out, labels)
+    return total, base.LossAux(terms, {"processor": p_stats}, logits, out, labels)
 
   return _processor_method("perceptual", setup, loss_fn)
 

@@ -69,6 +69,16 @@ class Method(NamedTuple):
   forward: Callable[[Variables, Frozen, jax.Array], dict[str, jax.Array]]
 
 
+class LossAux(NamedTuple):
+  """What a method's loss function returns besides the total, by name."""
+
+  terms: dict[str, jax.Array]        # per-term scalars: "pixel_mse", "recognition"
+  batch_stats: dict[str, Any]        # the trained networks' updated BatchNorm statistics
+  outputs: jax.Array | None          # R's outputs on what it was fed (None without a recognizer)
+  image: jax.Array                   # P's output (unclipped), or the image R was trained on
+  targets: jax.Array | None          # the labels the recognition term and top-1 used
+
+
 @dataclasses.dataclass(frozen=True)
 class Setup:
   """What `MethodSpec.make` builds a method from."""

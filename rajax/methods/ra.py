@@ -23,7 +23,7 @@ half get zero weight in every loss term, and the recognition loss sees only the 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -102,14 +102,7 @@ def _problems(s: Settings) -> list[str]:
   return out
 
 
-class LossAux(NamedTuple):
-  """What the loss function returns besides the total, by name."""
-
-  terms: dict[str, jax.Array]        # per-term scalars: "pixel_mse", "recognition"
-  batch_stats: dict[str, Any]        # the trained networks' updated BatchNorm statistics
-  outputs: jax.Array | None          # R's outputs on what it was fed (None in plain processing)
-  image: jax.Array                   # P's output (unclipped)
-  targets: jax.Array | None          # the labels the recognition term and top-1 used
+LossAux = base.LossAux
 
 
 def targets_and_confidence(settings: Settings, batch: base.Batch, recognizer, clean: jax.Array):
