@@ -484,6 +484,16 @@ def test_a_wheel_that_does_not_match_its_pinned_sha256_stops_the_script_before_t
   assert bench.by_name()["sr_ra"]["reason"] == "not started: the install step failed"
 
 
+def test_a_wheel_that_would_shadow_the_machines_numpy_stops_the_script(bench, tmp_path):
+  folder = tmp_path / "shadowing"
+  w = _wheel(folder, "rajaxfake_b", "1.0", {"rajaxfake_b/__init__.py": "", "numpy/__init__.py": "__version__ = '0'\n"})
+  pins = tmp_path / "shadow_pins.txt"
+  pins.write_text(_pin_line(w, "rajaxfake_b==1.0", "rajaxfake_b"))
+  r = bench.run("--budget", 300, "--wheels", folder, "--only", "^sr_ra$", bench.out, WHEEL_PINS=pins)
+  assert r.returncode == 1 and "shadows the machine's own numpy" in r.stderr, r.stderr
+  assert bench.calls() == [] and bench.by_name()["install"]["status"] == "failed"
+
+
 def test_fetch_downloads_the_pinned_wheels_and_rejects_another_build_of_one(tmp_path):
   index = tmp_path / "index"
   a = _wheel(index, "rajaxfake_a", "1.0", {"rajaxfake_a/__init__.py": "x = 1\n"})
