@@ -1,30 +1,49 @@
 #!/usr/bin/env bash
-# The accelerator figures of docs/performance.md: every benchmark run, one JSON record each.
+# The accelerator figures of docs/performance.md: every benchmark run, one JSON record each, in
+# priority order.
 #
 #   launch/bench_gpu.sh [--dry-run] [--only REGEX] OUTDIR
+#   launch/bench_gpu.sh --budget SECONDS [--wheels DIR] [--estimates RECORDS] [--dry-run] [--only REGEX] OUTDIR
 #
 #   launch/bench_gpu.sh runs/bench_h100                  # everything (about 20 minutes on one H100)
 #   launch/bench_gpu.sh --only '^sr_ra' runs/bench_h100  # the runs whose name matches
 #   launch/bench_gpu.sh --dry-run runs/bench_h100        # print the commands only
+#   launch/bench_gpu.sh --budget 510 --wheels .whl "$OUT"   # one budgeted call (below)
+#   launch/bench_gpu.sh --budget 510 --dry-run "$OUT"    # its plan: estimates, what the budget skips
 #
 # Each run is `python -m rajax.bench ...`; its JSON record goes to OUTDIR/NAME.json and its log to
 # OUTDIR/NAME.log, and OUTDIR/commands.txt lists what ran, with the XLA flags. Single-device runs
 # use one device (--config.mesh.data=1); the multi_* runs use all local GPUs when there are
 # several. A failed run is reported at the end (exit status 1) without stopping the others.
 #
+# --budget SECONDS: everything within SECONDS (launch/bench_budget.py does it): first the wheels of
+# --wheels DIR whose module does not import (launch/gpu_wheels.txt, fetched here with
+# `python3 launch/gpu_wheels.py fetch DIR`), then a smoke run of one tiny step that stops the script if
+# it fails, then the runs in the order below, each started only when its estimated cost fits in what
+# is left and killed at its own time limit. OUTDIR gets records.jsonl (every record as its run ends,
+# skipped runs with the reason), bench.log and commands.txt, and keeps them when the script is cut short.
+# --estimates RECORDS takes the estimates from an earlier budgeted run's records.jsonl.
+#
 # Environment: PYTHON (default python3); NUM_GPUS (default: counted by nvidia-smi);
 # PIPELINE_WORKERS (grain worker processes for the end-to-end runs, default: half the CPU cores);
-# XLA_FLAGS is kept and each run's own flags are added after it.
+# XLA_FLAGS is kept and each run's own flags are added after it. With --budget also WHEEL_PINS (the
+# pin list, default launch/gpu_wheels.txt) and SMOKE_TIMEOUT (the smoke run's limit, default 120 s).
 set -euo pipefail
 
-usage() { echo "usage: $0 [--dry-run] [--only REGEX] OUTDIR"; }
+usage() { echo "usage: $0 [--budget SECONDS [--wheels DIR] [--estimates RECORDS]] [--dry-run] [--only REGEX] OUTDIR"; }
 
-dry_run=0 only="" positional=()
+dry_run=0 only="" budget="" wheels="" estimates="" positional=()
 while (($#)); do
   case $1 in
     --dry-run) dry_run=1 ;;
     --only) only=${2:-}; shift ;;
     --only=*) only=${1#*=} ;;
+    --budget) budget=${2:-}; shift ;;
+    --budget=*) budget=${1#*=} ;;
+    --wheels) wheels=${2:-}; shift ;;
+    --wheels=*) wheels=${1#*=} ;;
+    --estimates) estimates=${2:-}; shift ;;
+    --estimates=*) estimates=${1#*=} ;;
     -h|--help) usage; exit 0 ;;
     -*) echo "$0: unknown option $1" >&2; usage >&2; exit 2 ;;
     *) positional+=("$1") ;;
@@ -33,6 +52,18 @@ while (($#)); do
 done
 if [[ ${#positional[@]} -ne 1 ]]; then
   usage >&2
+  exit 2
+fi
+if [[ -n $budget ]] && ! [[ $budget =~ ^[0-9]+$ && $budget -gt 10 ]]; then
+  echo "$0: --budget needs whole seconds above 10 (everything included), e.g. --budget 510; got '$budget'" >&2
+  exit 2
+fi
+if [[ (-n $wheels || -n $estimates) && -z $budget ]]; then
+  echo "$0: --wheels and --estimates belong to the budgeted run; add --budget SECONDS (e.g. --budget 510)" >&2
+  exit 2
+fi
+if [[ -n $wheels && ! -d $wheels ]]; then
+  echo "$0: --wheels $wheels is not a folder; fetch the wheels first: python3 launch/gpu_wheels.py fetch $wheels" >&2
   exit 2
 fi
 outdir=${positional[0]}
@@ -51,43 +82,29 @@ workers=${PIPELINE_WORKERS:-$(( cores / 2 > 0 ? cores / 2 : 1 ))}
 
 C=configs/bench.py
 ONE=--config.mesh.data=1
-# name | extra XLA flags | arguments of python -m rajax.bench
+# name | extra XLA flags | arguments of python -m rajax.bench; in priority order
 runs=(
-  # targets: RA on each task, bfloat16, the reference batches (64 for SR, 32 at 224x224), vs PyTorch
+  # targets: RA on SR and denoising, bfloat16, the reference batches (64 for SR, 32 at 224x224), vs
+  # PyTorch eager AMP and torch.compile in the same process
   "sr_ra||--config $C:task=sr,mode=ra $ONE --vs-torch"
   "denoise_ra||--config $C:task=denoise,mode=ra $ONE --vs-torch"
-  "jpeg_ra||--config $C:task=jpeg,mode=ra $ONE --vs-torch"
-  "sr_ra_16blocks_b128||--config $C:task=sr,mode=ra,blocks=16,batch=128 $ONE --vs-torch"
-  # the other methods (unsupervised within 15% of RA; transformer: its own img/s and TFLOP/s)
-  "sr_unsupervised||--config $C:task=sr,mode=unsupervised $ONE --vs-torch"
+  # the other methods (unsupervised within 15% of RA; transformer: its own img/s and TFLOP/s); their
+  # PyTorch comparison comes later (*_vs_torch), as it costs more than the runs themselves
+  "sr_unsupervised||--config $C:task=sr,mode=unsupervised $ONE"
+  "sr_transformer||--config $C:task=sr,mode=transformer $ONE"
   "denoise_unsupervised||--config $C:task=denoise,mode=unsupervised $ONE"
-  "sr_transformer||--config $C:task=sr,mode=transformer $ONE --vs-torch"
   "denoise_transformer||--config $C:task=denoise,mode=transformer $ONE"
-  "sr_plain||--config $C:task=sr,mode=plain $ONE"
-  # R alone (ResNet-18, 224x224, batch 32): forward and the input gradient RA backpropagates into P
-  "recognizer_resnet18||--config $C:task=denoise,mode=ra $ONE --recognizer"
-  # levers: compute dtype, batch size, denoising noise on the host instead of in the step
-  "sr_ra_fp32||--config $C:task=sr,mode=ra,dtype=float32 $ONE --vs-torch"
-  "sr_ra_b32||--config $C:task=sr,mode=ra,batch=32 $ONE"
+  # levers: batch size
   "sr_ra_b128||--config $C:task=sr,mode=ra,batch=128 $ONE"
   "sr_ra_b256||--config $C:task=sr,mode=ra,batch=256 $ONE"
-  "denoise_ra_b64||--config $C:task=denoise,mode=ra,batch=64 $ONE"
-  "denoise_ra_host_noise||--config $C:task=denoise,mode=ra $ONE --config.data.noise=host"
   # levers: XLA GPU flags
   "sr_ra_latency_hiding|--xla_gpu_enable_latency_hiding_scheduler=true|--config $C:task=sr,mode=ra $ONE"
   "sr_ra_no_triton_gemm|--xla_gpu_enable_triton_gemm=false|--config $C:task=sr,mode=ra $ONE"
   "sr_ra_no_command_buffer|--xla_gpu_enable_command_buffer=|--config $C:task=sr,mode=ra $ONE"
   "denoise_ra_latency_hiding|--xla_gpu_enable_latency_hiding_scheduler=true|--config $C:task=denoise,mode=ra $ONE"
-  # end to end: the grain pipeline on this host's CPUs feeding the step
-  "sr_ra_pipeline||--config $C:task=sr,mode=ra $ONE --pipeline --config.data.workers=$workers"
-  "denoise_ra_pipeline||--config $C:task=denoise,mode=ra $ONE --pipeline --config.data.workers=$workers"
-  "jpeg_ra_pipeline||--config $C:task=jpeg,mode=ra $ONE --pipeline --config.data.workers=$workers"
-  # collectives of the 8-device data-parallel step (compiled on fake CPU devices)
-  "hlo_sr_ra||--config $C:task=sr,mode=ra,batch=16,dtype=bfloat16 --config.data.crop=32 --hlo 8"
-  "hlo_sr_transformer||--config $C:task=sr,mode=transformer,batch=16,dtype=bfloat16 --config.data.crop=32 --hlo 8"
 )
 if ((gpus > 1)); then
-  # data parallel over all local GPUs, 64 images per GPU, global vs per-device BatchNorm statistics
+  # levers: data parallel over all local GPUs, 64 images per GPU, global vs per-device BatchNorm statistics
   runs+=(
     "multi_sr_ra_global|--xla_gpu_enable_latency_hiding_scheduler=true|--config $C:task=sr,mode=ra,batch=$((64 * gpus)) --config.bn_stats=global"
     "multi_sr_ra_per_device|--xla_gpu_enable_latency_hiding_scheduler=true|--config $C:task=sr,mode=ra,batch=$((64 * gpus)) --config.bn_stats=per_device"
@@ -95,12 +112,53 @@ if ((gpus > 1)); then
     "multi_denoise_ra_per_device|--xla_gpu_enable_latency_hiding_scheduler=true|--config $C:task=denoise,mode=ra,batch=$((32 * gpus)) --config.bn_stats=per_device"
   )
 fi
+runs+=(
+  # end to end: the grain pipeline on this host's CPUs feeding the step; the third task's target
+  # (vs PyTorch) before its own end-to-end run
+  "sr_ra_pipeline||--config $C:task=sr,mode=ra $ONE --pipeline --config.data.workers=$workers"
+  "denoise_ra_pipeline||--config $C:task=denoise,mode=ra $ONE --pipeline --config.data.workers=$workers"
+  "jpeg_ra||--config $C:task=jpeg,mode=ra $ONE --vs-torch"
+  "jpeg_ra_pipeline||--config $C:task=jpeg,mode=ra $ONE --pipeline --config.data.workers=$workers"
+  # the rest: the other methods vs PyTorch, the design notes' third row, plain training, R alone,
+  # dtype, more batch sizes, host noise
+  "sr_unsupervised_vs_torch||--config $C:task=sr,mode=unsupervised $ONE --vs-torch"
+  "sr_transformer_vs_torch||--config $C:task=sr,mode=transformer $ONE --vs-torch"
+  "sr_ra_16blocks_b128||--config $C:task=sr,mode=ra,blocks=16,batch=128 $ONE --vs-torch"
+  "sr_plain||--config $C:task=sr,mode=plain $ONE"
+  # R alone (ResNet-18, 224x224, batch 32): forward and the input gradient RA backpropagates into P
+  "recognizer_resnet18||--config $C:task=denoise,mode=ra $ONE --recognizer"
+  "sr_ra_fp32||--config $C:task=sr,mode=ra,dtype=float32 $ONE --vs-torch"
+  "sr_ra_b32||--config $C:task=sr,mode=ra,batch=32 $ONE"
+  "denoise_ra_b64||--config $C:task=denoise,mode=ra,batch=64 $ONE"
+  "denoise_ra_host_noise||--config $C:task=denoise,mode=ra $ONE --config.data.noise=host"
+  # collectives of the 8-device data-parallel step (compiled on fake CPU devices)
+  "hlo_sr_ra||--config $C:task=sr,mode=ra,batch=16,dtype=bfloat16 --config.data.crop=32 --hlo 8"
+  "hlo_sr_transformer||--config $C:task=sr,mode=transformer,batch=16,dtype=bfloat16 --config.data.crop=32 --hlo 8"
+)
+# The budgeted run's smoke test: one tiny step, and PyTorch's eager AMP step (no torch.compile).
+smoke="smoke||--config $C:task=sr,mode=ra,tiny=true,steps=1 $ONE --config.bench.warmup=0 --vs-torch --config.bench.torch_variants=amp_bf16_cl"
+
+selected=()
+for entry in "${runs[@]}"; do
+  IFS='|' read -r name _ _ <<<"$entry"
+  if [[ -n $only && ! $name =~ $only ]]; then continue; fi
+  selected+=("$entry")
+done
+
+if [[ -n $budget ]]; then
+  here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+  args=(--budget "$budget" --python "$python" --gpus "$gpus" --pins "${WHEEL_PINS:-$here/gpu_wheels.txt}" --smoke "$smoke")
+  if [[ -n $wheels ]]; then args+=(--wheels "$wheels"); fi
+  if [[ -n $estimates ]]; then args+=(--estimates "$estimates"); fi
+  if ((dry_run)); then args+=(--dry-run); fi
+  for entry in "${selected[@]}"; do args+=(--run "$entry"); done
+  exec "$python" "$here/bench_budget.py" "${args[@]}" "$outdir"
+fi
 
 if ((!dry_run)); then mkdir -p "$outdir"; fi
 failed=()
-for entry in "${runs[@]}"; do
+for entry in "${selected[@]}"; do
   IFS='|' read -r name flags args <<<"$entry"
-  if [[ -n $only && ! $name =~ $only ]]; then continue; fi
   run_flags="${XLA_FLAGS:-}${flags:+ $flags}"
   read -r -a argv <<<"$args"
   run_flags=${run_flags# }

@@ -333,7 +333,11 @@ def test_torch_reference_steps():
   for mode, variants in (("unsupervised", "eager_fp32"), ("transformer", "amp_bf16_cl")):
     out = bench_torch.run(mode=mode, batch=2, crop=8, scale=1, blocks=1, channels=4, num_classes=10, lam=0.01,
                           width=4, t_blocks=1, t_channels=4, variants=variants, steps=1, warmup=1, device="cpu")
-    assert set(out) == {variants} and out[variants]["img_per_s"] > 0 and out[variants]["step_ms"] > 0
+    rec = out[variants]
+    assert set(out) == {variants} and (rec["steps"], rec["device"], rec["peak_memory_bytes"]) == (1, "cpu", None)
+    # One timed step of a batch of 2: the throughput is that step's time read the other way round.
+    assert rec["img_per_s"] * rec["step_ms"] == pytest.approx(2 * 1e3, rel=1e-12)
+    assert rec["torch_version"] == pytest.importorskip("torch").__version__
 
 
 def test_torch_reference_matches_rajax_shapes_and_parameter_counts():

@@ -1,10 +1,12 @@
 """The offline demo: bundled photos as data, recognizer-made labels, and `python -m rajax.demo --quick`."""
 
+import io
 import json
 import os
 import pathlib
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -12,6 +14,8 @@ from PIL import Image
 
 from rajax import config as config_lib
 from rajax.data import photos
+
+import numpy_metrics
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -67,8 +71,46 @@ def test_demo_config_needs_recognizer_labels():
     config_lib.load(f"{ROOT}/configs/demo.py:stage=warmup")
 
 
+def _recomputed_quality(work: pathlib.Path, task: str, modes) -> dict:
+  """{row: (PSNR, SSIM)} for the degraded input and each mode's processor on the task's held-out crops,
+  measured in float64 NumPy; the inputs checked against their definitions (Pillow JPEG at quality 10 with
+  4:2:0, or the clean crop plus 0.1 N(0, 1) from the per-crop generator default_rng([seed, index]))."""
+  import jax
+  from flax import serialization
+
+  import rajax
+  from rajax import demo
+  config = demo.demo_config(task, "plain", True)
+  batch, _ = demo._heldout_batch(config)
+  y8, x = batch["target"], batch["input"]
+  y = y8.astype(np.float32) / np.float32(255)
+  if task == "jpeg":
+    def pillow(img):
+      buf = io.BytesIO()
+      Image.fromarray(img).save(buf, format="JPEG", quality=10, subsampling="4:2:0")
+      return np.asarray(Image.open(buf).convert("RGB"))
+    np.testing.assert_array_equal(x, np.stack([pillow(img) for img in y8]))
+    x = x.astype(np.float32) / np.float32(255)
+  else:
+    noise = np.stack([np.random.default_rng([config.seed, i]).standard_normal(img.shape, dtype=np.float32)
+                      for i, img in enumerate(y8)])
+    np.testing.assert_allclose(x, np.clip(y + np.float32(0.1) * noise, 0, 1), rtol=0, atol=1e-7)
+  out = {"input": x}
+  p = config.processor
+  net = rajax.processor(p.name, scale=1, blocks=p.blocks, channels=p.channels, input_skip=p.input_skip,
+                        outer_kernel=p.outer_kernel)
+  apply = jax.jit(lambda v, x: net.apply(v, x, train=False))
+  for mode in modes:
+    variables = serialization.msgpack_restore((work / task / mode / "processor.msgpack").read_bytes())
+    out[mode] = np.clip(np.asarray(apply(variables, x)), 0.0, 1.0)
+  return {row: (float(np.mean(numpy_metrics.psnr(img, y))), float(np.mean(numpy_metrics.ssim(img, y))))
+          for row, img in out.items()}
+
+
 def test_demo_quick_writes_report_results_and_figures(tmp_path):
-  """CI's check of the main job: every file, the results schema. (--quick says nothing about the effect.)"""
+  """CI's check of the main job: every file, the results schema, figures that can be recomputed (PSNR and
+  SSIM of the denoising and JPEG rows, McNemar's p of every paired test, top-1 as a count of crops).
+  (--quick says nothing about the effect.)"""
   work = tmp_path / "demo"
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
   proc = subprocess.run([sys.executable, "-m", "rajax.demo", "--workdir", str(work), "--quick"],
@@ -79,21 +121,33 @@ def test_demo_quick_writes_report_results_and_figures(tmp_path):
   results = saved["results"]
   assert set(results) == {"sr", "denoise", "jpeg"}
   assert saved["heldout_crops"] == {"sr": 40, "denoise": 40, "jpeg": 40}   # 5 photos x 2x2 grid x mirror
+  modes = ("plain", "ra", "unsupervised", "transformer")
   for task, rows in results.items():
-    assert {"input", "plain", "ra", "unsupervised", "transformer", "clean"} <= set(rows), task
+    assert set(rows) == {"input", *modes, "clean"}, task
+    crops = saved["heldout_crops"][task]
     for row, recs in rows.items():
       assert set(recs) == {"mobilenet_v2", "efficientnet_lite0"}
       for m in recs.values():
-        assert set(m) == {"top1", "psnr", "ssim"} and 0.0 <= m["top1"] <= 1.0 and -1.0 <= m["ssim"] <= 1.0
-    assert rows["clean"]["mobilenet_v2"]["top1"] == 1.0     # labels are R's own top-1 on the clean crops
+        assert set(m) == {"top1", "psnr", "ssim"}
+        assert m["top1"] * crops == pytest.approx(round(m["top1"] * crops), abs=1e-9)   # agreeing crops / 40
+        # PSNR and SSIM measure the images shown, the same for every recognizer's column
+        assert (m["psnr"], m["ssim"]) == (recs["mobilenet_v2"]["psnr"], recs["mobilenet_v2"]["ssim"])
+    for m in rows["clean"].values():   # labels are each recognizer's own top-1 on the clean crops
+      assert m["top1"] == 1.0 and m["psnr"] == float("inf") and m["ssim"] == pytest.approx(1.0, abs=1e-6)
+    if task != "sr":
+      for row, (psnr, ssim) in _recomputed_quality(work, task, modes).items():
+        m = rows[row]["mobilenet_v2"]
+        assert m["psnr"] == pytest.approx(psnr, rel=1e-5), (task, row)
+        assert m["ssim"] == pytest.approx(ssim, abs=2e-5), (task, row)
     paired = saved["paired_vs_plain"][task]
     assert set(paired) == {"ra", "unsupervised", "transformer"}, task
     for mode, recs in paired.items():
       assert set(recs) == {"mobilenet_v2", "efficientnet_lite0"}
       for rname, test in recs.items():
-        assert set(test) == {"gained", "lost", "p"} and 0.0 <= test["p"] <= 1.0
+        assert set(test) == {"gained", "lost", "p"}
+        assert test["p"] == pytest.approx(numpy_metrics.mcnemar_p(test["gained"], test["lost"]), rel=1e-9)
         # the counts are consistent with the two top-1 figures: gained - lost = crops x difference
-        diff = (rows[mode][rname]["top1"] - rows["plain"][rname]["top1"]) * saved["heldout_crops"][task]
+        diff = (rows[mode][rname]["top1"] - rows["plain"][rname]["top1"]) * crops
         assert test["gained"] - test["lost"] == round(diff), (task, mode, rname)
   report = (work / "report.md").read_text()
   assert "Quick mode" in report and "Which claims held" in report and "efficientnet_lite0" in report
@@ -109,64 +163,124 @@ def test_demo_quick_writes_report_results_and_figures(tmp_path):
     assert (work / task / "transformer" / "transformer.msgpack").is_file()
 
 
-def _fake_runs(monkeypatch, fail=None):
-  """Replaces each demo training run by a short process that records its start and end times."""
+FAKE_RUN = textwrap.dedent("""
+    import os, pathlib, signal, sys, time
+    d, rc, wait_s = pathlib.Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[5])
+    peers, hold = [pathlib.Path(p) for p in sys.argv[3].split(",") if p], sys.argv[4] == "hold"
+    d.mkdir(parents=True, exist_ok=True)
+
+    def interrupted(*_):  # records each SIGINT; a second one within 0.5 s is recorded too
+      with open(d / "signals", "a") as f:
+        f.write("INT\\n")
+      time.sleep(0.5)
+      sys.exit(130)
+
+    signal.signal(signal.SIGINT, interrupted)
+    (d / "start").write_text(repr(time.time()))      # written once the handler is in place
+    deadline = time.time() + wait_s
+    while not all((p / "start").exists() for p in peers) and time.time() < deadline:
+      time.sleep(0.02)
+    (d / "met").write_text(str(all((p / "start").exists() for p in peers)))
+    (d / "xla_flags").write_text(os.environ.get("XLA_FLAGS", ""))
+    print("[train] step 1/1 | 5 img/s", flush=True)
+    while hold and time.time() < deadline:           # until the demo interrupts it (bounded)
+      time.sleep(0.02)
+    time.sleep(0.1 if rc else 1.0)                   # long enough to overlap with the runs started with it
+    (d / "end").write_text(repr(time.time()))
+    sys.exit(rc)
+""")
+
+
+def _fake_runs(monkeypatch, tmp_path, fail=None, peers=None, hold=(), wait_s=120.0):
+  """Replaces each demo training run by a short process that records its start and end times.
+
+  fail: the (task, run) that exits with status 3. peers: {(task, run): [(task, run), ...]} runs that
+  must have started before this one goes on (it waits at most wait_s, then writes met=False). hold: runs
+  that wait for the demo's SIGINT (at most wait_s) instead of finishing.
+  """
   from rajax import demo
-  code = ("import sys, time, pathlib, signal; d = pathlib.Path(sys.argv[1]); d.mkdir(parents=True, exist_ok=True); "
-          "signal.signal(signal.SIGINT, lambda *a: (open(d / 'signals', 'a').write('INT\\n'), time.sleep(0.5), "
-          "sys.exit(130))); "
-          "(d / 'start').write_text(repr(time.time())); rc = int(sys.argv[2]); time.sleep(0.1 if rc else 1.0); "
-          "import os; (d / 'xla_flags').write_text(os.environ.get('XLA_FLAGS', '')); "
-          "print('[train] step 1/1 | 5 img/s'); (d / 'end').write_text(repr(time.time())); sys.exit(rc)")
+  script = tmp_path / "fake_run.py"
+  script.write_text(FAKE_RUN)
 
   def command(workdir, task, run, quick):
-    return [sys.executable, "-c", code, str(workdir / task / run), "3" if (task, run) == fail else "0"]
+    wait = ",".join(str(workdir / t / r) for t, r in (peers or {}).get((task, run), ()))
+    return [sys.executable, str(script), str(workdir / task / run), "3" if (task, run) == fail else "0", wait,
+            "hold" if (task, run) in hold else "go", str(wait_s)]
   monkeypatch.setattr(demo, "run_command", command)
   return demo
 
 
+def _times(workdir, runs):
+  return {run: (float((workdir / run[0] / run[1] / "start").read_text()),
+                float((workdir / run[0] / run[1] / "end").read_text())) for run in runs}
+
+
+# The two pretrainings, the only runs ready at the start, each wait for the other to start: two runs at
+# once. sr's also waits for a jpeg run to start, so it is still running when jpeg's pretraining has ended and
+# a slot is free: an sr run started then would start before its own pretraining ended.
+BOTH_PRETRAININGS = {("sr", "pretrain"): [("jpeg", "pretrain"), ("jpeg", "ra")],
+                     ("jpeg", "pretrain"): [("sr", "pretrain")]}
+
+
 def test_demo_runs_pretraining_first_and_at_most_jobs_at_a_time(tmp_path, monkeypatch):
-  demo = _fake_runs(monkeypatch)
-  demo.train_all(tmp_path, ["sr", "jpeg"], ["plain", "ra"], quick=True, jobs=2, status_every=0.1)
-  times = {(t, r): (float((tmp_path / t / r / "start").read_text()), float((tmp_path / t / r / "end").read_text()))
-           for t in ("sr", "jpeg") for r in ("pretrain", "plain", "ra")}
+  """The runs of a task start once its pretraining has ended; two run at once (see BOTH_PRETRAININGS),
+  never three (each run's own start and end times lie within the time its process ran)."""
+  work = tmp_path / "work"
+  demo = _fake_runs(monkeypatch, tmp_path, peers=BOTH_PRETRAININGS)
+  demo.train_all(work, ["sr", "jpeg"], ["plain", "ra"], quick=True, jobs=2, status_every=0.1)
+  times = _times(work, [(t, r) for t in ("sr", "jpeg") for r in ("pretrain", "plain", "ra")])
   for task in ("sr", "jpeg"):
     for mode in ("plain", "ra"):
       assert times[(task, mode)][0] >= times[(task, "pretrain")][1], (task, mode)   # starts from the pretrained P
+    assert (work / task / "pretrain" / "met").read_text() == "True", task
   events = sorted([(s, 1) for s, _ in times.values()] + [(e, -1) for _, e in times.values()])
-  level = np.cumsum([d for _, d in events])
-  assert level.max() == 2                      # two at a time, never more
-  assert "[train] step 1/1" in (tmp_path / "sr" / "ra" / "train.log").read_text()
+  assert np.cumsum([d for _, d in events]).max() <= 2
+  assert "[train] step 1/1" in (work / "sr" / "ra" / "train.log").read_text()
+
+
+def test_one_run_at_a_time_fails_the_concurrency_check(tmp_path, monkeypatch):
+  """The check above fails for jobs=1: the first pretraining waits for the other in vain."""
+  work = tmp_path / "work"
+  demo = _fake_runs(monkeypatch, tmp_path, peers={("sr", "pretrain"): [("jpeg", "pretrain")],
+                                                  ("jpeg", "pretrain"): [("sr", "pretrain")]}, wait_s=1.0)
+  demo.train_all(work, ["sr", "jpeg"], [], quick=True, jobs=1, status_every=0.1)
+  met = {t: (work / t / "pretrain" / "met").read_text() for t in ("sr", "jpeg")}
+  assert sorted(met.values()) == ["False", "True"], met
 
 
 @pytest.mark.parametrize("quick", [True, False])
 def test_demo_quick_runs_compile_without_llvm_optimisation(tmp_path, monkeypatch, quick):
   """--quick trains for a few steps, so its runs trade LLVM's optimisation passes for compile time;
   the default runs keep them. The user's own XLA flags are passed on either way."""
-  demo = _fake_runs(monkeypatch)
+  demo = _fake_runs(monkeypatch, tmp_path)
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
-  demo.train_all(tmp_path, ["sr"], ["plain"], quick=quick, jobs=2, status_every=0.1)
+  demo.train_all(tmp_path / "work", ["sr"], ["plain"], quick=quick, jobs=2, status_every=0.1)
   for run in ("pretrain", "plain"):
-    flags = (tmp_path / "sr" / run / "xla_flags").read_text().split()
+    flags = (tmp_path / "work" / "sr" / run / "xla_flags").read_text().split()
     assert "--xla_cpu_enable_fast_math=false" in flags
     assert ("--xla_backend_optimization_level=0" in flags) == quick
   assert demo.quick_xla_flags("--xla_backend_optimization_level=2") == "--xla_backend_optimization_level=2"
 
 
 def test_demo_stops_and_names_the_failed_run_with_its_log(tmp_path, monkeypatch):
-  demo = _fake_runs(monkeypatch, fail=("sr", "pretrain"))
+  demo = _fake_runs(monkeypatch, tmp_path, fail=("sr", "pretrain"))
   with pytest.raises(RuntimeError, match=r"sr/pretrain failed \(exit status 3\)[\s\S]*train.log[\s\S]*rerun the demo"):
-    demo.train_all(tmp_path, ["sr"], ["plain", "ra"], quick=True, jobs=2)
-  assert not (tmp_path / "sr" / "plain").exists()   # nothing started from a pretraining that failed
+    demo.train_all(tmp_path / "work", ["sr"], ["plain", "ra"], quick=True, jobs=2)
+  assert not (tmp_path / "work" / "sr" / "plain").exists()   # nothing started from a pretraining that failed
 
 
 def test_demo_failure_stops_the_other_runs_with_one_sigint_each(tmp_path, monkeypatch):
-  """rajax.train checkpoints on the first SIGINT and stops at once on a second: send exactly one."""
-  demo = _fake_runs(monkeypatch, fail=("jpeg", "pretrain"))
+  """rajax.train checkpoints on the first SIGINT and stops at once on a second: send exactly one.
+  The failing run fails once the other has started (its handler in place); the other runs until
+  the demo interrupts it."""
+  work = tmp_path / "work"
+  demo = _fake_runs(monkeypatch, tmp_path, fail=("jpeg", "pretrain"), hold={("sr", "pretrain")},
+                    peers={("jpeg", "pretrain"): [("sr", "pretrain")]})
   with pytest.raises(RuntimeError, match="jpeg/pretrain failed"):
-    demo.train_all(tmp_path, ["sr", "jpeg"], ["plain"], quick=True, jobs=2)
-  assert (tmp_path / "sr" / "pretrain" / "signals").read_text() == "INT\n"
-  assert not (tmp_path / "sr" / "pretrain" / "end").exists()
+    demo.train_all(work, ["sr", "jpeg"], ["plain"], quick=True, jobs=2)
+  assert (work / "jpeg" / "pretrain" / "met").read_text() == "True"
+  assert (work / "sr" / "pretrain" / "signals").read_text() == "INT\n"
+  assert not (work / "sr" / "pretrain" / "end").exists()
 
 
 def test_claims_state_the_paired_test_and_the_psnr_budget():

@@ -1,12 +1,15 @@
 """Models: processors P (SRResNet), the transformer T (ResnetGenerator) and recognizers R (ResNets).
 
 Shapes, ranges and dtypes; BatchNorm modes; the Recognizer pytree; weights files; and layer-for-layer
-equivalence with PyTorch references (skipped where torch is not installed).
+equivalence with the PyTorch originals: SRResNet and the ResnetGenerator through fixtures made once
+with torch (tests/reference/make_architectures.py), a ResNet at other widths where torch is installed.
 """
 
 import functools
+import re
 
 import chex
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,8 +17,10 @@ import pytest
 from flax import traverse_util
 
 import rajax
+import seeded_state_dict as seeded
 from rajax import weights as weights_lib
-from rajax.models import IMAGENET_MEAN, IMAGENET_STD
+from rajax.models import IMAGENET_MEAN, IMAGENET_STD, layers, transformer
+from rajax.weights import convert
 
 SMALL = dict(blocks=2, channels=8)
 
@@ -471,10 +476,152 @@ def test_weights_unexpected_key_named(rec, tmp_path):
     rajax.recognizer("resnet18", weights=str(path), num_classes=NUM_CLASSES, width=WIDTH)
 
 
-# --------------------------------------------------------------------------- PyTorch equivalence
+# --------------------------------------------------------------------------- PyTorch equivalence, through fixtures
 #
-# Reference models written as in the original PyTorch code, with random weights (and random
-# BatchNorm statistics), copied into the Flax variables; outputs compared in eval mode.
+# tests/reference/make_architectures.py writes SRResNet and pix2pix's ResnetGenerator in PyTorch as the
+# originals are, loads seeded values into them (tests/seeded_state_dict.py; the keys and torch's outputs
+# on two photos are in tests/reference/architectures.{json,npz}). Here the same values go through the
+# maps below into the Flax variables (every torch key used once, every shape checked).
+
+
+def _srresnet_torch_key(path):
+  """Flax module path -> the torch SRResNet's module prefix: 'blocks_0/bn1' -> 'blocks.0.bn1', 'up_1' -> 'ups.1'."""
+  m = re.fullmatch(r"blocks_(\d+)/(conv1|bn1|prelu|conv2|bn2)", path)
+  if m:
+    return f"blocks.{m[1]}.{m[2]}"
+  m = re.fullmatch(r"up_(\d+)(_prelu)?", path)
+  if m:
+    return f"{'up_prelus' if m[2] else 'ups'}.{m[1]}"
+  if path in ("head", "head_prelu", "mid", "mid_prelu", "tail"):
+    return path
+  raise KeyError(path)
+
+
+def _generator_torch_key(blocks):
+  """Flax module path -> index in pix2pix's `model` Sequential, where padding and ReLU layers count too."""
+  k = 10 + blocks
+  top = {"stem": 1, "stem_bn": 2, "down_0": 4, "down_0_bn": 5, "down_1": 7, "down_1_bn": 8,
+         "up_0": k, "up_0_bn": k + 1, "up_1": k + 3, "up_1_bn": k + 4, "head": k + 7}
+  inner = {"conv1": 1, "bn1": 2, "conv2": 5, "bn2": 6}
+
+  def key(path):
+    m = re.fullmatch(r"blocks_(\d+)/(conv1|bn1|conv2|bn2)", path)
+    return f"model.{10 + int(m[1])}.conv_block.{inner[m[2]]}" if m else f"model.{top[path]}"
+
+  return key
+
+
+def _pixel_shuffle_perm(c):
+  """perm[k_flax] = k_torch: dm-pix index (i*2+j)*C + ch  <->  PixelShuffle index ch*4 + i*2 + j."""
+  perm = np.empty(4 * c, np.int64)
+  for i in range(2):
+    for j in range(2):
+      for ch in range(c):
+        perm[(i * 2 + j) * c + ch] = ch * 4 + i * 2 + j
+  return perm
+
+
+def _processor_fixture(entry, *, shuffle_order=True):
+  """Processor `entry` of the manifest, its variables from the seeded torch state dict, the photos in
+  [0, 1], torch's outputs and the Flax-path -> torch-prefix map."""
+  spec = seeded.entry(entry)
+  opts = spec["options"]
+  model = rajax.processor(spec["kind"], **opts)
+  x = jnp.asarray(seeded.photos(entry), jnp.float32) / 255.0
+  template = jax.eval_shape(model.init, jax.random.key(0), x)
+  key = _srresnet_torch_key if spec["kind"] == "srresnet" else _generator_torch_key(opts["blocks"])
+  sd = seeded.state_dict(entry)
+  assert seeded.digest(sd) == spec["sha256"], "NumPy did not regenerate the weights torch held"
+  variables = convert.from_torch(sd, template, key, source=entry)
+  if spec["kind"] == "srresnet" and shuffle_order:
+    perm = _pixel_shuffle_perm(opts["channels"])
+    for name in [n for n in variables["params"] if re.fullmatch(r"up_\d+", n)]:
+      up = variables["params"][name]
+      variables["params"][name] = {"kernel": up["kernel"][..., perm], "bias": up["bias"][perm]}
+  return model, variables, x, seeded.outputs(entry), key
+
+
+@functools.partial(jax.jit, static_argnames=("model", "train"))
+def _process(model, variables, x, train=False):
+  if train:
+    return model.apply(variables, x, train=True, mutable=["batch_stats"])
+  return model.apply(variables, x)
+
+
+@pytest.mark.parametrize("entry", ["srresnet_x4", "srresnet_x2", "srresnet_x1"])
+def test_srresnet_matches_torch(entry):
+  """Eval mode (BatchNorm running statistics), two photos: torch's output image within 2e-5."""
+  model, variables, x, want, _ = _processor_fixture(entry)
+  scale = seeded.entry(entry)["options"]["scale"]
+  got = np.asarray(_process(model, variables, x))
+  assert got.shape == want["output"].shape == (x.shape[0], x.shape[1] * scale, x.shape[2] * scale, 3)
+  np.testing.assert_allclose(got, want["output"], rtol=1e-5, atol=2e-5)
+
+
+def test_srresnet_pixel_shuffle_order_matters():
+  """dm-pix orders the 4C channels before depth_to_space (row, column, channel), torch's PixelShuffle
+  (channel, row, column): without permuting the upsampling convolution's outputs the x2 and x4 models
+  miss torch's image, so the test above checks the order."""
+  for entry in ("srresnet_x2", "srresnet_x4"):
+    model, variables, x, want, _ = _processor_fixture(entry, shuffle_order=False)
+    assert np.abs(np.asarray(_process(model, variables, x)) - want["output"]).max() > 0.05, entry
+
+
+@pytest.mark.parametrize("entry", ["srresnet_x4", "resnet_generator"])
+def test_train_mode_matches_torch(entry):
+  """One train-mode forward of two photos: torch's output (BatchNorm normalises with the batch's
+  statistics), every running mean as torch moved it (momentum 0.1), every running variance moved by
+  0.1 towards the biased batch variance torch measured at that layer (torch itself takes the unbiased
+  one, n / (n - 1) times it, n = batch x height x width >= 70 here). Negative controls: eval mode,
+  momentum 0.01 and statistics left as they were miss."""
+  model, variables, x, want, key = _processor_fixture(entry)
+  out, updates = _process(model, variables, x, train=True)
+  np.testing.assert_allclose(np.asarray(out), want["train_output"], rtol=1e-5, atol=2e-5)
+  assert np.abs(np.asarray(_process(model, variables, x)) - want["train_output"]).max() > 0.01
+  old = traverse_util.flatten_dict(variables["batch_stats"], sep="/")
+  new = traverse_util.flatten_dict(updates["batch_stats"], sep="/")
+  bns = sorted({k.rsplit("/", 1)[0] for k in old})
+  assert set(new) == set(old) and len(bns) == sum(k.endswith("running_mean") for k, *_ in seeded.entry(entry)["keys"])
+  tol = dict(rtol=1e-5, atol=1e-6)
+  for path in bns:
+    t = f"train/{key(path)}"
+    bm, bv = want[f"{t}/batch_mean"], want[f"{t}/batch_var"]
+    om, ov = old[f"{path}/mean"], old[f"{path}/var"]
+    np.testing.assert_allclose(new[f"{path}/mean"], want[f"{t}/running_mean"], **tol, err_msg=path)
+    np.testing.assert_allclose(new[f"{path}/mean"], 0.9 * om + 0.1 * bm, **tol, err_msg=path)
+    np.testing.assert_allclose(new[f"{path}/var"], 0.9 * ov + 0.1 * bv, **tol, err_msg=path)
+    assert not np.allclose(new[f"{path}/mean"], 0.99 * om + 0.01 * bm, **tol), path
+    assert not np.allclose(new[f"{path}/var"], 0.99 * ov + 0.01 * bv, **tol), path
+    assert not np.allclose(new[f"{path}/var"], ov, **tol), path
+
+
+def test_resnet_generator_matches_torch(monkeypatch):
+  """pix2pix's ResnetGenerator in eval mode (reflection padding, transposed convolutions with
+  output_padding=1), two photos: torch's output image, (tanh + 1) / 2, within 2e-5. Negative
+  controls: zero padding in place of reflection, and the transposed convolutions' extra row and
+  column put first instead of last, miss it."""
+  model, variables, x, want, _ = _processor_fixture("resnet_generator")
+  got = np.asarray(_process(model, variables, x))
+  assert got.shape == want["output"].shape == x.shape
+  np.testing.assert_allclose(got, want["output"], rtol=1e-5, atol=2e-5)
+  # (Eager applies below, so that the patched functions are the ones traced.)
+  with monkeypatch.context() as m:
+    m.setattr(layers, "reflect_pad", lambda a, pad: jnp.pad(a, ((0, 0), (pad, pad), (pad, pad), (0, 0))))
+    zero_padded = np.asarray(model.apply(variables, x))
+  assert np.abs(zero_padded - want["output"]).max() > 0.01
+  conv_transpose = flax.linen.ConvTranspose
+  with monkeypatch.context() as m:
+    m.setattr(transformer.nn, "ConvTranspose",
+              lambda *args, padding, **kwargs: conv_transpose(*args, padding=((2, 1), (2, 1)), **kwargs))
+    shifted = np.asarray(model.apply(variables, x))
+  assert shifted.shape == want["output"].shape
+  assert np.abs(shifted - want["output"]).max() > 0.01
+
+
+# --------------------------------------------------------------------------- PyTorch equivalence (with torch)
+#
+# A ResNet written as torchvision's, at other widths and head sizes than the fixtures above, with
+# random weights (and random BatchNorm statistics) copied into the Flax variables; skipped without torch.
 
 
 def _t2np(t):
@@ -507,235 +654,10 @@ def _randomize(torch, model, seed):
         m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
         m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=g))
         m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
-      elif isinstance(m, torch.nn.PReLU):
-        m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.5)
-
-
-def _check_same_tree(flax_vars, template):
-  got = traverse_util.flatten_dict(flax_vars, sep="/")
-  want = traverse_util.flatten_dict(template, sep="/")
-  assert set(got) == set(want), (set(got) ^ set(want))
-  for k in want:
-    assert got[k].shape == want[k].shape, (k, got[k].shape, want[k].shape)
 
 
 def _torch_nhwc(torch, x_nchw_tensor):
   return _t2np(x_nchw_tensor).transpose(0, 2, 3, 1)
-
-
-def _make_torch_srresnet(torch, scale, blocks, c):
-  nn = torch.nn
-
-  class Block(nn.Module):
-
-    def __init__(self):
-      super().__init__()
-      self.conv1 = nn.Conv2d(c, c, 3, padding=1)
-      self.bn1 = nn.BatchNorm2d(c)
-      self.prelu = nn.PReLU()
-      self.conv2 = nn.Conv2d(c, c, 3, padding=1)
-      self.bn2 = nn.BatchNorm2d(c)
-
-    def forward(self, x):
-      return x + self.bn2(self.conv2(self.prelu(self.bn1(self.conv1(x)))))
-
-  class SRResNet(nn.Module):
-
-    def __init__(self):
-      super().__init__()
-      self.head = nn.Conv2d(3, c, 9, padding=4)
-      self.head_prelu = nn.PReLU()
-      self.blocks = nn.ModuleList([Block() for _ in range(blocks)])
-      self.mid = nn.Conv2d(c, c, 3, padding=1)
-      self.mid_prelu = nn.PReLU()
-      n_up = int(np.log2(scale))
-      self.ups = nn.ModuleList([nn.Conv2d(c, 4 * c, 3, padding=1) for _ in range(n_up)])
-      self.shuffle = nn.PixelShuffle(2)
-      self.up_prelus = nn.ModuleList([nn.PReLU() for _ in range(n_up)])
-      self.tail = nn.Conv2d(c, 3, 9, padding=4)
-
-    def forward(self, x):
-      head = self.head_prelu(self.head(x))
-      h = head
-      for b in self.blocks:
-        h = b(h)
-      h = head + self.mid_prelu(self.mid(h))
-      for conv, act in zip(self.ups, self.up_prelus):
-        h = act(self.shuffle(conv(h)))
-      return (torch.tanh(self.tail(h)) + 1) / 2
-
-  return SRResNet()
-
-
-def _pixel_shuffle_perm(c):
-  """perm[k_flax] = k_torch: dm-pix index (i*2+j)*C + ch  <->  PixelShuffle index ch*4 + i*2 + j."""
-  perm = np.empty(4 * c, np.int64)
-  for i in range(2):
-    for j in range(2):
-      for ch in range(c):
-        perm[(i * 2 + j) * c + ch] = ch * 4 + i * 2 + j
-  return perm
-
-
-def _srresnet_vars_from_torch(t, c):
-  params, stats = {}, {}
-  params["head"] = _conv_vars(t.head)
-  params["head_prelu"] = {"negative_slope": _t2np(t.head_prelu.weight)[0]}
-  for i, b in enumerate(t.blocks):
-    p, s = {}, {}
-    p["conv1"], p["conv2"] = _conv_vars(b.conv1), _conv_vars(b.conv2)
-    p["bn1"], s["bn1"] = _bn_vars(b.bn1)
-    p["bn2"], s["bn2"] = _bn_vars(b.bn2)
-    p["prelu"] = {"negative_slope": _t2np(b.prelu.weight)[0]}
-    params[f"blocks_{i}"], stats[f"blocks_{i}"] = p, s
-  params["mid"] = _conv_vars(t.mid)
-  params["mid_prelu"] = {"negative_slope": _t2np(t.mid_prelu.weight)[0]}
-  perm = _pixel_shuffle_perm(c)
-  for i, (conv, act) in enumerate(zip(t.ups, t.up_prelus)):
-    v = _conv_vars(conv)
-    params[f"up_{i}"] = {"kernel": v["kernel"][..., perm], "bias": v["bias"][perm]}
-    params[f"up_{i}_prelu"] = {"negative_slope": _t2np(act.weight)[0]}
-  params["tail"] = _conv_vars(t.tail)
-  return {"params": params, "batch_stats": stats}
-
-
-@pytest.mark.parametrize("scale", [1, 2, 4])
-def test_srresnet_matches_torch(scale):
-  torch = pytest.importorskip("torch")
-  torch.manual_seed(scale)
-  blocks, c = 2, 8
-  t = _make_torch_srresnet(torch, scale, blocks, c)
-  _randomize(torch, t, seed=scale)
-  t.eval()
-  x = torch.rand(2, 3, 7, 6, generator=torch.Generator().manual_seed(10 + scale))
-  with torch.no_grad():
-    want = _torch_nhwc(torch, t(x))
-
-  model = rajax.processor("srresnet", scale=scale, blocks=blocks, channels=c)
-  xn = _torch_nhwc(torch, x)
-  variables = _srresnet_vars_from_torch(t, c)
-  _check_same_tree(variables, _init(model, jnp.asarray(xn)))
-  got = np.asarray(model.apply(variables, jnp.asarray(xn)))
-  assert got.shape == want.shape == (2, 7 * scale, 6 * scale, 3)
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5)
-
-
-def test_srresnet_pixel_shuffle_order_matters():
-  """Without the channel permutation the x2 model does not match: the test above checks the order."""
-  torch = pytest.importorskip("torch")
-  c = 4
-  t = _make_torch_srresnet(torch, 2, 1, c)
-  _randomize(torch, t, seed=0)
-  t.eval()
-  x = torch.rand(1, 3, 6, 6, generator=torch.Generator().manual_seed(0))
-  with torch.no_grad():
-    want = _torch_nhwc(torch, t(x))
-  variables = _srresnet_vars_from_torch(t, c)
-  variables["params"]["up_0"] = _conv_vars(t.ups[0])  # torch order, no permutation
-  model = rajax.processor("srresnet", scale=2, blocks=1, channels=c)
-  got = np.asarray(model.apply(variables, jnp.asarray(_torch_nhwc(torch, x))))
-  assert np.abs(got - want).max() > 1e-3
-
-
-def test_srresnet_train_mode_matches_torch():
-  """Training mode: batch statistics normalise, and running means move with momentum 0.1."""
-  torch = pytest.importorskip("torch")
-  blocks, c = 1, 6
-  t = _make_torch_srresnet(torch, 2, blocks, c)
-  _randomize(torch, t, seed=5)
-  variables = _srresnet_vars_from_torch(t, c)
-  t.train()
-  x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-  with torch.no_grad():
-    want = _torch_nhwc(torch, t(x))
-  model = rajax.processor("srresnet", scale=2, blocks=blocks, channels=c)
-  got, updates = model.apply(variables, jnp.asarray(_torch_nhwc(torch, x)), train=True, mutable=["batch_stats"])
-  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=2e-5)
-  for bn in ("bn1", "bn2"):
-    new = updates["batch_stats"]["blocks_0"][bn]
-    tbn = getattr(t.blocks[0], bn)
-    np.testing.assert_allclose(new["mean"], _t2np(tbn.running_mean), rtol=1e-4, atol=1e-5)
-    # torch updates running_var with the unbiased batch variance (x n / (n - 1)), Flax with the
-    # biased one: with n = 3 * 8 * 8 = 192 and momentum 0.1 they differ by up to ~3e-4 (relative).
-    np.testing.assert_allclose(new["var"], _t2np(tbn.running_var), rtol=1e-3)
-
-
-def _make_torch_generator(torch, blocks, ngf):
-  nn = torch.nn
-
-  class ResnetBlock(nn.Module):
-
-    def __init__(self, dim):
-      super().__init__()
-      self.conv_block = nn.Sequential(
-          nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, padding=0, bias=False), nn.BatchNorm2d(dim), nn.ReLU(True),
-          nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, padding=0, bias=False), nn.BatchNorm2d(dim))
-
-    def forward(self, x):
-      return x + self.conv_block(x)
-
-  model = [nn.ReflectionPad2d(3), nn.Conv2d(3, ngf, 7, padding=0, bias=False), nn.BatchNorm2d(ngf), nn.ReLU(True)]
-  for i in range(2):
-    mult = 2**i
-    model += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1, bias=False),
-              nn.BatchNorm2d(ngf * mult * 2), nn.ReLU(True)]
-  for _ in range(blocks):
-    model += [ResnetBlock(ngf * 4)]
-  for i in range(2):
-    mult = 2**(2 - i)
-    model += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1, output_padding=1, bias=False),
-              nn.BatchNorm2d(ngf * mult // 2), nn.ReLU(True)]
-  model += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, 7, padding=0), nn.Tanh()]
-  return nn.Sequential(*model)
-
-
-def _generator_vars_from_torch(torch, seq, blocks):
-  nn = torch.nn
-  mods = [m for m in seq if not isinstance(m, (nn.ReflectionPad2d, nn.ReLU, nn.Tanh))]
-  params, stats = {}, {}
-
-  def take_conv_bn(name, conv, bn, transpose=False):
-    if transpose:
-      params[name] = {"kernel": _t2np(conv.weight).transpose(2, 3, 1, 0)}  # [in,out,kh,kw] -> [kh,kw,out,in]
-    else:
-      params[name] = _conv_vars(conv)
-    params[f"{name}_bn"], stats[f"{name}_bn"] = _bn_vars(bn)
-
-  take_conv_bn("stem", mods[0], mods[1])
-  take_conv_bn("down_0", mods[2], mods[3])
-  take_conv_bn("down_1", mods[4], mods[5])
-  for i in range(blocks):
-    blk = [m for m in mods[6 + i].conv_block if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
-    p, s = {}, {}
-    p["conv1"], p["conv2"] = _conv_vars(blk[0]), _conv_vars(blk[2])
-    p["bn1"], s["bn1"] = _bn_vars(blk[1])
-    p["bn2"], s["bn2"] = _bn_vars(blk[3])
-    params[f"blocks_{i}"], stats[f"blocks_{i}"] = p, s
-  k = 6 + blocks
-  take_conv_bn("up_0", mods[k], mods[k + 1], transpose=True)
-  take_conv_bn("up_1", mods[k + 2], mods[k + 3], transpose=True)
-  params["head"] = _conv_vars(mods[k + 4])
-  assert "bias" in params["head"] and "bias" not in params["stem"]
-  return {"params": params, "batch_stats": stats}
-
-
-def test_resnet_generator_matches_torch():
-  torch = pytest.importorskip("torch")
-  torch.manual_seed(0)
-  blocks, ngf = 2, 4
-  seq = _make_torch_generator(torch, blocks, ngf)
-  _randomize(torch, seq, seed=1)
-  seq.eval()
-  x = torch.rand(2, 3, 16, 12, generator=torch.Generator().manual_seed(2))
-  with torch.no_grad():
-    want = (_torch_nhwc(torch, seq(x)) + 1) / 2
-  model = rajax.processor("resnet_generator", blocks=blocks, channels=ngf)
-  xn = jnp.asarray(_torch_nhwc(torch, x))
-  variables = _generator_vars_from_torch(torch, seq, blocks)
-  _check_same_tree(variables, _init(model, xn))
-  got = np.asarray(model.apply(variables, xn))
-  assert got.shape == want.shape == (2, 16, 12, 3)
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5)
 
 
 def _make_torch_resnet(torch, block, layers, width, num_classes):

@@ -1,7 +1,9 @@
 """Reading PyTorch and safetensors checkpoints without torch; conversion checks; the weights CLI.
 
 The .pth fixtures in tests/reference were written by torch (tests/reference/make_reference.py) in
-both of its formats; tensors_expected.npz holds what torch itself reads from them.
+both of its formats; tensors_expected.npz holds what torch itself reads from them. A checkpoint with
+torchvision's real ResNet-18 keys is rebuilt from tests/reference/architectures.json (see
+tests/seeded_state_dict.py), with torch's logits for it in architectures.npz.
 """
 
 import io
@@ -13,12 +15,15 @@ import sys
 import zipfile
 
 import jax
+import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
 
 import rajax
+import seeded_state_dict as seeded
 from rajax import weights
+from rajax.weights import __main__ as cli
 from rajax.weights import bundled, convert, torch_pickle
 
 REF = pathlib.Path(__file__).parent / "reference"
@@ -187,34 +192,46 @@ def test_from_torch_names_every_problem():
   assert "num_batches_tracked" not in msg
 
 
-def test_recognizer_from_torch_file_and_cli(tmp_path):
-  """A torch-layout file of a small ResNet loads through rajax.recognizer and the convert CLI."""
-  rec = rajax.recognizer("resnet18", "random", num_classes=10, width=4, seed=5)
-  from flax import traverse_util
-  from rajax.models import resnet
-  flat = traverse_util.flatten_dict(jax.device_get(rec.variables))
-  sd = {}
-  for (collection, *module, leaf), value in flat.items():
-    value = np.asarray(value)
-    if leaf == "kernel":
-      value = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
-    torch_leaf = convert._LEAF_TO_TORCH[(collection, leaf)]
-    # (safetensors.numpy writes an array's raw memory, so transposed views must be made contiguous.)
-    sd[f"{resnet.torch_key('/'.join(module))}.{torch_leaf}"] = np.ascontiguousarray(value)
-  path = tmp_path / "r18.safetensors"
-  from safetensors import numpy as st_np
-  st_np.save_file(sd, str(path))
-  loaded = rajax.recognizer("resnet18", str(path), num_classes=10, width=4)
-  x = np.random.default_rng(1).random((2, 32, 32, 3), np.float32)
-  np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(rec(x)))
+# Compile-time options for a full-size ResNet-18 on CPU: skip XLA's slow optimisation passes (same numerics).
+_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
-  out = tmp_path / "r18.msgpack"
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.run([sys.executable, "-m", "rajax.weights", "convert", "resnet18", str(path), str(out),
-                         "--num-classes", "10"], capture_output=True, text=True, env=env)
-  # width is not a CLI option: the standard-width model does not fit this file, and the error says so.
-  assert proc.returncode == 1 and "wrong shapes" in proc.stderr and "conv1.weight" in proc.stderr
-  assert not out.exists()
+
+def _rel_err(got, want):
+  return float(np.max(np.abs(np.asarray(got, np.float64) - want)) / np.max(np.abs(want)))
+
+
+def test_torchvision_resnet18_file_loads_and_converts_to_torchs_logits(tmp_path, capsys):
+  """A safetensors file with torchvision ResNet-18's keys and seeded values (tests/reference/
+  architectures.json, tests/seeded_state_dict.py) gives torch's logits (architectures.npz, within
+  1e-4 of their maximum) through rajax.recognizer, and so does the msgpack that `python -m
+  rajax.weights convert` writes from it, holding exactly the variables the recognizer read.
+  The CLI refuses a head size the file does not have, naming the tensor, and writes nothing."""
+  from safetensors import numpy as st_np
+
+  sd = seeded.state_dict("resnet18")
+  assert "layer1.0.bn1.num_batches_tracked" in sd and "layer2.0.downsample.0.weight" in sd
+  path = tmp_path / "resnet18.safetensors"
+  st_np.save_file(sd, str(path))
+  want = seeded.outputs("resnet18")["logits"]
+  x = jnp.asarray(seeded.photos("resnet18"), jnp.float32) / 255.0
+  direct = rajax.recognizer("resnet18", str(path))
+  run = jax.jit(lambda r, x: r(x)).lower(direct, x).compile(compiler_options=_FAST_COMPILE)
+  assert _rel_err(run(direct, x), want) < 1e-4
+
+  # The CLI's main() in this process (test_convert_cli_bundled runs `python -m rajax.weights` itself).
+  out = tmp_path / "resnet18.msgpack"
+  assert cli.main(["convert", "resnet18", str(path), str(out)]) == 0
+  assert "resnet18" in capsys.readouterr().out
+  converted = rajax.recognizer("resnet18", str(out))
+  for (k, a), b in zip(jax.tree_util.tree_leaves_with_path(converted.variables), jax.tree.leaves(direct.variables)):
+    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(k))
+  assert _rel_err(run(converted, x), want) < 1e-4
+
+  bad = tmp_path / "bad.msgpack"
+  assert cli.main(["convert", "resnet18", str(path), str(bad), "--num-classes", "10"]) == 1
+  err = capsys.readouterr().err
+  assert "wrong shapes" in err and "fc.weight" in err and "layer1.0.conv1.weight" not in err
+  assert not bad.exists()
 
 
 def test_convert_cli_bundled(tmp_path):

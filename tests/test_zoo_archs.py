@@ -1,11 +1,15 @@
 """The recognizer zoo's architectures: ResNets, VGG16(-BN), DenseNet-121, MobileNetV2, EfficientNet-Lite0.
 
-Without torch: named feature shapes, the torch key maps, bfloat16 compute, adaptive pooling and
-TF 'SAME' padding rules. With torch (skipped where it is not installed): every architecture against
-its PyTorch original with random weights and random BatchNorm statistics, through the same
-state-dict conversion that loads real checkpoints.
+Every architecture against its PyTorch original, without torch: tests/reference/architectures.json
+holds the original's state-dict keys (torchvision's, or the efficientnet-lite-pytorch port's) and
+architectures.npz what torch computed on two photos with seeded weights (made once by
+tests/reference/make_architectures.py). The tests rebuild those weights with NumPy
+(tests/seeded_state_dict.py), write them as a safetensors file, load it through rajax.recognizer
+and compare logits and named features. Also: named feature shapes, train-mode BatchNorm and
+dropout, bfloat16 compute, adaptive pooling and TF 'SAME' padding rules.
 """
 
+import dataclasses
 import functools
 import re
 
@@ -13,8 +17,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import errors as flax_errors
+from flax import linen as nn
 from flax import traverse_util
+from safetensors import numpy as st_np
 
+import rajax
+import seeded_state_dict as seeded
 from rajax.models import densenet, efficientnet, mobilenet, resnet, vgg
 from rajax.weights import convert
 
@@ -104,17 +113,110 @@ SMALL = {
 }
 
 
+# family -> (torch BatchNorm momentum, eps, has dropout). torch's momentum m: new = (1 - m) old + m batch.
+_BN_RULES = {"resnet": (0.1, 1e-5, False), "vgg": (0.1, 1e-5, True), "densenet": (0.1, 1e-5, False),
+             "densenet_dropout": (0.1, 1e-5, True), "mobilenet": (0.1, 1e-5, True),
+             "efficientnet": (0.01, 1e-3, True), "efficientnet_drop_connect": (0.01, 1e-3, True)}
+# DenseNet-121 has no dropout (torchvision's drop_rate=0); the option exists, so a member with it is tested too.
+# EfficientNet-Lite drops residual branches (drop-connect) as well: a member without the head's dropout
+# shows that those draw from the rng too.
+_TRAIN_MEMBERS = {**SMALL, "densenet_dropout": lambda **kw: SMALL["densenet"](drop_rate=0.5, **kw),
+                  "efficientnet_drop_connect": lambda **kw: SMALL["efficientnet"](dropout_rate=0.0, drop_connect_rate=0.8,
+                                                                                  **kw)}
+
+
+@functools.lru_cache(maxsize=None)
+def _train_step(family):
+  """A small member, random variables, and a jitted train-mode forward that also returns the input
+  and output of every BatchNorm call (caught with nn.intercept_methods while tracing)."""
+  model = _TRAIN_MEMBERS[family](num_classes=10)
+  variables = _random_variables(_template(model))
+
+  def forward(variables, x, rng):
+    seen = {}
+
+    def spy(next_fun, args, kwargs, context):
+      out = next_fun(*args, **kwargs)
+      if isinstance(context.module, nn.BatchNorm) and context.method_name == "__call__":
+        seen["/".join(context.module.path)] = (args[0], out)
+      return out
+
+    with nn.intercept_methods(spy):
+      logits, updates = model.apply(variables, x, train=True, rngs={"dropout": rng}, mutable=["batch_stats"])
+    return logits, updates["batch_stats"], seen
+
+  def evaluate(variables, x, rng):
+    return model.apply(variables, x, rngs={"dropout": rng})
+
+  compiled = [jax.jit(f).lower(variables, _TRAIN_X, jax.random.key(0)).compile(compiler_options=_FAST_COMPILE)
+              for f in (forward, evaluate)]
+  return model, variables, *compiled
+
+
+# 64x64: at least 8 values per channel in the deepest BatchNorm (2 x 2 x 2), where float32 statistics
+# of fewer values would lose digits to cancellation.
+_TRAIN_X = np.random.default_rng(7).standard_normal((2, 64, 64, 3)).astype(np.float32)
+
+
 @pytest.mark.parametrize("family", list(SMALL))
-def test_train_mode_updates_batch_stats_and_needs_dropout_rng(family):
-  model = SMALL[family](num_classes=10)
-  variables = _template(model)
-  x = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
-  assert jax.eval_shape(model.apply, variables, x).shape == (2, 10)  # logits alone without features
-  logits, updates = jax.eval_shape(
-      lambda v, x: model.apply(v, x, train=True, rngs={"dropout": jax.random.key(1)}, mutable=["batch_stats"]),
-      variables, x)
-  assert logits.shape == (2, 10)
-  assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(variables["batch_stats"])
+def test_train_mode_normalises_with_batch_statistics_and_updates_running_ones(family):
+  """Train mode, for real: every BatchNorm normalises with its batch's mean and biased variance and
+  moves its running statistics by torch's momentum (0.1; 0.01 for EfficientNet-Lite), checked in
+  float64 NumPy on the layer's actual input. Negative controls: the old statistics, the other
+  momentum and normalising with the running statistics all miss."""
+  momentum, eps, _ = _BN_RULES[family]
+  model, variables, forward, _ = _train_step(family)
+  _, new_stats, seen = forward(variables, _TRAIN_X, jax.random.key(1))
+  old = traverse_util.flatten_dict(variables["batch_stats"], sep="/")
+  new = traverse_util.flatten_dict(new_stats, sep="/")
+  params = traverse_util.flatten_dict(variables["params"], sep="/")
+  assert {f"{p}/{s}" for p in seen for s in ("mean", "var")} == set(old) == set(new)
+  for path, (x, y) in seen.items():
+    x = np.asarray(x, np.float64)
+    mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+    scale, bias = (np.asarray(params[f"{path}/{k}"], np.float64) for k in ("scale", "bias"))
+    om, ov = np.asarray(old[f"{path}/mean"], np.float64), np.asarray(old[f"{path}/var"], np.float64)
+    want_y = (x - mean) / np.sqrt(var + eps) * scale + bias
+    want_mean = (1 - momentum) * om + momentum * mean
+    want_var = (1 - momentum) * ov + momentum * var  # the biased batch variance (torch uses n / (n - 1) of it)
+    tol = dict(rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(y, want_y, rtol=1e-4, atol=1e-4 * np.abs(want_y).max(), err_msg=path)
+    np.testing.assert_allclose(new[f"{path}/mean"], want_mean, **tol, err_msg=path)
+    np.testing.assert_allclose(new[f"{path}/var"], want_var, **tol, err_msg=path)
+    # Negative controls: these would have passed a check that cannot tell.
+    other = 0.1 if momentum == 0.01 else 0.01
+    assert not np.allclose(new[f"{path}/mean"], (1 - other) * om + other * mean, **tol), path
+    assert not np.allclose(new[f"{path}/mean"], om, **tol), path
+    assert not np.allclose(new[f"{path}/var"], ov, **tol), path
+    assert not np.allclose(y, (x - om) / np.sqrt(ov + eps) * scale + bias, rtol=1e-4, atol=1e-4), path
+
+
+@pytest.mark.parametrize("family", list(_TRAIN_MEMBERS))
+def test_train_mode_dropout_draws_from_the_rng(family):
+  """With dropout, train mode needs a 'dropout' rng and its output is a function of it: the same key
+  gives the same logits, another key others; eval mode ignores it. ResNet (and DenseNet-121 at its
+  default drop_rate=0) has no dropout: train mode runs without an rng and gives the same logits for
+  any key, which is what the check above would see if a family's dropout ignored its rng."""
+  *_, has_dropout = _BN_RULES[family]
+  model, variables, forward, evaluate = _train_step(family)
+  # Four keys: drop-connect keeps or drops a whole example's branch, so two keys may agree by chance.
+  draws = [np.asarray(forward(variables, _TRAIN_X, jax.random.key(k))[0]) for k in (1, 2, 3, 4)]
+  again = np.asarray(forward(variables, _TRAIN_X, jax.random.key(1))[0])
+  assert draws[0].shape == (2, 10)
+  np.testing.assert_array_equal(again, draws[0])
+  x = jax.ShapeDtypeStruct(_TRAIN_X.shape, jnp.float32)
+  train_without_rng = lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])
+  spread = max(np.abs(d - draws[0]).max() for d in draws[1:])
+  if has_dropout:
+    assert spread > 1e-3 * np.abs(draws[0]).max()
+    with pytest.raises(flax_errors.InvalidRngError, match="dropout"):
+      jax.eval_shape(train_without_rng, variables, x)
+  else:
+    assert spread == 0
+    jax.eval_shape(train_without_rng, variables, x)
+  # Eval mode: deterministic whatever the rng.
+  np.testing.assert_array_equal(evaluate(variables, _TRAIN_X, jax.random.key(1)),
+                                evaluate(variables, _TRAIN_X, jax.random.key(2)))
 
 
 @pytest.mark.parametrize("name", ["vgg16", "densenet121", "mobilenet_v2", "efficientnet_lite0"])
@@ -126,24 +228,50 @@ def test_rejects_nchw(name):
 
 # --------------------------------------------------------------------------- torch key maps
 
+# The original's key layout of each leaf: OIHW convolution kernels (depthwise (C, 1, kh, kw)) and
+# (out, in) linear weights become HWIO and (in, out); everything else keeps its shape.
 _LEAF_KIND = {("params", "kernel"): "weight", ("params", "bias"): "bias", ("params", "scale"): "weight",
               ("batch_stats", "mean"): "running_mean", ("batch_stats", "var"): "running_var"}
 
 
-def _torch_names(name, variables):
-  fam = FAMILIES[name]
-  names = {}
-  for (coll, *module, leaf) in traverse_util.flatten_dict(variables):
-    names[(coll, *module, leaf)] = f"{fam.torch_key('/'.join(module))}.{_LEAF_KIND[coll, leaf]}"
-  return names
+def _torch_layout(shape):
+  shape = tuple(shape)
+  if len(shape) == 4:
+    o, i, kh, kw = shape
+    return (kh, kw, i, o)
+  return shape[::-1] if len(shape) == 2 else shape
+
+
+def _keys_of(name, torch_key):
+  """{torch key: Flax shape} that rajax's key map gives the architecture's variables."""
+  flat = traverse_util.flatten_dict(_template(_model(name)))
+  return {f"{torch_key('/'.join(module))}.{_LEAF_KIND[coll, leaf]}": tuple(v.shape)
+          for (coll, *module, leaf), v in flat.items()}
+
+
+# Plausible slips in a key map, one per family: each gives valid-looking keys that are not the original's.
+_OFF_KEY_MAPS = {
+    resnet: lambda p: resnet.torch_key(p).replace("downsample.0", "downsample.1"),
+    vgg: lambda p: re.sub(r"\.(\d+)$", lambda m: f".{int(m[1]) + 1}", vgg.torch_key(p)),
+    densenet: lambda p: densenet.torch_key(p).removeprefix("features."),
+    mobilenet: lambda p: mobilenet.torch_key(p).replace(".conv.", ".convs."),
+    efficientnet: lambda p: efficientnet.torch_key(p).replace("_blocks.", "blocks."),
+}
 
 
 @pytest.mark.parametrize("name", ARCHS)
-def test_torch_keys_are_one_to_one(name):
-  names = _torch_names(name, _template(_model(name)))
-  assert len(set(names.values())) == len(names)
-  for key in names.values():
-    assert re.fullmatch(r"[A-Za-z_][\w]*(\.\w+)*", key), key
+def test_torch_keys_and_shapes_are_the_originals(name):
+  """rajax's key map names exactly the original's state dict (tests/reference/architectures.json,
+  recorded from torch; num_batches_tracked is ignored), one Flax leaf per torch tensor, with the
+  transposed shapes. Negative control: a plausible slip in the map gives other keys."""
+  fam = FAMILIES[name]
+  original = {k: _torch_layout(shape) for k, shape, _ in seeded.entry(name)["keys"]
+              if not k.endswith("num_batches_tracked")}
+  flat = traverse_util.flatten_dict(_template(_model(name)))
+  got = _keys_of(name, fam.torch_key)
+  assert len(got) == len(flat)  # one to one
+  assert got == original
+  assert set(_keys_of(name, _OFF_KEY_MAPS[fam])) != set(original)
 
 
 def test_torch_key_examples_and_errors():
@@ -166,38 +294,26 @@ def test_torch_key_examples_and_errors():
       fam.torch_key("nonsense/conv")
 
 
-def _fake_torch_state_dict(name, variables, seed=0):
-  """A torch-layout state dict of random values, and the Flax leaves its conversion must give."""
-  rng = np.random.default_rng(seed)
-  flat = traverse_util.flatten_dict(variables)
-  sd, flax_vals = {}, {}
-  for path, key in _torch_names(name, variables).items():
-    shape = flat[path].shape
-    val = rng.standard_normal(shape).astype(np.float32)
-    flax_vals[path] = val
-    if len(shape) == 4:
-      val = np.transpose(val, (3, 2, 0, 1))
-    elif len(shape) == 2:
-      val = val.T
-    sd[key] = val
-    if key.endswith("running_var"):
-      sd[key[:-len("running_var")] + "num_batches_tracked"] = np.array(3)
-  return sd, flax_vals
-
-
 def test_densenet_accepts_old_style_keys():
+  """torchvision's DenseNet checkpoints from before module names lost their dots ('denselayer1.norm.1.weight')
+  load to the same variables as the current layout (whose outputs the fixture test pins to torch's)."""
   name = "densenet121"
-  variables = _template(_model(name))
-  sd, want = _fake_torch_state_dict(name, variables)
+  sd = seeded.state_dict(name)
+  template = _template(_model(name))
   old = {re.sub(r"(denselayer\d+\.(?:norm|conv))([12])\.", r"\1.\2.", k): v for k, v in sd.items()}
   assert "features.denseblock1.denselayer1.norm.1.weight" in old
+  assert "features.denseblock1.denselayer1.conv.2.weight" in old
   assert "features.denseblock1.denselayer1.norm1.weight" not in old
   assert densenet.rename_torch_keys(old).keys() == sd.keys()
-  got = traverse_util.flatten_dict(convert.from_torch(densenet.rename_torch_keys(old), variables,
+  want = traverse_util.flatten_dict(convert.from_torch(sd, template, densenet.torch_key, source="new-style"))
+  got = traverse_util.flatten_dict(convert.from_torch(densenet.rename_torch_keys(old), template,
                                                       densenet.torch_key, source="old-style"))
   assert got.keys() == want.keys()
   for path, val in want.items():
     np.testing.assert_array_equal(got[path], val)
+  # Without the renaming, the old layout is refused, naming the keys.
+  with pytest.raises(rajax.weights.WeightsError, match="norm.1.weight"):
+    convert.from_torch(old, template, densenet.torch_key, source="old-style")
   # The new layout and other families pass through unchanged.
   assert densenet.rename_torch_keys(sd).keys() == sd.keys()
   for fam in (resnet, vgg, mobilenet, efficientnet):
@@ -205,13 +321,20 @@ def test_densenet_accepts_old_style_keys():
 
 
 def test_depthwise_kernels_convert():
+  """torchvision's depthwise kernel (C, 1, kh, kw) becomes Flax's (kh, kw, 1, C): element [i, j, 0, c]
+  is torch's [c, 0, i, j] (the fixture test pins the outputs)."""
   name = "mobilenet_v2"
-  variables = _template(_model(name))
-  sd, want = _fake_torch_state_dict(name, variables)
-  assert sd["features.1.conv.0.0.weight"].shape == (32, 1, 3, 3)
-  got = traverse_util.flatten_dict(convert.from_torch(sd, variables, mobilenet.torch_key, source="fake"))
-  np.testing.assert_array_equal(got["params", "features_1", "conv_0", "conv", "kernel"],
-                                want["params", "features_1", "conv_0", "conv", "kernel"])
+  sd = seeded.state_dict(name)
+  w = sd["features.1.conv.0.0.weight"]
+  assert w.shape == (32, 1, 3, 3)
+  got = convert.from_torch(sd, _template(_model(name)), mobilenet.torch_key, source="seeded")
+  k = got["params"]["features_1"]["conv_0"]["conv"]["kernel"]
+  assert k.shape == (3, 3, 1, 32)
+  for c in (0, 7, 31):
+    for i in range(3):
+      for j in range(3):
+        assert k[i, j, 0, c] == w[c, 0, i, j], (c, i, j)
+  assert not np.array_equal(k[:, :, 0, :], w[:, 0].reshape(3, 3, 32))  # a reshape is not the transpose
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -312,119 +435,85 @@ def test_bfloat16_close_to_float32(family):
   assert np.corrcoef(np.ravel(got), np.ravel(want))[0, 1] > 0.99
 
 
-# --------------------------------------------------------------------------- against PyTorch
+# --------------------------------------------------------------------------- against PyTorch, through fixtures
+
+RECOGNIZER_ENTRIES = [n for n, e in seeded.manifest()["entries"].items() if e["kind"] == "recognizer"]
+_TOL = 1e-4  # max |rajax - torch| / max |torch|, per output (float32 against torch's float64)
 
 
-def _torch():
-  return pytest.importorskip("torch")
-
-
-def _torch_original(name, **kwargs):
-  torch = _torch()
-  if name == "efficientnet_lite0":
-    lite = pytest.importorskip("efficientnet_lite_pytorch")
-    return lite.EfficientNet.from_name("efficientnet-lite0", **kwargs)
-  tv = pytest.importorskip("torchvision")
-  del torch
-  return getattr(tv.models, name)(weights=None, **kwargs)
-
-
-def _randomise(model, seed=0):
-  """Random weights everywhere, and BatchNorm statistics/affines far enough from identity to matter."""
-  torch = _torch()
-  gen = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for m in model.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
-        m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
-        m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=gen))
-        m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=gen))
-        m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
-      elif isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and m.bias is not None:
-        m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=gen))
-  return model.eval()
-
-
-def _vgg_stage_end(model, stage):
-  """Index in `features` of the module just before the stage-th max pool."""
-  ends = [i - 1 for i, m in enumerate(model.features) if type(m).__name__ == "MaxPool2d"]
-  return f"features.{ends[stage - 1]}"
-
-
-# arch -> {feature name: torch module whose output it is (a callable gets the torch model)}
-TORCH_FEATURES = {
-    **{n: {"stem": "relu", "layer2": "layer2", "layer4": "layer4"}
-       for n in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")},
-    **{n: {"stage2": lambda m: _vgg_stage_end(m, 2), "stage5": lambda m: _vgg_stage_end(m, 5),
-           "pool": "avgpool", "fc7": "classifier.4"} for n in ("vgg16", "vgg16_bn")},
-    "densenet121": {"stem": "features.relu0", "block2": "features.denseblock2", "block4": "features.denseblock4"},
-    "mobilenet_v2": {"stem": "features.0", "stage3": "features.6", "head": "features.18"},
-    "efficientnet_lite0": {"stage1": "_blocks.0", "stage3": "_blocks.4", "stage4": "_blocks.10"},
-}
-
-
-def _torch_forward(model, x, feature_modules):
-  torch = _torch()
-  got, hooks = {}, []
-  modules = dict(model.named_modules())
-  for feat, mod in feature_modules.items():
-    mod = mod(model) if callable(mod) else mod
-    hooks.append(modules[mod].register_forward_hook(
-        lambda _m, _i, out, feat=feat: got.__setitem__(feat, out.detach().clone())))
-  with torch.no_grad():
-    logits = model(torch.from_numpy(np.transpose(x, (0, 3, 1, 2))))
-  for h in hooks:
-    h.remove()
-  feats = {k: np.transpose(v.numpy(), (0, 2, 3, 1)) if v.ndim == 4 else v.numpy() for k, v in got.items()}
-  return logits.numpy(), feats
-
-
-def _compare_with_torch(name, x, *, torch_kwargs=None, flax_kwargs=None, tol=1e-4):
-  torch = _torch()
-  torch.manual_seed(0)
-  torch.set_num_threads(2)
-  tmodel = _randomise(_torch_original(name, **(torch_kwargs or {})))
-  sd = {k: v.numpy() for k, v in tmodel.state_dict().items()}
-  fam = FAMILIES[name]
-  model = _model(name, **(flax_kwargs or {}))
-  variables = convert.from_torch(fam.rename_torch_keys(sd), _template(model), fam.torch_key,
-                                 source=f"torch {name}")
-  del sd
-  want_logits, want_feats = _torch_forward(tmodel, x, TORCH_FEATURES[name])
-  del tmodel
-  logits, feats = _run(model, variables, jnp.asarray(x))
-  assert np.std(want_logits) > 0
-  errs = {"logits": _rel_err(logits, want_logits)}
-  for k, v in want_feats.items():
-    assert feats[k].shape == v.shape, (k, feats[k].shape, v.shape)
-    errs[k] = _rel_err(feats[k], v)
-  assert max(errs.values()) < tol, errs
+def _fixture_errors(logits, feats, want):
+  """Relative error of every recorded output (features are of the first photo only)."""
+  errs = {}
+  for k, v in want.items():
+    got = np.asarray(logits if k == "logits" else feats[k][: v.shape[0]])
+    assert got.shape == v.shape, (k, got.shape, v.shape)
+    errs[k] = _rel_err(got, v)
   return errs
 
 
-def _input(shape, seed=0):
-  return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+def _same_shaped_modules(template):
+  """Two Flax module paths whose leaves have the same names and shapes (the first such pair)."""
+  modules = {}
+  for (coll, *module, leaf), v in traverse_util.flatten_dict(template).items():
+    modules.setdefault("/".join(module), []).append((coll, leaf, tuple(v.shape)))
+  seen = {}
+  for path, leaves in modules.items():
+    sig = tuple(sorted(leaves))
+    if sig in seen and any(leaf == "kernel" for _, leaf, _ in sig):
+      return seen[sig], path
+    seen.setdefault(sig, path)
+  raise AssertionError("no two same-shaped modules")
 
 
-@pytest.mark.parametrize("name", ARCHS)
-def test_matches_torch(name):
-  _torch()
-  # Odd sizes along the way (40x56 -> 20x28 -> 10x14 -> 5x7 -> 3x4 -> 2x2): floor/ceil rules of pools
-  # and stride-2 padding. VGG: 3x2 after the five pools, so overlapping adaptive-pool bins.
-  _compare_with_torch(name, _input((1, 100, 70, 3) if name.startswith("vgg") else (2, 40, 56, 3)))
+@pytest.mark.parametrize("entry", RECOGNIZER_ENTRIES)
+def test_seeded_torch_weights_give_torchs_outputs(entry, tmp_path):
+  """A safetensors file with the original's keys and seeded values, loaded by rajax.recognizer, gives
+  torch's logits (both photos) and named features (the first) within 1e-4 of each output's maximum.
 
+  The file goes through the public path (reader, key map, layout conversion, input normalisation),
+  so a wrong key, transpose, padding, pooling or BatchNorm rule shows. Negative controls, with the
+  same compiled program: a key map that swaps two same-shaped layers (a one-to-one map the loader
+  cannot refuse) and BatchNorm statistics left at identity both miss the fixture by far.
+  """
+  spec = seeded.entry(entry)
+  arch = spec["arch"]
+  fam = FAMILIES[arch]
+  sd = seeded.state_dict(entry)
+  assert seeded.digest(sd) == spec["sha256"], "NumPy did not regenerate the weights torch held"
+  path = tmp_path / f"{entry}.safetensors"
+  st_np.save_file(sd, str(path))
+  rec = rajax.recognizer(arch, str(path), **spec["options"])
+  path.unlink()  # up to 0.5 GB (VGG)
+  mean, std = spec["normalisation"]
+  np.testing.assert_allclose(rec.mean, mean)
+  np.testing.assert_allclose(rec.std, std)
+  x = jnp.asarray(seeded.photos(entry), jnp.float32) / 255.0
+  run = jax.jit(lambda r, x: r(x, features=True)).lower(rec, x).compile(compiler_options=_FAST_COMPILE)
+  want = seeded.outputs(entry)
+  errs = _fixture_errors(*run(rec, x), want)
+  assert max(errs.values()) < _TOL, errs
 
-def test_lite0_dynamic_padding_matches_torch():
-  # image_size=None: TF SAME pads from each layer's actual input size (the port's dynamic padding).
-  _torch()
-  _compare_with_torch("efficientnet_lite0", _input((1, 57, 75, 3)), torch_kwargs=dict(image_size=None),
-                      flax_kwargs=dict(image_size=None))
+  template = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), rec.variables)
+  a, b = _same_shaped_modules(template)
+  swap = {a: b, b: a}
+  swapped = convert.from_torch(fam.rename_torch_keys(sd), template, lambda p: fam.torch_key(swap.get(p, p)),
+                               source="swapped")
+  del sd
+  errs = _fixture_errors(*run(dataclasses.replace(rec, variables=swapped), x), want)
+  assert max(errs.values()) > 100 * _TOL, (a, b, errs)
+  del swapped
+  if "batch_stats" in rec.variables:
+    stats = traverse_util.flatten_dict(rec.variables["batch_stats"])
+    identity = {k: (np.zeros if k[-1] == "mean" else np.ones)(v.shape, np.float32) for k, v in stats.items()}
+    variables = {**rec.variables, "batch_stats": traverse_util.unflatten_dict(identity)}
+    errs = _fixture_errors(*run(dataclasses.replace(rec, variables=variables), x), want)
+    assert max(errs.values()) > 100 * _TOL, errs
 
 
 def test_adaptive_avg_pool_matches_torch():
-  torch = _torch()
+  torch = pytest.importorskip("torch")
   for h, w in [(3, 2), (9, 11), (14, 14), (16, 23)]:
-    x = _input((2, h, w, 4))
+    x = np.random.default_rng(0).standard_normal((2, h, w, 4)).astype(np.float32)
     want = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(np.transpose(x, (0, 3, 1, 2))), (7, 7))
     np.testing.assert_allclose(vgg.adaptive_avg_pool(jnp.asarray(x), (7, 7)),
                                np.transpose(want.numpy(), (0, 2, 3, 1)), rtol=1e-6, atol=1e-6)
