@@ -15,7 +15,9 @@ from flax import serialization
 
 import rajax
 from rajax import config as config_lib
-from rajax import evaluate, losses, step as step_lib, train
+from rajax import evaluate, losses, networks, train
+from rajax.methods import ra as ra_methods
+from rajax.tasks import classification
 from rajax import weights as weights_lib
 from rajax.evaluate import boundary as boundary_lib
 from rajax.evaluate import tables, targets as targets_lib
@@ -140,8 +142,8 @@ class _Linear(nn.Module):
 
 
 def test_training_on_half_a_restricts_examples_and_logits():
-  a, _ = step_lib.class_halves(K, seed=0)
-  method = step_lib.Method(mode="ra", lam=1.0, classes=a)
+  a, _ = classification.class_halves(K, seed=0)
+  settings = ra_methods.Settings(mode="ra", lam=1.0, classes=a)
   nets = {"processor": rajax.processor("srresnet", scale=1, blocks=1, channels=4)}
   module = _Linear(K)
   rec = rajax.Recognizer("linear", module, module.init(jax.random.key(2), jnp.zeros((1, 16, 16, 3))))
@@ -150,9 +152,9 @@ def test_training_on_half_a_restricts_examples_and_logits():
   batch = {"input": x, "target": x, "label": labels}
   variables = nets["processor"].init(jax.random.key(1), x[:1], train=False)
   params, stats = {"processor": variables["params"]}, {"processor": variables["batch_stats"]}
-  loss_fn = step_lib.make_loss_fn(method, nets)
+  loss_fn = ra_methods.make_loss_fn(settings, nets)
   _, aux = jax.jit(loss_fn)(params, stats, batch, rec)
-  terms, _, logits, out = aux[:4]   # the recognizer's logits on P's output, and that output
+  terms, logits, out = aux.terms, aux.outputs, aux.image   # the recognizer's logits on P's output, and that output
   keep = np.isin(np.asarray(labels), a)
   sub = jnp.take(logits, jnp.asarray(a), axis=-1)
   pos = jnp.asarray([list(a).index(int(l)) if int(l) in a else 0 for l in labels])
@@ -163,7 +165,7 @@ def test_training_on_half_a_restricts_examples_and_logits():
   # The trainer config selects the half: config.classes.half.
   c = config_lib.load(str(ROOT / "configs/smoke.py"))
   c.classes.half = "A"
-  assert config_lib.method(c).classes == a
+  assert ra_methods.Settings.of(c).classes == a
   c.classes.half = "C"
   with pytest.raises(config_lib.ConfigError, match="classes.half"):
     config_lib.validate(c)
@@ -187,10 +189,10 @@ def _save_run(workdir: pathlib.Path, mode: str, seed: int, **fields) -> pathlib.
     for p in parents:
       node = node[p]
     node[leaf] = v
-  _, nets = train.build_networks(c)
+  net = networks.module(c, "processor")
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "config.json").write_text(c.to_json_best_effort(indent=2))
-  variables = jax.jit(lambda k: nets["processor"].init(k, jnp.zeros((1, 8, 8, 3)), train=False))(jax.random.key(seed))
+  variables = jax.jit(lambda k: net.init(k, jnp.zeros((1, 8, 8, 3)), train=False))(jax.random.key(seed))
   variables = jax.device_get(variables)
   tail = variables["params"]["tail"]
   tail["kernel"] = TAIL_SCALE * np.random.default_rng(seed).standard_normal(tail["kernel"].shape, np.float32)
@@ -219,9 +221,9 @@ def test_a_run_with_extra_network_options_loads_as_trained(tmp_path):
   """Architecture options beyond the defaults (the demo's processor.outer_kernel, input_skip) reach the model."""
   work = _save_run(tmp_path / "k5", "plain", seed=0, **{"processor.outer_kernel": 5, "processor.input_skip": True})
   p = context_lib.load_processor("k5", work)
-  net = p.networks["processor"]
+  net = p.run.modules["processor"]
   assert (net.outer_kernel, net.input_skip) == (5, True)
-  assert p.variables["processor"]["params"]["head"]["kernel"].shape == (5, 5, 3, 8)
+  assert p.run.variables["processor"]["params"]["head"]["kernel"].shape == (5, 5, 3, 8)
 
 
 class Counting:
