@@ -482,8 +482,10 @@ def test_seeded_torch_weights_give_torchs_outputs(entry, tmp_path):
   assert seeded.digest(sd) == spec["sha256"], "NumPy did not regenerate the weights torch held"
   path = tmp_path / f"{entry}.safetensors"
   st_np.save_file(sd, str(path))
-  rec = rajax.recognizer(arch, str(path), **spec["options"])
-  path.unlink()  # up to 0.5 GB (VGG)
+  try:
+    rec = rajax.recognizer(arch, str(path), **spec["options"])
+  finally:
+    path.unlink()  # up to 0.5 GB (VGG)
   mean, std = spec["normalisation"]
   np.testing.assert_allclose(rec.mean, mean)
   np.testing.assert_allclose(rec.std, std)
