@@ -285,12 +285,13 @@ def test_demo_failure_stops_the_other_runs_with_one_sigint_each(tmp_path, monkey
 
 def test_claims_state_the_paired_test_and_the_psnr_budget():
   from rajax import demo
+  from rajax.demo import report
   row = lambda top1, psnr: {r: {"top1": top1, "psnr": psnr, "ssim": 0.8} for r in demo.RECOGNIZERS}
   results = {"sr": {"plain": row(0.30, 26.0), "ra": row(0.35, 25.8)},
              "jpeg": {"plain": row(0.30, 26.0), "ra": row(0.31, 24.5)}}
   test = lambda g, l, p: {r: {"gained": g, "lost": l, "p": p} for r in demo.RECOGNIZERS}
   paired = {"sr": {"ra": test(30, 6, 6e-5)}, "jpeg": {"ra": test(10, 8, 0.81)}}
-  lines = demo.claims(results, paired)
+  lines = report.claims(results, paired)
   sr = next(l for l in lines if "super-resolution" in l)
   assert "30 crops gained, 6 lost" in sr and "p = 6e-05, significant" in sr and "claim holds" in sr
   jpeg = next(l for l in lines if "JPEG" in l)
@@ -298,8 +299,43 @@ def test_claims_state_the_paired_test_and_the_psnr_budget():
   assert "within chance" in jpeg and "claim does not hold" in jpeg
   # Ahead within the PSNR budget, but by no more than chance: not shown.
   results["jpeg"]["ra"] = row(0.31, 25.9)
-  jpeg = next(l for l in demo.claims(results, paired) if "JPEG" in l)
+  jpeg = next(l for l in report.claims(results, paired) if "JPEG" in l)
   assert "claim is not shown (RA is ahead by no more than chance)" in jpeg
-  assert any("not independent" in l for l in demo.claims(results, paired))
-  without = demo.claims(results)                                   # without paired tests: ahead is enough
+  assert any("not independent" in l for l in report.claims(results, paired))
+  without = report.claims(results)                                   # without paired tests: ahead is enough
   assert "crops gained" not in " ".join(without) and all("claim holds" in l for l in without if l.startswith("- "))
+
+
+
+def test_transfer_words_follow_the_paired_test():
+  """The unseen recognizer's gain "carries over" only when it is ahead beyond chance (p < 0.05)."""
+  from rajax import demo
+  from rajax.demo import report
+  unseen = demo.RECOGNIZERS[1]
+  row = lambda top1: {r: {"top1": top1, "psnr": 26.0, "ssim": 0.8} for r in demo.RECOGNIZERS}
+  results = {"jpeg": {"plain": row(0.335), "ra": row(0.343)}}
+  transfer = lambda p: next(l for l in report.claims(results, {"jpeg": {"ra": {
+      r: {"gained": 12, "lost": 8, "p": p} for r in demo.RECOGNIZERS}}}) if unseen in l)
+  assert "+0.8 points" in transfer(0.45) and "carried-over gain is not shown" in transfer(0.45)
+  assert "the gain carries over" not in transfer(0.45)
+  assert "the gain carries over" in transfer(0.01)
+  results["jpeg"]["ra"] = row(0.33)
+  assert "the gain does not carry over" in transfer(0.01)
+
+
+def test_runs_on_a_fixed_processor_wait_for_the_plain_run_and_read_it(tmp_path):
+  """A method that trains R on a fixed P (recognizer_on_processor) starts after its task's plain run,
+  which the demo adds when it is not asked for, and is pointed at that run's processor."""
+  from rajax import demo
+  runs = demo.schedule(["sr"], ["recognizer_on_processor", "ra_joint"])
+  assert runs[0] == ("sr", "pretrain") and ("sr", "plain") in runs
+  assert demo.needs("recognizer_on_processor") == ("pretrain", "plain") and demo.needs("ra") == ("pretrain",)
+  cmd = demo.run_command(tmp_path, "sr", "recognizer_on_processor", quick=True)
+  assert f"--config.method.processor_weights={tmp_path / 'sr' / 'plain' / 'processor.msgpack'}" in cmd
+  assert not any(c.startswith("--config.init_processor") for c in cmd)   # it trains no P
+  cmd = demo.run_command(tmp_path, "sr", "ra_joint", quick=True)
+  assert f"--config.init_processor={tmp_path / 'sr' / 'pretrain' / 'processor.msgpack'}" in cmd
+  assert not any("processor_weights" in c for c in cmd)
+  # The longest runs start first: more trained networks, then more networks in all.
+  order = [m for _, m in demo.schedule(["sr"], list(demo.DEFAULT_MODES))]
+  assert order[0] == "pretrain" and order[1] == "transformer" and order[-1] == "plain"
