@@ -183,19 +183,19 @@ def flops_breakdown(setup: Setup, state) -> dict[str, float]:
   return out
 
 
-def _time_steps(compiled, state, batch, rec, *, steps: int, warmup: int):
+def _time_steps(compiled, state, batch, frozen, *, steps: int, warmup: int):
   for _ in range(warmup):
-    state, metrics = compiled(state, batch, rec)
+    state, metrics = compiled(state, batch, frozen)
     jax.block_until_ready((state, metrics))
   times = []
   for _ in range(steps):
     t0 = time.perf_counter()
-    state, metrics = compiled(state, batch, rec)
+    state, metrics = compiled(state, batch, frozen)
     jax.block_until_ready((state, metrics))
     times.append(time.perf_counter() - t0)
   t0 = time.perf_counter()
   for _ in range(steps):  # queued, as in training
-    state, metrics = compiled(state, batch, rec)
+    state, metrics = compiled(state, batch, frozen)
   jax.block_until_ready((state, metrics))
   pipelined = (time.perf_counter() - t0) / steps
   if not all(np.isfinite(float(v)) for v in jax.device_get(metrics).values()):
@@ -338,11 +338,11 @@ def _run_pipeline(setup: Setup, pipe, compiled, state, *, step_img_per_s: float)
   batches = sharding.prefetch_to_device(iter(pipe), setup.mesh, size=bench.prefetch)
   try:
     for _ in range(warmup):
-      state, metrics = compiled(state, next(batches), setup.recognizer)
+      state, metrics = compiled(state, next(batches), setup.frozen)
     jax.block_until_ready((state, metrics))
     t0 = time.perf_counter()
     for _ in range(steps):
-      state, metrics = compiled(state, next(batches), setup.recognizer)
+      state, metrics = compiled(state, next(batches), setup.frozen)
     jax.block_until_ready((state, metrics))
     e2e = steps * b / (time.perf_counter() - t0)
   finally:

@@ -294,7 +294,7 @@ def test_ra_step_flops_are_p_training_plus_r_forward_and_input_gradient():
   state = jax.eval_shape(setup.init_state)
   fwd = bench.flops_breakdown(setup, state)
   with jax.set_mesh(setup.mesh):
-    step = flops.count_jaxpr(setup.step.trace(state, setup.batch, setup.recognizer).jaxpr)["total"] / 4
+    step = flops.count_jaxpr(setup.step.trace(state, setup.batch, setup.frozen).jaxpr)["total"] / 4
   p, r = fwd["processor_forward"], fwd["recognizer_forward"]
   assert 2.5 * p + 1.8 * r < step < 3 * p + 2 * r
 
