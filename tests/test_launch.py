@@ -16,7 +16,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch"
-OVERRIDES = ["--config.optim.lr=3e-4", "--config.data.data_dir=/data/with space/it's"]
+OVERRIDES = ["--config.optim.processor.lr=3e-4", "--config.data.data_dir=/data/with space/it's"]
 TRAIN_ARGS = ["-m", "rajax.train", "--config", "configs/smoke.py", "--workdir", "runs/x", *OVERRIDES]
 ENV_KEYS = ["RAJAX_DISTRIBUTED", "JAX_COORDINATOR_ADDRESS", "JAX_COORDINATOR_BIND_ADDRESS", "RAJAX_NUM_PROCESSES",
             "RAJAX_PROCESS_ID", "JAX_LOCAL_DEVICE_IDS", "XLA_FLAGS", "XLA_PYTHON_CLIENT_MEM_FRACTION",

@@ -19,7 +19,7 @@ from flax import traverse_util
 import rajax
 import seeded_state_dict as seeded
 from rajax import weights as weights_lib
-from rajax.models import IMAGENET_MEAN, IMAGENET_STD, layers, transformer
+from rajax.models import IMAGENET_MEAN, IMAGENET_STD, layers, resnet_generator
 from rajax.weights import convert
 
 SMALL = dict(blocks=2, channels=8)
@@ -611,7 +611,7 @@ def test_resnet_generator_matches_torch(monkeypatch):
   assert np.abs(zero_padded - want["output"]).max() > 0.01
   conv_transpose = flax.linen.ConvTranspose
   with monkeypatch.context() as m:
-    m.setattr(transformer.nn, "ConvTranspose",
+    m.setattr(resnet_generator.nn, "ConvTranspose",
               lambda *args, padding, **kwargs: conv_transpose(*args, padding=((2, 1), (2, 1)), **kwargs))
     shifted = np.asarray(model.apply(variables, x))
   assert shifted.shape == want["output"].shape

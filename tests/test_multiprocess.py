@@ -37,7 +37,7 @@ SMOKE = "configs/smoke.py"
 # biases that feed BatchNorm (true gradient zero) into learning-rate-sized steps; with SGD an update
 # is proportional to its gradient, so rounding stays rounding and the parameters can be compared.
 RUN = ["--config.total_steps=8", "--config.ckpt_every=2", "--config.log_every=1",
-       "--config.data.synthetic.eval_size=13", "--config.optim.name=sgd", "--config.optim.lr=0.5"]
+       "--config.data.synthetic.eval_size=13", "--config.optim.processor.name=sgd", "--config.optim.processor.lr=0.5"]
 # Less LLVM optimisation: the programs compile about twice as fast. The one- and two-process runs use
 # the same flags, so their arithmetic is the same.
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"

@@ -207,8 +207,15 @@ def init_processing(modules, optimizers, input_shape, rng, initial=None) -> base
 
 
 def make(setup: base.Setup) -> base.Method:
-  settings = Settings.of(setup.config)
-  modules, optimizers = setup.modules, setup.optimizers
+  """The method `setup.config` names, for its networks and optimizers."""
+  return make_method(Settings.of(setup.config), setup.modules, setup.optimizers, setup.input_shape,
+                     device_stage=setup.device_stage)
+
+
+def make_method(settings: Settings, modules, optimizers, input_shape, *, device_stage=None) -> base.Method:
+  """One of the four methods from its settings alone (no config): `modules` {"processor"[,
+  "transformer"]}, their optimizers, P's input shape (h, w, 3)."""
+  modules = {n: modules[n] for n in settings.trains}
   loss_fn = make_loss_fn(settings, modules)
   trains = settings.trains
   spec = METHODS[settings.mode]
@@ -218,7 +225,7 @@ def make(setup: base.Setup) -> base.Method:
     recognizer = frozen.get("recognizer")
     if uses_recognizer and recognizer is None:
       raise ValueError(f"Method {settings.mode!r} needs a recognizer; pass frozen={{'recognizer': R}}.")
-    batch = base.with_input(batch, setup.device_stage)
+    batch = base.with_input(batch, device_stage)
     (total, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.batch_stats, batch,
                                                                   recognizer)
     params, opt_state = base.apply_gradients(state, grads, optimizers, trains)
@@ -230,7 +237,7 @@ def make(setup: base.Setup) -> base.Method:
 
   return base.Method(
       spec=spec,
-      init=lambda rng, initial=None: init_processing(modules, optimizers, setup.input_shape, rng, initial),
+      init=lambda rng, initial=None: init_processing(modules, optimizers, input_shape, rng, initial),
       train_step=train_step,
       forward=lambda variables, frozen, x: forward_processor(modules, variables, x))
 
