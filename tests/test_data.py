@@ -69,7 +69,10 @@ def test_synthetic_deterministic_per_seed_and_index():
   for i in range(6):
     np.testing.assert_array_equal(a[i]["image"], b[i]["image"])
     assert a[i]["label"] == b[i]["label"]
-  np.testing.assert_array_equal(a[3]["image"], a[3]["image"])
+  # Read in another order from a fresh source: image i does not depend on what was read before it.
+  backwards = SyntheticImages(size=6, image_size=32, num_classes=4, seed=1)
+  for i in reversed(range(6)):
+    np.testing.assert_array_equal(backwards[i]["image"], a[i]["image"])
   c = SyntheticImages(size=6, image_size=32, num_classes=4, seed=2)
   assert not np.array_equal(a[0]["image"], c[0]["image"])
 
@@ -230,38 +233,108 @@ def test_random_crop_flip_windows():
 # --------------------------------------------------------------------------- train_dataset
 
 
-def _train(source, task="sr", *, batch=4, seed=0, resize=0, crop=16, **kw):
-  deg = Degradation(task, scale=4, sigma=0.1, quality=10)
+def _train(source, task="sr", *, batch=4, seed=0, resize=0, crop=16, scale=4, sigma=0.1, quality=10, **kw):
+  deg = Degradation(task, scale=scale, sigma=sigma, quality=quality)
   return rd.train_dataset(source, deg, resize=resize, crop=crop, global_batch=batch, seed=seed, **kw)
 
 
-@pytest.mark.parametrize("task,in_shape,in_dtype", [
-    ("sr", (4, 4, 4, 3), np.uint8),
-    ("denoise", (4, 16, 16, 3), np.float32),
-    ("jpeg", (4, 16, 16, 3), np.uint8),
+def _pil_bicubic_down(img, scale):
+  """Pillow's bicubic resize (antialiased: the filter widens with the scale) to 1/scale of the size."""
+  return np.asarray(Image.fromarray(img).resize((img.shape[1] // scale, img.shape[0] // scale), Image.BICUBIC))
+
+
+def _pil_jpeg(img, quality, subsampling="4:2:0"):
+  """A Pillow JPEG encode at `quality` with chroma `subsampling`, decoded again."""
+  buf = io.BytesIO()
+  Image.fromarray(img).save(buf, format="JPEG", quality=quality, subsampling=subsampling)
+  return np.asarray(Image.open(buf).convert("RGB"))
+
+
+def _clipped_noise_moments(clean, sigma):
+  """E[r^2] and E[r^4] of r = clip(y + sigma * N, 0, 1) - y for each pixel y of `clean`, exactly (float64).
+
+  With a = -y / sigma and b = (1 - y) / sigma, r = sigma * clip(N, a, b), and
+  E[clip(N, a, b)^k] = int_a^b n^k phi(n) dn + a^k Phi(a) + b^k (1 - Phi(b)) for k = 2, 4, where
+  int_a^b n^2 phi = [Phi - n phi]_a^b and int_a^b n^4 phi = [3 Phi - (n^3 + 3 n) phi]_a^b.
+  """
+  from scipy.special import ndtr
+  y = np.asarray(clean, np.float64)
+  a, b = -y / sigma, (1 - y) / sigma
+  pdf = lambda n: np.exp(-n * n / 2) / np.sqrt(2 * np.pi)
+  inner2 = (ndtr(b) - b * pdf(b)) - (ndtr(a) - a * pdf(a))
+  inner4 = (3 * ndtr(b) - (b ** 3 + 3 * b) * pdf(b)) - (3 * ndtr(a) - (a ** 3 + 3 * a) * pdf(a))
+  tails = lambda k: a ** k * ndtr(a) + b ** k * (1 - ndtr(b))
+  return sigma ** 2 * (inner2 + tails(2)), sigma ** 4 * (inner4 + tails(4))
+
+
+def _noise_z(noisy, clean, sigma):
+  """How many standard errors the mean squared residual noisy - clean lies from its exact expectation for
+  Gaussian noise of `sigma` clipped to [0, 1] (pixels independent)."""
+  m2, m4 = _clipped_noise_moments(clean, sigma)
+  r2 = (np.asarray(noisy, np.float64) - clean) ** 2
+  return (r2.mean() - m2.mean()) / np.sqrt((m4 - m2 ** 2).sum() / r2.size ** 2)
+
+
+@pytest.mark.parametrize("task,params,in_shape,in_dtype", [
+    ("sr", dict(scale=2), (4, 8, 8, 3), np.uint8),
+    ("denoise", dict(sigma=0.2), (4, 16, 16, 3), np.float32),
+    ("jpeg", dict(quality=35), (4, 16, 16, 3), np.uint8),
 ])
-def test_train_batches_per_task(task, in_shape, in_dtype):
+def test_train_batches_per_task(task, params, in_shape, in_dtype):
+  """The target is a (possibly mirrored) crop of the resized image, the input its degradation with the
+  given, non-default parameter: Pillow's bicubic x2 down, Pillow's JPEG at quality 35 with 4:2:0, or
+  Gaussian noise of sigma 0.2 (its strength against the exact expectation; the draw itself is checked in
+  test_train_noise_is_sigma_times_one_normal_draw). References with the default parameter, another
+  filter or another subsampling are rejected."""
   src = IndexedImages(8)
-  batches = _take(_train(src, task, resize=20), 2)
+  batches = _take(_train(src, task, resize=20, **params), 2)
   for batch in batches:
     assert set(batch) == {"input", "target", "label"}
     assert batch["input"].shape == in_shape and batch["input"].dtype == in_dtype
     assert batch["target"].shape == (4, 16, 16, 3) and batch["target"].dtype == np.uint8
     assert batch["label"].shape == (4,) and batch["label"].dtype == np.int32
     for x, y, label in zip(batch["input"], batch["target"], batch["label"]):
-      # The target is a (possibly mirrored) crop of the resized source image ...
       assert _is_window(y, rd.resize_short_side(src.image(int(label)), 20))
-      # ... and the input its degradation.
       if task == "sr":
-        np.testing.assert_array_equal(x, D.bicubic_down(y, 4))
+        np.testing.assert_array_equal(x, _pil_bicubic_down(y, 2))
+        assert not np.array_equal(x, np.asarray(Image.fromarray(y).resize((8, 8), Image.BILINEAR)))
       elif task == "jpeg":
-        np.testing.assert_array_equal(x, D.jpeg(y, 10))
-      else:
-        resid = x - y.astype(np.float32) / 255
-        assert x.min() >= 0 and x.max() <= 1
-        assert 0.05 < resid.std() < 0.11
+        np.testing.assert_array_equal(x, _pil_jpeg(y, 35))
+        for wrong in (_pil_jpeg(y, 10), _pil_jpeg(y, 35, subsampling="4:4:4")):
+          assert not np.array_equal(x, wrong)
+  if task == "denoise":
+    noisy = np.concatenate([b["input"] for b in batches])
+    clean = np.concatenate([b["target"] for b in batches]) / 255.0
+    assert noisy.min() >= 0 and noisy.max() <= 1
+    assert abs(_noise_z(noisy, clean, 0.2)) < 4.5
+    assert abs(_noise_z(noisy, clean, 0.1)) > 4.5   # the default sigma would be told apart
   labels = np.concatenate([b["label"] for b in batches])
   assert sorted(labels.tolist()) == list(range(8))
+
+
+def test_train_noise_is_sigma_times_one_normal_draw():
+  """Host noise in training: pipelines that differ only in sigma (0.05 and 0.2) give the same crops and
+  residuals in the ratio 0.2 / 0.05 wherever neither is clipped, and each residual's mean square matches
+  the exact expectation for its sigma (clipping included) within 4.5 standard errors. The pipeline with
+  the default sigma 0.1 is rejected by both expectations, and a residual ratio check with the noise
+  drawn again (another draw) fails."""
+  src = IndexedImages(8, h=20, w=20)
+  runs = {sigma: _take(_train(src, "denoise", batch=4, seed=3, sigma=sigma), 4) for sigma in (0.05, 0.1, 0.2)}
+  stack = lambda sigma, key: np.concatenate([b[key] for b in runs[sigma]])
+  clean = stack(0.05, "target") / 255.0
+  for sigma in (0.1, 0.2):
+    np.testing.assert_array_equal(stack(sigma, "target"), stack(0.05, "target"))
+    np.testing.assert_array_equal(stack(sigma, "label"), stack(0.05, "label"))
+  small, large = stack(0.05, "input") - clean, stack(0.2, "input") - clean
+  free = (stack(0.2, "input") > 0) & (stack(0.2, "input") < 1) & (stack(0.05, "input") > 0) & (stack(0.05, "input") < 1)
+  assert free.mean() > 0.5
+  np.testing.assert_allclose(large[free], 4 * small[free], rtol=0, atol=1e-6)
+  for sigma in (0.05, 0.2):
+    assert abs(_noise_z(stack(sigma, "input"), clean, sigma)) < 4.5, sigma
+    assert abs(_noise_z(stack(0.1, "input"), clean, sigma)) > 4.5, sigma   # sigma ignored: rejected
+  # Negative control: another draw of the same strength does not pass the ratio check.
+  other = np.clip(clean + 0.2 * np.random.default_rng(0).standard_normal(clean.shape), 0, 1) - clean
+  assert not np.allclose(other[free], 4 * small[free], rtol=0, atol=1e-6)
 
 
 def test_train_synthetic_source():
@@ -340,8 +413,8 @@ def test_train_errors():
 # --------------------------------------------------------------------------- eval_dataset
 
 
-def _eval(source, task="sr", *, batch=4, seed=0, resize=0, crop=16, **kw):
-  deg = Degradation(task, scale=4, sigma=0.1, quality=10)
+def _eval(source, task="sr", *, batch=4, seed=0, resize=0, crop=16, scale=4, sigma=0.1, quality=10, **kw):
+  deg = Degradation(task, scale=scale, sigma=sigma, quality=quality)
   return rd.eval_dataset(source, deg, resize=resize, crop=crop, global_batch=batch, seed=seed, **kw)
 
 
@@ -363,16 +436,19 @@ def test_eval_pads_full_batches(n, batch, padding):
   assert allb["label"][:n].tolist() == list(range(n))
   for i in range(n):
     np.testing.assert_array_equal(allb["target"][i], rd.center_crop(src.image(i), 16))
-    np.testing.assert_array_equal(allb["input"][i], D.bicubic_down(allb["target"][i], 4))
+    np.testing.assert_array_equal(allb["input"][i], _pil_bicubic_down(allb["target"][i], 4))
 
 
 def test_eval_num_examples():
-  batches = list(_eval(IndexedImages(10), "jpeg", batch=4, num_examples=7))
+  batches = list(_eval(IndexedImages(10), "jpeg", batch=4, num_examples=7, quality=60))
   allb = _stack(batches)
   assert len(batches) == 2
   assert allb["mask"].tolist() == [1.0] * 7 + [0.0]
   assert allb["label"][:7].tolist() == list(range(7))
   assert allb["input"].dtype == np.uint8
+  for x, y in zip(allb["input"][:7], allb["target"][:7]):  # Pillow's JPEG at the given quality, 4:2:0
+    np.testing.assert_array_equal(x, _pil_jpeg(y, 60))
+    assert not np.array_equal(x, _pil_jpeg(y, 10))
 
 
 def test_eval_resize_then_center_crop():
@@ -380,6 +456,28 @@ def test_eval_resize_then_center_crop():
   allb = _stack(list(_eval(src, "sr", batch=2, resize=20, crop=16)))
   for i in range(2):
     np.testing.assert_array_equal(allb["target"][i], rd.center_crop(rd.resize_short_side(src.image(i), 20), 16))
+
+
+def _host_eval_noisy(target, *, sigma, seed, index):
+  """Evaluation example `index`'s noisy input by the pipeline's rule, in float64: clip(y + sigma * n, 0, 1)
+  with n = np.random.default_rng([seed, index]).standard_normal(y.shape, dtype=float32)."""
+  n = np.random.default_rng([seed, index]).standard_normal(target.shape, dtype=np.float32)
+  return np.clip(np.asarray(target, np.float64) / 255.0 + sigma * np.asarray(n, np.float64), 0.0, 1.0)
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.2])
+def test_eval_host_noise_is_sigma_times_the_examples_normal_draw(sigma):
+  """Evaluation example i's input is clip(y + sigma * n_i, 0, 1), n_i drawn from default_rng([seed, i]), to
+  float32 rounding; references with the default sigma 0.1, another seed or a neighbour's draw are rejected."""
+  allb = _stack(list(_eval(IndexedImages(6), "denoise", batch=4, seed=5, sigma=sigma)))
+  assert allb["input"].dtype == np.float32
+  close = lambda i, want: np.allclose(allb["input"][i], want, rtol=0, atol=3e-7)
+  for i in range(6):
+    y = allb["target"][i]
+    assert close(i, _host_eval_noisy(y, sigma=sigma, seed=5, index=i)), i
+    assert not close(i, _host_eval_noisy(y, sigma=0.1, seed=5, index=i))
+    assert not close(i, _host_eval_noisy(y, sigma=sigma, seed=6, index=i))
+    assert not close(i, _host_eval_noisy(y, sigma=sigma, seed=5, index=i + 1))
 
 
 def test_eval_repeatable_noise():
@@ -390,9 +488,6 @@ def test_eval_repeatable_noise():
   assert allb["input"].dtype == np.float32
   for i in range(6):
     assert not np.allclose(allb["input"][i], allb["target"][i] / 255.0, atol=1e-3)  # noisy
-  for i in range(6):  # Gaussian noise of sigma 0.1 (clipping only shrinks it)
-    resid = allb["input"][i] - allb["target"][i] / 255.0
-    assert 0.05 < resid.std() < 0.11
   # A fresh dataset object with the same seed draws the same noise.
   _equal_batches(a, list(_eval(IndexedImages(6), "denoise", batch=4, seed=5)))
   # Another seed gives other noise.
@@ -431,6 +526,14 @@ def _device_stage_input(batch, seed, sigma=0.1):
   return np.asarray(D.DeviceNoise(sigma=sigma, seed=seed)(batch)["input"])
 
 
+def _device_noisy(target, *, sigma, seed, index):
+  """The documented device rule, with the clip and the sum in float64: clip(y + sigma * n, 0, 1) where
+  n = jax.random.normal(jax.random.fold_in(jax.random.key(seed), index), y.shape)."""
+  import jax
+  n = jax.random.normal(jax.random.fold_in(jax.random.key(seed), int(index)), target.shape)
+  return np.clip(np.asarray(target, np.float64) / 255.0 + sigma * np.asarray(n, np.float64), 0.0, 1.0)
+
+
 def test_train_device_noise_ships_clean_crops_and_stream_indices():
   n, b = 8, 4
   src = IndexedImages(n)
@@ -447,10 +550,19 @@ def test_train_device_noise_ships_clean_crops_and_stream_indices():
   # The index is the position in the endless shuffled stream: unique per (epoch, position), so an
   # example gets fresh noise every epoch.
   assert np.concatenate([d["index"] for d in dev]).tolist() == list(range(3 * n))
-  noisy = _device_stage_input(dev[0], seed=2)
-  assert noisy.dtype == np.float32 and noisy.shape == (b, 16, 16, 3)
-  resid = noisy - dev[0]["target"] / 255.0
-  assert 0.05 < resid.std() < 0.11
+  # The step's stage (sigma 0.2 here) adds sigma times example b's normal draw from
+  # fold_in(key(seed), index[b]), to float32 rounding; the default sigma, another seed or the
+  # neighbouring index are rejected.
+  stage = Degradation("denoise", sigma=0.2, noise="device").device_stage(2)
+  for d in dev[:2]:
+    noisy = np.asarray(stage(d)["input"])
+    assert noisy.dtype == np.float32 and noisy.shape == (b, 16, 16, 3)
+    for k, (target, index) in enumerate(zip(d["target"], d["index"])):
+      close = lambda want: np.allclose(noisy[k], want, rtol=0, atol=3e-7)
+      assert close(_device_noisy(target, sigma=0.2, seed=2, index=index))
+      assert not close(_device_noisy(target, sigma=0.1, seed=2, index=index))
+      assert not close(_device_noisy(target, sigma=0.2, seed=3, index=index))
+      assert not close(_device_noisy(target, sigma=0.2, seed=2, index=index + 1))
 
 
 def test_train_device_noise_indices_global_across_hosts_and_resume():
