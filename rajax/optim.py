@@ -4,13 +4,14 @@ Each trained network N gets its optimizer from the config section `config.optim.
 `section()`): the optimizer (adam, adamw, sgd), its rate, momentum and weight decay, and the
 schedule: "step" (the paper's: Adam at 1e-4 for 4 of its 6 ImageNet epochs, then 1e-5, then 1e-6:
 the rate times decay_factor at each of decay_epochs), "cosine" (to zero at the end of training)
-or "constant", after an optional linear warm-up.
+or "constant", times a linear warm-up factor over the first warmup_epochs.
 """
 
 from __future__ import annotations
 
 from typing import Iterable
 
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -67,7 +68,9 @@ def schedule(cfg, steps_per_epoch: int, total_steps: int | None = None) -> optax
   warmup = int(round(cfg.get("warmup_epochs", 0.0) * steps_per_epoch))
   if warmup <= 0:
     return main
-  return optax.join_schedules([optax.linear_schedule(cfg.lr / max(warmup, 1), cfg.lr, warmup), main], [warmup])
+  # Linear warm-up as a factor on the schedule ((step + 1) / warmup for the first `warmup` steps), so the
+  # decay points stay where the epochs put them.
+  return lambda step: main(step) * jnp.minimum(1.0, (step + 1) / warmup)
 
 
 def make_optimizer(cfg, steps_per_epoch: int, total_steps: int | None = None) -> optax.GradientTransformation:

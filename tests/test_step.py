@@ -1,4 +1,4 @@
-"""The train/eval step factory: the four methods, frozen R, stop_gradient, BN statistics, optimizers."""
+"""The paper's four methods' steps (rajax.methods.ra): frozen R, stop_gradient, BN statistics, optimizers."""
 
 import functools
 
@@ -15,7 +15,8 @@ from PIL import Image
 import rajax
 from rajax import optim
 from rajax import losses
-from rajax import step as step_lib
+from rajax import methods
+from rajax.methods import ra
 
 P_CHANNELS = 12   # distinct from every kernel shape of the width-8 recognizer below
 R_WIDTH = 8
@@ -44,10 +45,31 @@ def batch():
   }
 
 
+def _init_state(settings, nets, txs, *, rng, input_shape):
+  return ra.make_method(settings, nets, txs, input_shape).init(rng)
+
+
+def _frozen(rec):
+  return {} if rec is None else {"recognizer": rec}
+
+
+def _train_step(settings, nets, txs, *, device_stage=None):
+  """step(state, batch, R): the method's train step with R as its frozen recognizer."""
+  method = ra.make_method(settings, nets, txs, (8, 8, 3), device_stage=device_stage)
+  return lambda state, batch, rec: method.train_step(state, batch, _frozen(rec))
+
+
+def _eval_step(settings, nets, *, device_stage=None):
+  """eval_step(state, batch, R): the trainer's evaluation of the method, measured with R."""
+  method = ra.make_method(settings, nets, {}, (8, 8, 3), device_stage=device_stage)
+  ev = methods.make_eval_step(method, nets, labels=settings.labels, device_stage=device_stage)
+  return lambda state, batch, rec: ev(state, batch, _frozen(rec))
+
+
 def _setup(mode, nets, lam=None):
-  method = step_lib.Method(mode=mode, lam=step_lib.DEFAULT_LAMBDA[mode] if lam is None else lam)
-  txs = {n: optax.adam(1e-3) for n in method.networks}
-  init = jax.jit(lambda key: step_lib.init_state(method, nets, txs, rng=key, input_shape=(8, 8, 3)))
+  method = ra.Settings(mode=mode, lam=ra.DEFAULT_LAMBDA[mode] if lam is None else lam)
+  txs = {n: optax.adam(1e-3) for n in method.trains}
+  init = jax.jit(lambda key: _init_state(method, nets, txs, rng=key, input_shape=(8, 8, 3)))
   return method, txs, init(jax.random.PRNGKey(0))
 
 
@@ -225,11 +247,11 @@ def stepped(nets, rec, scenes, clean_logits):
       if spec.get("min_confidence") == "mid":
         conf = np.sort(_softmax(clean_logits).max(-1))
         spec["min_confidence"] = float(conf[len(conf) // 2 - 1] + conf[len(conf) // 2]) / 2
-      method = step_lib.Method(**spec)
-      txs = {n: optax.adam(1e-3) for n in method.networks}
-      state = jax.jit(lambda key: step_lib.init_state(method, nets, txs, rng=key, input_shape=(8, 8, 3)))(
+      method = ra.Settings(**spec)
+      txs = {n: optax.adam(1e-3) for n in method.trains}
+      state = jax.jit(lambda key: _init_state(method, nets, txs, rng=key, input_shape=(8, 8, 3)))(
           jax.random.PRNGKey(0))
-      new, metrics = _quick_jit(step_lib.make_train_step(method, nets, txs))(state, scenes, rec)
+      new, metrics = _quick_jit(_train_step(method, nets, txs))(state, scenes, rec)
       cache[name] = spec, state, new, jax.device_get(metrics)
     return cache[name]
 
@@ -258,7 +280,7 @@ def test_step_metrics_and_batch_statistics_equal_an_independent_float64_computat
   spec, state, new, metrics = stepped(name)
   mode = spec["mode"]
   assert int(new.step) == 1
-  assert set(new.params) == set(new.opt_state) == set(step_lib.Method(**spec).networks)
+  assert set(new.params) == set(new.opt_state) == set(ra.Settings(**spec).trains)
   want_keys = {"loss", "pixel_mse", "psnr", "grad_norm"}
   want_keys |= set() if mode == "plain" else {"recognition", "top1"}
   want_keys |= {"grad_norm_transformer"} if mode == "transformer" else set()
@@ -440,7 +462,7 @@ def test_one_step_is_an_adam_step_on_the_gradient_of_the_methods_loss(name, nets
 
 def test_processor_batchnorm_statistics_update(nets, rec, batch):
   method, txs, state = _setup("ra", nets)
-  new, _ = jax.jit(step_lib.make_train_step(method, nets, txs))(state, batch, rec)
+  new, _ = jax.jit(_train_step(method, nets, txs))(state, batch, rec)
   before = state.batch_stats["processor"]["blocks_0"]["bn1"]
   after = new.batch_stats["processor"]["blocks_0"]["bn1"]
   assert not np.allclose(before["mean"], after["mean"])
@@ -449,7 +471,7 @@ def test_processor_batchnorm_statistics_update(nets, rec, batch):
 
 def test_transformer_mode_recognition_gradient_is_exactly_zero_for_p(nets, rec, batch):
   method, _, state = _setup("transformer", nets)
-  loss_fn = step_lib.make_loss_fn(method, nets)
+  loss_fn = ra.make_loss_fn(method, nets)
 
   def recognition(params):
     return loss_fn(params, state.batch_stats, batch, rec)[1][0]["recognition"]
@@ -462,11 +484,11 @@ def test_transformer_mode_recognition_gradient_is_exactly_zero_for_p(nets, rec, 
 
 def test_transformer_mode_updates_p_exactly_like_plain_and_t_has_its_own_adam_state(nets, rec, batch):
   _, t_txs, t_state = _setup("transformer", nets)
-  t_method = step_lib.Method(mode="transformer", lam=1e-2)
+  t_method = ra.Settings(mode="transformer", lam=1e-2)
   p_method, p_txs, p_state = _setup("plain", nets)
   chex.assert_trees_all_equal(t_state.params["processor"], p_state.params["processor"])
-  t_new, _ = jax.jit(step_lib.make_train_step(t_method, nets, t_txs))(t_state, batch, rec)
-  p_new, _ = jax.jit(step_lib.make_train_step(p_method, nets, p_txs))(p_state, batch, rec)
+  t_new, _ = jax.jit(_train_step(t_method, nets, t_txs))(t_state, batch, rec)
+  p_new, _ = jax.jit(_train_step(p_method, nets, p_txs))(p_state, batch, rec)
   # P sees only its pixel loss: the same update as plain training, to the last bit.
   chex.assert_trees_all_equal(t_new.params["processor"], p_new.params["processor"])
   # T is trained, by its own optimizer whose moments are separate from P's.
@@ -478,31 +500,31 @@ def test_transformer_mode_updates_p_exactly_like_plain_and_t_has_its_own_adam_st
 
 def test_ra_gradient_reaches_p_and_lambda_zero_equals_plain(nets, rec, batch):
   method, _, state = _setup("ra", nets)
-  loss_fn = step_lib.make_loss_fn(method, nets)
+  loss_fn = ra.make_loss_fn(method, nets)
   g = jax.jit(jax.grad(lambda p: loss_fn(p, state.batch_stats, batch, rec)[1][0]["recognition"]))(state.params)
   assert any(bool(jnp.any(x != 0)) for x in jax.tree.leaves(g["processor"]))
 
   ra0, txs, s0 = _setup("ra", nets, lam=0.0)
   plain, ptxs, s1 = _setup("plain", nets)
-  a, _ = jax.jit(step_lib.make_train_step(ra0, nets, txs))(s0, batch, rec)
-  b, _ = jax.jit(step_lib.make_train_step(plain, nets, ptxs))(s1, batch, rec)
+  a, _ = jax.jit(_train_step(ra0, nets, txs))(s0, batch, rec)
+  b, _ = jax.jit(_train_step(plain, nets, ptxs))(s1, batch, rec)
   chex.assert_trees_all_close(a.params, b.params, atol=1e-7)
   ra1, txs1, s2 = _setup("ra", nets, lam=1.0)
-  c, _ = jax.jit(step_lib.make_train_step(ra1, nets, txs1))(s2, batch, rec)
+  c, _ = jax.jit(_train_step(ra1, nets, txs1))(s2, batch, rec)
   assert not _tree_equal(c.params, b.params)
 
 
 def test_unsupervised_mode_matches_prob_mse_of_r_outputs(nets, rec, batch):
   method, _, state = _setup("unsupervised", nets)
-  loss_fn = step_lib.make_loss_fn(method, nets)
+  loss_fn = ra.make_loss_fn(method, nets)
   _, (terms, _, logits, out, labels) = jax.jit(loss_fn)(state.params, state.batch_stats, batch, rec)
   np.testing.assert_array_equal(labels, batch["label"])  # labels="dataset": the batch's own
   target_logits = jax.jit(lambda r, y: r(y))(rec, jnp.asarray(batch["target"], jnp.float32) / 255.0)
   p = jax.nn.softmax(logits, -1)
   q = jax.nn.softmax(target_logits, -1)
   np.testing.assert_allclose(float(terms["recognition"]), float(jnp.mean((p - q) ** 2)), rtol=1e-5)
-  kl = step_lib.Method(mode="unsupervised", lam=1.0, distance="kl")
-  _, (kl_terms, *_rest) = jax.jit(step_lib.make_loss_fn(kl, nets))(state.params, state.batch_stats, batch, rec)
+  kl = ra.Settings(mode="unsupervised", lam=1.0, distance="kl")
+  _, (kl_terms, *_rest) = jax.jit(ra.make_loss_fn(kl, nets))(state.params, state.batch_stats, batch, rec)
   expected_kl = jnp.mean(jnp.sum(q * (jnp.log(q) - jnp.log(p)), -1))
   np.testing.assert_allclose(float(kl_terms["recognition"]), float(expected_kl), rtol=1e-4)
 
@@ -532,12 +554,12 @@ def test_no_gradient_is_computed_for_recognizer_variables(nets, rec, batch):
     return shapes
 
   method, txs, state = _setup("ra", nets)
-  step = step_lib.make_train_step(method, nets, txs)
+  step = _train_step(method, nets, txs)
   shapes = produced_shapes(jax.make_jaxpr(step)(state, batch, rec).jaxpr)
   assert not shapes & r_shapes
 
   # The check does see recognizer weight gradients when they are taken.
-  loss_fn = step_lib.make_loss_fn(method, nets)
+  loss_fn = ra.make_loss_fn(method, nets)
 
   def with_r_grad(variables):
     r = rajax.Recognizer(name=rec.name, module=rec.module, variables=variables)
@@ -552,10 +574,10 @@ def _state_layout_problems(method, nets, state):
   opt_state hold one entry per trained network, with exactly that network's variables (from its init)."""
   problems = []
   for tree in ("params", "batch_stats", "opt_state"):
-    if set(getattr(state, tree)) != set(method.networks):
-      problems.append(f"{tree} holds {sorted(getattr(state, tree))}, not {sorted(method.networks)}")
+    if set(getattr(state, tree)) != set(method.trains):
+      problems.append(f"{tree} holds {sorted(getattr(state, tree))}, not {sorted(method.trains)}")
   shapes = {"processor": (1, 8, 8, 3), "transformer": (1, 32, 32, 3)}
-  for n in set(method.networks) & set(state.params) & set(state.batch_stats):
+  for n in set(method.trains) & set(state.params) & set(state.batch_stats):
     init = jax.eval_shape(lambda: nets[n].init(jax.random.key(0), jnp.zeros(shapes[n])))
     for tree in ("params", "batch_stats"):
       got = jax.tree.map(lambda x: (x.shape, x.dtype), getattr(state, tree)[n])
@@ -571,7 +593,7 @@ def test_the_train_state_holds_only_the_trainable_networks(mode, nets, rec, batc
   R's weights are never differentiated is test_no_gradient_is_computed_for_recognizer_variables.)"""
   method, txs, state = _setup(mode, nets)
   assert _state_layout_problems(method, nets, state) == []
-  out_state, _ = jax.eval_shape(step_lib.make_train_step(method, nets, txs), state, batch, rec)
+  out_state, _ = jax.eval_shape(_train_step(method, nets, txs), state, batch, rec)
   assert jax.tree.structure(out_state) == jax.tree.structure(state)
   assert jax.tree.map(lambda x: (x.shape, x.dtype), out_state) == jax.tree.map(lambda x: (x.shape, x.dtype), state)
   # Negative controls: a state that carried R's variables, beside P's or inside them, is rejected.
@@ -584,7 +606,7 @@ def test_the_train_state_holds_only_the_trainable_networks(mode, nets, rec, batc
 
 def test_eval_step_masks_padding_and_measures_on_t_in_transformer_mode(nets, rec, batch):
   method, _, state = _setup("transformer", nets)
-  ev = jax.jit(step_lib.make_eval_step(method, nets))
+  ev = jax.jit(_eval_step(method, nets))
   full = ev(state, dict(batch, mask=np.ones(4, np.float32)), rec)
   assert float(full["count"]) == 4
   # Replace the last two examples by garbage marked as padding: sums over the first two only.
@@ -611,21 +633,21 @@ def test_device_stage_makes_the_denoising_input(rec):
   """A batch without "input" (noise left to the device) trains and evaluates as the batch it completes to."""
   from rajax import degrade
   nets = {"processor": rajax.processor("srresnet", scale=1, blocks=1, channels=8)}
-  method = step_lib.Method(mode="ra", lam=1e-3)
+  method = ra.Settings(mode="ra", lam=1e-3)
   txs = {"processor": optax.adam(1e-3)}
-  state = jax.jit(lambda k: step_lib.init_state(method, nets, txs, rng=k, input_shape=(16, 16, 3)))(
+  state = jax.jit(lambda k: _init_state(method, nets, txs, rng=k, input_shape=(16, 16, 3)))(
       jax.random.PRNGKey(0))
   rng = np.random.default_rng(1)
   clean = {"target": rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8),
            "label": rng.integers(0, 10, (4,)).astype(np.int32), "index": np.array([3, 1, 4, 1], np.int32)}
   stage = degrade.DeviceNoise(sigma=0.1, seed=5)
   full = dict(clean, input=np.asarray(jax.jit(stage)(clean)["input"]))
-  want_state, want_metrics = jax.jit(step_lib.make_train_step(method, nets, txs))(state, full, rec)
-  got_state, got_metrics = jax.jit(step_lib.make_train_step(method, nets, txs, device_stage=stage))(state, clean, rec)
+  want_state, want_metrics = jax.jit(_train_step(method, nets, txs))(state, full, rec)
+  got_state, got_metrics = jax.jit(_train_step(method, nets, txs, device_stage=stage))(state, clean, rec)
   chex.assert_trees_all_close(got_metrics, want_metrics, rtol=1e-5, atol=1e-6)
   chex.assert_trees_all_close(got_state.params, want_state.params, rtol=1e-5, atol=1e-6)
-  want_eval = jax.jit(step_lib.make_eval_step(method, nets))(state, full, rec)
-  got_eval = jax.jit(step_lib.make_eval_step(method, nets, device_stage=stage))(state, clean, rec)
+  want_eval = jax.jit(_eval_step(method, nets))(state, full, rec)
+  got_eval = jax.jit(_eval_step(method, nets, device_stage=stage))(state, clean, rec)
   chex.assert_trees_all_close(got_eval, want_eval, rtol=1e-5, atol=1e-6)
   # Examples 1 and 3 share index 1, hence their noise: identical targets give identical inputs.
   noisy = np.asarray(stage(dict(clean, target=np.repeat(clean["target"][:1], 4, 0)))["input"])
@@ -633,29 +655,28 @@ def test_device_stage_makes_the_denoising_input(rec):
   assert not np.array_equal(noisy[0], noisy[1])
   # Without the stage the step says what is missing and how to provide it.
   with pytest.raises(ValueError, match="device_stage"):
-    step_lib.make_train_step(method, nets, txs)(state, clean, rec)
+    _train_step(method, nets, txs)(state, clean, rec)
   with pytest.raises(ValueError, match="device_stage"):
-    step_lib.make_eval_step(method, nets)(state, clean, rec)
+    _eval_step(method, nets)(state, clean, rec)
 
 
 def test_errors_name_the_problem(nets, rec, batch):
-  with pytest.raises(ValueError, match="Unknown mode"):
-    step_lib.Method(mode="sr")
+  with pytest.raises(ValueError, match="unknown method 'sr'"):
+    ra.Settings(mode="sr")
   with pytest.raises(ValueError, match="lam"):
-    step_lib.Method(mode="ra", lam=-1.0)
+    ra.Settings(mode="ra", lam=-1.0)
   with pytest.raises(ValueError, match="missing"):
-    step_lib.make_train_step(step_lib.Method(mode="transformer"), {"processor": nets["processor"]}, {})
+    _train_step(ra.Settings(mode="transformer"), {"processor": nets["processor"]}, {})
   method, txs, state = _setup("ra", nets)
   with pytest.raises(ValueError, match="needs a recognizer"):
-    step_lib.make_train_step(method, nets, txs)(state, batch, None)
+    _train_step(method, nets, txs)(state, batch, None)
   bad = dict(batch, target=batch["target"][:, :16, :16])
   with pytest.raises(ValueError, match="same shape"):
-    step_lib.make_train_step(method, nets, txs)(state, bad, rec)
+    _train_step(method, nets, txs)(state, bad, rec)
 
 
 def test_paper_schedule_is_piecewise_constant_in_epochs():
-  cfg = ml_collections.ConfigDict(dict(name="adam", lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
-                                       decay_epochs=(4, 5), decay_factor=0.1, grad_clip=0.0))
+  cfg = optim.section(name="adam", lr=1e-4, decay_epochs=(4, 5), decay_factor=0.1)
   sched = optim.schedule(cfg, steps_per_epoch=100)
   for s, lr in [(0, 1e-4), (399, 1e-4), (400, 1e-5), (499, 1e-5), (500, 1e-6), (599, 1e-6)]:
     assert float(sched(s)) == pytest.approx(lr, rel=1e-6), s
@@ -666,18 +687,34 @@ def test_paper_schedule_is_piecewise_constant_in_epochs():
   np.testing.assert_allclose(np.asarray(updates["w"]), -1e-4, rtol=1e-3)
 
 
-def test_transformer_lr_gives_t_its_own_base_rate():
-  cfg = ml_collections.ConfigDict(dict(name="adam", lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
-                                       decay_epochs=(1,), decay_factor=0.1, grad_clip=0.0, transformer_lr=3e-6))
-  txs = optim.make_optimizers(cfg, ("processor", "transformer"), steps_per_epoch=10)
+def test_each_trained_network_has_its_own_optimizer_section():
+  cfg = ml_collections.ConfigDict(dict(processor=optim.section(lr=1e-4, decay_epochs=(1,)),
+                                       transformer=optim.section(lr=3e-6, decay_epochs=(1,)),
+                                       recognizer=optim.section(name="sgd", lr=0.5, momentum=0.0)))
+  txs = optim.make_optimizers(cfg, ("processor", "transformer", "recognizer"), steps_per_epoch=10)
   params = {"w": jnp.ones(3)}
-  first = {n: tx.update({"w": jnp.ones(3)}, tx.init(params), params)[0]["w"] for n, tx in txs.items()}
+  first = {n: tx.update({"w": jnp.full(3, 2.0)}, tx.init(params), params)[0]["w"] for n, tx in txs.items()}
   np.testing.assert_allclose(np.asarray(first["processor"]), -1e-4, rtol=1e-3)
   np.testing.assert_allclose(np.asarray(first["transformer"]), -3e-6, rtol=1e-3)
-  cfg.transformer_lr = None   # unset: T follows optim.lr
-  txs = optim.make_optimizers(cfg, ("processor", "transformer"), steps_per_epoch=10)
-  t = txs["transformer"]
-  np.testing.assert_allclose(np.asarray(t.update({"w": jnp.ones(3)}, t.init(params), params)[0]["w"]), -1e-4, rtol=1e-3)
+  np.testing.assert_allclose(np.asarray(first["recognizer"]), -1.0, rtol=1e-6)   # plain SGD: -lr * gradient
+  with pytest.raises(ValueError, match=r"No optimizer section for the trained network\(s\) \['other'\]"):
+    optim.make_optimizers(cfg, ("processor", "other"), steps_per_epoch=10)
+
+
+def test_schedules_warm_up_and_decay_by_cosine():
+  cos = optim.schedule(optim.section(lr=1.0, schedule="cosine", warmup_epochs=1.0), steps_per_epoch=10,
+                       total_steps=110)
+  cosine = lambda s: 0.5 * (1 + np.cos(np.pi * s / 110))
+  # Warm-up: a factor (s + 1) / 10 on the cosine over the whole run, for the first epoch's 10 steps.
+  np.testing.assert_allclose([float(cos(s)) for s in (0, 4, 9)], [0.1 * cosine(0), 0.5 * cosine(4), cosine(9)],
+                             rtol=1e-5)
+  np.testing.assert_allclose([float(cos(s)) for s in (10, 60, 109)], [cosine(10), cosine(60), cosine(109)], rtol=1e-5, atol=1e-8)
+  const = optim.schedule(optim.section(lr=0.3, schedule="constant"), steps_per_epoch=10)
+  assert float(const(0)) == float(const(10_000)) == pytest.approx(0.3)
+  wd = optim.make_optimizer(optim.section(name="sgd", lr=0.1, momentum=0.0, weight_decay=0.5), steps_per_epoch=10)
+  params = {"w": jnp.full(2, 2.0)}
+  upd, _ = wd.update({"w": jnp.zeros(2)}, wd.init(params), params)
+  np.testing.assert_allclose(np.asarray(upd["w"]), -0.1 * 0.5 * 2.0, rtol=1e-6)   # L2 added to the gradient
 
 
 def test_min_confidence_keeps_only_confidently_recognised_examples(nets, rec, batch):
@@ -690,18 +727,18 @@ def test_min_confidence_keeps_only_confidently_recognised_examples(nets, rec, ba
   keep = conf >= threshold
   assert 0 < keep.sum() < len(keep)
   _, _, state = _setup("ra", nets)
-  run = lambda m: jax.jit(step_lib.make_loss_fn(m, nets))(state.params, state.batch_stats, batch, rec)
-  _, (terms, _, logits, _, labels) = run(step_lib.Method(mode="ra", lam=1.0, labels="recognizer",
+  run = lambda m: jax.jit(ra.make_loss_fn(m, nets))(state.params, state.batch_stats, batch, rec)
+  _, (terms, _, logits, _, labels) = run(ra.Settings(mode="ra", lam=1.0, labels="recognizer",
                                                          min_confidence=threshold))
   per_example = np.asarray(losses.recognition_ce(logits=logits, labels=labels, reduction="none"))
   np.testing.assert_allclose(float(terms["recognition"]), per_example[keep].mean(), rtol=1e-5)
-  _, (all_terms, *_) = run(step_lib.Method(mode="ra", lam=1.0, labels="recognizer"))
+  _, (all_terms, *_) = run(ra.Settings(mode="ra", lam=1.0, labels="recognizer"))
   np.testing.assert_allclose(float(all_terms["recognition"]), per_example.mean(), rtol=1e-5)
   np.testing.assert_allclose(float(terms["pixel_mse"]), float(all_terms["pixel_mse"]), rtol=1e-6)
   with pytest.raises(ValueError, match="recognizer-made labels"):
-    step_lib.Method(mode="ra", min_confidence=0.5)
+    ra.Settings(mode="ra", min_confidence=0.5)
   with pytest.raises(ValueError, match="min_confidence"):
-    step_lib.Method(mode="ra", labels="recognizer", min_confidence=1.5)
+    ra.Settings(mode="ra", labels="recognizer", min_confidence=1.5)
 
 
 def test_recognizer_labels_are_r_top1_on_clean_targets(nets, rec, batch):
@@ -709,14 +746,14 @@ def test_recognizer_labels_are_r_top1_on_clean_targets(nets, rec, batch):
   y = jnp.asarray(batch["target"], jnp.float32) / 255.0
   want = np.asarray(jnp.argmax(jax.jit(lambda r, y: r(y))(rec, y), -1))
   for mode in ("ra", "unsupervised", "transformer"):
-    method = step_lib.Method(mode=mode, lam=1.0, labels="recognizer")
+    method = ra.Settings(mode=mode, lam=1.0, labels="recognizer")
     _, _, state = _setup(mode, nets)
     garbage = {**batch, "label": (batch["label"] + 1) % 10}
-    _, (terms, _, logits, _, labels) = jax.jit(step_lib.make_loss_fn(method, nets))(
+    _, (terms, _, logits, _, labels) = jax.jit(ra.make_loss_fn(method, nets))(
         state.params, state.batch_stats, garbage, rec)
     np.testing.assert_array_equal(np.asarray(labels), want, err_msg=mode)
     if mode == "ra":
       np.testing.assert_allclose(float(terms["recognition"]),
                                  float(losses.recognition_ce(logits=logits, labels=jnp.asarray(want))), rtol=1e-5)
-  with pytest.raises(ValueError, match="label source"):
-    step_lib.Method(mode="ra", labels="oracle")
+  with pytest.raises(ValueError, match="labels=.oracle. is not one of dataset, recognizer"):
+    ra.Settings(mode="ra", labels="oracle")

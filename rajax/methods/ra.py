@@ -215,6 +215,10 @@ def make(setup: base.Setup) -> base.Method:
 def make_method(settings: Settings, modules, optimizers, input_shape, *, device_stage=None) -> base.Method:
   """One of the four methods from its settings alone (no config): `modules` {"processor"[,
   "transformer"]}, their optimizers, P's input shape (h, w, 3)."""
+  missing = [n for n in settings.trains if n not in modules or n not in optimizers and optimizers]
+  if missing:
+    raise ValueError(f"Method {settings.mode!r} trains {list(settings.trains)}; missing the module or optimizer of "
+                     f"{missing}.")
   modules = {n: modules[n] for n in settings.trains}
   loss_fn = make_loss_fn(settings, modules)
   trains = settings.trains
