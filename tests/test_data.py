@@ -945,7 +945,7 @@ def test_fused_decode_resize_equals_reference():
 
 def test_bench_cli_prints_stages_and_pipeline_rates(capsys):
   from rajax.data import bench
-  assert bench.cli(["--config", "configs/sr_imagenet.py", "--source", "photos", "--seconds", "0.3",
+  assert bench.cli(["--config", "configs/imagenet.py", "--source", "photos", "--seconds", "0.3",
                     "--workers", "0", "--tasks", "sr,denoise,jpeg", "--threads", "1", "--images", "8",
                     "--config.data.batch_size=4"]) == 0
   out = capsys.readouterr().out

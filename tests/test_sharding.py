@@ -9,27 +9,26 @@ from flax import traverse_util
 
 import rajax
 from rajax import sharding
-from rajax import step as step_lib
+from rajax.methods import ra
 
 
 def _run(mesh, mode, batches):
   nets = {"processor": rajax.processor("srresnet", scale=2, blocks=1, channels=8),
           "transformer": rajax.processor("resnet_generator", blocks=1, channels=4)}
   rec = jax.device_put(rajax.recognizer("resnet18", "random", num_classes=10, width=4, seed=3), sharding.replicated(mesh))
-  method = step_lib.Method(mode=mode, lam=0.1)
+  settings = ra.Settings(mode=mode, lam=0.1)
   # SGD, not Adam: a conv bias that feeds BatchNorm has a true gradient of zero, and Adam's division by
   # sqrt(v) turns the float rounding noise left in it into learning-rate-sized steps whose sign differs
   # between reduction orders. With SGD an update is proportional to its gradient, so rounding stays rounding.
-  txs = {n: optax.sgd(0.1, momentum=0.9) for n in method.networks}
+  txs = {n: optax.sgd(0.1, momentum=0.9) for n in settings.trains}
   rep, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  state = jax.jit(lambda k: step_lib.init_state(method, nets, txs, rng=k, input_shape=(8, 8, 3)),
-                  out_shardings=rep)(jax.random.PRNGKey(0))
-  step = jax.jit(step_lib.make_train_step(method, nets, txs), in_shardings=(rep, data, rep),
-                 out_shardings=(rep, rep), donate_argnums=(0,))
+  method = ra.make_method(settings, nets, txs, (8, 8, 3))
+  state = jax.jit(method.init, out_shardings=rep)(jax.random.PRNGKey(0))
+  step = jax.jit(method.train_step, in_shardings=(rep, data, rep), out_shardings=(rep, rep), donate_argnums=(0,))
   history = []
   for b in batches:
     old = state
-    state, metrics = step(state, sharding.global_batch(b, mesh), rec)
+    state, metrics = step(state, sharding.global_batch(b, mesh), {"recognizer": rec})
     history.append((old, metrics))
   return state, history
 

@@ -755,5 +755,8 @@ def test_recognizer_labels_are_r_top1_on_clean_targets(nets, rec, batch):
     if mode == "ra":
       np.testing.assert_allclose(float(terms["recognition"]),
                                  float(losses.recognition_ce(logits=logits, labels=jnp.asarray(want))), rtol=1e-5)
+  for mode in ("plain", "unsupervised"):   # only ra and transformer have the filter
+    with pytest.raises(ValueError, match="filters the recognition term of ra and transformer"):
+      ra.Settings(mode=mode, labels="recognizer", min_confidence=0.5)
   with pytest.raises(ValueError, match="labels=.oracle. is not one of dataset, recognizer"):
     ra.Settings(mode="ra", labels="oracle")

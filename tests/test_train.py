@@ -111,7 +111,7 @@ def test_smoke_cli_trains_logs_and_checkpoints(tmp_path):
   assert _saved_steps(tmp_path)[-1] == 36
   params = _processor_params(tmp_path)
   assert set(params) == {"params", "batch_stats"}
-  assert json.loads((tmp_path / "config.json").read_text())["mode"] == "ra"
+  assert json.loads((tmp_path / "config.json").read_text())["method"]["name"] == "ra"
 
 
 @pytest.mark.slow
@@ -158,21 +158,23 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_finishes_identically(tmp_path,
 def test_init_processor_starts_from_a_file(tmp_path):
   """config.init_processor: P starts from another run's processor.msgpack (checked against the model)."""
   from rajax import config as config_lib
-  from rajax import step as step_lib
-  from rajax import train
+  from rajax import methods, networks
 
   first = tmp_path / "first"
   _train(first, "--config.total_steps=2")
   config = config_lib.load(str(ROOT / "configs/smoke.py"))
-  method, nets = train.build_networks(config)
-  txs = {n: optax.adam(1e-3) for n in method.networks}
-  state = step_lib.init_state(method, nets, txs, rng=jax.random.PRNGKey(5), input_shape=(8, 8, 3))
-  loaded = train._init_processor_from(state, str(first / "processor.msgpack"), None)
-  want = weights.load(first / "processor.msgpack", {"params": state.params["processor"],
-                                                    "batch_stats": state.batch_stats["processor"]})
-  for a, b in zip(jax.tree.leaves(loaded.params["processor"]), jax.tree.leaves(want["params"])):
+  config.init_processor = str(first / "processor.msgpack")
+  spec = methods.get(config.method.name)
+  modules = networks.trained_modules(config, spec)
+  txs = {n: optax.adam(1e-3) for n in spec.trains}
+  method = methods.build(methods.Setup(config=config, modules=modules, optimizers=txs, input_shape=(8, 8, 3)))
+  fresh = method.init(jax.random.PRNGKey(5))
+  loaded = method.init(jax.random.PRNGKey(5), networks.initial_variables(config, spec, modules))
+  want = weights.load(first / "processor.msgpack", {"params": fresh.params["processor"],
+                                                    "batch_stats": fresh.batch_stats["processor"]})
+  for a, b in zip(jax.tree.leaves(loaded.variables("processor")), jax.tree.leaves(want)):
     np.testing.assert_array_equal(a, b)
-  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params["processor"]),
+  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(fresh.params["processor"]),
                                                         jax.tree.leaves(want["params"])))
   # A run started from it says so; a file for another architecture is refused with the key names.
   out = _train(tmp_path / "second", "--config.total_steps=1", f"--config.init_processor={first / 'processor.msgpack'}")
@@ -189,7 +191,7 @@ def _eval_by_hand(config, workdir, *, noise, sigma, index_shift=0):
   np.random.default_rng([seed, i]).standard_normal(float32); device: jax.random.normal of
   fold_in(key(seed), i)), P in inference mode by module.apply, the metrics in float64."""
   from rajax import data as data_lib
-  from rajax import train
+  from rajax import networks
   source = data_lib.make_source(config.data, config.data.eval_split)
   crop, n = config.data.crop, len(source)
   images = [source[i]["image"] for i in range(n)]
@@ -203,8 +205,7 @@ def _eval_by_hand(config, workdir, *, noise, sigma, index_shift=0):
     else:
       draws.append(np.asarray(jax.random.normal(jax.random.fold_in(jax.random.key(config.seed), j), (crop, crop, 3))))
   x = np.clip(y + sigma * np.stack(draws).astype(np.float64), 0.0, 1.0).astype(np.float32)
-  _, nets = train.build_networks(config)
-  p = nets["processor"]
+  p = networks.module(config, "processor")
   template = jax.eval_shape(lambda: p.init(jax.random.key(0), jnp.zeros((1, crop, crop, 3))))
   variables = weights.load(pathlib.Path(workdir) / "processor.msgpack", template)
   out = np.clip(np.asarray(p.apply(variables, x, train=False), np.float64), 0.0, 1.0)

@@ -91,6 +91,9 @@ def _problems(s: Settings) -> list[str]:
     out.append(f"config.labels={s.labels!r} is not one of {', '.join(LABEL_SOURCES)}")
   if not 0.0 <= s.min_confidence < 1.0:
     out.append(f"config.method.min_confidence={s.min_confidence} must be in [0, 1)")
+  if s.min_confidence and s.mode not in ("ra", "transformer"):
+    out.append(f"config.method.min_confidence filters the recognition term of ra and transformer; method {s.mode!r} "
+               "has no such filter: set it to 0")
   if s.min_confidence and s.labels != "recognizer":
     out.append("config.method.min_confidence applies to recognizer-made labels: set config.labels='recognizer' "
                "or config.method.min_confidence=0")
