@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import pathlib
@@ -266,14 +267,23 @@ def _samples(workdir: pathlib.Path, task: str, modes: Sequence[str], quick: bool
   picks = np.asarray(_sample_indices(photo_names))
   x, y = to_float_images(jnp.asarray(batch["input"][picks])), to_float_images(jnp.asarray(batch["target"][picks]))
   rec = recognizer(LOSS_RECOGNIZER)
-  top1 = lambda images: np.asarray(jnp.argmax(rec(images), axis=-1))
+  top1 = lambda images: np.asarray(_top1()(rec, images))
   up = x if x.shape == y.shape else jnp.clip(jax.image.resize(x, y.shape, "bicubic"), 0.0, 1.0)
   out = {"input": {"images": np.asarray(up), "pred": top1(up)}}
   for mode in modes:
-    views = runs.load(workdir / task / mode).forward(x)
+    run = runs.load(workdir / task / mode)
+    views = jax.jit(lambda v, f, x: run.forward(x, v, f))(run.variables, run.frozen, x)
     out[mode] = {"images": np.asarray(views["human"]), "pred": top1(views["machine"])}
   out["clean"] = {"images": np.asarray(y), "pred": top1(y)}
   return out
+
+
+@functools.cache
+def _top1():
+  """recognizer, images -> top-1 classes, compiled once per recognizer and shape."""
+  import jax
+  import jax.numpy as jnp
+  return jax.jit(lambda r, images: jnp.argmax(r(images), axis=-1))
 
 
 def _sample_indices(photo_names: Sequence[str]) -> list[int]:

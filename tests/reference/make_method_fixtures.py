@@ -8,7 +8,8 @@ steps with a log record per step and an evaluation at the end, for each entry of
 evaluation, and the final variables of every trained network (`<network>.msgpack`, parameters and
 BatchNorm statistics), plus a description of the machine and software that made them.
 `tests/test_methods_fixture.py` trains the same runs and compares: bit for bit on a machine like
-this one, to a float tolerance elsewhere (XLA's CPU code depends on the instruction set).
+this one with the same XLA flags (the tests' own, tests/conftest.py), to a float tolerance
+elsewhere (XLA's CPU code depends on the instruction set and the compiler's options).
 
 Made once, from the code as it was before the methods became plug-ins; rerun it only to record a
 change of behaviour on purpose.
@@ -43,11 +44,12 @@ UNTIMED = ("img_per_s",)
 
 
 def machine() -> dict[str, str]:
-  """What XLA's CPU code depends on: the processor, its features, and the software versions."""
+  """What XLA's CPU code depends on: the processor, its features, the software versions, XLA's flags."""
   import jax
   import jaxlib
   info = {"machine": platform.machine(), "python": platform.python_version(), "jax": jax.__version__,
-          "jaxlib": jaxlib.__version__, "devices": str(jax.device_count()), "cpu": "", "flags": ""}
+          "jaxlib": jaxlib.__version__, "devices": str(jax.device_count()), "cpu": "", "flags": "",
+          "xla_flags": " ".join(sorted(os.environ.get("XLA_FLAGS", "").split()))}
   try:
     for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
       key, _, value = line.partition(":")
