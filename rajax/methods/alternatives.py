@@ -72,7 +72,8 @@ def _forward_processor(setup):
 
 def make_joint(setup: base.Setup) -> base.Method:
   config, modules = setup.config, setup.modules
-  lam = config.method.get("lam") or 1e-3
+  lam = config.method.get("lam")
+  lam = 1e-3 if lam is None else lam
   r_weight = config.method.recognizer_weight
   smoothing = config.method.label_smoothing
   rec = modules["recognizer"]
