@@ -33,9 +33,10 @@ from rajax.methods import base, ra
 
 def _labels(config, batch, recognizer, y):
   """Labels for the recognition loss: the dataset's, or the recognizer's own on the clean image."""
+  task = base.task_of(recognizer)
   if config.get("labels", "dataset") == "dataset":
-    return batch["label"]
-  return base.task_of(recognizer).pseudo_targets(recognizer(y))[0]
+    return task.dataset_targets(batch)
+  return task.pseudo_targets(recognizer(y))[0]
 
 
 def _init(setup: base.Setup, rng, initial) -> base.TrainState:
@@ -60,7 +61,7 @@ def _metrics(total, terms, grads, outputs, targets, task, image=None, y=None) ->
     out["psnr"] = jnp.mean(metrics_lib.psnr(jnp.clip(image, 0.0, 1.0), y))
   for name, g in grads.items():
     out["grad_norm" if name == "processor" else f"grad_norm_{name}"] = optax.tree.norm(g)
-  out["top1"] = jnp.mean(task.top1(outputs, targets))
+  out.update(task.step_metrics(outputs, targets))
   return out
 
 
@@ -84,9 +85,9 @@ def make_joint(setup: base.Setup) -> base.Method:
     out, p_stats = base.apply_train(modules["processor"], params["processor"], batch_stats["processor"], x)
     r_vars = {"params": params["recognizer"], "batch_stats": batch_stats["recognizer"]}
     labels = _labels(config, batch, rec.replace(variables=jax.lax.stop_gradient(r_vars)), y)
-    logits, r_stats = rec.apply_train(r_vars, out, rng=rng)
-    terms = {"pixel_mse": losses.pixel_mse(pred=out, target=y),
-             "recognition": jnp.mean(task.loss(outputs=logits, targets=labels, label_smoothing=smoothing))}
+    per_example, logits, r_stats = task.recognition_loss(rec, out, labels, variables=r_vars, train=True, rng=rng,
+                                                         label_smoothing=smoothing)
+    terms = {"pixel_mse": losses.pixel_mse(pred=out, target=y), "recognition": jnp.mean(per_example)}
     total = terms["pixel_mse"] + lam * terms["recognition"]
     return total, base.LossAux(terms, {"processor": p_stats, "recognizer": r_stats}, logits, out, labels)
 
@@ -133,8 +134,9 @@ def _make_recognizer_training(name: str, forward):
       images = jax.lax.stop_gradient(forward({}, frozen, x)["machine"])
       r_vars = {"params": params["recognizer"], "batch_stats": batch_stats["recognizer"]}
       labels = _labels(config, batch, rec.replace(variables=jax.lax.stop_gradient(r_vars)), y)
-      logits, r_stats = rec.apply_train(r_vars, images, rng=rng)
-      loss = jnp.mean(task.loss(outputs=logits, targets=labels, label_smoothing=smoothing))
+      per_example, logits, r_stats = task.recognition_loss(rec, images, labels, variables=r_vars, train=True, rng=rng,
+                                                           label_smoothing=smoothing)
+      loss = jnp.mean(per_example)
       return loss, base.LossAux({"recognition": loss}, {"recognizer": r_stats}, logits, images, labels)
 
     def train_step(state, batch, frozen):

@@ -241,7 +241,7 @@ def make_eval_step(method: Method, modules: Mapping[str, Any], *, labels: str = 
     if recognizer is not None:
       task = task_of(recognizer)
       outputs = recognizer(views["machine"])
-      targets = batch["label"] if labels == "dataset" else task.pseudo_targets(recognizer(y))[0]
+      targets = task.dataset_targets(batch) if labels == "dataset" else task.pseudo_targets(recognizer(y))[0]
       per_example.update(task.metrics(outputs, targets))
     sums = {k: jnp.sum(v.astype(jnp.float32) * mask) for k, v in per_example.items()}
     sums["count"] = jnp.sum(mask)

@@ -113,7 +113,7 @@ def targets_and_confidence(settings: Settings, batch: base.Batch, recognizer, cl
   `settings.min_confidence` a 0/1 weight per example that is 1 where R's top-1 probability on the
   clean image reaches it (None otherwise)."""
   if settings.labels != "recognizer":
-    return batch["label"], None
+    return (base.task_of(recognizer) if recognizer is not None else classification).dataset_targets(batch), None
   if recognizer is None:
     return None, None
   labels, confidence = base.task_of(recognizer).pseudo_targets(recognizer(clean))
@@ -134,17 +134,17 @@ def make_loss_fn(settings: Settings, modules) -> Callable:
     out, p_stats = base.apply_train(modules["processor"], params["processor"], batch_stats["processor"], x)
     new_stats = {"processor": p_stats}
     task = base.task_of(recognizer) if recognizer is not None else classification
-    logits = None
+    outputs = None
     labels, confident = None, None
     if mode in ("ra", "transformer"):
       labels, confident = targets_and_confidence(settings, batch, recognizer, y)
-    if mode == "unsupervised":  # needs no labels; they only feed the top-1 metric
-      target_logits = jax.lax.stop_gradient(recognizer(y))
-      labels = jnp.argmax(target_logits, axis=-1) if settings.labels == "recognizer" else batch["label"]
+    if mode == "unsupervised":  # needs no labels; they only feed the step's metrics
+      target_outputs = jax.lax.stop_gradient(task.embed(recognizer, y))
+      labels = task.pseudo_targets(recognizer(y))[0] if settings.labels == "recognizer" else task.dataset_targets(batch)
     weight = None  # per-example weights when training on a subset of the classes
     if settings.classes:
       if labels is None:  # plain processing: only the dataset labels select the examples
-        labels = batch["label"]
+        labels = classification.dataset_targets(batch)
       _, sub_labels, weight = classification.restrict(settings.classes, None, labels)
     reduce = (lambda v: jnp.mean(v)) if weight is None else (lambda v: base.weighted_mean(v, weight))
     if confident is not None:  # the recognition term counts the confidently recognised examples only
@@ -153,24 +153,22 @@ def make_loss_fn(settings: Settings, modules) -> Callable:
     else:
       reduce_rec = reduce
     sub = (lambda z: z) if not settings.classes else (lambda z: jnp.take(z, jnp.asarray(settings.classes), axis=-1))
-    ce_labels = labels if not settings.classes else sub_labels
+    rec_targets = labels if not settings.classes else sub_labels
     terms = {"pixel_mse": reduce(losses.pixel_mse(pred=out, target=y, reduction="none"))}
-    if mode == "ra":
-      logits = recognizer(out)
-      terms["recognition"] = reduce_rec(task.loss(outputs=sub(logits), targets=ce_labels,
-                                                  label_smoothing=settings.label_smoothing))
+    if mode in ("ra", "transformer"):
+      seen = out
+      if mode == "transformer":
+        seen, new_stats["transformer"] = base.apply_train(
+            modules["transformer"], params["transformer"], batch_stats["transformer"], jax.lax.stop_gradient(out))
+      per_example, outputs, _ = task.recognition_loss(recognizer, seen, rec_targets, classes=settings.classes,
+                                                      label_smoothing=settings.label_smoothing)
+      terms["recognition"] = reduce_rec(per_example)
     elif mode == "unsupervised":
-      logits = recognizer(out)
-      terms["recognition"] = reduce(task.distance(settings.distance, outputs=sub(logits),
-                                                  target_outputs=sub(target_logits)))
-    elif mode == "transformer":
-      t_out, new_stats["transformer"] = base.apply_train(
-          modules["transformer"], params["transformer"], batch_stats["transformer"], jax.lax.stop_gradient(out))
-      logits = recognizer(t_out)
-      terms["recognition"] = reduce_rec(task.loss(outputs=sub(logits), targets=ce_labels,
-                                                  label_smoothing=settings.label_smoothing))
+      outputs = task.embed(recognizer, out)
+      terms["recognition"] = reduce(task.distance(settings.distance, outputs=sub(outputs),
+                                                  target_outputs=sub(target_outputs)))
     total = terms["pixel_mse"] + settings.lam * terms.get("recognition", 0.0)
-    return total, LossAux(terms, new_stats, logits, out, labels)
+    return total, LossAux(terms, new_stats, outputs, out, labels)
 
   return loss_fn
 
@@ -182,8 +180,8 @@ def processing_metrics(total, aux: LossAux, grads, y: jax.Array, task) -> base.M
   for name in grads:
     if name != "processor":
       out[f"grad_norm_{name}"] = optax.tree.norm(grads[name])
-  if aux.outputs is not None:
-    out["top1"] = jnp.mean(task.top1(aux.outputs, aux.targets))
+  if aux.outputs is not None and aux.targets is not None:
+    out.update(task.step_metrics(aux.outputs, aux.targets))
   return out
 
 

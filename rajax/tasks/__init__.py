@@ -1,8 +1,12 @@
 """Recognition tasks: what a recognizer's outputs mean, and how a method scores them.
 
-A task is a module with the functions of `rajax.tasks.classification` (loss, distance,
-pseudo_targets, top1, metrics): methods ask the recognizer's task for them, so they never need to
-know which task the recognizer solves. A `Recognizer` names its task (`recognizer.task`).
+A task is a module with the functions of `rajax.tasks.classification`: `dataset_targets(batch)`,
+`pseudo_targets(outputs)` (targets from R's output on the clean image, with a confidence),
+`recognition_loss(recognizer, images, targets, ...)` (R's own training loss, per example, in
+inference or training mode), `embed` and `distance` (what unsupervised RA compares),
+`step_metrics` (what a train step logs) and `metrics` (per-example evaluation figures). Methods ask
+the recognizer's task for them, so they never need to know which task the recognizer solves. A
+recognizer names its task (`recognizer.task`).
 """
 
 from __future__ import annotations

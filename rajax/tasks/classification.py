@@ -1,7 +1,12 @@
 """Image classification as a recognition task: logits [B, K] against integer labels [B].
 
-What a method needs from a task, for a classifier:
+What a method needs from a task, for a classifier (every task module provides these names):
 
+  dataset_targets   the batch's own labels (batch["label"]);
+  recognition_loss  R's training loss on images, given the recognizer: here the cross-entropy of
+                    its logits, in inference mode or (trained R) training mode;
+  embed             what unsupervised RA compares between P(x) and y: the logits;
+  step_metrics      the scalars a train step logs about R's outputs: top-1;
   loss              softmax cross-entropy (optionally label-smoothed), one value per example;
   distance          how far two outputs on the same image are (unsupervised RA): "prob_mse", "kl";
   pseudo_targets    labels made from the classifier's own output on the clean image: its top-1
@@ -31,6 +36,40 @@ DISTANCES = losses.DISTANCES
 def loss(*, outputs: jax.Array, targets: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
   """Per-example softmax cross-entropy of logits [B, K] against labels [B] (or soft labels [B, K])."""
   return losses.recognition_ce(logits=outputs, labels=targets, label_smoothing=label_smoothing, reduction="none")
+
+
+def dataset_targets(batch) -> jax.Array:
+  """The labels a dataset batch carries: batch["label"], [B] int."""
+  if "label" not in batch:
+    raise ValueError("This batch has no 'label': train with config.labels='recognizer' (R's own top-1 on the clean "
+                     "image) or use data with labels.")
+  return batch["label"]
+
+
+def recognition_loss(recognizer, images: jax.Array, targets: jax.Array, *, label_smoothing: float = 0.0,
+                     classes: Sequence[int] = (), variables=None, train: bool = False, rng: jax.Array | None = None):
+  """(per-example loss [B], logits [B, K], batch_stats) of `recognizer` on `images` against `targets`.
+
+  `train`: R in training mode on `variables` (BatchNorm on batch statistics, returned updated);
+  otherwise inference mode on `variables` (default: R's own) and batch_stats is None. `classes`:
+  the loss sees only those classes' logits, and `targets` are positions in `classes` (`restrict`).
+  """
+  if train:
+    logits, stats = recognizer.apply_train(variables, images, rng=rng)
+  else:
+    logits, stats = recognizer(images) if variables is None else recognizer.apply(variables, images), None
+  sub = jnp.take(logits, jnp.asarray(classes), axis=-1) if classes else logits
+  return loss(outputs=sub, targets=targets, label_smoothing=label_smoothing), logits, stats
+
+
+def embed(recognizer, images: jax.Array) -> jax.Array:
+  """R's logits on `images`: what `distance` compares."""
+  return recognizer(images)
+
+
+def step_metrics(outputs: jax.Array, targets: jax.Array) -> dict[str, jax.Array]:
+  """{"top1": mean top-1 correctness} of a train step's logits against its labels."""
+  return {"top1": jnp.mean(top1(outputs, targets))}
 
 
 def distance(kind: str, *, outputs: jax.Array, target_outputs: jax.Array) -> jax.Array:
