@@ -559,3 +559,17 @@ def test_torchvision_scale_rule_by_hand():
   assert det.resized_size(375, 500, det.resize_scale(375, 500, size=(512, 512), min_size=800, max_size=1333),
                           (512, 512)) == (384, 512)
   np.testing.assert_array_equal(det.flip_boxes(np.array([[1, 2, 5, 7]], np.float32), 10), [[5, 2, 9, 7]])
+
+
+def test_sources_and_transforms_pickle_for_grain_worker_processes(voc):
+  # grain's worker processes (data.workers > 0) receive the pipeline pickled: the copies must work alike.
+  import pickle
+  src = det.detection_source(det.VOC0712_TRAIN, data_dir=voc)
+  spec = DetectionSpec(size=CANVAS, max_boxes=4)
+  example = det.DetectionEvalExample(src, det._transform(src, spec, rd.Degradation("sr")), 0, np.arange(5))
+  copy = pickle.loads(pickle.dumps(example))
+  for position in (0, 4):
+    a, b = example(position), copy(position)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+  photos_copy = pickle.loads(pickle.dumps(det.DetectionPhotos("heldout", names=("coffee",))))
+  np.testing.assert_array_equal(photos_copy[0]["image"], photo("coffee"))

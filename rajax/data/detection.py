@@ -28,7 +28,7 @@ A batch is a dict of numpy arrays with the same shapes for every batch (jit, sha
 
 `box_targets(batch)` gives the BoxTargets record of a batch (inside a jitted step as well).
 
-Geometry, per image (all of it in `_example`, each step a small public function tested by hand):
+Geometry, per image (in `_Transform.__call__`; each step is a small public function, tested by hand):
   1. boxes in pixels of the stored image: VOC's 1-based inclusive pixel indices become 0-based
      corners (x1 - 1, y1 - 1, x2, y2) as Detectron2 converts them (`voc_one_based`); COCO's
      (x, y, w, h) were turned into corners by `prepare coco`;
