@@ -21,6 +21,13 @@ RGB. Files that are not images at all (empty, garbage, HTML error pages) are ski
                 manual_dir: VOCtrainval_06-Nov-2007.tar, VOCtest_06-Nov-2007.tar,
                 VOCtrainval_11-May-2012.tar (and VOC2012test.tar, without annotations), or their
                 extracted VOCdevkit folder. Splits train, validation (ImageSets/Main) and test.
+  Coco          "coco/2017" 1.1.0, the name, version and features of TFDS's coco/2017 (boxes normalised
+                by the image size as (ymin, xmin, ymax, xmax) from COCO's pixel (x, y, w, h), i.e. the
+                corners x1 = x, x2 = x + w; labels 0..79 for the 80 categories in id order, the COCO
+                category id being COCO_CATEGORY_IDS[label]; is_crowd; annotation id and area;
+                image/id); manual_dir: annotations_trainval2017.zip and train2017.zip and/or
+                val2017.zip, the official zips. Splits train and validation; images without
+                annotations are kept (the pipelines decide).
   ImageFolder   any name, 1.0.0: manual_dir/<class>/<image> (one "train" split) or
                 manual_dir/<split>/<class>/<image>; classes are the sorted folder names.
 """
@@ -32,6 +39,7 @@ import csv
 import dataclasses
 import functools
 import io
+import json
 import logging
 import os
 import pathlib
@@ -39,6 +47,8 @@ import re
 import tarfile
 import threading
 import xml.etree.ElementTree as ET
+import zipfile
+
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
@@ -460,6 +470,162 @@ class Voc(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     log.warning("voc/%s %s: %s", tree.year, set_name, tally.report())
 
 
+# --------------------------------------------------------------------------- COCO 2017
+
+
+# The 80 category ids COCO's instance annotations use (of 1..90; 12, 26, 29, 30, 45, 66, 68, 69, 71
+# and 83 are unused), in order, and their names: label k of the dataset is category COCO_CATEGORY_IDS[k].
+COCO_CATEGORY_IDS = (*range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70,
+                     *range(72, 83), *range(84, 91))
+COCO_LABELS = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard",
+    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase",
+    "scissors", "teddy bear", "hair drier", "toothbrush")
+COCO_ANNOTATIONS_ZIP = "annotations_trainval2017.zip"
+COCO_IMAGE_ZIPS = {"train": "train2017", "validation": "val2017"}  # split -> <name>.zip holding <name>/*.jpg
+# A box may overshoot its image by up to this many pixels (float rounding in the official files);
+# it is clipped to the image. Beyond that the annotations do not belong to the images: an error.
+COCO_BOX_TOLERANCE = 1.0
+
+
+def coco_instances(data: bytes, where: str) -> tuple[list[dict], dict[int, list[dict]]]:
+  """instances_<split>2017.json -> (its images, their annotations by image id); checks the categories."""
+  try:
+    doc = json.loads(data)
+    images, annotations, categories = doc["images"], doc["annotations"], doc["categories"]
+    found = [(int(c["id"]), str(c["name"])) for c in categories]
+  except (ValueError, KeyError, TypeError) as e:
+    raise DataError(f"{where} is not a COCO instances file ({type(e).__name__}: {e}); it needs 'images', "
+                    "'annotations' and 'categories' (the official annotations_trainval2017.zip has them).") from e
+  if sorted(found) != list(zip(COCO_CATEGORY_IDS, COCO_LABELS)):
+    raise DataError(f"{where} does not have COCO's 80 detection categories (found {len(found)}, e.g. "
+                    f"{sorted(found)[:3]}); use the instances_*.json files of annotations_trainval2017.zip.")
+  by_image: dict[int, list[dict]] = collections.defaultdict(list)
+  for a in annotations:
+    by_image[int(a["image_id"])].append(a)
+  return images, by_image
+
+
+def coco_objects(annotations: list[dict], width: int, height: int, where: str, tally: Tally) -> list[dict]:
+  """COCO instance annotations of one image -> TFDS objects: bbox (x, y, w, h) in pixels becomes
+  the normalised (ymin, xmin, ymax, xmax) of its corners x1 = x, y1 = y, x2 = x + w, y2 = y + h."""
+  ids = {c: k for k, c in enumerate(COCO_CATEGORY_IDS)}
+  objects = []
+  for a in annotations:
+    try:
+      x, y, w, h = (float(v) for v in a["bbox"])
+      category, crowd, area, ann_id = int(a["category_id"]), bool(a["iscrowd"]), float(a["area"]), int(a["id"])
+    except (KeyError, TypeError, ValueError) as e:
+      raise DataError(f"{where}: malformed COCO annotation {a!r:.200} ({type(e).__name__}: {e}).") from e
+    if category not in ids:
+      raise DataError(f"{where}: annotation {ann_id} has category_id {category}, not one of COCO's 80.")
+    x2, y2 = x + w, y + h
+    if not np.all(np.isfinite([x, y, w, h])) or w < 0 or h < 0:
+      raise DataError(f"{where}: annotation {ann_id} has bbox {a['bbox']} (x, y, w, h): w and h must be >= 0.")
+    tol = COCO_BOX_TOLERANCE
+    if x < -tol or y < -tol or x2 > width + tol or y2 > height + tol:
+      raise DataError(f"{where}: annotation {ann_id} box x1,y1,x2,y2 = {x:g},{y:g},{x2:g},{y2:g} lies outside the "
+                      f"{width}x{height} image; the annotations do not match the images.")
+    if x < 0 or y < 0 or x2 > width or y2 > height:
+      tally.add("kept_box_clipped_to_the_image", f"{where} annotation {ann_id}")
+    objects.append({
+        "id": ann_id,
+        "area": int(round(area)),
+        "bbox": tfds.features.BBox(ymin=min(max(y, 0.0), height) / height, xmin=min(max(x, 0.0), width) / width,
+                                   ymax=min(max(y2, 0.0), height) / height, xmax=min(max(x2, 0.0), width) / width),
+        "label": ids[category],
+        "is_crowd": crowd,
+    })
+  return objects
+
+
+class Coco(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """COCO 2017 detection from the official zips (the name, version and features of TFDS's coco/2017)."""
+
+  VERSION = tfds.core.Version("1.1.0")
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="2017", description="COCO 2017 boxes and labels.")]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      "manual_dir must hold annotations_trainval2017.zip and train2017.zip and/or val2017.zip, as "
+      "downloaded from https://cocodataset.org/#download (images.cocodataset.org/zips/ and /annotations/).")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description="COCO 2017 instances: boxes (normalised ymin, xmin, ymax, xmax), the 80 categories as "
+                    "labels 0..79 (category id COCO_CATEGORY_IDS[label]), crowd flags, annotation ids and "
+                    "areas; images stored as found in the zips. Images without annotations are kept.",
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(encoding_format="jpeg"),
+            "image/filename": tfds.features.Text(),
+            "image/id": np.int64,
+            "objects": tfds.features.Sequence({
+                "id": np.int64,
+                "area": np.int64,
+                "bbox": tfds.features.BBoxFeature(),
+                "label": tfds.features.ClassLabel(names=COCO_LABELS),
+                "is_crowd": np.bool_,
+            }),
+        }),
+        homepage="https://cocodataset.org/",
+    )
+
+  def _split_generators(self, dl_manager):
+    m = _manual_dir(dl_manager)
+    zips = {split: m / f"{name}.zip" for split, name in COCO_IMAGE_ZIPS.items() if (m / f"{name}.zip").exists()}
+    if not zips:
+      raise DataError(f"coco/2017: neither {m / 'train2017.zip'} nor {m / 'val2017.zip'} exists. "
+                      f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    annotations = _need(m / COCO_ANNOTATIONS_ZIP, "coco/2017 annotations")
+    return {split: self._generate_examples(path, annotations, COCO_IMAGE_ZIPS[split]) for split, path in zips.items()}
+
+  def _generate_examples(self, images_zip: pathlib.Path, annotations_zip: pathlib.Path, name: str):
+    member = f"annotations/instances_{name}.json"
+    try:
+      with zipfile.ZipFile(annotations_zip) as z:
+        data = z.read(member)
+    except KeyError:
+      raise DataError(f"{annotations_zip} has no {member}; is it the official {COCO_ANNOTATIONS_ZIP}?") from None
+    except zipfile.BadZipFile as e:
+      raise DataError(f"{annotations_zip} is not a zip file ({e}); download it again.") from e
+    images, by_image = coco_instances(data, f"{annotations_zip.name}:{member}")
+    tally = Tally()
+    try:
+      archive = zipfile.ZipFile(images_zip)
+    except zipfile.BadZipFile as e:
+      raise DataError(f"{images_zip} is not a zip file ({e}); download it again.") from e
+    with archive:
+      members = set(archive.namelist())
+      for image in sorted(images, key=lambda im: int(im["id"])):
+        file_name, image_id = str(image["file_name"]), int(image["id"])
+        path = f"{name}/{file_name}"
+        if path not in members:
+          raise DataError(f"{images_zip.name} has no {path}, which {member} lists; "
+                          f"is it the official {name}.zip?")
+        data = archive.read(path)
+        if not check_image(data, file_name, tally):
+          continue
+        with Image.open(io.BytesIO(data)) as im:
+          width, height = im.size
+        if (width, height) != (int(image["width"]), int(image["height"])):
+          raise DataError(f"{images_zip.name}:{path} is {width}x{height} but {member} says "
+                          f"{image['width']}x{image['height']}: the images and annotations do not belong together.")
+        yield file_name, {
+            "image": data,
+            "image/filename": file_name,
+            "image/id": image_id,
+            "objects": coco_objects(by_image.get(image_id, []), width, height, f"{member} image {image_id}", tally),
+        }
+    empty = sum(1 for im in images if not by_image.get(int(im["id"])))
+    log.warning("coco/2017 %s: %s; %d of %d images have no annotations (kept)", name, tally.report(), empty,
+                len(images))
+
+
 # --------------------------------------------------------------------------- image folders
 
 
@@ -527,4 +693,4 @@ def image_folder_builder(name: str, manual_dir: str | os.PathLike) -> type[Image
                                        "__module__": __name__}, skip_registration=True)
 
 
-BUILDERS = {"imagenet2012": Imagenet2012, "imagenet_c": ImagenetC, "voc": Voc, "folder": ImageFolder}
+BUILDERS = {"imagenet2012": Imagenet2012, "imagenet_c": ImagenetC, "voc": Voc, "coco": Coco, "folder": ImageFolder}

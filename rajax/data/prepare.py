@@ -4,6 +4,7 @@
     python -m rajax.data.prepare imagenet_c --manual_dir ~/downloads/imagenet-c --data_dir ~/tfds \\
         [--configs fog_3,snow_5]
     python -m rajax.data.prepare voc --manual_dir ~/downloads/voc --data_dir ~/tfds [--configs 2007]
+    python -m rajax.data.prepare coco --manual_dir ~/downloads/coco --data_dir ~/tfds
     python -m rajax.data.prepare folder --manual_dir ~/my_photos --data_dir ~/tfds --name my_photos
 
 Then train or evaluate with --config.data.data_dir=~/tfds --config.data.name=NAME[/CONFIG]; read
@@ -43,6 +44,8 @@ def _configs(name: str, manual_dir: pathlib.Path, requested: str) -> list[str | 
     if unknown:
       raise DataError(f"Unknown {name} config(s) {', '.join(unknown)}; known: {', '.join(known)}.")
     return chosen
+  if name == "coco":  # one config; its builder says which zips are missing
+    return known
   if name == "imagenet_c":
     found = builders.imagenet_c_files(manual_dir.resolve())
     chosen = [f"{c}_{s}" for c, s in sorted(found, key=lambda k: (builders.IMAGENET_C_CORRUPTIONS.index(k[0]), k[1]))]
@@ -100,7 +103,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("name", choices=NAMES, help="which dataset to write")
   parser.add_argument("--manual_dir", required=True, help="directory holding the downloaded archives (or folders)")
   parser.add_argument("--data_dir", required=True, help="TFDS data directory to write into")
-  parser.add_argument("--configs", default="", help="comma-separated configs (imagenet_c: fog_3,...; voc: 2007,2012); "
+  parser.add_argument("--configs", default="", help="comma-separated configs (imagenet_c: fog_3,...; voc: 2007,2012; coco: 2017); "
                       "default: every one found in manual_dir")
   parser.add_argument("--name", default="", dest="dataset_name", help="dataset name for 'folder' (default: folder)")
   parser.add_argument("--overwrite", action="store_true", help="rewrite datasets that are already prepared")
