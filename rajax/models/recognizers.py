@@ -78,8 +78,9 @@ for _family in _FAMILIES:
 
 
 def available() -> list[str]:
-  """Names accepted by `recognizer()`."""
-  return sorted(_ARCHS)
+  """Names accepted by `recognizer()`: the classifiers and the detectors (`rajax.detection.zoo`)."""
+  from rajax.detection import zoo
+  return sorted([*_ARCHS, *zoo.available()])
 
 
 @functools.partial(
@@ -131,7 +132,7 @@ def recognizer(
     name: str,
     weights: str | None = None,
     *,
-    num_classes: int = 1000,
+    num_classes: int | None = None,
     dtype: Any = jnp.float32,
     seed: int = 0,
     **kwargs: Any,
@@ -145,13 +146,19 @@ def recognizer(
       checkpoint (.pth/.pt, zip or legacy format), a .safetensors file, or Flax variables (.msgpack,
       e.g. from `python -m rajax.weights convert`); or "random" for a random initialisation, which
       only makes sense for tests and benchmarks.
-    num_classes: size of the classifier head.
+    num_classes: size of the classifier head (None: 1000; for a detector, its own default, e.g.
+      torchvision's 91 COCO ids).
     dtype: compute dtype ("float32", "bfloat16", ...); parameters stay float32.
     seed: PRNG seed for a random initialisation.
     **kwargs: architecture options (e.g. `width` for ResNets).
   """
   if name not in _ARCHS:
+    from rajax.detection import zoo  # detectors: rajax.detection.zoo builds them as Detectors
+    if name in zoo.available():
+      extra = {} if num_classes is None else {"num_classes": num_classes}
+      return zoo.build(name, weights, dtype=dtype, seed=seed, **extra, **kwargs)
     raise ValueError(f"Unknown recognizer {name!r}; available: {', '.join(available())}.")
+  num_classes = 1000 if num_classes is None else num_classes
   arch = _ARCHS[name]
   try:
     module = arch.module(num_classes=num_classes, dtype=layers.as_dtype(dtype), **{**arch.options, **kwargs})
