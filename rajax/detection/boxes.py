@@ -210,7 +210,8 @@ def check_targets(boxes, valid, *, image_size: tuple[int, int] | None = None, na
   except jax.errors.TracerArrayConversionError:
     return
   if boxes.shape[-1:] != (4,) or boxes.shape[:-1] != valid.shape:
-    raise ValueError(f"{name}: boxes must be [..., N, 4] with a valid mask [..., N]; got {boxes.shape} and {valid.shape}.")
+    raise ValueError(f"{name}: boxes must be [..., N, 4] with a valid mask [..., N]; "
+                     f"got {boxes.shape} and {valid.shape}.")
   b = boxes[valid]
   problems = [
       (~np.isfinite(b).all(axis=-1), "non-finite coordinates"),
