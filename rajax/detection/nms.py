@@ -13,7 +13,10 @@ What "torchvision's semantics" means here, decision for decision (torchvision.op
   not above the threshold, which gives the same decision for every float32 IoU (at 0.6, an IoU of
   exactly float32(3/5) = 0.6000000238 is suppressed, as in torchvision);
 - IoU is computed with torchvision's operations in its order (`rajax.detection.boxes.iou`), so
-  the float32 values are the same; boxes of zero area have IoU 0 with everything (torchvision
+  the float32 values are the same (bit for bit on XLA's CPU backend, with and without its
+  optimisations; a GPU or TPU backend may fuse a multiply-add and round differently, so there,
+  as between torchvision's own CPU and CUDA kernels, an IoU within one rounding of the
+  threshold can flip a decision); boxes of zero area have IoU 0 with everything (torchvision
   computes 0/0 = NaN, which also never suppresses);
 - batched_nms: boxes of different labels never suppress each other; the output is sorted by score
   over all classes, like torchvision.ops.batched_nms. (For small inputs torchvision shifts each
