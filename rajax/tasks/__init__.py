@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import types
 
-from rajax.tasks import classification
+from rajax.tasks import classification, detection
 
 TASKS: dict[str, types.ModuleType] = {}
 
@@ -26,6 +26,7 @@ def register(module: types.ModuleType) -> None:
 
 
 register(classification)
+register(detection)
 
 
 def get(name: str) -> types.ModuleType:
@@ -34,4 +35,4 @@ def get(name: str) -> types.ModuleType:
   return TASKS[name]
 
 
-__all__ = ["TASKS", "classification", "get", "register"]
+__all__ = ["TASKS", "classification", "detection", "get", "register"]
