@@ -196,6 +196,28 @@ def test_frozen_r_reads_its_running_statistics_and_a_trained_r_its_batch_statist
     np.testing.assert_allclose(float(other["recognition"]), float(metrics["recognition"]), rtol=1e-6)
 
 
+@pytest.mark.parametrize("bn", ["batch", "frozen"])
+def test_a_trained_r_with_frozen_batchnorm_keeps_its_running_statistics(bn, processor_file):
+  """recognizer_bn="frozen": R is fine-tuned on its running statistics (its loss depends on them)
+  and they stay as they were; "batch" (the default, the paper's) moves them."""
+  b = Built(_config("recognizer_on_input", **{"method.recognizer_bn": bn}))
+  batch = _batch(3)
+  new, metrics = b.run(b.state, batch)
+  assert _changed(new.params["recognizer"], b.state.params["recognizer"])
+  moved = _changed(new.batch_stats["recognizer"], b.state.batch_stats["recognizer"])
+  assert moved == (bn == "batch")
+  state = b.state.replace(batch_stats=dict(b.state.batch_stats, recognizer=_perturbed_r_statistics(
+      b.state.batch_stats["recognizer"])))
+  _, other = b.run(state, batch)
+  same = abs(float(other["recognition"]) - float(metrics["recognition"])) < 1e-6 * abs(float(metrics["recognition"]))
+  assert same == (bn == "batch")
+
+
+def test_recognizer_bn_is_validated():
+  with pytest.raises(config_lib.ConfigError, match="recognizer_bn='eval'"):
+    config_lib.validate(_config("ra_joint", **{"method.recognizer_bn": "eval"}))
+
+
 def _np_ce(logits, labels):
   logits = np.asarray(logits, np.float64)
   m = logits.max(-1, keepdims=True)

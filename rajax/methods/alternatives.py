@@ -2,7 +2,8 @@
 
     ra_joint                 P: MSE + lam * L(R(P(x))), and R fine-tuned jointly on w * L(R(P(x)))
                              with its own optimizer (SGD with momentum: config.optim.recognizer), in
-                             training mode (its BatchNorm statistics move)
+                             training mode (its BatchNorm statistics move; config.method.recognizer_bn
+                             ="frozen" keeps them, for small batches)
     recognizer_on_processor  R trained on L(R(P(x))) with P fixed (a plain run's processor,
                              config.method.processor_weights); from scratch (recognizer.weights=random)
                              or fine-tuned from its weights
@@ -37,6 +38,23 @@ def _labels(config, batch, recognizer, y):
   if config.get("labels", "dataset") == "dataset":
     return task.dataset_targets(batch)
   return task.pseudo_targets(recognizer(y))[0]
+
+
+BN_MODES = ("batch", "frozen")
+
+
+def _recognizer_loss(config, task, rec, images, labels, r_vars, rng, smoothing):
+  """R's task loss while R is trained: (per example, outputs, R's new batch_stats).
+
+  config.method.recognizer_bn "batch" (the paper's fine-tuning: BatchNorm on batch statistics, its
+  running statistics move) or "frozen" (BatchNorm on R's running statistics, which stay as they
+  are; only the weights learn: the usual choice for small batches of data unlike R's own).
+  """
+  if config.method.get("recognizer_bn", "batch") == "frozen":
+    per_example, outputs, _ = task.recognition_loss(rec, images, labels, variables=r_vars, rng=rng,
+                                                    label_smoothing=smoothing)
+    return per_example, outputs, r_vars["batch_stats"]
+  return task.recognition_loss(rec, images, labels, variables=r_vars, train=True, rng=rng, label_smoothing=smoothing)
 
 
 def _init(setup: base.Setup, rng, initial) -> base.TrainState:
@@ -85,8 +103,7 @@ def make_joint(setup: base.Setup) -> base.Method:
     out, p_stats = base.apply_train(modules["processor"], params["processor"], batch_stats["processor"], x)
     r_vars = {"params": params["recognizer"], "batch_stats": batch_stats["recognizer"]}
     labels = _labels(config, batch, rec.replace(variables=jax.lax.stop_gradient(r_vars)), y)
-    per_example, logits, r_stats = task.recognition_loss(rec, out, labels, variables=r_vars, train=True, rng=rng,
-                                                         label_smoothing=smoothing)
+    per_example, logits, r_stats = _recognizer_loss(config, task, rec, out, labels, r_vars, rng, smoothing)
     terms = {"pixel_mse": losses.pixel_mse(pred=out, target=y), "recognition": jnp.mean(per_example)}
     total = terms["pixel_mse"] + lam * terms["recognition"]
     return total, base.LossAux(terms, {"processor": p_stats, "recognizer": r_stats}, logits, out, labels)
@@ -134,8 +151,7 @@ def _make_recognizer_training(name: str, forward):
       images = jax.lax.stop_gradient(forward({}, frozen, x)["machine"])
       r_vars = {"params": params["recognizer"], "batch_stats": batch_stats["recognizer"]}
       labels = _labels(config, batch, rec.replace(variables=jax.lax.stop_gradient(r_vars)), y)
-      per_example, logits, r_stats = task.recognition_loss(rec, images, labels, variables=r_vars, train=True, rng=rng,
-                                                           label_smoothing=smoothing)
+      per_example, logits, r_stats = _recognizer_loss(config, task, rec, images, labels, r_vars, rng, smoothing)
       loss = jnp.mean(per_example)
       return loss, base.LossAux({"recognition": loss}, {"recognizer": r_stats}, logits, images, labels)
 
@@ -165,8 +181,8 @@ def make_no_pixel(setup: base.Setup) -> base.Method:
   settings = ra.Settings.of(setup.config, mode="ra", default_lam=1e-3)
   loss_fn = ra.make_loss_fn(settings, setup.modules)
 
-  def recognition_only(params, batch_stats, batch, recognizer):
-    _, aux = loss_fn(params, batch_stats, batch, recognizer)
+  def recognition_only(params, batch_stats, batch, recognizer, rng=None):
+    _, aux = loss_fn(params, batch_stats, batch, recognizer, rng)
     return settings.lam * aux.terms["recognition"], aux
 
   return _processor_method("ra_no_pixel", setup, recognition_only)
@@ -181,11 +197,13 @@ def make_perceptual(setup: base.Setup) -> base.Method:
   layers = tuple(config.method.layers)
   modules = setup.modules
 
-  def loss_fn(params, batch_stats, batch, recognizer):
+  def loss_fn(params, batch_stats, batch, recognizer, rng=None):
+    del rng
     x, y = base.to_float_images(batch["input"]), base.to_float_images(batch["target"])
     out, p_stats = base.apply_train(modules["processor"], params["processor"], batch_stats["processor"], x)
-    logits, feats = recognizer(out, features=True)
-    _, target_feats = recognizer(y, features=True)
+    task = base.task_of(recognizer)
+    logits, feats = task.features(recognizer, out)
+    _, target_feats = task.features(recognizer, y)
     target_feats = jax.lax.stop_gradient(target_feats)
     terms = {"pixel_mse": losses.pixel_mse(pred=out, target=y),
              "recognition": losses.feature_loss(features=feats, target_features=target_feats, layers=layers)}
@@ -202,9 +220,10 @@ def _processor_method(name: str, setup: base.Setup, loss_fn) -> base.Method:
   def train_step(state, batch, frozen):
     recognizer = frozen["recognizer"]
     batch = base.with_input(batch, setup.device_stage)
-    (total, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.batch_stats, batch, recognizer)
+    rng, key = jax.random.split(state.rng)
+    (total, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.batch_stats, batch, recognizer,
+                                                                    key)
     params, opt_state = base.apply_gradients(state, grads, setup.optimizers, ("processor",))
-    rng, _ = jax.random.split(state.rng)
     new = state.replace(step=state.step + 1, params=params, batch_stats=aux.batch_stats, opt_state=opt_state, rng=rng)
     return new, ra.processing_metrics(total, aux, grads, base.to_float_images(batch["target"]),
                                       base.task_of(recognizer))
@@ -226,6 +245,8 @@ def _validate(config) -> list[str]:
       problems.append("config.method.lam must be > 0 for ra_joint (R's gradient is recovered from P's loss)")
     if not m.get("recognizer_weight", 1.0) > 0:
       problems.append(f"config.method.recognizer_weight={m.recognizer_weight} must be > 0")
+  if "recognizer_bn" in m and m.recognizer_bn not in BN_MODES:
+    problems.append(f"config.method.recognizer_bn={m.recognizer_bn!r} is not one of {', '.join(BN_MODES)}")
   if "label_smoothing" in m and not 0.0 <= m.label_smoothing < 1.0:
     problems.append(f"config.method.label_smoothing={m.label_smoothing} must be in [0, 1)")
   if m.name == "recognizer_on_processor" and not m.get("processor_weights"):
@@ -245,16 +266,17 @@ METHODS = {
         name="ra_joint", title="RA, R fine-tuned jointly",
         summary="P: MSE + lam * L(R(P(x))); R: w * L(R(P(x))), trained with P",
         trains=("processor", "recognizer"), frozen=(), validate=_validate, make=make_joint,
-        defaults=_defaults(lam=None, recognizer_weight=1.0, label_smoothing=0.0)),
+        defaults=_defaults(lam=None, recognizer_weight=1.0, label_smoothing=0.0, recognizer_bn="batch")),
     "recognizer_on_processor": base.MethodSpec(
         name="recognizer_on_processor", title="R trained on a fixed P's outputs",
         summary="R: L(R(P(x))), P fixed", trains=("recognizer",), frozen=("processor",), validate=_validate,
         make=_make_recognizer_training("recognizer_on_processor", _forward_fixed_processor),
-        defaults=_defaults(processor_weights="", label_smoothing=0.0), forward_uses=("processor",)),
+        defaults=_defaults(processor_weights="", label_smoothing=0.0, recognizer_bn="batch"),
+        forward_uses=("processor",)),
     "recognizer_on_input": base.MethodSpec(
         name="recognizer_on_input", title="R trained on the (upsampled) inputs",
         summary="R: L(R(up(x)))", trains=("recognizer",), frozen=(), validate=_validate, make=_make_on_input,
-        defaults=_defaults(label_smoothing=0.0)),
+        defaults=_defaults(label_smoothing=0.0, recognizer_bn="batch")),
     "ra_no_pixel": base.MethodSpec(
         name="ra_no_pixel", title="RA without the pixel loss", summary="P: lam * L(R(P(x)))",
         trains=("processor",), frozen=("recognizer",), validate=_validate, make=make_no_pixel,

@@ -123,13 +123,14 @@ def targets_and_confidence(settings: Settings, batch: base.Batch, recognizer, cl
 
 
 def make_loss_fn(settings: Settings, modules) -> Callable:
-  """loss_fn(params, batch_stats, batch, recognizer) -> (total, LossAux).
+  """loss_fn(params, batch_stats, batch, recognizer, rng=None) -> (total, LossAux); `rng` feeds the
+  recognizer's samplers (a detector's anchor and proposal sampling), where it has any.
 
   `LossAux.terms` holds the per-term scalars so tests and users can differentiate any one of them.
   """
   mode = settings.mode
 
-  def loss_fn(params, batch_stats, batch: base.Batch, recognizer):
+  def loss_fn(params, batch_stats, batch: base.Batch, recognizer, rng=None):
     x, y = base.to_float_images(batch["input"]), base.to_float_images(batch["target"])
     out, p_stats = base.apply_train(modules["processor"], params["processor"], batch_stats["processor"], x)
     new_stats = {"processor": p_stats}
@@ -161,7 +162,7 @@ def make_loss_fn(settings: Settings, modules) -> Callable:
         seen, new_stats["transformer"] = base.apply_train(
             modules["transformer"], params["transformer"], batch_stats["transformer"], jax.lax.stop_gradient(out))
       per_example, outputs, _ = task.recognition_loss(recognizer, seen, rec_targets, classes=settings.classes,
-                                                      label_smoothing=settings.label_smoothing)
+                                                      label_smoothing=settings.label_smoothing, rng=rng)
       terms["recognition"] = reduce_rec(per_example)
     elif mode == "unsupervised":
       outputs = task.embed(recognizer, out)
@@ -231,10 +232,10 @@ def make_method(settings: Settings, modules, optimizers, input_shape, *, device_
     if uses_recognizer and recognizer is None:
       raise ValueError(f"Method {settings.mode!r} needs a recognizer; pass frozen={{'recognizer': R}}.")
     batch = base.with_input(batch, device_stage)
+    rng, key = jax.random.split(state.rng)   # key: the recognizer's samplers (detectors), where it has any
     (total, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.batch_stats, batch,
-                                                                  recognizer)
+                                                                  recognizer, key)
     params, opt_state = base.apply_gradients(state, grads, optimizers, trains)
-    rng, _ = jax.random.split(state.rng)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=aux.batch_stats, opt_state=opt_state,
                               rng=rng)
     task = base.task_of(recognizer) if recognizer is not None else classification

@@ -6,6 +6,7 @@ What a method needs from a task, for a classifier (every task module provides th
   recognition_loss  R's training loss on images, given the recognizer: here the cross-entropy of
                     its logits, in inference mode or (trained R) training mode;
   embed             what unsupervised RA compares between P(x) and y: the logits;
+  features          (outputs, named feature maps), for feature (perceptual) losses;
   step_metrics      the scalars a train step logs about R's outputs: top-1;
   loss              softmax cross-entropy (optionally label-smoothed), one value per example;
   distance          how far two outputs on the same image are (unsupervised RA): "prob_mse", "kl";
@@ -65,6 +66,11 @@ def recognition_loss(recognizer, images: jax.Array, targets: jax.Array, *, label
 def embed(recognizer, images: jax.Array) -> jax.Array:
   """R's logits on `images`: what `distance` compares."""
   return recognizer(images)
+
+
+def features(recognizer, images: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """(logits, named feature maps) of `recognizer` on `images`: what a perceptual loss compares."""
+  return recognizer(images, features=True)
 
 
 def step_metrics(outputs: jax.Array, targets: jax.Array) -> dict[str, jax.Array]:

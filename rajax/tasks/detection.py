@@ -2,6 +2,13 @@
 
 What a method needs from a task, for a detector (`rajax.detection.Detector`):
 
+  dataset_targets   the batch's boxes as BoxTargets (the detection pipeline's "boxes", "labels",
+                    "valid", "difficult");
+  recognition_loss  `loss` in the form every task gives it (per image, outputs, batch_stats);
+  embed             what unsupervised RA compares: the detector's named feature maps;
+  features          (None, those maps), for feature (perceptual) losses;
+  step_metrics      what a train step logs about the detector's outputs: nothing (mAP needs the
+                    whole evaluation set; see Evaluator);
   loss              the detector's own training loss, one value per image (Faster R-CNN's RPN and
                     box-head terms, FCOS's focal/GIoU/centreness, ...), with its terms and the
                     updated batch statistics;
@@ -75,6 +82,51 @@ def loss(detector, images: jax.Array, targets: BoxTargets, *, rng: jax.Array | N
                        f"{detector.name!r}: {detector.num_classes} classes"
                        f"{' with 0 = background' if detector.model.background else ''}.")
   return detector.loss(images, targets, rng=rng, variables=variables, train=train)
+
+
+def dataset_targets(batch) -> BoxTargets:
+  """The boxes a detection batch carries (rajax.data.detection), as BoxTargets."""
+  missing = [k for k in ("boxes", "labels", "valid") if k not in batch]
+  if missing:
+    raise ValueError(f"This batch has no {', '.join(missing)}: detection needs box targets "
+                     "(rajax.data.detection pipelines), or config.labels='recognizer' for the detector's own "
+                     "detections on the clean image.")
+  difficult = batch["difficult"] if "difficult" in batch else jnp.zeros_like(batch["valid"])
+  return BoxTargets(jnp.asarray(batch["boxes"], jnp.float32), jnp.asarray(batch["labels"], jnp.int32),
+                    jnp.asarray(batch["valid"], bool), jnp.asarray(difficult, bool))
+
+
+def recognition_loss(detector, images: jax.Array, targets: BoxTargets, *, label_smoothing: float = 0.0,
+                     classes: Sequence[int] = (), variables: Mapping[str, Any] | None = None, train: bool = False,
+                     rng: jax.Array | None = None):
+  """(per-image loss [B], None, batch_stats): `loss` as methods call every task's.
+
+  Detectors have no top-1 output for a step to log, hence None; label smoothing and class subsets
+  are classification's and are refused here.
+  """
+  if label_smoothing:
+    raise ValueError(f"label_smoothing={label_smoothing} is a classification setting; a detector's loss has none. "
+                     "Set config.method.label_smoothing=0.")
+  if classes:
+    raise ValueError("Training on a subset of the classes (config.classes.half) is defined for classifiers only.")
+  per_image, _, stats = loss(detector, images, targets, rng=rng, variables=variables, train=train)
+  return per_image, None, (stats if train else None)
+
+
+def embed(detector, images: jax.Array) -> dict[str, jax.Array]:
+  """The detector's named feature maps on `images`: what `distance` compares."""
+  return detector.features(images)
+
+
+def features(detector, images: jax.Array) -> tuple[None, dict[str, jax.Array]]:
+  """(None, the detector's named feature maps): what a perceptual loss compares (no top-1 output)."""
+  return None, detector.features(images)
+
+
+def step_metrics(outputs, targets) -> dict[str, jax.Array]:
+  """Nothing: a detector's figures (mAP) need the whole evaluation set (Evaluator)."""
+  del outputs, targets
+  return {}
 
 
 def distance(kind: str, *, outputs: Mapping[str, jax.Array], target_outputs: Mapping[str, jax.Array]) -> jax.Array:
@@ -182,4 +234,5 @@ class Evaluator:
     return out
 
 
-__all__ = ["DISTANCES", "Evaluator", "NAME", "distance", "loss", "metrics", "pseudo_targets"]
+__all__ = ["DISTANCES", "Evaluator", "NAME", "dataset_targets", "distance", "embed", "features", "loss", "metrics",
+           "pseudo_targets", "recognition_loss", "step_metrics"]
