@@ -52,6 +52,12 @@ def _fields(processor_name: str) -> list[str]:
   return [f.name for f in dataclasses.fields(PROCESSORS[processor_name])]
 
 
+def recognition_task(config: ml_collections.ConfigDict) -> str:
+  """The task of config.recognizer ("classification", "detection"), from its name alone."""
+  from rajax.detection import zoo
+  return "detection" if config.recognizer.name in zoo.available() else "classification"
+
+
 def module(config: ml_collections.ConfigDict, name: str):
   """The module of network `name` ("processor", "transformer": linen modules; "recognizer": a Recognizer)."""
   common = dict(dtype=config.compute_dtype, bn_stats=config.get("bn_stats", "global"))

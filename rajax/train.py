@@ -36,7 +36,8 @@ from rajax import checkpoint as ckpt_lib
 from rajax import config as config_lib
 from rajax import data as data_lib
 from rajax import distributed, methods, networks
-from rajax import optim, progress, sharding
+from rajax import optim, progress, sharding, tasks
+from rajax.data import detection as detection_data
 from rajax import weights as weights_lib
 
 
@@ -63,24 +64,32 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
   degradation = data_lib.Degradation(task=config.task, scale=config.degrade.scale, sigma=config.degrade.sigma,
                                      quality=config.degrade.quality, noise=config.data.noise)
   device_stage = degradation.device_stage(config.seed)  # the noise, drawn in the steps (data.noise="device")
-  train_source = data_lib.make_source(config.data, config.data.train_split)
-  eval_source = data_lib.make_source(config.data, config.data.eval_split)
+  detection = networks.recognition_task(config) == "detection"
+  if detection:   # boxes with every image: rajax.data.detection
+    train_source, eval_source = (detection_data.config_source(config, s) for s in ("train", "eval"))
+  else:
+    train_source = data_lib.make_source(config.data, config.data.train_split)
+    eval_source = data_lib.make_source(config.data, config.data.eval_split)
   steps_per_epoch = len(train_source) // config.data.batch_size
   if steps_per_epoch < 1:
     raise data_lib.DataError(f"The training split has {len(train_source)} examples, fewer than one batch "
                              f"of {config.data.batch_size}.")
   total_steps = config.total_steps if config.total_steps > 0 else round(config.num_epochs * steps_per_epoch)
   eval_every = {-1: steps_per_epoch, 0: total_steps}.get(config.eval_every, config.eval_every)
-  train_data = data_lib.train_dataset(
-      train_source, degradation, resize=config.data.resize, crop=config.data.crop,
-      global_batch=config.data.batch_size, seed=config.seed, process_index=jax.process_index(),
-      process_count=jax.process_count(), workers=config.data.workers, threads=config.data.threads)
+  hosts = dict(process_index=jax.process_index(), process_count=jax.process_count())
+  if detection:
+    train_data = detection_data.detection_pipeline(config, "train", source=train_source, **hosts)
+    eval_data = detection_data.detection_pipeline(config, "eval", source=eval_source, **hosts)
+  else:
+    train_data = data_lib.train_dataset(
+        train_source, degradation, resize=config.data.resize, crop=config.data.crop,
+        global_batch=config.data.batch_size, seed=config.seed, workers=config.data.workers,
+        threads=config.data.threads, **hosts)
+    eval_data = data_lib.eval_dataset(
+        eval_source, degradation, resize=config.data.resize, crop=config.data.crop,
+        global_batch=config.data.eval_batch_size, seed=config.seed, num_examples=config.data.num_eval_examples,
+        workers=config.data.workers, threads=config.data.threads, **hosts)
   train_iter = iter(train_data)
-  eval_data = data_lib.eval_dataset(
-      eval_source, degradation, resize=config.data.resize, crop=config.data.crop,
-      global_batch=config.data.eval_batch_size, seed=config.seed, num_examples=config.data.num_eval_examples,
-      process_index=jax.process_index(), process_count=jax.process_count(), workers=config.data.workers,
-      threads=config.data.threads)
 
   # ================================================================ networks, optimizers, method
   spec = methods.get(config.method.name)
@@ -114,14 +123,28 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
   eval_step = jax.jit(methods.make_eval_step(method, modules, labels=config.labels, device_stage=device_stage),
                       in_shardings=(replicated, batched, replicated), out_shardings=replicated)
 
+  if detection:  # mAP needs every image's detections: rajax.tasks.detection.Evaluator, on the host
+    predict_step = jax.jit(methods.make_predict_step(method, modules, labels=config.labels, device_stage=device_stage),
+                           in_shardings=(replicated, batched, replicated), out_shardings=replicated)
+    eval_recognizer = frozen.get("recognizer") or modules["recognizer"]   # its classes name the figures
+
   def evaluate(state) -> dict:
     sums = None
+    evaluator = tasks.detection.Evaluator.for_detector(eval_recognizer, coco=True) if detection else None
     for local in eval_data:
-      out = eval_step(state, sharding.global_batch(local, mesh), frozen)
+      batch = sharding.global_batch(local, mesh)
+      out = eval_step(state, batch, frozen)
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+      if evaluator is not None:
+        outputs, targets = predict_step(state, batch, frozen)
+        evaluator.add(outputs, targets, mask=batch["mask"])
     sums = jax.device_get(sums)
     count = sums.pop("count")
-    return {k: float(v / count) for k, v in sums.items()} | {"count": int(count)}
+    result = {k: float(v / count) for k, v in sums.items()} | {"count": int(count)}
+    if evaluator is not None:
+      result["recall50"] = float(sums["found50"] / max(sums["num_gt"], 1.0))
+      result |= {k: float(v) for k, v in evaluator.result().items() if k != "num_images"}
+    return result
 
   # ================================================================ train loop
   stop = _StopFlag()

@@ -728,6 +728,20 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
   return default if value is None else value
 
 
+def config_source(config: Any, split: str):
+  """The source of the training ("train") or evaluation ("eval") examples a run config names."""
+  data, train = config.data, split == "train"
+  spec = DetectionSpec.from_config(_get(data, "detection", {}))
+  kind = _get(data, "source", "tfds")
+  if kind == "tfds":
+    return detection_source(_get(data, "train_split" if train else "eval_split"), data_dir=_get(data, "data_dir"),
+                            default_name=_get(data, "name", ""), voc_one_based=spec.voc_one_based)
+  if kind == "photos":
+    return DetectionPhotos("train" if train else "heldout",
+                           repeats=_get(_get(data, "photos"), "repeats", 1) if train else 1)
+  raise DataError(f"Detection data.source={kind!r}: use 'tfds' (voc, coco) or 'photos'.")
+
+
 def detection_pipeline(config: Any, split: str, *, process_index: int = 0, process_count: int = 1,
                        source: Any = None) -> grain.IterDataset:
   """The training ("train") or evaluation ("eval") batches a run config asks for.
@@ -749,15 +763,7 @@ def detection_pipeline(config: Any, split: str, *, process_index: int = 0, proce
                               quality=_get(deg, "quality", 10), corruption=_get(deg, "corruption", ""),
                               severity=_get(deg, "severity", 3), noise=_get(data, "noise", "host"))
   if source is None:
-    kind = _get(data, "source", "tfds")
-    if kind == "tfds":
-      source = detection_source(_get(data, "train_split" if train else "eval_split"), data_dir=_get(data, "data_dir"),
-                                default_name=_get(data, "name", ""), voc_one_based=spec.voc_one_based)
-    elif kind == "photos":
-      source = DetectionPhotos("train" if train else "heldout",
-                               repeats=_get(_get(data, "photos"), "repeats", 1) if train else 1)
-    else:
-      raise DataError(f"Detection data.source={kind!r}: use 'tfds' (voc, coco) or 'photos'.")
+    source = config_source(config, split)
   seed = int(_get(config, "seed", 0))
   common = dict(seed=seed, process_index=process_index, process_count=process_count,
                 workers=int(_get(data, "workers", 0)), threads=int(_get(data, "threads", 8 if not train else 2)))

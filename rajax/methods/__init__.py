@@ -18,7 +18,8 @@ from typing import Iterable, Mapping
 
 from rajax.methods import alternatives, ra
 from rajax.methods.base import (FrozenNetwork, Method, MethodSpec, Setup, TrainState, apply_eval, apply_train,
-                                evaluation_recognizer, make_eval_step, to_float_images, with_input)
+                                evaluation_recognizer, make_eval_step, make_predict_step, to_float_images,
+                                with_input)
 
 
 def _registry(families: Iterable[Mapping[str, MethodSpec]]) -> dict[str, MethodSpec]:
@@ -55,5 +56,5 @@ def build(setup: Setup) -> Method:
 
 __all__ = [
     "FrozenNetwork", "METHODS", "Method", "MethodSpec", "Setup", "TrainState", "apply_eval", "apply_train", "build",
-    "evaluation_recognizer", "get", "make_eval_step", "names", "to_float_images", "with_input",
+    "evaluation_recognizer", "get", "make_eval_step", "make_predict_step", "names", "to_float_images", "with_input",
 ]

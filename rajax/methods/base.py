@@ -217,6 +217,25 @@ def evaluation_recognizer(spec: MethodSpec, modules: Mapping[str, Any], variable
   return frozen.get("recognizer")
 
 
+def make_predict_step(method: Method, modules: Mapping[str, Any], *, labels: str = "dataset",
+                      device_stage: Callable[[Batch], Batch] | None = None) -> Callable:
+  """predict_step(state, batch, frozen) -> (outputs, targets): what the evaluation recognizer makes
+  of the method's "machine" images and what it is scored against, for figures that need the whole
+  evaluation set (a detector's mAP: rajax.tasks.detection.Evaluator)."""
+
+  def predict_step(state: TrainState, batch: Batch, frozen: Frozen):
+    batch = with_input(batch, device_stage)
+    x, y = to_float_images(batch["input"]), to_float_images(batch["target"])
+    variables = state.all_variables()
+    recognizer = evaluation_recognizer(method.spec, modules, variables, frozen)
+    task = task_of(recognizer)
+    outputs = recognizer(method.forward(variables, frozen, x)["machine"])
+    targets = task.dataset_targets(batch) if labels == "dataset" else task.pseudo_targets(recognizer(y))[0]
+    return outputs, targets
+
+  return predict_step
+
+
 def make_eval_step(method: Method, modules: Mapping[str, Any], *, labels: str = "dataset",
                    device_stage: Callable[[Batch], Batch] | None = None) -> Callable:
   """eval_step(state, batch, frozen) -> masked sums over the batch.

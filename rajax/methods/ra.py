@@ -31,6 +31,7 @@ import optax
 
 from rajax import losses, metrics as metrics_lib
 from rajax.methods import base
+from rajax import tasks as tasks_lib
 from rajax.tasks import classification
 
 # The paper's loss weights (official code): RA 1e-3, unsupervised RA 10, RA with transformer 1e-2.
@@ -83,8 +84,9 @@ def _problems(s: Settings) -> list[str]:
     out.append(f"unknown method {s.mode!r}; one of {', '.join(DEFAULT_LAMBDA)}")
   if not s.lam >= 0:
     out.append(f"config.method.lam={s.lam} must be >= 0 (or None for the method's default)")
-  if s.distance not in classification.DISTANCES:
-    out.append(f"config.method.distance={s.distance!r} is not one of {', '.join(classification.DISTANCES)}")
+  known = [d for task in tasks_lib.TASKS.values() for d in task.DISTANCES]
+  if s.distance not in known:
+    out.append(f"config.method.distance={s.distance!r} is not one of {', '.join(known)}")
   if not 0.0 <= s.label_smoothing < 1.0:
     out.append(f"config.method.label_smoothing={s.label_smoothing} must be in [0, 1)")
   if s.labels not in LABEL_SOURCES:
@@ -259,6 +261,13 @@ def _validate(config) -> list[str]:
   except ValueError as e:
     return str(e).split("; ")
   problems = []
+  task = tasks_lib.of_recognizer(config.recognizer.name)
+  if settings.mode == "unsupervised" and settings.distance not in task.DISTANCES:
+    problems.append(f"config.method.distance={settings.distance!r} is not a distance between {task.NAME} outputs "
+                    f"({config.recognizer.name}); use one of {', '.join(task.DISTANCES)}")
+  if settings.classes and task is not classification:
+    problems.append(f"config.classes.half trains on half of a classifier's classes; {config.recognizer.name} is a "
+                    f"{task.NAME} model")
   if settings.mode == "transformer" and config.data.crop % 4:
     problems.append(f"config.data.crop={config.data.crop} must be divisible by 4 for the transformer T")
   return problems

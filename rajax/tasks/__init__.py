@@ -29,6 +29,12 @@ register(classification)
 register(detection)
 
 
+def of_recognizer(name: str) -> types.ModuleType:
+  """The task of the zoo recognizer called `name` (detectors: rajax.detection.zoo; else classification)."""
+  from rajax.detection import zoo
+  return get("detection") if name in zoo.available() else classification
+
+
 def get(name: str) -> types.ModuleType:
   if name not in TASKS:
     raise ValueError(f"Unknown recognition task {name!r}; known: {', '.join(TASKS)}.")
