@@ -28,7 +28,7 @@ import pytest
 
 from rajax import assets
 from rajax.detection import centernet, nanodet, zoo
-from rajax.detection.types import BoxTargets
+from rajax.tasks import detection as detection_task
 from rajax.models import tfjs_graph
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -278,11 +278,9 @@ def test_segmenter_graphs_equal_tfjs(fetched, photos, fx):
 # ----------------------------------------------------------------------------------------------
 # Differentiable, jittable, trainable
 
-def _pseudo_targets(dets, n: int = 8, threshold: float = 0.3) -> BoxTargets:
-  keep = np.asarray(dets.valid[:, :n]) & (np.asarray(dets.scores[:, :n]) > threshold)
-  return BoxTargets(boxes=jnp.asarray(np.where(keep[..., None], np.asarray(dets.boxes[:, :n]), 0.0)),
-                    labels=jnp.asarray(np.where(keep, np.asarray(dets.labels[:, :n]), 0)),
-                    valid=jnp.asarray(keep), difficult=jnp.zeros(keep.shape, bool))
+def _pseudo_targets(dets, n: int = 8, threshold: float = 0.3):
+  """The detection task's pseudo-targets: the detector's own detections on the clean photo."""
+  return detection_task.pseudo_targets(dets, score_threshold=threshold, max_boxes=n)[0]
 
 
 def _descent(detector, x, targets, steps: int, lr: float):
