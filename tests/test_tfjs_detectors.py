@@ -284,19 +284,20 @@ def _pseudo_targets(dets, n: int = 8, threshold: float = 0.3):
 
 
 def _descent(detector, x, targets, steps: int, lr: float):
-  """Loss values over `steps` normalised gradient steps on the image, and the first gradient and terms."""
+  """Loss values over `steps` normalised gradient steps on the image (step k moves a pixel by at most
+  lr / (k + 1)), and the first gradient and terms."""
   def total(x, v):
     per_image, terms, _ = detector.model.loss(v, x, targets)
     return jnp.sum(per_image), terms
 
   step = jax.jit(jax.value_and_grad(total, has_aux=True)).lower(x, detector.variables).compile()
   values, first = [], None
-  for _ in range(steps + 1):
+  for k in range(steps + 1):
     (value, terms), gx = step(x, detector.variables)
     values.append(float(value))
     if first is None:
       first = (gx, terms)
-    x = x - lr * gx / jnp.max(jnp.abs(gx))
+    x = x - lr / (k + 1) * gx / jnp.max(jnp.abs(gx))
   return values, first
 
 
