@@ -187,12 +187,13 @@ class NanoDetModel:
     dist = dist.reshape(dist.shape[0], dist.shape[1], 4, REG_MAX + 1)
     return {"scores": scores, "score_logits": logits, "distributions": dist, "boxes": self.decode_boxes(dist)}
 
-  def decode_boxes(self, dist: jax.Array) -> jax.Array:
-    """Boxes [B, A, 4] in 416-input pixels from distribution logits [B, A, 4, 11] (GFL's integral)."""
+  def decode_boxes(self, dist: jax.Array, clip: bool = True) -> jax.Array:
+    """Boxes [B, A, 4] in 416-input pixels from distribution logits [B, A, 4, 11] (GFL's integral),
+    clipped to the input (as NanoDet's inference; its loss decodes without clipping)."""
     pts, strides = self.points()
     d = jnp.sum(jax.nn.softmax(dist, -1) * jnp.arange(REG_MAX + 1, dtype=jnp.float32), -1) * strides[:, None]
     boxes = jnp.concatenate([pts - d[..., :2], pts + d[..., 2:]], -1)
-    return jnp.clip(boxes, 0.0, float(self.input_size))
+    return jnp.clip(boxes, 0.0, float(self.input_size)) if clip else boxes
 
   def decode(self, scores: jax.Array, boxes: jax.Array, image_size: tuple[int, int]) -> Detections:
     """Per-class NMS over every (cell, class) candidate above the score threshold, in image pixels."""
@@ -228,7 +229,8 @@ class NanoDetModel:
     """(per-image loss [B], {"qfl", "giou", "dfl"}: [B], {}): NanoDet's GFL loss (module docstring)."""
     del rng, train
     heads = self.heads(variables, images)
-    logits, dist, pred_boxes = heads["score_logits"], heads["distributions"], heads["boxes"]
+    logits, dist = heads["score_logits"], heads["distributions"]
+    pred_boxes = self.decode_boxes(dist, clip=False)
     bsz, a, c = logits.shape
     h, w = images.shape[1:3]
     s = self.input_size
