@@ -383,8 +383,20 @@ def test_atss_assigns_cells_inside_the_box_near_its_centre(ndet):
   assert not np.asarray(none).any()
 
 
+@pytest.mark.heavy
+def test_centernet_depthwise_taps_path_equals_the_grouped_conv_path_on_a_photo(fetched, photos, fx):
+  names, x = photos
+  taps = zoo.build("centernet_mobilenetv3", depthwise="taps")
+  heads = jax.jit(taps.model.heads)(taps.variables, x[:1])
+  np.testing.assert_allclose(np.asarray(heads["heatmap"][0]).max(-1), fx["dog/centernet/kp_max"], atol=2e-5)
+
+
 def test_features_are_named_nhwc_maps(cnet, ndet):
   x = jnp.zeros((1, 64, 64, 3))
+  # A Detector is a pytree argument of jitted code (its variables traced, its model static).
+  out = jax.eval_shape(lambda d, x: d(x), cnet, x)
+  assert out.boxes.shape == (1, 100, 4) and out.valid.shape == (1, 100)
+  assert jax.eval_shape(lambda d, x: d(x), ndet, x).boxes.shape == (1, 100, 4)
   shapes = jax.eval_shape(cnet.features, x)
   assert {k: v.shape for k, v in shapes.items()} == {
       "stride4": (1, 128, 128, 24), "stride8": (1, 64, 64, 32), "stride16": (1, 32, 32, 88),

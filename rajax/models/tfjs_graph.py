@@ -16,8 +16,14 @@ static under jit.
 
 `Graph.__call__(params, inputs, outputs=None)` evaluates only the nodes the requested tensors need
 (a tensor is "node" or "node:k" for a node's k-th output; the default is the signature's outputs).
-The ops (TensorFlow semantics, NHWC): see `OPS`. An op outside it is refused at load with its name
-and the nodes that use it. Non-differentiable ops (TopKV2's indices, Equal, Cast to int, FloorDiv)
+The ops (TensorFlow semantics, NHWC), `OPS`: the union of what the human-models graphs use
+(CenterNet: _FusedConv2D, FusedDepthwiseConv2dNative, DepthwiseConv2dNative, Conv2D, Relu6, Relu,
+Mul, Add, Sub, Mean, ResizeBilinear, ConcatV2, Sigmoid, MaxPool, Reshape, Equal, Cast, TopKV2,
+ExpandDims, FloorDiv, FloorMod, GatherV2, StridedSlice, Identity; NanoDet: Pad, PadV2, Transpose,
+LeakyRelu, SplitV, SparseToDense, AddV2; selfie and meet: AvgPool, AddN, MatMul, BiasAdd,
+Conv2DBackpropInput) plus a few neighbours (Softmax, Tanh, Elu, Prelu, RealDiv, Maximum, Sum, Max,
+Squeeze, Pack, Shape, Split, ...). An op outside it is refused at load with its name and the
+nodes that use it. Non-differentiable ops (TopKV2's indices, Equal, Cast to int, FloorDiv)
 stay in the graph; gradients flow through their float operands where TensorFlow's would.
 
 Graphs often bake a batch of 1 into Reshape constants, so `batched` vmaps over a leading axis and
