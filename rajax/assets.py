@@ -342,8 +342,11 @@ def _install(s: Source, extracted: pathlib.Path, dest: pathlib.Path, only: set[s
   dest.mkdir(parents=True, exist_ok=True)
   for f in s.files:
     if f.name in only:
-      part = dest / f".{f.name}.part"
-      shutil.copyfile(extracted / f.member, part)
+      # A unique partial name: concurrent fetches (pytest workers) never write into one file.
+      fd, part = tempfile.mkstemp(prefix=f".{f.name}.", suffix=".part", dir=dest)
+      with os.fdopen(fd, "wb") as out, open(extracted / f.member, "rb") as src:
+        shutil.copyfileobj(src, out)
+      os.chmod(part, 0o644)
       os.replace(part, dest / f.name)
 
 
