@@ -55,6 +55,15 @@ def processor_file(tmp_path_factory):
   return str(path)
 
 
+@pytest.fixture(scope="module")
+def recognizer_file(tmp_path_factory):
+  """R's random weights written to a file: R "starting from trained weights" for labels='recognizer'."""
+  rec = networks.module(_config("ra"), "recognizer")
+  path = tmp_path_factory.mktemp("fixed_r") / "recognizer.msgpack"
+  weights_lib.save(path, jax.device_get(dict(rec.variables)))
+  return str(path)
+
+
 def _fields(name, processor_file):
   return {"method.processor_weights": processor_file} if name == "recognizer_on_processor" else {}
 
@@ -253,6 +262,32 @@ def test_joint_fine_tuning_gives_r_the_gradient_of_its_own_loss(processor_file):
 
   assert rel_err(2.0) < 1e-3, rel_err(2.0)
   assert rel_err(1.0) > 0.3   # a weight of 1 instead of 2: the check is not blind to the scale
+
+
+def test_a_trained_r_is_labelled_by_r_as_it_started_not_by_itself(recognizer_file):
+  """labels="recognizer" with R trained (ra_joint): the second step's labels are the starting R's
+  top-1 on the clean images; with labels from the R being trained it would drift (and collapse)."""
+  cfg = _config("ra_joint", labels="recognizer", **{"recognizer.weights": recognizer_file,
+                                                     "optim.recognizer.lr": 0.5})
+  b = Built(cfg)
+  batch = _batch(7)
+  s1, _ = b.run(b.state, batch)
+  _, m2 = b.run(s1, batch)
+  rec, p_net = b.modules["recognizer"], b.modules["processor"]
+  x, y = batch["input"] / 255.0, batch["target"] / 255.0
+  teacher = np.argmax(np.asarray(jax.jit(rec.apply)(b.state.variables("recognizer"), jnp.asarray(y, jnp.float32))), -1)
+  rng = jax.random.split(s1.rng)[1]
+  out = p_net.apply(s1.variables("processor"), x, train=True, mutable=["batch_stats"])[0]
+  logits, _ = rec.apply_train(s1.variables("recognizer"), out, rng=rng)
+  np.testing.assert_allclose(float(m2["recognition"]), np.mean(_np_ce(logits, teacher)), rtol=2e-4)
+  student = np.argmax(np.asarray(rec.apply(s1.variables("recognizer"), jnp.asarray(y, jnp.float32))), -1)
+  if not np.array_equal(student, teacher):   # the check can tell the two label sources apart
+    assert abs(np.mean(_np_ce(logits, student)) - float(m2["recognition"])) > 1e-4
+
+
+def test_labels_from_a_randomly_started_r_are_refused():
+  with pytest.raises(config_lib.ConfigError, match="R starts from random weights"):
+    config_lib.validate(_config("recognizer_on_input", labels="recognizer"))
 
 
 @pytest.mark.parametrize("name", ["recognizer_on_processor", "recognizer_on_input"])

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 
+import ml_collections
 import numpy as np
 import pytest
 
 import toy_detector
-import ml_collections
-
 from rajax import config as config_lib
 from rajax import train
 from rajax.data import detection as detection_data
