@@ -105,7 +105,7 @@ class Setup:
       self.recognizer = self.modules["recognizer"]
     self.optimizers = optim.make_optimizers(config.optim, self.spec.trains, 1000, 1000)
     self.input_size = config.data.crop // self.scale
-    host = batch if batch is not None else synthetic_batch(config)
+    host = batch if batch is not None else synthetic_batch(config, recognizer=self.recognizer)
     self.batch = sharding.global_batch(host, self.mesh)
     device_stage = self.degradation.device_stage(config.seed)  # denoising noise drawn in the step
     self.method = methods.build(methods.Setup(config=config, modules=self.modules, optimizers=self.optimizers,
@@ -143,10 +143,13 @@ def degradation(config: ml_collections.ConfigDict):
                               quality=config.degrade.quality, noise=config.data.get("noise", "host"))
 
 
-def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, np.ndarray]:
+def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0, *, recognizer=None,
+                    boxes_per_image: int = 8) -> dict[str, np.ndarray]:
   """A host batch with the keys, shapes and dtypes of the training pipeline's for `config`
   (random pixels and labels): uint8 "input" (SR, JPEG) or float32 "input" (denoising with the noise
-  drawn on the host) or none (noise drawn in the step from the examples' "index")."""
+  drawn on the host) or none (noise drawn in the step from the examples' "index"). For a detector
+  (`recognizer.task == "detection"`), box targets as rajax.data.detection gives them: random boxes
+  of 1/8 to 1/2 of the image, `boxes_per_image` slots of which the first half are valid."""
   rng = np.random.default_rng(seed)
   b, crop = config.data.batch_size, config.data.crop
   scale = config.degrade.scale if config.task == "sr" else 1
@@ -154,7 +157,17 @@ def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[st
     raise BenchError(f"config.data.crop={crop} is not divisible by the SR scale {scale}.")
   size = crop // scale
   batch = {"target": rng.integers(0, 256, (b, crop, crop, 3), dtype=np.uint8),
-           "label": rng.integers(0, config.recognizer.num_classes, (b,), dtype=np.int32)}
+           "label": rng.integers(0, getattr(recognizer, "num_classes", None) or config.recognizer.num_classes, (b,),
+                                 dtype=np.int32)}
+  if getattr(recognizer, "task", "classification") == "detection":
+    n = boxes_per_image
+    wh = rng.uniform(crop / 8, crop / 2, (b, n, 2))
+    xy = rng.uniform(0, 1, (b, n, 2)) * (crop - wh)
+    first = 1 if recognizer.model.background else 0
+    batch.pop("label")
+    batch.update(boxes=np.concatenate([xy, xy + wh], -1).astype(np.float32),
+                 labels=rng.integers(first, recognizer.num_classes, (b, n), dtype=np.int32),
+                 valid=np.arange(n)[None, :].repeat(b, 0) < max(1, n // 2), difficult=np.zeros((b, n), bool))
   if degradation(config).on_device:
     batch["index"] = np.arange(b, dtype=np.int32)
   elif config.task == "denoise":

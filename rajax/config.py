@@ -302,7 +302,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
         f"config.transformer.name={c.transformer.name!r} is not one of {', '.join(sorted(PROCESSORS))}")
   check(c.recognizer.name in recognizer_lib.available(),
         f"config.recognizer.name={c.recognizer.name!r} is not one of {', '.join(recognizer_lib.available())}")
-  check(c.recognizer.num_classes >= 1, f"config.recognizer.num_classes={c.recognizer.num_classes} must be >= 1")
+  check(c.recognizer.num_classes is None or c.recognizer.num_classes >= 1,
+        f"config.recognizer.num_classes={c.recognizer.num_classes} must be >= 1 (or None: a detector's own)")
   d = c.data
   check(d.source in ("tfds", "synthetic", "photos"),
         f"config.data.source={d.source!r} is not 'tfds', 'synthetic' or 'photos'")

@@ -428,3 +428,27 @@ def test_bench_gpu_script_xla_flags_are_known_to_xla():
   r = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], capture_output=True, text=True, env=env,
                      timeout=120)
   assert r.returncode == 0, r.stderr[-2000:]   # XLA aborts on a flag it does not know
+
+
+def test_a_detector_as_r_is_benchmarked_on_box_targets_of_the_detection_pipelines_form(monkeypatch):
+  """configs/bench.py with a detector: the synthetic batch carries boxes inside the image (labels
+  past the background class, half the slots valid) instead of class labels, and the step trains P
+  on the detector's own loss over them."""
+  import toy_detector
+  from rajax.detection import zoo
+  monkeypatch.setattr(zoo, "_FAMILIES", (*zoo._FAMILIES, "toy_detector"))
+  config = config_lib.load("configs/bench.py:task=sr,mode=ra,recognizer=toy_detector,tiny=true")
+  config.data.crop, config.data.resize = 32, 48
+  config.mesh.data = 1
+  setup = bench.Setup(config)
+  host = bench.synthetic_batch(config, recognizer=setup.recognizer)
+  assert "label" not in host and host["boxes"].shape == (2, 8, 4)
+  boxes = host["boxes"]
+  assert np.all(boxes[..., 2:] > boxes[..., :2]) and boxes.min() >= 0 and boxes.max() <= 32
+  assert host["labels"].min() >= 1 and host["labels"].max() < setup.recognizer.num_classes
+  np.testing.assert_array_equal(host["valid"].sum(-1), [4, 4])
+  state = setup.init_state()
+  compiled, _, _ = setup.compile(state)
+  _, metrics = compiled(state, setup.batch, setup.frozen)
+  assert np.isfinite(float(metrics["recognition"])) and float(metrics["recognition"]) > 0
+  assert "top1" not in metrics
