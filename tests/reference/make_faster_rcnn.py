@@ -1,0 +1,237 @@
+"""Makes the fixtures that pin rajax's Faster R-CNN to torchvision's. Run once:
+
+    /tmp/torchvenv/bin/python tests/reference/make_faster_rcnn.py
+
+with torch 2.14.1, torchvision 0.29.1, scikit-image and Pillow. Writes faster_rcnn.npz next to
+this script. The weights are not stored: tests/seeded_state_dict.py draws them from an entry name
+and each torch key (the key list, names, shapes and dtypes in torch's order, is stored as JSON),
+and torch loads them with load_state_dict(strict=True).
+
+Entries (each a torchvision FasterRCNN built as torchvision builds its detectors with weights:
+FrozenBatchNorm2d in the backbone, trainable_backbone_layers=3, eps 0.0 as overwrite_eps sets for
+the COCO_V1 checkpoint):
+  small  ResNet-18 body, an FPN of 32 channels (BackboneWithFPN, torchvision's key names), a
+         TwoMLPHead of 64, 5 classes; min_size 96, max_size 160 on two 80x106 photos, so the
+         transform resizes them to 96x127 (scale 1.2) and pads them to 96x128;
+  r50    fasterrcnn_resnet50_fpn's exact structure (91 classes, FPN 256, TwoMLPHead 1024) on the
+         same photos (the heavy test).
+Recorded for each, in eval mode: the transformed batch, the FPN maps, the anchors, the RPN's
+flattened objectness and deltas, the proposals, the RoIAlign output of the first 24 proposals,
+the box branch's logits and deltas, and the final detections; in training mode, with two and
+three ground-truth boxes per image: torch's sampled anchors and proposals (recorded by wrapping
+BalancedPositiveNegativeSampler.__call__), the training proposals and the four losses.
+Also `roi`: torchvision.ops.MultiScaleRoIAlign and roi_align on seeded feature maps with
+hand-picked boxes (inside, across the border, beyond it, smaller than a pixel, at the level
+boundary sqrt(area) = 224), aligned=False and aligned=True.
+"""
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+from torchvision.models.detection import _utils as det_utils
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
+from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection._utils import overwrite_eps
+from torchvision.ops import misc as misc_nn_ops
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+import seeded_state_dict  # noqa: E402
+
+OUT = HERE / "faster_rcnn.npz"
+H, W = 80, 106
+# The last BatchNorm of each residual branch scales it down (as tests/seeded_state_dict.py explains), and
+# the RPN's and the predictor's last layers are drawn small, so that objectness, deltas and class scores
+# have the spread of a trained detector's (He-uniform values there give deltas of +-20 and scores of 1.0).
+RULES = {"small": [[r"backbone\.body\.layer\d+\.\d+\.bn2\.weight", 0.1, 0.3],
+                   [r"rpn\.head\.(cls_logits|bbox_pred)\.weight", -0.02, 0.02],
+                   [r"roi_heads\.box_predictor\.(cls_score|bbox_pred)\.weight", -0.08, 0.08]],
+         "r50": [[r"backbone\.body\.layer\d+\.\d+\.bn3\.weight", 0.1, 0.3],
+                 [r"rpn\.head\.(cls_logits|bbox_pred)\.weight", -0.005, 0.005],
+                 [r"roi_heads\.box_predictor\.(cls_score|bbox_pred)\.weight", -0.02, 0.02]]}
+TARGETS = [  # (x1, y1, x2, y2) in pixels of the 80x106 photos, label in 1..4
+    ([[10.0, 8.0, 60.0, 50.0], [50.5, 20.25, 100.0, 78.0]], [1, 3]),
+    ([[0.0, 0.0, 40.0, 30.0], [30.0, 25.0, 95.5, 70.0], [70.0, 5.0, 104.0, 40.0]], [2, 4, 1]),
+]
+
+
+def photos():
+  from skimage import data
+  ims = []
+  for name in ("chelsea", "coffee"):
+    im = Image.fromarray(getattr(data, name)()).convert("RGB")
+    iw, ih = im.size
+    cw, ch = (iw, round(iw * H / W)) if iw * H / W <= ih else (round(ih * W / H), ih)
+    left, top = (iw - cw) // 2, (ih - ch) // 2
+    ims.append(np.asarray(im.crop((left, top, left + cw, top + ch)).resize((W, H), Image.BICUBIC)))
+  return np.stack(ims)
+
+
+def build(entry):
+  if entry == "small":
+    body = torchvision.models.resnet18(norm_layer=misc_nn_ops.FrozenBatchNorm2d)
+    for name, p in body.named_parameters():  # what _resnet_fpn_extractor does for trainable_layers=3
+      if all(not name.startswith(l) for l in ["layer4", "layer3", "layer2"]):
+        p.requires_grad_(False)
+    backbone = BackboneWithFPN(body, {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+                               [64, 128, 256, 512], 32)
+    model = FasterRCNN(backbone, num_classes=None, min_size=96, max_size=160,
+                       box_head=TwoMLPHead(32 * 49, 64), box_predictor=FastRCNNPredictor(64, 5))
+  else:
+    body = torchvision.models.resnet50(norm_layer=misc_nn_ops.FrozenBatchNorm2d)
+    model = FasterRCNN(_resnet_fpn_extractor(body, 3), num_classes=91, min_size=96, max_size=160)
+  keys = [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in model.state_dict().items()]
+  sd = seeded_state_dict.values(entry, keys, RULES[entry])
+  model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd.items()}, strict=True)
+  overwrite_eps(model, 0.0)
+  return model, keys
+
+
+def run(entry, images):
+  model, keys = build(entry)
+  rec = {"keys": np.array(json.dumps(keys))}
+  x = [torch.from_numpy(im).permute(2, 0, 1).float() / 255.0 for im in images]
+  hooks = {}
+
+  def grab(name):
+    def hook(module, inputs, output):
+      hooks[name] = (inputs, output)
+    return hook
+
+  model.rpn.head.register_forward_hook(grab("rpn_head"))
+  model.roi_heads.box_roi_pool.register_forward_hook(grab("roi_pool"))
+  model.roi_heads.box_predictor.register_forward_hook(grab("predictor"))
+  model.backbone.register_forward_hook(grab("backbone"))
+  model.transform.register_forward_hook(grab("transform"))
+  model.rpn.register_forward_hook(grab("rpn"))
+  model.eval()
+  with torch.no_grad():
+    dets = model(x)
+  image_list = hooks["transform"][1][0]
+  rec["image"] = image_list.tensors.permute(0, 2, 3, 1).numpy()
+  rec["image_sizes"] = np.array(image_list.image_sizes)
+  for k, v in hooks["backbone"][1].items():
+    rec[f"fpn/{k}"] = v.permute(0, 2, 3, 1).numpy()
+  logits, deltas = hooks["rpn_head"][1]
+  obj, box = torchvision.models.detection.rpn.concat_box_prediction_layers(logits, deltas)
+  rec["objectness"] = obj.reshape(len(x), -1).numpy()
+  rec["rpn_deltas"] = box.reshape(len(x), -1, 4).numpy()
+  feats = list(hooks["backbone"][1].values())
+  rec["anchors"] = model.rpn.anchor_generator(image_list, feats)[0].numpy()
+  props = hooks["rpn"][1][0]
+  rec["proposal_counts"] = np.array([len(p) for p in props])
+  rec["proposals"] = _pad([p.numpy() for p in props], 1000)
+  pooled = hooks["roi_pool"][1]  # [sum n_i, C, 7, 7]
+  counts = rec["proposal_counts"]
+  starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+  rec["pooled24"] = np.stack([pooled[s:s + 24].permute(0, 2, 3, 1).numpy() for s in starts])
+  cls, bbox = hooks["predictor"][1]
+  rec["class_logits"] = _pad([cls[s:s + n].numpy() for s, n in zip(starts, counts)], 1000)
+  rec["box_deltas"] = _pad([bbox[s:s + n].numpy() for s, n in zip(starts, counts)], 1000)
+  rec["det_counts"] = np.array([len(d["boxes"]) for d in dets])
+  rec["det_boxes"] = _pad([d["boxes"].numpy() for d in dets], 100)
+  rec["det_scores"] = _pad([d["scores"].numpy() for d in dets], 100)
+  rec["det_labels"] = _pad([d["labels"].numpy() for d in dets], 100)
+
+  # ---- training mode: the losses given torch's own samples ----
+  samples = []
+  original = det_utils.BalancedPositiveNegativeSampler.__call__
+
+  def recording(self, matched_idxs):
+    pos, neg = original(self, matched_idxs)
+    samples.append(([p.numpy().astype(bool) for p in pos], [n.numpy().astype(bool) for n in neg]))
+    return pos, neg
+
+  det_utils.BalancedPositiveNegativeSampler.__call__ = recording
+  train_props = []
+  model.rpn.register_forward_hook(lambda m, i, o: train_props.append(o[0]) if m.training else None)
+  targets = [{"boxes": torch.tensor(b, dtype=torch.float32), "labels": torch.tensor(l, dtype=torch.int64)}
+             for b, l in TARGETS]
+  model.train()
+  torch.manual_seed(0)
+  with torch.no_grad():
+    losses = model(x, targets)
+  det_utils.BalancedPositiveNegativeSampler.__call__ = original
+  (rpn_pos, rpn_neg), (roi_pos, roi_neg) = samples
+  rec["rpn_pos"], rec["rpn_neg"] = np.stack(rpn_pos), np.stack(rpn_neg)
+  tp = train_props[-1]
+  rec["train_proposal_counts"] = np.array([len(p) for p in tp])
+  rec["train_proposals"] = _pad([p.numpy() for p in tp], 2000)
+  # ROI sample masks over (proposals, ground truth): torch's index j < n_i is proposal j, j >= n_i
+  # the ground truth j - n_i; here as [B, 2000 + 3] masks in rajax's layout (all 2000 proposal
+  # slots, then the N = 3 ground-truth slots).
+  n_gt = max(len(b) for b, _ in TARGETS)
+  for name, masks in (("roi_pos", roi_pos), ("roi_neg", roi_neg)):
+    out = np.zeros((len(x), 2000 + n_gt), bool)
+    for i, m in enumerate(masks):
+      n = len(tp[i])
+      out[i, :n] = m[:n]
+      out[i, 2000:2000 + len(m) - n] = m[n:]
+    rec[name] = out
+  for k, v in losses.items():
+    rec[f"loss/{k}"] = np.array(float(v), np.float32)
+  if entry == "r50":  # keep the fixture small: no 256-channel maps, no 91-class head outputs
+    for k in [k for k in rec if k.startswith("fpn/")] + ["class_logits", "box_deltas"]:
+      del rec[k]
+    rec["pooled24"] = rec["pooled24"][..., :16]
+  return rec
+
+
+def roi_case():
+  g = np.random.default_rng(0)
+  feats = {str(i): g.standard_normal((2, 3, 64 // 2**i, 80 // 2**i)).astype(np.float32) for i in range(4)}
+  boxes = [np.array([[10.0, 12.0, 90.0, 70.0], [-20.0, -10.0, 30.0, 25.0], [200.0, 150.0, 330.0, 260.0],
+                     [100.5, 60.25, 100.75, 60.5], [0.0, 0.0, 224.0, 224.0], [5.0, 5.0, 229.0, 229.0],
+                     [300.0, 240.0, 400.0, 300.0], [40.0, 200.0, 90.0, 255.0]], np.float32),
+           np.array([[0.0, 0.0, 320.0, 256.0], [150.0, 100.0, 170.0, 108.0], [1.0, 2.0, 3.0, 2.5],
+                     [60.0, 30.0, 175.0, 140.0], [250.0, -5.0, 330.0, 40.0], [12.0, 80.0, 13.0, 300.0],
+                     [0.0, 0.0, 111.9, 111.9], [10.0, 10.0, 122.0, 122.0]], np.float32)]
+  pool = torchvision.ops.MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
+  tf = {k: torch.from_numpy(v) for k, v in feats.items()}
+  tb = [torch.from_numpy(b) for b in boxes]
+  out = pool(tf, tb, [(256, 320), (256, 320)])
+  rois = torch.cat([torch.cat([torch.full((len(b), 1), float(i)), b], 1) for i, b in enumerate(tb)])
+  single = torchvision.ops.roi_align(tf["1"], rois, 7, spatial_scale=0.125, sampling_ratio=2, aligned=False)
+  aligned = torchvision.ops.roi_align(tf["1"], rois, 7, spatial_scale=0.125, sampling_ratio=2, aligned=True)
+  rec = {f"feat/{k}": np.transpose(v, (0, 2, 3, 1)) for k, v in feats.items()}
+  rec["boxes"] = np.stack(boxes)
+  rec["multiscale"] = out.permute(0, 2, 3, 1).numpy().reshape(2, 8, 7, 7, 3)
+  rec["single"] = single.permute(0, 2, 3, 1).numpy().reshape(2, 8, 7, 7, 3)
+  rec["aligned"] = aligned.permute(0, 2, 3, 1).numpy().reshape(2, 8, 7, 7, 3)
+  rec["levels"] = pool.map_levels(tb).numpy().reshape(2, 8)
+  return rec
+
+
+def _pad(arrays, n):
+  shape = arrays[0].shape[1:]
+  out = np.zeros((len(arrays), n) + shape, arrays[0].dtype)
+  for i, a in enumerate(arrays):
+    out[i, :len(a)] = a
+  return out
+
+
+def main():
+  torch.set_num_threads(2)
+  images = photos()
+  data = {"photos": images}
+  for entry in ("small", "r50"):
+    for k, v in run(entry, images).items():
+      data[f"{entry}/{k}"] = v
+  for k, v in roi_case().items():
+    data[f"roi/{k}"] = v
+  data = {k: (v.astype(np.float32) if v.dtype == np.float64 else v) for k, v in data.items()}
+  np.savez_compressed(OUT, **data)
+  print(f"wrote {OUT} ({OUT.stat().st_size / 1e6:.2f} MB)")
+  for e in ("small", "r50"):
+    print(e, {k: float(data[f"{e}/loss/{k}"]) for k in ("loss_objectness", "loss_rpn_box_reg", "loss_classifier",
+                                                        "loss_box_reg")},
+          "proposals", data[f"{e}/proposal_counts"], "detections", data[f"{e}/det_counts"])
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,296 @@
+"""rajax's Faster R-CNN against torchvision's, piece by piece, on the same seeded weights.
+
+tests/reference/make_faster_rcnn.py ran torchvision once (see its docstring) and recorded every
+stage for two photos: the transform, the FPN maps, anchors, RPN outputs, proposals, RoIAlign,
+the box branch, the final detections, and the four training losses given torch's own samples
+(injected here). The weights are drawn from the entry name and each torch key by
+tests/seeded_state_dict.py and loaded through rajax's torch-key map, so the comparisons also
+check that map. Negative controls show that the comparisons catch the mistakes they name
+(aligned RoIAlign, a wrong level mapping, unrounded anchors, a shifted resize).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import seeded_state_dict
+from rajax.detection import anchors as anchors_lib
+from rajax.detection import faster_rcnn as frcnn
+from rajax.detection import roi_align
+from rajax.detection.types import BoxTargets
+from rajax.weights import convert
+
+FIXTURE = pathlib.Path(__file__).resolve().parent / "reference" / "faster_rcnn.npz"
+# The last BatchNorm of each residual branch scales it down (as tests/seeded_state_dict.py explains), and
+# the RPN's and the predictor's last layers are drawn small, so that objectness, deltas and class scores
+# have the spread of a trained detector's (He-uniform values there give deltas of +-20 and scores of 1.0).
+RULES = {"small": [[r"backbone\.body\.layer\d+\.\d+\.bn2\.weight", 0.1, 0.3],
+                   [r"rpn\.head\.(cls_logits|bbox_pred)\.weight", -0.02, 0.02],
+                   [r"roi_heads\.box_predictor\.(cls_score|bbox_pred)\.weight", -0.08, 0.08]],
+         "r50": [[r"backbone\.body\.layer\d+\.\d+\.bn3\.weight", 0.1, 0.3],
+                 [r"rpn\.head\.(cls_logits|bbox_pred)\.weight", -0.005, 0.005],
+                 [r"roi_heads\.box_predictor\.(cls_score|bbox_pred)\.weight", -0.02, 0.02]]}
+CONFIGS = {
+    "small": frcnn.Config(backbone="resnet18", num_classes=5, fpn_channels=32, representation_size=64,
+                          min_size=96, max_size=160, frozen_bn_eps=0.0),
+    "r50": frcnn.Config(backbone="resnet50", num_classes=91, min_size=96, max_size=160, frozen_bn_eps=0.0),
+}
+TARGETS = [([[10.0, 8.0, 60.0, 50.0], [50.5, 20.25, 100.0, 78.0]], [1, 3]),
+           ([[0.0, 0.0, 40.0, 30.0], [30.0, 25.0, 95.5, 70.0], [70.0, 5.0, 104.0, 40.0]], [2, 4, 1])]
+
+
+@functools.lru_cache(maxsize=None)
+def fixture() -> dict:
+  with np.load(FIXTURE) as f:
+    return {k: f[k] for k in f.files}
+
+
+def rec(entry: str) -> dict:
+  p = f"{entry}/"
+  return {k[len(p):]: v for k, v in fixture().items() if k.startswith(p)}
+
+
+def images() -> jnp.ndarray:
+  return jnp.asarray(fixture()["photos"], jnp.float32) / 255.0
+
+
+def targets() -> BoxTargets:
+  n = max(len(b) for b, _ in TARGETS)
+  boxes = np.zeros((len(TARGETS), n, 4), np.float32)
+  labels = np.zeros((len(TARGETS), n), np.int32)
+  valid = np.zeros((len(TARGETS), n), bool)
+  for i, (b, l) in enumerate(TARGETS):
+    boxes[i, :len(b)], labels[i, :len(l)], valid[i, :len(b)] = b, l, True
+  return BoxTargets(jnp.asarray(boxes), jnp.asarray(labels), jnp.asarray(valid), jnp.zeros_like(jnp.asarray(valid)))
+
+
+@functools.lru_cache(maxsize=None)
+def model_and_variables(entry: str):
+  model = frcnn.FasterRCNN(CONFIGS[entry])
+  keys = json.loads(str(rec(entry)["keys"]))
+  sd = seeded_state_dict.values(entry, keys, RULES[entry])
+  template = jax.eval_shape(lambda: model.init(jax.random.key(0)))
+  variables = convert.from_torch(frcnn.rename_torch_keys(sd), template, frcnn.torch_key_fn(model.cfg),
+                                 source=f"seeded {entry}")
+  return model, jax.tree.map(jnp.asarray, variables)
+
+
+@functools.lru_cache(maxsize=None)
+def eval_outputs(entry: str):
+  model, variables = model_and_variables(entry)
+
+  @jax.jit
+  def go(v, x):
+    out = model.run(v, x, train=False)
+    dets = model.detect(v, x)
+    keep = ("image", "features", "objectness", "rpn_deltas", "proposals", "proposal_valid", "pooled",
+            "class_logits", "box_deltas")
+    return {k: out[k] for k in keep}, dets
+
+  return jax.device_get(go(variables, images()))
+
+
+@functools.lru_cache(maxsize=None)
+def train_outputs(entry: str):
+  """Losses with torch's samples injected, and their gradient with respect to the input images."""
+  model, variables = model_and_variables(entry)
+  r = rec(entry)
+  samples = {"rpn": (jnp.asarray(r["rpn_pos"]), jnp.asarray(r["rpn_neg"])),
+             "roi": (jnp.asarray(r["roi_pos"]), jnp.asarray(r["roi_neg"]))}
+
+  @jax.jit
+  def go(v, x):
+    def f(x):
+      total, terms, _ = model.loss(v, x, targets(), rng=None, train=False, samples=samples)
+      return jnp.mean(total), terms
+    (value, terms), grad = jax.value_and_grad(f, has_aux=True)(x)
+    out = model.run(v, x, train=True, targets=targets(), samples=samples)
+    return value, terms, grad, out["proposals"], out["proposal_valid"]
+
+  return jax.device_get(go(variables, images()))
+
+
+# ---------------------------------------------------------------------------------------- pieces
+def test_transform_resizes_normalises_and_pads_as_torchvision():
+  out, _ = eval_outputs("small")
+  r = rec("small")
+  assert tuple(r["image_sizes"][0]) == (96, 127)
+  assert out["image"].shape == r["image"].shape == (2, 96, 128, 3)
+  np.testing.assert_allclose(out["image"], r["image"], atol=2e-5)
+
+
+def test_resize_matches_torch_rule_on_a_hand_case():
+  # 4 -> 6 pixels, align_corners=False: src = (i + 0.5) * 4/6 - 0.5, clamped at 0.
+  m = frcnn._resize_matrix(4, 6)
+  src = np.maximum((np.arange(6) + 0.5) * (4 / 6) - 0.5, 0)
+  want = np.zeros((6, 4))
+  for i, s in enumerate(src):
+    lo = int(np.floor(s)); hi = min(lo + 1, 3)
+    want[i, lo] += 1 - (s - lo); want[i, hi] += s - lo
+  np.testing.assert_allclose(m, want, atol=1e-6)
+  # Negative control: align_corners=True sampling (src = i * 3/5) is a different matrix.
+  corners = np.zeros((6, 4))
+  for i, s in enumerate(np.arange(6) * 3 / 5):
+    lo = min(int(np.floor(s)), 2)
+    corners[i, lo] += 1 - (s - lo); corners[i, lo + 1] += s - lo
+  assert np.abs(m - corners).max() > 0.1
+
+
+def test_fpn_maps_match_torchvision():
+  out, _ = eval_outputs("small")
+  r = rec("small")
+  assert list(out["features"]) == ["0", "1", "2", "3", "pool"]
+  for k in out["features"]:
+    np.testing.assert_allclose(out["features"][k], r[f"fpn/{k}"], rtol=1e-4, atol=1e-4, err_msg=k)
+
+
+def test_anchors_match_torchvision_exactly_and_unrounded_ones_do_not():
+  model, _ = model_and_variables("small")
+  shapes = [(24, 32), (12, 16), (6, 8), (3, 4), (2, 2)]
+  got = np.concatenate(model.anchors(shapes, (96, 128)))
+  np.testing.assert_array_equal(got, rec("small")["anchors"])
+  raw = np.concatenate(anchors_lib.grid_anchors(shapes, (96, 128), anchors_lib.DEFAULT_SIZES,
+                                                anchors_lib.DEFAULT_RATIOS, rounded=False))
+  assert np.abs(raw - rec("small")["anchors"]).max() > 0.1
+
+
+def test_rpn_outputs_match_torchvision():
+  out, _ = eval_outputs("small")
+  r = rec("small")
+  np.testing.assert_allclose(out["objectness"], r["objectness"], rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(out["rpn_deltas"], r["rpn_deltas"], rtol=1e-4, atol=1e-4)
+
+
+def _check_proposals(boxes, valid, want, counts, atol):
+  for i, n in enumerate(counts):
+    assert int(valid[i].sum()) == n, (i, int(valid[i].sum()), n)
+    assert valid[i, :n].all()
+    np.testing.assert_allclose(boxes[i, :n], want[i, :n], atol=atol)
+
+
+def test_proposals_match_torchvision():
+  out, _ = eval_outputs("small")
+  r = rec("small")
+  _check_proposals(out["proposals"], out["proposal_valid"], r["proposals"], r["proposal_counts"], 1e-3)
+
+
+def test_roi_align_in_the_model_and_box_branch_match_torchvision():
+  out, _ = eval_outputs("small")
+  r = rec("small")
+  # Pooled from rajax's proposals (within 1e-3 px of torch's), and exactly from torch's own.
+  np.testing.assert_allclose(out["pooled"][:, :24], r["pooled24"], rtol=1e-3, atol=1e-3)
+  levels = [jnp.asarray(out["features"][k]) for k in ("0", "1", "2", "3")]
+  own = roi_align.multi_scale_roi_align(levels, jnp.asarray(r["proposals"][:, :24]), (96, 127))
+  np.testing.assert_allclose(own, r["pooled24"], rtol=1e-4, atol=1e-4)
+  for i, n in enumerate(r["proposal_counts"]):
+    np.testing.assert_allclose(out["class_logits"][i, :n], r["class_logits"][i, :n], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out["box_deltas"][i, :n], r["box_deltas"][i, :n], rtol=1e-4, atol=1e-4)
+
+
+def test_detections_match_torchvision():
+  _, dets = eval_outputs("small")
+  r = rec("small")
+  assert dets.boxes.shape == (2, 100, 4) and dets.valid.shape == (2, 100)
+  for i, n in enumerate(r["det_counts"]):
+    assert int(dets.valid[i].sum()) == n
+    np.testing.assert_allclose(dets.scores[i, :n], r["det_scores"][i, :n], rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(dets.labels[i, :n], r["det_labels"][i, :n])
+    np.testing.assert_allclose(dets.boxes[i, :n], r["det_boxes"][i, :n], atol=2e-3)
+    assert not dets.valid[i, n:].any()
+
+
+def test_training_losses_equal_torchvision_given_its_samples_and_the_input_gradient_is_finite():
+  value, terms, grad, proposals, valid = train_outputs("small")
+  r = rec("small")
+  _check_proposals(proposals, valid, r["train_proposals"], r["train_proposal_counts"], 1e-3)
+  for k in ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"):
+    np.testing.assert_allclose(np.mean(terms[k]), r[f"loss/{k}"], rtol=1e-4, err_msg=k)
+  total = sum(float(r[f"loss/{k}"]) for k in ("loss_objectness", "loss_rpn_box_reg", "loss_classifier",
+                                               "loss_box_reg"))
+  np.testing.assert_allclose(value, total, rtol=1e-4)
+  assert np.isfinite(grad).all() and np.abs(grad).max() > 0
+
+
+# ---------------------------------------------------------------------------------------- RoIAlign
+def _roi_inputs():
+  r = rec("roi")
+  feats = [jnp.asarray(r[f"feat/{i}"]) for i in range(4)]
+  return r, feats, jnp.asarray(r["boxes"])
+
+
+def test_multiscale_roi_align_matches_torchvision_with_its_level_mapping():
+  r, feats, boxes = _roi_inputs()
+  np.testing.assert_array_equal(np.asarray(roi_align.map_levels(boxes, 2, 5)), r["levels"])
+  got = roi_align.multi_scale_roi_align(feats, boxes, (256, 320))
+  np.testing.assert_allclose(got, r["multiscale"], rtol=1e-5, atol=1e-5)
+  # Negative control: a level mapping without the canonical level's offset (k0 = 3) differs.
+  wrong = roi_align.map_levels(boxes, 2, 5, canonical_level=3.0)
+  assert (np.asarray(wrong) != r["levels"]).any()
+
+
+def test_roi_align_matches_torchvision_aligned_false_and_true():
+  r, feats, boxes = _roi_inputs()
+  got = roi_align.roi_align(feats[1], boxes, 7, spatial_scale=0.125, sampling_ratio=2, aligned=False)
+  np.testing.assert_allclose(got, r["single"], rtol=1e-5, atol=1e-5)
+  got_aligned = roi_align.roi_align(feats[1], boxes, 7, spatial_scale=0.125, sampling_ratio=2, aligned=True)
+  np.testing.assert_allclose(got_aligned, r["aligned"], rtol=1e-5, atol=1e-5)
+  # Negative control: aligned=True is not what Faster R-CNN's pooler computes.
+  assert np.abs(np.asarray(got_aligned) - r["single"]).max() > 1e-2
+
+
+def test_roi_align_gradient_reaches_the_features():
+  _, feats, boxes = _roi_inputs()
+  g = jax.grad(lambda fs: jnp.sum(roi_align.multi_scale_roi_align(fs, boxes, (256, 320)) ** 2))(feats)
+  assert all(np.isfinite(np.asarray(x)).all() for x in g)
+  assert sum(float(jnp.abs(x).sum() > 0) for x in g) >= 3  # the boxes use at least three levels
+
+
+# ---------------------------------------------------------------------------------------- zoo, weights
+def test_zoo_builds_from_a_torchvision_checkpoint_and_refuses_another_architecture(tmp_path):
+  from safetensors.numpy import save_file
+
+  from rajax.detection import zoo
+  from rajax.weights import WeightsError
+
+  assert {"fasterrcnn_resnet50_fpn", "fasterrcnn_resnet18_fpn", "fasterrcnn_resnet101_fpn",
+          "fasterrcnn_vgg16"} <= set(zoo.available())
+  keys = json.loads(str(rec("small")["keys"]))
+  sd = seeded_state_dict.values("small", keys, RULES["small"])
+  path = tmp_path / "small.safetensors"
+  save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, str(path))
+  det = zoo.build("fasterrcnn_resnet18_fpn", str(path), num_classes=5, fpn_channels=32, representation_size=64,
+                  min_size=96, max_size=160, frozen_bn_eps=0.0)
+  _, want = model_and_variables("small")
+  jax.tree.map(np.testing.assert_array_equal, det.variables, want)
+  with pytest.raises(WeightsError, match="missing keys|unexpected keys|wrong shapes"):
+    zoo.build("fasterrcnn_resnet50_fpn", str(path), num_classes=5)
+  with pytest.raises(ValueError, match="num_classes"):
+    zoo.build("fasterrcnn_resnet18_fpn", None, num_classes=1)
+  with pytest.raises(ValueError, match="Unknown Faster R-CNN options"):
+    zoo.build("fasterrcnn_resnet18_fpn", None, min_sise=96)
+
+
+# ---------------------------------------------------------------------------------------- heavy
+@pytest.mark.heavy
+def test_fasterrcnn_resnet50_fpn_structure_matches_torchvision():
+  out, dets = eval_outputs("r50")
+  r = rec("r50")
+  np.testing.assert_allclose(out["objectness"], r["objectness"], rtol=1e-4, atol=1e-4)
+  _check_proposals(out["proposals"], out["proposal_valid"], r["proposals"], r["proposal_counts"], 1e-3)
+  np.testing.assert_allclose(out["pooled"][:, :24, ..., :16], r["pooled24"], rtol=1e-4, atol=1e-4)
+  for i, n in enumerate(r["det_counts"]):
+    assert int(dets.valid[i].sum()) == n
+    np.testing.assert_allclose(dets.scores[i, :n], r["det_scores"][i, :n], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dets.boxes[i, :n], r["det_boxes"][i, :n], atol=2e-3)
+  value, terms, grad, _, _ = train_outputs("r50")
+  for k in ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"):
+    np.testing.assert_allclose(np.mean(terms[k]), r[f"loss/{k}"], rtol=1e-4, err_msg=k)
+  assert np.isfinite(grad).all() and np.abs(grad).max() > 0
