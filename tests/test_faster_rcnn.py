@@ -35,12 +35,17 @@ FIXTURE = pathlib.Path(__file__).resolve().parent / "reference" / "faster_rcnn.n
 RULES = {"small": [[r"backbone\.body\.layer\d+\.\d+\.bn2\.weight", 0.1, 0.3],
                    [r"rpn\.head\.(cls_logits|bbox_pred)\.weight", -0.02, 0.02],
                    [r"roi_heads\.box_predictor\.(cls_score|bbox_pred)\.weight", -0.08, 0.08]],
+         "v2": [[r"backbone\.body\.layer\d+\.\d+\.bn2\.weight", 0.1, 0.3],
+                [r"rpn\.head\.(cls_logits|bbox_pred)\.weight", -0.02, 0.02],
+                [r"roi_heads\.box_predictor\.(cls_score|bbox_pred)\.weight", -0.08, 0.08]],
          "r50": [[r"backbone\.body\.layer\d+\.\d+\.bn3\.weight", 0.1, 0.3],
                  [r"rpn\.head\.(cls_logits|bbox_pred)\.weight", -0.005, 0.005],
                  [r"roi_heads\.box_predictor\.(cls_score|bbox_pred)\.weight", -0.02, 0.02]]}
 CONFIGS = {
     "small": frcnn.Config(backbone="resnet18", num_classes=5, fpn_channels=32, representation_size=64,
                           min_size=96, max_size=160, frozen_bn_eps=0.0),
+    "v2": frcnn.Config(backbone="resnet18", num_classes=5, fpn_channels=32, representation_size=64,
+                       min_size=96, max_size=160, v2=True),
     "r50": frcnn.Config(backbone="resnet50", num_classes=91, min_size=96, max_size=160, frozen_bn_eps=0.0),
 }
 TARGETS = [([[10.0, 8.0, 60.0, 50.0], [50.5, 20.25, 100.0, 78.0]], [1, 3]),
@@ -186,10 +191,10 @@ def test_roi_align_in_the_model_and_box_branch_match_torchvision():
   out, _ = eval_outputs("small")
   r = rec("small")
   # Pooled from rajax's proposals (within 1e-3 px of torch's), and exactly from torch's own.
-  np.testing.assert_allclose(out["pooled"][:, :24], r["pooled24"], rtol=1e-3, atol=1e-3)
+  np.testing.assert_allclose(out["pooled"][:, :12], r["pooled12"], rtol=1e-3, atol=1e-3)
   levels = [jnp.asarray(out["features"][k]) for k in ("0", "1", "2", "3")]
-  own = roi_align.multi_scale_roi_align(levels, jnp.asarray(r["proposals"][:, :24]), (96, 127))
-  np.testing.assert_allclose(own, r["pooled24"], rtol=1e-4, atol=1e-4)
+  own = roi_align.multi_scale_roi_align(levels, jnp.asarray(r["proposals"][:, :12]), (96, 127))
+  np.testing.assert_allclose(own, r["pooled12"], rtol=1e-4, atol=1e-4)
   for i, n in enumerate(r["proposal_counts"]):
     np.testing.assert_allclose(out["class_logits"][i, :n], r["class_logits"][i, :n], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(out["box_deltas"][i, :n], r["box_deltas"][i, :n], rtol=1e-4, atol=1e-4)
@@ -217,6 +222,61 @@ def test_training_losses_equal_torchvision_given_its_samples_and_the_input_gradi
                                                "loss_box_reg"))
   np.testing.assert_allclose(value, total, rtol=1e-4)
   assert np.isfinite(grad).all() and np.abs(grad).max() > 0
+
+
+def test_v2_detections_losses_and_batchnorm_statistics_match_torchvision():
+  """fasterrcnn_resnet50_fpn_v2's layout (BatchNorm in backbone, FPN and box head, 2-conv RPN head):
+  eval-mode detections, and training-mode losses with BatchNorm on batch statistics and the running
+  statistics it leaves (rajax's BatchNorm keeps the biased batch variance, torch the unbiased one:
+  rtol 1e-3 on the variances of these large layers)."""
+  model, variables = model_and_variables("v2")
+  r = rec("v2")
+  samples = {"rpn": (jnp.asarray(r["rpn_pos"]), jnp.asarray(r["rpn_neg"])),
+             "roi": (jnp.asarray(r["roi_pos"]), jnp.asarray(r["roi_neg"]))}
+  go = jax.jit(lambda v, x: (model.detect(v, x), model.loss(v, x, targets(), rng=None, train=True, samples=samples)))
+  dets, (total, terms, stats) = jax.device_get(go(variables, images()))
+  for i, n in enumerate(r["det_counts"]):
+    assert int(dets.valid[i].sum()) == n
+    np.testing.assert_allclose(dets.scores[i, :n], r["det_scores"][i, :n], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dets.boxes[i, :n], r["det_boxes"][i, :n], atol=2e-3)
+  for k in ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"):
+    np.testing.assert_allclose(np.mean(terms[k]), r[f"loss/{k}"], rtol=1e-4, err_msg=k)
+  paths = {"backbone.body.bn1": ("backbone", "body", "bn1"),
+           "backbone.fpn.layer_blocks.0.1": ("backbone", "fpn", "layer_norm_0"),
+           "roi_heads.box_head.0.1": ("box_head", "norm_0")}
+  for torch_name, path in paths.items():
+    node = stats
+    for p in path:
+      node = node[p]
+    before = variables["batch_stats"]
+    for p in path:
+      before = before[p]
+    assert np.abs(node["mean"] - before["mean"]).max() > 1e-3  # they moved
+    np.testing.assert_allclose(node["mean"], r[f"stats/{torch_name}/mean"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(node["var"], r[f"stats/{torch_name}/var"], rtol=1e-3)
+
+
+def test_every_zoo_architecture_has_torchvisions_state_dict_layout():
+  """Each zoo name's Flax variables map one to one onto the torch names and shapes torchvision gives
+  that architecture (recorded by the fixture script), so its checkpoints load strictly."""
+  for name, options in frcnn.ARCHS.items():
+    cfg = frcnn.Config(num_classes=91, **frcnn._tuples(options))
+    model = frcnn.FasterRCNN(cfg)
+    template = jax.eval_shape(lambda: model.init(jax.random.key(0)))
+    torch_key = frcnn.torch_key_fn(cfg)
+    got = {}
+    for path, leaf in __import__("flax").traverse_util.flatten_dict(template).items():
+      collection, *module, kind = path
+      got[f"{torch_key('/'.join(module))}.{convert._LEAF_TO_TORCH[(collection, kind)]}"] = leaf.shape
+    want = {k: tuple(s) for k, s, _ in json.loads(str(fixture()[f"layout/{name}"])) if not k.endswith("num_batches_tracked")}
+    assert set(got) == set(want), (name, sorted(set(got) ^ set(want))[:10])
+    for k, shape in want.items():
+      flax_shape = got[k]
+      if len(shape) == 4:
+        shape = (shape[2], shape[3], shape[1], shape[0])
+      elif len(shape) == 2:
+        shape = (shape[1], shape[0])
+      assert tuple(flax_shape) == tuple(shape), (name, k, flax_shape, shape)
 
 
 # ---------------------------------------------------------------------------------------- RoIAlign
@@ -285,7 +345,7 @@ def test_fasterrcnn_resnet50_fpn_structure_matches_torchvision():
   r = rec("r50")
   np.testing.assert_allclose(out["objectness"], r["objectness"], rtol=1e-4, atol=1e-4)
   _check_proposals(out["proposals"], out["proposal_valid"], r["proposals"], r["proposal_counts"], 1e-3)
-  np.testing.assert_allclose(out["pooled"][:, :24, ..., :16], r["pooled24"], rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(out["pooled"][:, :12, ..., :8], r["pooled12"], rtol=1e-4, atol=1e-4)
   for i, n in enumerate(r["det_counts"]):
     assert int(dets.valid[i].sum()) == n
     np.testing.assert_allclose(dets.scores[i, :n], r["det_scores"][i, :n], rtol=1e-4, atol=1e-5)

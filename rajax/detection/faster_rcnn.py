@@ -155,7 +155,7 @@ class Net(nn.Module):
       raise ValueError(f"The RPN head needs the same number of anchors at every level; got {a}.")
     self.rpn_head = rpn_lib.RPNHead(num_anchors=a[0], conv_depth=2 if cfg.v2 else 1, dtype=dt)
     if cfg.v2:
-      self.box_head = heads.ConvFCHead(representation_size=cfg.representation_size,
+      self.box_head = heads.ConvFCHead(conv_layers=(cfg.fpn_channels,) * 4, representation_size=cfg.representation_size,
                                        norm=backbones_lib.trainable_norm, dtype=dt)
     else:
       self.box_head = heads.TwoMLPHead(representation_size=cfg.representation_size, dtype=dt)
@@ -271,11 +271,13 @@ class FasterRCNN:
   def _mutable(self, train: bool):
     return ["batch_stats"] if (train and self.cfg.v2) else False
 
-  def _apply(self, variables, *args, method, train: bool, **kwargs):
-    mutable = self._mutable(train)
-    out = self.net.apply(variables, *args, method=method, mutable=mutable, train=train, **kwargs) if mutable \
-        else (self.net.apply(variables, *args, method=method, train=train, **kwargs), {})
-    return out
+  def _apply(self, variables, *args, method, train: bool, owner: str, **kwargs):
+    """net.apply of `method`; with trainable BatchNorm in training mode also the updated statistics
+    of submodule `owner` (apply returns the whole collection, the other submodules' unchanged)."""
+    if not self._mutable(train):
+      return self.net.apply(variables, *args, method=method, train=train, **kwargs), {}
+    out, upd = self.net.apply(variables, *args, method=method, mutable=["batch_stats"], train=train, **kwargs)
+    return out, {"batch_stats": {owner: upd["batch_stats"][owner]}} if owner in upd.get("batch_stats", {}) else {}
 
   def run(self, variables: Mapping[str, Any], images: jax.Array, *, train: bool = False,
           targets: BoxTargets | None = None, samples: Mapping[str, Any] | None = None,
@@ -291,7 +293,7 @@ class FasterRCNN:
     rh, rw = self.resized_size(h, w)
     x = self.transform(images)
     padded = x.shape[1:3]
-    (body, feats), upd = self._apply(variables, x, method=Net.features, train=bn)
+    (body, feats), upd = self._apply(variables, x, method=Net.features, train=bn, owner="backbone")
     levels = list(feats.values())
     logits, deltas = self.net.apply(variables, levels, method=Net.rpn)
     objectness, rpn_deltas = rpn_lib.flatten_levels(logits, deltas)
@@ -309,7 +311,7 @@ class FasterRCNN:
                                                              sampling_ratio=2)
     if targets is None:
       pooled = pool(proposals)
-      (cls, box), _ = self._apply(variables, pooled, method=Net.box, train=False)
+      (cls, box), _ = self._apply(variables, pooled, method=Net.box, train=False, owner="box_head")
       out.update(pooled=pooled, class_logits=cls, box_deltas=box)
       return out
     # ---- training targets and losses (boxes in resized pixels) ----
@@ -343,7 +345,7 @@ class FasterRCNN:
     sampled_matched = jnp.take_along_axis(roi_matched, idx[..., None], axis=1)
     reg_targets = heads.BOX_CODER.encode(sampled_matched, sampled_boxes)
     pooled = pool(sampled_boxes)
-    (cls, box), upd2 = self._apply(variables, pooled, method=Net.box, train=bn)
+    (cls, box), upd2 = self._apply(variables, pooled, method=Net.box, train=bn, owner="box_head")
     loss_classifier, loss_box_reg = heads.loss(cls, box, sampled_labels, reg_targets, roi_sample.valid)
     terms = {"loss_objectness": loss_objectness, "loss_rpn_box_reg": loss_rpn_box,
              "loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
@@ -384,7 +386,7 @@ class FasterRCNN:
 
   def features(self, variables: Mapping[str, Any], images: jax.Array) -> dict[str, jax.Array]:
     x = self.transform(images)
-    (body, feats), _ = self._apply(self._variables(variables), x, method=Net.features, train=False)
+    (body, feats), _ = self._apply(self._variables(variables), x, method=Net.features, train=False, owner="backbone")
     return {**feats, **{f"body/{k}": v for k, v in body.items()}}
 
   def init(self, rng: jax.Array) -> dict:

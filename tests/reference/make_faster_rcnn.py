@@ -10,17 +10,22 @@ and torch loads them with load_state_dict(strict=True).
 Entries (each a torchvision FasterRCNN built as torchvision builds its detectors with weights:
 FrozenBatchNorm2d in the backbone, trainable_backbone_layers=3, eps 0.0 as overwrite_eps sets for
 the COCO_V1 checkpoint):
+  v2     the small entry in fasterrcnn_resnet50_fpn_v2's layout: BatchNorm2d in the backbone, the FPN
+         and a FastRCNNConvFCHead (4 convs of 32 + one Linear of 64), a 2-conv RPN head; its
+         training forward also records the updated running statistics of three BatchNorm layers;
   small  ResNet-18 body, an FPN of 32 channels (BackboneWithFPN, torchvision's key names), a
          TwoMLPHead of 64, 5 classes; min_size 96, max_size 160 on two 80x106 photos, so the
          transform resizes them to 96x127 (scale 1.2) and pads them to 96x128;
   r50    fasterrcnn_resnet50_fpn's exact structure (91 classes, FPN 256, TwoMLPHead 1024) on the
          same photos (the heavy test).
 Recorded for each, in eval mode: the transformed batch, the FPN maps, the anchors, the RPN's
-flattened objectness and deltas, the proposals, the RoIAlign output of the first 24 proposals,
+flattened objectness and deltas, the proposals, the RoIAlign output of the first 12 proposals,
 the box branch's logits and deltas, and the final detections; in training mode, with two and
 three ground-truth boxes per image: torch's sampled anchors and proposals (recorded by wrapping
 BalancedPositiveNegativeSampler.__call__), the training proposals and the four losses.
-Also `roi`: torchvision.ops.MultiScaleRoIAlign and roi_align on seeded feature maps with
+Also `layout/<name>`: the state-dict names and shapes torchvision gives every zoo architecture
+(fasterrcnn_resnet50_fpn(_v2), ResNet-18/101 FPN backbones on FasterRCNN, VGG-16 conv5_3 with one
+level of 15 anchors), and `roi`: torchvision.ops.MultiScaleRoIAlign and roi_align on seeded feature maps with
 hand-picked boxes (inside, across the border, beyond it, smaller than a pixel, at the level
 boundary sqrt(area) = 224), aligned=False and aligned=True.
 """
@@ -35,7 +40,8 @@ import torchvision
 from PIL import Image
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
-from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection._utils import overwrite_eps
 from torchvision.ops import misc as misc_nn_ops
 
@@ -51,6 +57,9 @@ H, W = 80, 106
 RULES = {"small": [[r"backbone\.body\.layer\d+\.\d+\.bn2\.weight", 0.1, 0.3],
                    [r"rpn\.head\.(cls_logits|bbox_pred)\.weight", -0.02, 0.02],
                    [r"roi_heads\.box_predictor\.(cls_score|bbox_pred)\.weight", -0.08, 0.08]],
+         "v2": [[r"backbone\.body\.layer\d+\.\d+\.bn2\.weight", 0.1, 0.3],
+                [r"rpn\.head\.(cls_logits|bbox_pred)\.weight", -0.02, 0.02],
+                [r"roi_heads\.box_predictor\.(cls_score|bbox_pred)\.weight", -0.08, 0.08]],
          "r50": [[r"backbone\.body\.layer\d+\.\d+\.bn3\.weight", 0.1, 0.3],
                  [r"rpn\.head\.(cls_logits|bbox_pred)\.weight", -0.005, 0.005],
                  [r"roi_heads\.box_predictor\.(cls_score|bbox_pred)\.weight", -0.02, 0.02]]}
@@ -82,14 +91,44 @@ def build(entry):
                                [64, 128, 256, 512], 32)
     model = FasterRCNN(backbone, num_classes=None, min_size=96, max_size=160,
                        box_head=TwoMLPHead(32 * 49, 64), box_predictor=FastRCNNPredictor(64, 5))
+  elif entry == "v2":  # fasterrcnn_resnet50_fpn_v2's layout, small: BatchNorm everywhere, 2-conv RPN head
+    body = torchvision.models.resnet18()
+    backbone = BackboneWithFPN(body, {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+                               [64, 128, 256, 512], 32, norm_layer=torch.nn.BatchNorm2d)
+    model = FasterRCNN(backbone, num_classes=None, min_size=96, max_size=160,
+                       rpn_head=RPNHead(32, 3, conv_depth=2),
+                       box_head=FastRCNNConvFCHead((32, 7, 7), [32] * 4, [64], norm_layer=torch.nn.BatchNorm2d),
+                       box_predictor=FastRCNNPredictor(64, 5))
   else:
     body = torchvision.models.resnet50(norm_layer=misc_nn_ops.FrozenBatchNorm2d)
     model = FasterRCNN(_resnet_fpn_extractor(body, 3), num_classes=91, min_size=96, max_size=160)
-  keys = [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in model.state_dict().items()]
+  keys = keys_of(model)
   sd = seeded_state_dict.values(entry, keys, RULES[entry])
   model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd.items()}, strict=True)
-  overwrite_eps(model, 0.0)
+  overwrite_eps(model, 0.0)  # no FrozenBatchNorm2d in v2: nothing to overwrite there
   return model, keys
+
+
+def keys_of(model):
+  return [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in model.state_dict().items()]
+
+
+def layouts():
+  """State-dict layouts (names, shapes) of the zoo's other architectures, as torchvision builds them."""
+  from torchvision.models.detection import fasterrcnn_resnet50_fpn, fasterrcnn_resnet50_fpn_v2
+  from torchvision.models.detection.anchor_utils import AnchorGenerator
+  from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+  out = {"fasterrcnn_resnet50_fpn": fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None),
+         "fasterrcnn_resnet50_fpn_v2": fasterrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None)}
+  for depth in (18, 101):
+    bb = resnet_fpn_backbone(backbone_name=f"resnet{depth}", weights=None)
+    out[f"fasterrcnn_resnet{depth}_fpn"] = FasterRCNN(bb, num_classes=91)
+  vgg = torchvision.models.vgg16().features[:-1]  # conv5_3 + ReLU, stride 16
+  vgg.out_channels = 512
+  out["fasterrcnn_vgg16"] = FasterRCNN(
+      vgg, num_classes=91, rpn_anchor_generator=AnchorGenerator(((32, 64, 128, 256, 512),), ((0.5, 1.0, 2.0),)),
+      box_roi_pool=torchvision.ops.MultiScaleRoIAlign(["0"], 7, 2))
+  return {f"{name}": np.array(json.dumps(keys_of(m))) for name, m in out.items()}
 
 
 def run(entry, images):
@@ -129,7 +168,7 @@ def run(entry, images):
   pooled = hooks["roi_pool"][1]  # [sum n_i, C, 7, 7]
   counts = rec["proposal_counts"]
   starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-  rec["pooled24"] = np.stack([pooled[s:s + 24].permute(0, 2, 3, 1).numpy() for s in starts])
+  rec["pooled12"] = np.stack([pooled[s:s + 12].permute(0, 2, 3, 1).numpy() for s in starts])
   cls, bbox = hooks["predictor"][1]
   rec["class_logits"] = _pad([cls[s:s + n].numpy() for s, n in zip(starts, counts)], 1000)
   rec["box_deltas"] = _pad([bbox[s:s + n].numpy() for s, n in zip(starts, counts)], 1000)
@@ -175,10 +214,19 @@ def run(entry, images):
     rec[name] = out
   for k, v in losses.items():
     rec[f"loss/{k}"] = np.array(float(v), np.float32)
+  if entry == "v2":  # running statistics after the training forward (BatchNorm in training mode)
+    sd = model.state_dict()
+    for k in ("backbone.body.bn1", "backbone.fpn.layer_blocks.0.1", "roi_heads.box_head.0.1"):
+      rec[f"stats/{k}/mean"] = sd[f"{k}.running_mean"].numpy()
+      rec[f"stats/{k}/var"] = sd[f"{k}.running_var"].numpy()
   if entry == "r50":  # keep the fixture small: no 256-channel maps, no 91-class head outputs
     for k in [k for k in rec if k.startswith("fpn/")] + ["class_logits", "box_deltas"]:
       del rec[k]
-    rec["pooled24"] = rec["pooled24"][..., :16]
+    rec["pooled12"] = rec["pooled12"][..., :8]
+  if entry != "small":  # the same transformed batch as the small entry's
+    del rec["image"]
+  if entry == "v2":
+    del rec["fpn/0"], rec["fpn/1"]
   return rec
 
 
@@ -219,15 +267,17 @@ def main():
   torch.set_num_threads(2)
   images = photos()
   data = {"photos": images}
-  for entry in ("small", "r50"):
+  for entry in ("small", "v2", "r50"):
     for k, v in run(entry, images).items():
       data[f"{entry}/{k}"] = v
+  for k, v in layouts().items():
+    data[f"layout/{k}"] = v
   for k, v in roi_case().items():
     data[f"roi/{k}"] = v
   data = {k: (v.astype(np.float32) if v.dtype == np.float64 else v) for k, v in data.items()}
   np.savez_compressed(OUT, **data)
   print(f"wrote {OUT} ({OUT.stat().st_size / 1e6:.2f} MB)")
-  for e in ("small", "r50"):
+  for e in ("small", "v2", "r50"):
     print(e, {k: float(data[f"{e}/loss/{k}"]) for k in ("loss_objectness", "loss_rpn_box_reg", "loss_classifier",
                                                         "loss_box_reg")},
           "proposals", data[f"{e}/proposal_counts"], "detections", data[f"{e}/det_counts"])
