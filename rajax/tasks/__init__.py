@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import types
 
-from rajax.tasks import classification
+from rajax.tasks import classification, detection
 
 TASKS: dict[str, types.ModuleType] = {}
 
@@ -22,6 +22,7 @@ def register(module: types.ModuleType) -> None:
 
 
 register(classification)
+register(detection)
 
 
 def get(name: str) -> types.ModuleType:
@@ -30,4 +31,4 @@ def get(name: str) -> types.ModuleType:
   return TASKS[name]
 
 
-__all__ = ["TASKS", "classification", "get", "register"]
+__all__ = ["TASKS", "classification", "detection", "get", "register"]
