@@ -356,9 +356,12 @@ class FasterRCNN:
 
   # ---- the DetectorModel interface ------------------------------------------------------------
   def detect(self, variables: Mapping[str, Any], images: jax.Array) -> Detections:
+    return self.postprocess(self.run(variables, images, train=False), images.shape[1:3])
+
+  def postprocess(self, out: Mapping[str, Any], image_shape: tuple[int, int]) -> Detections:
+    """Detections (in pixels of the input images of `image_shape`) from `run`'s inference outputs."""
     cfg = self.cfg
-    h, w = images.shape[1:3]
-    out = self.run(variables, images, train=False)
+    h, w = image_shape
     boxes, scores, labels, valid = heads.detections(
         out["class_logits"], out["box_deltas"], out["proposals"], out["proposal_valid"], self.resized_size(h, w),
         score_thresh=cfg.box_score_thresh, nms_thresh=cfg.box_nms_thresh,
