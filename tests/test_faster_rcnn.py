@@ -330,6 +330,20 @@ def test_zoo_builds_from_a_torchvision_checkpoint_and_refuses_another_architectu
                   min_size=96, max_size=160, frozen_bn_eps=0.0)
   _, want = model_and_variables("small")
   jax.tree.map(np.testing.assert_array_equal, det.variables, want)
+  # The Detector contract, traced only (no compilation): sampled losses from an rng, per image;
+  # the named feature maps; a clear error without an rng or injected samples.
+  from rajax.tasks import detection as task
+  total, terms, stats = jax.eval_shape(
+      lambda d, x, k: task.loss(d, x, targets(), rng=k, train=True), det, images(), jax.random.key(0))
+  assert total.shape == (2,) and set(terms) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier",
+                                                "loss_box_reg"}
+  assert jax.tree.structure(stats) == jax.tree.structure(det.variables["batch_stats"])
+  feats = jax.eval_shape(lambda d, x: d.features(x), det, images())
+  assert {k: v.shape[1:3] for k, v in feats.items()} == {
+      "0": (24, 32), "1": (12, 16), "2": (6, 8), "3": (3, 4), "pool": (2, 2),
+      "body/layer1": (24, 32), "body/layer2": (12, 16), "body/layer3": (6, 8), "body/layer4": (3, 4)}
+  with pytest.raises(ValueError, match="rng"):
+    jax.eval_shape(lambda d, x: d.loss(x, targets()), det, images())
   with pytest.raises(WeightsError, match="missing keys|unexpected keys|wrong shapes"):
     zoo.build("fasterrcnn_resnet50_fpn", str(path), num_classes=5)
   with pytest.raises(ValueError, match="num_classes"):
