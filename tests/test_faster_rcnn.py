@@ -370,7 +370,7 @@ def test_fasterrcnn_resnet50_fpn_structure_matches_torchvision():
   r = rec("r50")
   np.testing.assert_allclose(out["objectness"], r["objectness"], rtol=1e-4, atol=1e-4)
   _check_proposals(out["proposals"], out["proposal_valid"], r["proposals"], r["proposal_counts"], 1e-3)
-  np.testing.assert_allclose(out["pooled"][:, :12, ..., :8], r["pooled12"], rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(out["pooled"][:, :12, ..., :8], r["pooled12"], rtol=1e-3, atol=1e-3)
   for i, n in enumerate(r["det_counts"]):
     assert int(dets.valid[i].sum()) == n
     np.testing.assert_allclose(dets.scores[i, :n], r["det_scores"][i, :n], rtol=1e-4, atol=1e-5)
