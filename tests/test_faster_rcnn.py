@@ -39,6 +39,8 @@ RULES = {"small": [[r"backbone\.body\.layer\d+\.\d+\.bn2\.weight", 0.1, 0.3],
          "v2": [[r"backbone\.body\.layer\d+\.\d+\.bn2\.weight", 0.1, 0.3],
                 [r"rpn\.head\.(cls_logits|bbox_pred)\.weight", -0.02, 0.02],
                 [r"roi_heads\.box_predictor\.(cls_score|bbox_pred)\.weight", -0.08, 0.08]],
+         "vgg": [[r"rpn\.head\.(cls_logits|bbox_pred)\.weight", -0.005, 0.005],
+                 [r"roi_heads\.box_predictor\.(cls_score|bbox_pred)\.weight", -0.08, 0.08]],
          "r50": [[r"backbone\.body\.layer\d+\.\d+\.bn3\.weight", 0.1, 0.3],
                  [r"rpn\.head\.(cls_logits|bbox_pred)\.weight", -0.005, 0.005],
                  [r"roi_heads\.box_predictor\.(cls_score|bbox_pred)\.weight", -0.02, 0.02]]}
@@ -47,6 +49,8 @@ CONFIGS = {
                           min_size=96, max_size=160, frozen_bn_eps=0.0),
     "v2": frcnn.Config(backbone="resnet18", num_classes=5, fpn_channels=32, representation_size=64,
                        min_size=96, max_size=160, v2=True),
+    "vgg": frcnn.Config(num_classes=5, representation_size=64, min_size=96, max_size=160,
+                        **frcnn._tuples(frcnn.ARCHS["fasterrcnn_vgg16"])),
     "r50": frcnn.Config(backbone="resnet50", num_classes=91, min_size=96, max_size=160, frozen_bn_eps=0.0),
 }
 TARGETS = [([[10.0, 8.0, 60.0, 50.0], [50.5, 20.25, 100.0, 78.0]], [1, 3]),
@@ -256,6 +260,24 @@ def test_v2_training_losses_and_batchnorm_statistics_match_torchvision():
     np.testing.assert_allclose(node["var"], r[f"stats/{torch_name}/var"], rtol=1e-3)
 
 
+@pytest.mark.heavy
+def test_vgg16_one_level_detector_matches_torchvision():
+  """fasterrcnn_vgg16's layout: conv5_3 at stride 16, 15 anchors per location on one level, RoIAlign
+  at scale 1/16 without level mapping (eval outputs; its losses: the test below). Heavy: by default
+its layout (test_every_zoo_architecture_...) and one-level RoIAlign (test_roi_align_matches_...) run."""
+  model, variables = model_and_variables("vgg")
+  r = rec("vgg")
+  out, dets = eval_outputs("vgg")
+  np.testing.assert_array_equal(np.asarray(model.anchors([(6, 8)], (96, 128))[0]), r["anchors"])
+  np.testing.assert_allclose(out["objectness"], r["objectness"], rtol=1e-4, atol=1e-4)
+  _check_proposals(out["proposals"], out["proposal_valid"], r["proposals"], r["proposal_counts"], 1e-3)
+  np.testing.assert_allclose(out["pooled"][:, :12, ..., :8], r["pooled12"], rtol=1e-3, atol=1e-3)
+  for i, n in enumerate(r["det_counts"]):
+    assert int(dets.valid[i].sum()) == n
+    np.testing.assert_allclose(dets.scores[i, :n], r["det_scores"][i, :n], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dets.boxes[i, :n], r["det_boxes"][i, :n], atol=2e-3)
+
+
 def test_every_zoo_architecture_has_torchvisions_state_dict_layout():
   """Each zoo name's Flax variables map one to one onto the torch names and shapes torchvision gives
   that architecture (recorded by the fixture script), so its checkpoints load strictly."""
@@ -353,6 +375,14 @@ def test_zoo_builds_from_a_torchvision_checkpoint_and_refuses_another_architectu
 
 
 # ---------------------------------------------------------------------------------------- heavy
+@pytest.mark.heavy
+def test_vgg16_losses_match_torchvision():
+  _, terms, grad, _, _ = train_outputs("vgg")
+  for k in ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"):
+    np.testing.assert_allclose(np.mean(terms[k]), rec("vgg")[f"loss/{k}"], rtol=1e-4, err_msg=k)
+  assert np.isfinite(grad).all() and np.abs(grad).max() > 0
+
+
 @pytest.mark.heavy
 def test_v2_detections_match_torchvision():
   model, variables = model_and_variables("v2")

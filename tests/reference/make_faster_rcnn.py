@@ -16,6 +16,8 @@ the COCO_V1 checkpoint):
   small  ResNet-18 body, an FPN of 32 channels (BackboneWithFPN, torchvision's key names), a
          TwoMLPHead of 64, 5 classes; min_size 96, max_size 160 on two 80x106 photos, so the
          transform resizes them to 96x127 (scale 1.2) and pads them to 96x128;
+  vgg    fasterrcnn_vgg16's layout (VGG-16 conv5_3, one level of 5 sizes x 3 ratios, RoIAlign on it),
+         with a TwoMLPHead of 64 and 5 classes;
   r50    fasterrcnn_resnet50_fpn's exact structure (91 classes, FPN 256, TwoMLPHead 1024) on the
          same photos (the heavy test).
 Recorded for each, in eval mode: the transformed batch, the FPN maps, the anchors, the RPN's
@@ -60,6 +62,8 @@ RULES = {"small": [[r"backbone\.body\.layer\d+\.\d+\.bn2\.weight", 0.1, 0.3],
          "v2": [[r"backbone\.body\.layer\d+\.\d+\.bn2\.weight", 0.1, 0.3],
                 [r"rpn\.head\.(cls_logits|bbox_pred)\.weight", -0.02, 0.02],
                 [r"roi_heads\.box_predictor\.(cls_score|bbox_pred)\.weight", -0.08, 0.08]],
+         "vgg": [[r"rpn\.head\.(cls_logits|bbox_pred)\.weight", -0.005, 0.005],
+                 [r"roi_heads\.box_predictor\.(cls_score|bbox_pred)\.weight", -0.08, 0.08]],
          "r50": [[r"backbone\.body\.layer\d+\.\d+\.bn3\.weight", 0.1, 0.3],
                  [r"rpn\.head\.(cls_logits|bbox_pred)\.weight", -0.005, 0.005],
                  [r"roi_heads\.box_predictor\.(cls_score|bbox_pred)\.weight", -0.02, 0.02]]}
@@ -99,6 +103,14 @@ def build(entry):
                        rpn_head=RPNHead(32, 3, conv_depth=2),
                        box_head=FastRCNNConvFCHead((32, 7, 7), [32] * 4, [64], norm_layer=torch.nn.BatchNorm2d),
                        box_predictor=FastRCNNPredictor(64, 5))
+  elif entry == "vgg":  # fasterrcnn_vgg16's layout: conv5_3 (stride 16), one level of 15 anchors
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    vgg = torchvision.models.vgg16().features[:-1]
+    vgg.out_channels = 512
+    model = FasterRCNN(vgg, num_classes=None, min_size=96, max_size=160,
+                       rpn_anchor_generator=AnchorGenerator(((32, 64, 128, 256, 512),), ((0.5, 1.0, 2.0),)),
+                       box_roi_pool=torchvision.ops.MultiScaleRoIAlign(["0"], 7, 2),
+                       box_head=TwoMLPHead(512 * 49, 64), box_predictor=FastRCNNPredictor(64, 5))
   else:
     body = torchvision.models.resnet50(norm_layer=misc_nn_ops.FrozenBatchNorm2d)
     model = FasterRCNN(_resnet_fpn_extractor(body, 3), num_classes=91, min_size=96, max_size=160)
@@ -154,13 +166,16 @@ def run(entry, images):
   image_list = hooks["transform"][1][0]
   rec["image"] = image_list.tensors.permute(0, 2, 3, 1).numpy()
   rec["image_sizes"] = np.array(image_list.image_sizes)
-  for k, v in hooks["backbone"][1].items():
+  maps = hooks["backbone"][1]
+  if isinstance(maps, torch.Tensor):  # a one-level backbone (VGG): GeneralizedRCNN names it "0"
+    maps = {"0": maps}
+  for k, v in maps.items():
     rec[f"fpn/{k}"] = v.permute(0, 2, 3, 1).numpy()
   logits, deltas = hooks["rpn_head"][1]
   obj, box = torchvision.models.detection.rpn.concat_box_prediction_layers(logits, deltas)
   rec["objectness"] = obj.reshape(len(x), -1).numpy()
   rec["rpn_deltas"] = box.reshape(len(x), -1, 4).numpy()
-  feats = list(hooks["backbone"][1].values())
+  feats = list(maps.values())
   rec["anchors"] = model.rpn.anchor_generator(image_list, feats)[0].numpy()
   props = hooks["rpn"][1][0]
   rec["proposal_counts"] = np.array([len(p) for p in props])
@@ -219,7 +234,7 @@ def run(entry, images):
     for k in ("backbone.body.bn1", "backbone.fpn.layer_blocks.0.1", "roi_heads.box_head.0.1"):
       rec[f"stats/{k}/mean"] = sd[f"{k}.running_mean"].numpy()
       rec[f"stats/{k}/var"] = sd[f"{k}.running_var"].numpy()
-  if entry == "r50":  # keep the fixture small: no 256-channel maps, no 91-class head outputs
+  if entry in ("r50", "vgg"):  # keep the fixture small: no 256-channel maps, no 91-class head outputs
     for k in [k for k in rec if k.startswith("fpn/")] + ["class_logits", "box_deltas"]:
       del rec[k]
     rec["pooled12"] = rec["pooled12"][..., :8]
@@ -227,6 +242,8 @@ def run(entry, images):
     del rec["image"]
   if entry == "v2":
     del rec["fpn/0"], rec["fpn/1"]
+  if entry == "vgg":
+    del rec["rpn_deltas"]
   return rec
 
 
@@ -267,7 +284,7 @@ def main():
   torch.set_num_threads(2)
   images = photos()
   data = {"photos": images}
-  for entry in ("small", "v2", "r50"):
+  for entry in ("small", "v2", "vgg", "r50"):
     for k, v in run(entry, images).items():
       data[f"{entry}/{k}"] = v
   for k, v in layouts().items():
@@ -277,7 +294,7 @@ def main():
   data = {k: (v.astype(np.float32) if v.dtype == np.float64 else v) for k, v in data.items()}
   np.savez_compressed(OUT, **data)
   print(f"wrote {OUT} ({OUT.stat().st_size / 1e6:.2f} MB)")
-  for e in ("small", "v2", "r50"):
+  for e in ("small", "v2", "vgg", "r50"):
     print(e, {k: float(data[f"{e}/loss/{k}"]) for k in ("loss_objectness", "loss_rpn_box_reg", "loss_classifier",
                                                         "loss_box_reg")},
           "proposals", data[f"{e}/proposal_counts"], "detections", data[f"{e}/det_counts"])
