@@ -175,8 +175,8 @@ class Net(nn.Module):
   def rpn(self, levels):
     return self.rpn_head(levels)
 
-  def box(self, pooled, *, train: bool = False):
-    return self.box_predictor(self.box_head(pooled, train=train))
+  def box(self, pooled, *, train: bool = False, mask=None):
+    return self.box_predictor(self.box_head(pooled, train=train, mask=mask))
 
 
 def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -345,7 +345,8 @@ class FasterRCNN:
     sampled_matched = jnp.take_along_axis(roi_matched, idx[..., None], axis=1)
     reg_targets = heads.BOX_CODER.encode(sampled_matched, sampled_boxes)
     pooled = pool(sampled_boxes)
-    (cls, box), upd2 = self._apply(variables, pooled, method=Net.box, train=bn, owner="box_head")
+    (cls, box), upd2 = self._apply(variables, pooled, method=Net.box, train=bn, owner="box_head",
+                                   mask=roi_sample.valid)
     loss_classifier, loss_box_reg = heads.loss(cls, box, sampled_labels, reg_targets, roi_sample.valid)
     terms = {"loss_objectness": loss_objectness, "loss_rpn_box_reg": loss_rpn_box,
              "loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}

@@ -3,7 +3,8 @@
 Heads:
   TwoMLPHead         flatten (torch's channel-major C, 7, 7 order) -> fc6 -> ReLU -> fc7 -> ReLU;
   ConvFCHead         (v2, FastRCNNConvFCHead) 4 x [3x3 conv (no bias) + BatchNorm + ReLU], flatten,
-                     one Linear + ReLU;
+                     one Linear + ReLU; in training mode the BatchNorm statistics are those
+                     of the sampled RoIs only (the padding slots are masked out);
   FastRCNNPredictor  cls_score (K logits) and bbox_pred (4K class-specific deltas).
 Training (select_training_samples + fastrcnn_loss): the ground-truth boxes are appended to the
 proposals; Matcher(0.5, 0.5) over IoU(ground truth, proposals); labels = the matched box's class,
@@ -51,7 +52,8 @@ class TwoMLPHead(nn.Module):
   dtype: layers.Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, pooled: jax.Array, *, train: bool = False) -> jax.Array:
+  def __call__(self, pooled: jax.Array, *, train: bool = False, mask: jax.Array | None = None) -> jax.Array:
+    del mask  # no BatchNorm
     x = flatten_channel_major(pooled.astype(self.dtype))
     x = nn.relu(_linear(self.representation_size, x.shape[-1], self.dtype, "fc6")(x))
     return nn.relu(_linear(self.representation_size, self.representation_size, self.dtype, "fc7")(x))
@@ -66,15 +68,19 @@ class ConvFCHead(nn.Module):
   dtype: layers.Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, pooled: jax.Array, *, train: bool = False) -> jax.Array:
+  def __call__(self, pooled: jax.Array, *, train: bool = False, mask: jax.Array | None = None) -> jax.Array:
+    """`mask` [...] marks the real RoIs: in training mode BatchNorm's batch statistics are taken
+    over them only (torchvision's batch holds just the sampled RoIs; here padding slots fill it up)."""
     lead = pooled.shape[:-3]
     x = pooled.reshape((-1,) + pooled.shape[-3:]).astype(self.dtype)
+    m = None if (mask is None or not train) else mask.reshape(-1, 1, 1, 1)
     for i, c in enumerate(self.conv_layers):
       x = nn.Conv(c, (3, 3), padding=((1, 1), (1, 1)), use_bias=self.norm is None, dtype=self.dtype,
                   param_dtype=jnp.float32, kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
                   bias_init=nn.initializers.zeros, name=f"conv_{i}")(x)
       if self.norm is not None:
-        x = self.norm(train=train, dtype=self.dtype, name=f"norm_{i}")(x)
+        norm = self.norm(train=train, dtype=self.dtype, name=f"norm_{i}")
+        x = norm(x) if m is None else norm(x, mask=m)
       x = nn.relu(x)
     x = flatten_channel_major(x)
     x = nn.relu(_linear(self.representation_size, x.shape[-1], self.dtype, "fc")(x))

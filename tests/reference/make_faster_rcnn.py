@@ -13,6 +13,7 @@ the COCO_V1 checkpoint):
   v2     the small entry in fasterrcnn_resnet50_fpn_v2's layout: BatchNorm2d in the backbone, the FPN
          and a FastRCNNConvFCHead (4 convs of 32 + one Linear of 64), a 2-conv RPN head; its
          training forward also records the updated running statistics of three BatchNorm layers;
+         v2_2048 repeats its training forward sampling up to 2048 RoIs per image (all of them);
   small  ResNet-18 body, an FPN of 32 channels (BackboneWithFPN, torchvision's key names), a
          TwoMLPHead of 64, 5 classes; min_size 96, max_size 160 on two 80x106 photos, so the
          transform resizes them to 96x127 (scale 1.2) and pads them to 96x128;
@@ -143,8 +144,9 @@ def layouts():
   return {f"{name}": np.array(json.dumps(keys_of(m))) for name, m in out.items()}
 
 
-def run(entry, images):
+def run(entry, images, roi_batch=512):
   model, keys = build(entry)
+  model.roi_heads.fg_bg_sampler.batch_size_per_image = roi_batch
   rec = {"keys": np.array(json.dumps(keys))}
   x = [torch.from_numpy(im).permute(2, 0, 1).float() / 255.0 for im in images]
   hooks = {}
@@ -240,8 +242,9 @@ def run(entry, images):
     rec["pooled12"] = rec["pooled12"][..., :8]
   if entry != "small":  # the same transformed batch as the small entry's
     del rec["image"]
-  if entry == "v2":
-    del rec["fpn/0"], rec["fpn/1"]
+  if entry == "v2":  # its eval-mode pieces are the small entry's code: detections suffice
+    for k in ("fpn/0", "fpn/1", "class_logits", "box_deltas", "pooled12", "rpn_deltas"):
+      rec.pop(k, None)
   if entry == "vgg":
     del rec["rpn_deltas"]
   return rec
@@ -287,6 +290,11 @@ def main():
   for entry in ("small", "v2", "vgg", "r50"):
     for k, v in run(entry, images).items():
       data[f"{entry}/{k}"] = v
+  # v2 sampling up to 2048 RoIs per image: every candidate is sampled and fewer than 2048 are real,
+  # so the box head's BatchNorm must take its statistics over the real ones only.
+  full = run("v2", images, roi_batch=2048)
+  for k in [k for k in full if k.startswith(("loss/", "stats/", "rpn_", "roi_"))]:
+    data[f"v2_2048/{k}"] = full[k]
   for k, v in layouts().items():
     data[f"layout/{k}"] = v
   for k, v in roi_case().items():
