@@ -375,6 +375,21 @@ def test_zoo_builds_from_a_torchvision_checkpoint_and_refuses_another_architectu
     jax.eval_shape(lambda d, x: d.loss(x, targets()), det, images())
   with pytest.raises(WeightsError, match="missing keys|unexpected keys|wrong shapes"):
     zoo.build("fasterrcnn_resnet50_fpn", str(path), num_classes=5)
+  # An ImageNet classifier of the backbone (seeded ResNet-18 with torchvision's keys) loads into the body.
+  cls_sd = seeded_state_dict.state_dict("resnet18")
+  cls_path = tmp_path / "resnet18.safetensors"
+  save_file({k: np.ascontiguousarray(v) for k, v in cls_sd.items()}, str(cls_path))
+  with pytest.raises(WeightsError, match="backbone_weights"):
+    zoo.build("fasterrcnn_resnet18_fpn", str(cls_path))
+  cfg = frcnn.Config(backbone="resnet18")
+  zeros = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype),
+                       jax.eval_shape(lambda: frcnn.FasterRCNN(cfg).init(jax.random.key(0))))
+  loaded = frcnn._load_backbone(zeros, str(cls_path), cfg, "fasterrcnn_resnet18_fpn")  # what build does after init
+  body = loaded["params"]["backbone"]["body"]
+  np.testing.assert_array_equal(body["layer2_0"]["conv1"]["kernel"],
+                                np.transpose(cls_sd["layer2.0.conv1.weight"], (2, 3, 1, 0)))
+  np.testing.assert_array_equal(loaded["batch_stats"]["backbone"]["body"]["bn1"]["var"], cls_sd["bn1.running_var"])
+  assert not np.any(loaded["params"]["rpn_head"]["cls_logits"]["kernel"])  # the rest untouched
   with pytest.raises(ValueError, match="num_classes"):
     zoo.build("fasterrcnn_resnet18_fpn", None, num_classes=1)
   with pytest.raises(ValueError, match="Unknown Faster R-CNN options"):

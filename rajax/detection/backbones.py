@@ -190,6 +190,12 @@ class Backbone:
   out_channels: tuple[int, ...]
   returned: tuple[str, ...]                      # the body outputs the neck takes, in order
   default_trainable: int = 3
+  classifier_key: Callable[[str], str] | None = None   # body path -> the ImageNet classifier's torch prefix
+  drop_head: Callable[[dict], dict] | None = None      # the classifier state dict without its head
+
+
+def _without(prefix: str) -> Callable[[dict], dict]:
+  return lambda sd: {k: v for k, v in sd.items() if not k.startswith(prefix)}
 
 
 def _resnet(stage_sizes, block):
@@ -197,7 +203,8 @@ def _resnet(stage_sizes, block):
   return Backbone(
       make=lambda norm, dtype: ResNetBody(stage_sizes=stage_sizes, block=block, norm=norm, dtype=dtype),
       torch_key=resnet_torch_key, frozen_paths=resnet_frozen_paths,
-      out_channels=tuple(64 * 2**i * e for i in range(4)), returned=("layer1", "layer2", "layer3", "layer4"))
+      out_channels=tuple(64 * 2**i * e for i in range(4)), returned=("layer1", "layer2", "layer3", "layer4"),
+      classifier_key=resnet_torch_key, drop_head=_without("fc."))
 
 
 # name -> Backbone. fasterrcnn_mobilenet_v3_large_fpn adds "mobilenet_v3_large" here (a body that
@@ -209,7 +216,8 @@ BACKBONES: dict[str, Backbone] = {
     "resnet101": _resnet((3, 4, 23, 3), "bottleneck"),
     "vgg16": Backbone(make=lambda norm, dtype: VGG16Body(dtype=dtype), torch_key=vgg_torch_key,
                       frozen_paths=vgg_frozen_paths, out_channels=(512,), returned=("conv5_3",),
-                      default_trainable=5),
+                      default_trainable=5, classifier_key=lambda p: f"features.{vgg_torch_key(p)}",
+                      drop_head=_without("classifier.")),
 }
 
 

@@ -476,9 +476,20 @@ ARCHS: dict[str, dict] = {
 
 
 def build(name: str, weights: str | None = None, *, num_classes: int = 91, dtype: Any = "float32", seed: int = 0,
-          **options: Any) -> Detector:
-  """A Faster R-CNN Detector: `weights` a torchvision checkpoint (.pth / .safetensors / rajax .msgpack),
-  or None / "random" for seeded random weights. `options` override Config fields (min_size, ...)."""
+          backbone_weights: str | None = None, **options: Any) -> Detector:
+  """A Faster R-CNN Detector.
+
+  `weights`: a torchvision Faster R-CNN state dict (.pth / .safetensors, read by rajax's safe
+  reader) or rajax .msgpack variables of this architecture; None / "random" for seeded random
+  weights (torchvision's initialisers; frozen BatchNorm at identity statistics, as torchvision
+  builds a detector whose backbone is to be loaded). For fasterrcnn_resnet50_fpn a loaded
+  checkpoint sets frozen_bn_eps = 0.0 (torchvision's COCO_V1 weights); pass frozen_bn_eps=1e-5
+  for one trained from ImageNet weights in torchvision's recipe.
+  `backbone_weights`: a torchvision ImageNet classifier checkpoint of the backbone (resnet18/50/101,
+  vgg16) loaded into the backbone body (its classifier head dropped), the rest random: the start
+  of training a detector from an ImageNet backbone, as torchvision's weights_backbone.
+  `options` override Config fields (min_size=None, trainable_layers, representation_size, ...).
+  """
   from rajax import weights as weights_lib
 
   if name not in ARCHS:
@@ -498,13 +509,38 @@ def build(name: str, weights: str | None = None, *, num_classes: int = 91, dtype
   names = COCO_CATEGORIES if num_classes == len(COCO_CATEGORIES) else tuple(f"class_{i}" for i in range(num_classes))
   model = FasterRCNN(cfg, class_names=names)
   template = jax.eval_shape(lambda: model.init(jax.random.key(seed)))
+  if loaded and backbone_weights is not None:
+    raise ValueError("Pass either weights= (a whole detector) or backbone_weights= (a classifier for its backbone).")
   if loaded:
-    variables = weights_lib.load(weights, template, what=name, torch_key=torch_key_fn(cfg),
-                                 rename_torch_keys=rename_torch_keys)
+    try:
+      variables = weights_lib.load(weights, template, what=name, torch_key=torch_key_fn(cfg),
+                                   rename_torch_keys=rename_torch_keys)
+    except weights_lib.WeightsError as e:
+      raise weights_lib.WeightsError(
+          f"{e}\n{name} reads torchvision Faster R-CNN state dicts of this architecture (keys backbone.*, "
+          "rpn.head.*, roi_heads.*) with the same num_classes and options; an ImageNet classifier checkpoint "
+          "goes to backbone_weights=.") from None
     variables = jax.tree.map(jnp.asarray, variables)
   else:
-    variables = model.init(jax.random.key(seed))
+    variables = jax.jit(model.init)(jax.random.key(seed))
+    if backbone_weights is not None:
+      variables = _load_backbone(variables, backbone_weights, cfg, name)
   return Detector(name=name, model=model, variables=variables)
+
+
+def _load_backbone(variables: Mapping[str, Any], path: str, cfg: Config, name: str) -> dict:
+  """`variables` with backbone/body replaced by a torchvision classifier checkpoint's features."""
+  from rajax import weights as weights_lib
+
+  bb = backbones_lib.BACKBONES[cfg.backbone]
+  body = {c: variables[c]["backbone"]["body"] for c in variables if "body" in variables[c].get("backbone", {})}
+  template = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), body)
+  loaded = weights_lib.load(path, template, what=f"{name}'s {cfg.backbone} backbone",
+                            torch_key=bb.classifier_key, rename_torch_keys=bb.drop_head)
+  out = {c: dict(v) for c, v in variables.items()}
+  for c, tree in loaded.items():
+    out[c]["backbone"] = {**out[c]["backbone"], "body": jax.tree.map(jnp.asarray, tree)}
+  return out
 
 
 def _tuples(opts: Mapping[str, Any]) -> dict:
