@@ -431,3 +431,27 @@ def test_fasterrcnn_resnet50_fpn_structure_matches_torchvision():
   for k in ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"):
     np.testing.assert_allclose(np.mean(terms[k]), r[f"loss/{k}"], rtol=1e-4, err_msg=k)
   assert np.isfinite(grad).all() and np.abs(grad).max() > 0
+
+
+@pytest.mark.heavy
+def test_random_samples_and_an_image_without_ground_truth():
+  """The loss with its own random samples (rng), one image having no valid box: its box terms are
+  0 (no positives), everything finite, the input gradient finite; sample sizes as torchvision's."""
+  model, variables = model_and_variables("small")
+  tg = targets()
+  tg = tg._replace(valid=tg.valid.at[1].set(False))
+
+  @jax.jit
+  def go(v, x, key):
+    def f(x):
+      out = model.run(v, x, train=True, bn_train=False, targets=tg, rng=key)
+      return jnp.mean(sum(out["terms"].values())), (out["terms"], out["rpn_sample"], out["roi_sample"])
+    return jax.value_and_grad(f, has_aux=True)(x)
+
+  (value, (terms, rpn_s, roi_s)), grad = jax.device_get(go(variables, images(), jax.random.key(1)))
+  assert np.isfinite(value) and np.isfinite(grad).all() and np.abs(grad).max() > 0
+  assert terms["loss_rpn_box_reg"][1] == 0 and terms["loss_box_reg"][1] == 0
+  assert terms["loss_rpn_box_reg"][0] > 0 and terms["loss_box_reg"][0] > 0
+  assert (rpn_s.positive.sum(1) <= 128).all() and ((rpn_s.positive | rpn_s.negative).sum(1) == 256).all()
+  assert rpn_s.positive[1].sum() == 0 and roi_s.is_positive[1].sum() == 0
+  assert (roi_s.is_positive.sum(1) <= 128).all() and (roi_s.valid.sum(1) == 512).all()
