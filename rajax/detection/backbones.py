@@ -164,8 +164,9 @@ def vgg_torch_key(path: str) -> str:
 
 
 def vgg_frozen_paths(trainable_layers: int) -> tuple[str, ...]:
-  """VGG-16 in torchvision-style detection code trains every layer; py-faster-rcnn froze conv1-conv2
-  (features 0..8). `trainable_layers` counts stages from the top: 5 trains all, 3 freezes stages 1-2."""
+  """Frozen VGG-16 convolutions: `trainable_layers` counts stages from the top, 5 trains all (the
+  fasterrcnn_vgg16 default), 3 freezes stages 1-2 (conv1_x, conv2_x: features 0..7), as
+  py-faster-rcnn's VGG-16 models did (lr_mult 0 there)."""
   if not 0 <= trainable_layers <= 5:
     raise ValueError(f"trainable_backbone_layers must be in 0..5, got {trainable_layers}.")
   starts = (0, 5, 10, 17, 24)  # first `features` index of each stage
@@ -189,7 +190,6 @@ class Backbone:
   frozen_paths: Callable[[int], tuple[str, ...]]  # trainable_layers -> top-level body modules to freeze
   out_channels: tuple[int, ...]
   returned: tuple[str, ...]                      # the body outputs the neck takes, in order
-  default_trainable: int = 3
   classifier_key: Callable[[str], str] | None = None   # body path -> the ImageNet classifier's torch prefix
   drop_head: Callable[[dict], dict] | None = None      # the classifier state dict without its head
 
@@ -216,7 +216,7 @@ BACKBONES: dict[str, Backbone] = {
     "resnet101": _resnet((3, 4, 23, 3), "bottleneck"),
     "vgg16": Backbone(make=lambda norm, dtype: VGG16Body(dtype=dtype), torch_key=vgg_torch_key,
                       frozen_paths=vgg_frozen_paths, out_channels=(512,), returned=("conv5_3",),
-                      default_trainable=5, classifier_key=lambda p: f"features.{vgg_torch_key(p)}",
+                      classifier_key=lambda p: f"features.{vgg_torch_key(p)}",
                       drop_head=_without("classifier.")),
 }
 

@@ -306,7 +306,9 @@ class FasterRCNN:
     out = dict(image=x, body=body, features=feats, objectness=objectness, rpn_deltas=rpn_deltas,
                anchors=np.concatenate(level_anchors), proposals=proposals, proposal_scores=proposal_scores,
                proposal_valid=proposal_valid, batch_stats_update=upd)
-    pool_levels = levels[:4] if cfg.fpn else levels
+    # MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"]) pools the maps of those names that exist
+    # (all four with a ResNet FPN, "0" and "1" with MobileNetV3's, "0" alone with VGG-16).
+    pool_levels = [feats[k] for k in ("0", "1", "2", "3") if k in feats]
     pool = lambda boxes: roi_align_lib.multi_scale_roi_align(pool_levels, boxes, (rh, rw), output_size=7,
                                                              sampling_ratio=2)
     if targets is None:
@@ -469,7 +471,10 @@ ARCHS: dict[str, dict] = {
     "fasterrcnn_resnet18_fpn": dict(backbone="resnet18"),
     "fasterrcnn_resnet101_fpn": dict(backbone="resnet101"),
     # VGG-16 conv5_3 (stride 16), one level, no FPN; the anchors of torchvision's one-level example
-    # (5 sizes x 3 ratios per location) and the same RoIAlign + TwoMLPHead box branch.
+    # (5 sizes x 3 ratios per location) and the same RoIAlign + TwoMLPHead box branch. What the
+    # paper's own detection code did for VGG-16 cannot be read from the paper (the classic
+    # py-faster-rcnn VGG-16 used 9 anchors of sizes 128/256/512, RoI pooling, VGG's fc6/fc7 as the
+    # 4096-wide head and froze conv1-conv2: trainable_layers=3 reproduces the last point).
     "fasterrcnn_vgg16": dict(backbone="vgg16", fpn=False, anchor_sizes=((32, 64, 128, 256, 512),),
                              aspect_ratios=((0.5, 1.0, 2.0),), trainable_layers=5),
 }
