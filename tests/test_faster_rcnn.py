@@ -297,7 +297,8 @@ def test_every_zoo_architecture_has_torchvisions_state_dict_layout():
     for path, leaf in __import__("flax").traverse_util.flatten_dict(template).items():
       collection, *module, kind = path
       got[f"{torch_key('/'.join(module))}.{convert._LEAF_TO_TORCH[(collection, kind)]}"] = leaf.shape
-    want = {k: tuple(s) for k, s, _ in json.loads(str(fixture()[f"layout/{name}"])) if not k.endswith("num_batches_tracked")}
+    layout = json.loads(str(fixture()[f"layout/{name}"]))
+    want = {k: tuple(s) for k, s, _ in layout if not k.endswith("num_batches_tracked")}
     assert set(got) == set(want), (name, sorted(set(got) ^ set(want))[:10])
     for k, shape in want.items():
       flax_shape = got[k]
