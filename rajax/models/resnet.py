@@ -12,7 +12,7 @@ pool) and `logits`.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,15 +34,16 @@ class BasicBlock(nn.Module):
   in_planes: int
   stride: int = 1
   dtype: layers.Dtype = jnp.float32
+  norm: Callable[..., nn.Module] | None = None  # norm(train=, dtype=, name=); None: layers.batch_norm
   expansion = 1
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     dt, p = self.dtype, self.planes
     y = _conv(p, 3, in_features=self.in_planes, stride=self.stride, padding=1, dtype=dt, name="conv1")(x)
-    y = nn.relu(layers.batch_norm(train=train, dtype=dt, name="bn1")(y))
+    y = nn.relu(_norm(self, train, "bn1")(y))
     y = _conv(p, 3, in_features=p, padding=1, dtype=dt, name="conv2")(y)
-    y = layers.batch_norm(train=train, dtype=dt, name="bn2")(y)
+    y = _norm(self, train, "bn2")(y)
     return nn.relu(y + _shortcut(self, x, train))
 
 
@@ -51,18 +52,25 @@ class Bottleneck(nn.Module):
   in_planes: int
   stride: int = 1
   dtype: layers.Dtype = jnp.float32
+  norm: Callable[..., nn.Module] | None = None  # norm(train=, dtype=, name=); None: layers.batch_norm
   expansion = 4
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     dt, p = self.dtype, self.planes
     y = _conv(p, 1, in_features=self.in_planes, dtype=dt, name="conv1")(x)
-    y = nn.relu(layers.batch_norm(train=train, dtype=dt, name="bn1")(y))
+    y = nn.relu(_norm(self, train, "bn1")(y))
     y = _conv(p, 3, in_features=p, stride=self.stride, padding=1, dtype=dt, name="conv2")(y)
-    y = nn.relu(layers.batch_norm(train=train, dtype=dt, name="bn2")(y))
+    y = nn.relu(_norm(self, train, "bn2")(y))
     y = _conv(p * 4, 1, in_features=p, dtype=dt, name="conv3")(y)
-    y = layers.batch_norm(train=train, dtype=dt, name="bn3")(y)
+    y = _norm(self, train, "bn3")(y)
     return nn.relu(y + _shortcut(self, x, train))
+
+
+def _norm(block, train, name):
+  """The block's normalisation layer: its `norm` (e.g. a detector's frozen BatchNorm) or BatchNorm."""
+  make = block.norm if block.norm is not None else layers.batch_norm
+  return make(train=train, dtype=block.dtype, name=name)
 
 
 def _shortcut(block, x, train):
@@ -70,7 +78,7 @@ def _shortcut(block, x, train):
   if block.stride == 1 and block.in_planes == out:
     return x
   s = _conv(out, 1, in_features=block.in_planes, stride=block.stride, dtype=block.dtype, name="downsample_conv")(x)
-  return layers.batch_norm(train=train, dtype=block.dtype, name="downsample_bn")(s)
+  return _norm(block, train, "downsample_bn")(s)
 
 
 class ResNet(nn.Module):

@@ -11,6 +11,8 @@ architecture module provides `torch_key(flax_module_path) -> torch_module_prefix
     params/negative_slope <- weight (PReLU)
     batch_stats/mean    <- running_mean
     batch_stats/var     <- running_var
+    batch_stats/scale   <- weight   (frozen BatchNorm: torchvision's FrozenBatchNorm2d keeps its
+    batch_stats/bias    <- bias      affine parameters as buffers, so rajax keeps them out of params)
 
 `num_batches_tracked` counters are ignored. Everything else in the state dict that no Flax leaf
 claims is reported as unexpected, every Flax leaf without a torch tensor as missing, and every
@@ -37,6 +39,8 @@ _LEAF_TO_TORCH = {
     ("params", "negative_slope"): "weight",
     ("batch_stats", "mean"): "running_mean",
     ("batch_stats", "var"): "running_var",
+    ("batch_stats", "scale"): "weight",
+    ("batch_stats", "bias"): "bias",
 }
 
 
