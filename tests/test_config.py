@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from rajax import config as config_lib
-from rajax import methods, runs
+from rajax import methods, runs, tasks
 from rajax.methods import ra
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -176,3 +176,22 @@ def test_cli_reports_bad_and_moved_overrides_without_traceback(tmp_path):
   assert r.returncode == 2 and "config.method.name='foo'" in r.stderr and "Traceback" not in r.stderr
   r = cli("--config.lam=0.1")
   assert r.returncode == 2 and "set --config.method.lam=0.1 instead" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("arg", ["task=sr,mode=ra", "task=denoise,mode=unsupervised,detector=fasterrcnn_vgg16",
+                                 "task=jpeg,mode=transformer,detector=fasterrcnn_resnet18_fpn"])
+def test_voc_config_is_the_papers_detection_setting(arg):
+  """configs/voc.py: Table 8's schedule (7 epochs, lr x0.1 at epochs 6 and 7, batch 1), VOC07+12
+  trainval / VOC07 test, 21 outputs, the pipeline resizing (the detector does not), and unsupervised
+  RA on the detector's feature maps."""
+  c = config_lib.load(f"configs/voc.py:{arg}")
+  config_lib.validate(c)
+  assert c.num_epochs == 7.0 and tuple(c.optim.processor.decay_epochs) == (5.0, 6.0) and c.data.batch_size == 1
+  assert c.data.train_split == "voc/2007:train+validation,voc/2012:train+validation"
+  assert c.data.eval_split == "voc/2007:test"
+  assert c.recognizer.num_classes == 21 and c.recognizer.min_size is None
+  assert (c.data.detection.min_size, c.data.detection.max_size) == (600, 1000)
+  assert tasks.of_recognizer(c.recognizer.name).NAME == "detection"
+  if c.method.name == "unsupervised":
+    assert c.method.distance == "feature_mse"
+  assert c.method.lam is None   # the paper's: 1e-3 (RA), 1e-2 (with the transformer)
