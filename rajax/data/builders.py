@@ -55,6 +55,7 @@ from PIL import Image
 
 from rajax.data.classes import imagenet_wnids
 from rajax.data.sources import DataError
+from rajax.detection import coco as coco_names
 
 log = logging.getLogger("rajax.data.prepare")
 
@@ -473,20 +474,10 @@ class Voc(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 # --------------------------------------------------------------------------- COCO 2017
 
 
-# The 80 category ids COCO's instance annotations use (of 1..90; 12, 26, 29, 30, 45, 66, 68, 69, 71
-# and 83 are unused), in order, and their names: label k of the dataset is category COCO_CATEGORY_IDS[k].
-COCO_CATEGORY_IDS = (*range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70,
-                     *range(72, 83), *range(84, 91))
-COCO_LABELS = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard",
-    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase",
-    "scissors", "teddy bear", "hair drier", "toothbrush")
+# The 80 category ids COCO's instance annotations use and their names (rajax.detection.coco): label k
+# of the dataset is category COCO_CATEGORY_IDS[k].
+COCO_CATEGORY_IDS = coco_names.CATEGORY_IDS
+COCO_LABELS = coco_names.COCO80
 COCO_ANNOTATIONS_ZIP = "annotations_trainval2017.zip"
 COCO_IMAGE_ZIPS = {"train": "train2017", "validation": "val2017"}  # split -> <name>.zip holding <name>/*.jpg
 # A box may overshoot its image by up to this many pixels (float rounding in the official files);

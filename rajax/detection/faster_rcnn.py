@@ -54,6 +54,7 @@ from flax import linen as nn
 from flax import traverse_util
 
 from rajax.detection import anchors as anchors_lib
+from rajax.detection import coco as coco_names
 from rajax.detection import backbones as backbones_lib
 from rajax.detection import fpn as fpn_lib
 from rajax.detection import matching
@@ -68,17 +69,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # torchvision's COCO category names (91 slots, "N/A" for unused ids, index 0 background).
-COCO_CATEGORIES = (
-    "__background__", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-    "traffic light", "fire hydrant", "N/A", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse",
-    "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "N/A", "backpack", "umbrella", "N/A", "N/A",
-    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat",
-    "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle", "N/A", "wine glass", "cup", "fork",
-    "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza",
-    "donut", "cake", "chair", "couch", "potted plant", "bed", "N/A", "dining table", "N/A", "N/A", "toilet",
-    "N/A", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
-    "refrigerator", "N/A", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
-)
+COCO_CATEGORIES = coco_names.CATEGORIES91
 
 
 @dataclasses.dataclass(frozen=True)
