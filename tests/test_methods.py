@@ -116,7 +116,8 @@ def _changed(a, b) -> bool:
 
 def test_registry_is_explicit_and_refuses_duplicates():
   assert set(methods.names()) == {"plain", "ra", "unsupervised", "transformer", "ra_joint",
-                                  "recognizer_on_processor", "recognizer_on_input", "ra_no_pixel", "perceptual"}
+                                  "recognizer_on_processor", "recognizer_on_input", "recognizer_on_clean",
+                                  "ra_no_pixel", "perceptual"}
   spec = methods.get("ra")
   with pytest.raises(ValueError, match="registered twice"):
     methods._registry([{"ra": spec}, {"ra": spec}])
@@ -310,6 +311,18 @@ def test_recognizer_training_methods_feed_r_the_images_they_name(name, processor
   rng = jax.random.split(b.state.rng)[1]
   logits, _ = jax.jit(lambda v, im: rec.apply_train(v, im, rng=rng))(b.state.variables("recognizer"),
                                                                         jnp.asarray(images, jnp.float32))
+  np.testing.assert_allclose(float(metrics["recognition"]), np.mean(_np_ce(logits, batch["label"])), rtol=1e-5)
+
+
+def test_recognizer_on_clean_trains_r_on_the_clean_targets(processor_file):
+  """R's own training: the cross-entropy in the metrics is R's, in training mode, on the clean targets."""
+  b = _built("recognizer_on_clean", processor_file)
+  batch = _batch(8)
+  _, metrics = b.run(b.state, batch)
+  rec = b.modules["recognizer"]
+  rng = jax.random.split(b.state.rng)[1]
+  logits, _ = jax.jit(lambda v, im: rec.apply_train(v, im, rng=rng))(b.state.variables("recognizer"),
+                                                                        jnp.asarray(batch["target"] / 255.0, jnp.float32))
   np.testing.assert_allclose(float(metrics["recognition"]), np.mean(_np_ce(logits, batch["label"])), rtol=1e-5)
 
 

@@ -9,6 +9,7 @@ the detector itself, outside the step.
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,7 +49,7 @@ def _config(name, **fields):
 
 
 class Built:
-  def __init__(self, config):
+  def __init__(self, config, mesh=None):
     config_lib.validate(config)
     self.spec = methods.get(config.method.name)
     self.frozen = networks.frozen_networks(config, self.spec)
@@ -58,22 +59,31 @@ class Built:
                                               input_shape=networks.input_shape(config)))
     self.state = jax.jit(self.method.init)(jax.random.PRNGKey(0), networks.initial_variables(config, self.spec,
                                                                                             self.modules))
-    self.step = jax.jit(self.method.train_step)
+    if mesh is None:
+      self.step = jax.jit(self.method.train_step)
+    else:
+      rep, bat = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+      jitted = jax.jit(self.method.train_step, in_shardings=(rep, bat, rep), out_shardings=(rep, rep))
+
+      def step(state, batch, frozen):
+        with jax.set_mesh(mesh):
+          return jitted(jax.device_put(state, rep), sharding.global_batch(batch, mesh), jax.device_put(frozen, rep))
+      self.step = step
 
   def detector(self):
     return self.frozen.get("recognizer") or self.modules["recognizer"]
 
 
-def _batch(seed=0):
+def _batch(seed=0, b=B):
   rng = np.random.default_rng(seed)
-  xy = rng.uniform(0, 8, (B, N, 2)).astype(np.float32)
-  wh = rng.uniform(4, 8, (B, N, 2)).astype(np.float32)
-  return {"input": rng.integers(0, 256, (B, 8, 8, 3), dtype=np.uint8),
-          "target": rng.integers(0, 256, (B, 16, 16, 3), dtype=np.uint8),
+  xy = rng.uniform(0, 8, (b, N, 2)).astype(np.float32)
+  wh = rng.uniform(4, 8, (b, N, 2)).astype(np.float32)
+  return {"input": rng.integers(0, 256, (b, 8, 8, 3), dtype=np.uint8),
+          "target": rng.integers(0, 256, (b, 16, 16, 3), dtype=np.uint8),
           "boxes": np.concatenate([xy, np.minimum(xy + wh, 16)], -1),
-          "labels": rng.integers(1, 3, (B, N)).astype(np.int32),
-          "valid": np.array([[True, True, False], [True, False, False]]),
-          "difficult": np.zeros((B, N), bool)}
+          "labels": rng.integers(1, 3, (b, N)).astype(np.int32),
+          "valid": np.array([[True, True, False], [True, False, False]] * (b // 2)),
+          "difficult": np.zeros((b, N), bool)}
 
 
 def _targets(batch):
@@ -160,6 +170,20 @@ def test_ra_joint_trains_the_detector_with_p(bn):
   assert stats_moved == (bn == "batch")
 
 
+def test_a_detector_is_trained_on_clean_images_with_its_own_loss():
+  """recognizer_on_clean with a detector: its training on the dataset's boxes (the paper's loss
+  detectors on VOC), through its loss in training mode."""
+  b = Built(_config("recognizer_on_clean"))
+  batch = _batch(7)
+  new, m = b.step(b.state, batch, b.frozen)
+  det = b.modules["recognizer"]
+  clean = jnp.asarray(batch["target"], jnp.float32) / 255.0
+  per, _, stats = det.loss(clean, _targets(batch), variables=b.state.variables("recognizer"), train=True)
+  np.testing.assert_allclose(float(m["recognition"]), float(jnp.mean(per)), rtol=1e-5)
+  assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, new.params["recognizer"], b.state.params["recognizer"])))
+  np.testing.assert_allclose(new.batch_stats["recognizer"]["bn"]["mean"], stats["bn"]["mean"], rtol=1e-6)
+
+
 def test_perceptual_loss_with_a_detector_compares_its_feature_maps():
   b = Built(_config("perceptual", **{"method.lam": 1.0}))
   batch = _batch(5)
@@ -187,3 +211,18 @@ def test_evaluation_steps_score_the_detections_of_the_methods_machine_images():
 def test_a_classifier_distance_for_a_detector_is_refused_naming_the_detectors_distances():
   with pytest.raises(config_lib.ConfigError, match="not a distance between detection outputs.*feature_mse"):
     config_lib.validate(_config("unsupervised", **{"method.distance": "prob_mse"}))
+
+
+@pytest.mark.parametrize("name", ["ra", "ra_joint"])
+def test_sharded_step_with_a_detector_equals_the_single_device_step(name):
+  """8 fake devices agree with one: the detector's per-image loss and its BatchNorm statistics
+  (ra_joint trains it) are the same when the batch is split across devices."""
+  cfg = _config(name, **{"optim.processor.name": "sgd", "data.batch_size": 8, "data.eval_batch_size": 8})
+  one, eight = Built(cfg), Built(cfg, sharding.make_mesh(8))
+  batch = _batch(9, b=8)
+  s1, m1 = one.step(one.state, batch, one.frozen)
+  s8, m8 = eight.step(eight.state, batch, eight.frozen)
+  chex.assert_trees_all_close(jax.device_get(s1.params), jax.device_get(s8.params), rtol=1e-4, atol=1e-5)
+  chex.assert_trees_all_close(jax.device_get(s1.batch_stats), jax.device_get(s8.batch_stats), rtol=1e-4, atol=1e-5)
+  for k in m1:
+    np.testing.assert_allclose(float(m1[k]), float(m8[k]), rtol=1e-4, err_msg=k)

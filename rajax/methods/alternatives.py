@@ -9,6 +9,8 @@
                              or fine-tuned from its weights
     recognizer_on_input      R trained on L(R(up(x))), the degraded input itself (bicubic-upsampled
                              to the clean size for SR), from scratch or fine-tuned
+    recognizer_on_clean      R trained on L(R(y)), the clean images: R's own training (the paper's loss
+                             detectors on VOC from ImageNet backbones); it shows the upsampled input
     ra_no_pixel              P: lam * L(R(P(x))) alone, without the pixel loss
     perceptual               P: MSE + lam * sum_l MSE(phi_l(P(x)), phi_l(y)), the feature ("perceptual")
                              loss of Ledig et al. on a frozen recognizer's named features
@@ -145,7 +147,8 @@ def _upsampled_input(scale: int):
   return forward
 
 
-def _make_recognizer_training(name: str, forward):
+def _make_recognizer_training(name: str, forward, *, on_clean: bool = False):
+  """R trained alone on `forward`'s "machine" images (or, `on_clean`, on the clean targets)."""
   def make(setup: base.Setup) -> base.Method:
     config, rec = setup.config, setup.modules["recognizer"]
     task = base.task_of(rec)
@@ -153,7 +156,7 @@ def _make_recognizer_training(name: str, forward):
 
     def loss_fn(params, batch_stats, batch, frozen, rng):
       x, y = base.to_float_images(batch["input"]), base.to_float_images(batch["target"])
-      images = jax.lax.stop_gradient(forward({}, frozen, x)["machine"])
+      images = y if on_clean else jax.lax.stop_gradient(forward({}, frozen, x)["machine"])
       r_vars = {"params": params["recognizer"], "batch_stats": batch_stats["recognizer"]}
       labels = _labels(config, batch, rec, y)   # R as it started: a fixed teacher
       per_example, logits, r_stats = _recognizer_loss(config, task, rec, images, labels, r_vars, rng, smoothing)
@@ -167,8 +170,8 @@ def _make_recognizer_training(name: str, forward):
                                                                      key)
       params, opt_state = base.apply_gradients(state, grads, setup.optimizers, ("recognizer",))
       new = state.replace(step=state.step + 1, params=params, batch_stats=aux.batch_stats, opt_state=opt_state, rng=rng)
-      return new, _metrics(loss, aux.terms, grads, aux.outputs, aux.targets, task, aux.image,
-                           base.to_float_images(batch["target"]))
+      return new, _metrics(loss, aux.terms, grads, aux.outputs, aux.targets, task,
+                           None if on_clean else aux.image, base.to_float_images(batch["target"]))
 
     return base.Method(spec=METHODS[name], init=lambda rng, initial=None: _init(setup, rng, initial),
                        train_step=train_step, forward=forward)
@@ -178,6 +181,11 @@ def _make_recognizer_training(name: str, forward):
 def _make_on_input(setup: base.Setup) -> base.Method:
   scale = setup.config.degrade.scale if setup.config.task == "sr" else 1
   return _make_recognizer_training("recognizer_on_input", _upsampled_input(scale))(setup)
+
+
+def _make_on_clean(setup: base.Setup) -> base.Method:
+  scale = setup.config.degrade.scale if setup.config.task == "sr" else 1
+  return _make_recognizer_training("recognizer_on_clean", _upsampled_input(scale), on_clean=True)(setup)
 
 
 # ==================================================================== P without the pixel loss
@@ -286,6 +294,10 @@ METHODS = {
         name="recognizer_on_input", title="R trained on the (upsampled) inputs",
         summary="R: L(R(up(x)))", trains=("recognizer",), frozen=(), validate=_validate, make=_make_on_input,
         defaults=_defaults(label_smoothing=0.0, recognizer_bn="batch")),
+    "recognizer_on_clean": base.MethodSpec(
+        name="recognizer_on_clean", title="R trained on clean images",
+        summary="R: L(R(y)), R's own training (e.g. the paper's loss detectors on VOC)", trains=("recognizer",),
+        frozen=(), validate=_validate, make=_make_on_clean, defaults=_defaults(label_smoothing=0.0, recognizer_bn="batch")),
     "ra_no_pixel": base.MethodSpec(
         name="ra_no_pixel", title="RA without the pixel loss", summary="P: lam * L(R(P(x)))",
         trains=("processor",), frozen=("recognizer",), validate=_validate, make=make_no_pixel,
