@@ -11,7 +11,7 @@ Entries (torchvision FCOS models built as fcos_resnet50_fpn builds one with weig
 in the ResNet, trainable_backbone_layers=3, layer2..layer4 into an FPN with LastLevelP6P7(C, C)):
   small  ResNet-18 body, FPN of 64 channels (GroupNorm(32): two channels a group), 5 classes,
          min_size 96 / max_size 160 on the two 80x106 photos of make_faster_rcnn.py (resized to
-         96x127, padded to 96x128), topk_candidates 150 so that the per-level cut acts on level 0;
+         96x127, padded to 96x128), topk_candidates 30 so that the per-level cut decides which candidates reach NMS;
   r50    fcos_resnet50_fpn's exact structure (91 classes, FPN 256) on the same photos (heavy test).
 Recorded for each, in eval mode: the transformed batch (small only), the FPN maps (small only), the
 head outputs (small only: cls_logits, bbox_regression, bbox_ctrness), the anchors and the final
@@ -68,7 +68,7 @@ TARGETS = [  # (x1, y1, x2, y2) in pixels of the 80x106 photos, label in 1..4
 def build(entry, radius=1.5):
   if entry == "small":
     body = torchvision.models.resnet18(norm_layer=misc_nn_ops.FrozenBatchNorm2d)
-    c, classes, opts = 64, 5, dict(topk_candidates=150)
+    c, classes, opts = 64, 5, dict(topk_candidates=30)
     in_channels = [128, 256, 512]
   else:
     body = torchvision.models.resnet50(norm_layer=misc_nn_ops.FrozenBatchNorm2d)
