@@ -14,12 +14,12 @@ from __future__ import annotations
 import functools
 import json
 import pathlib
-import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
 import seeded_state_dict
 from rajax.detection import fcos
@@ -122,13 +122,14 @@ def train_outputs(entry: str, sets: str = "loss"):
   return jax.device_get(_loss_and_grad(detector(entry), images(), tg))
 
 
-def head_losses(radius: float = 1.5, sets=TARGETS, per_image_norm: bool = False):
+@functools.partial(jax.jit, static_argnames=("radius", "per_image_norm"))
+def head_losses(radius: float = 1.5, per_image_norm: bool = False):
   """The loss terms from torch's recorded head outputs (no network): matching and losses alone."""
   r = rec("small")
   model = detector("small").model
   b, h, w = 2, 80, 106
-  gt = targets(sets).boxes * model._ratios(h, w, inverse=False)
-  tg = targets(sets)
+  tg = targets()
+  gt = tg.boxes * model._ratios(h, w, inverse=False)
   anchors = r["anchors"]
   counts = [12 * 16, 6 * 8, 3 * 4, 2 * 2, 1]
   matched = fcos.match(anchors, counts, gt, tg.valid, radius=radius)
@@ -183,9 +184,8 @@ def test_detections_without_the_per_level_cut_differ():
   det = detector("small")
   out, dets = eval_outputs("small")
   anchors = [np.concatenate(det.model.anchors([(12, 16), (6, 8), (3, 4), (2, 2), (1, 1)], (96, 128)))]
-  boxes, scores, labels, valid = fcos.postprocess_levels(
-      jnp.asarray(out["cls_logits"]), jnp.asarray(out["bbox_regression"]), jnp.asarray(out["bbox_ctrness"]),
-      anchors, (96, 127), topk_candidates=30)
+  post = jax.jit(lambda c, r, t: fcos.postprocess_levels(c, r, t, anchors, (96, 127), topk_candidates=30))
+  _, scores, _, _ = post(out["cls_logits"], out["bbox_regression"], out["bbox_ctrness"])
   assert not np.array_equal(np.asarray(scores), dets.scores)
 
 
@@ -271,12 +271,21 @@ def test_zoo_builds_fcos_from_a_torchvision_checkpoint(tmp_path):
 def test_fcos_resnet50_fpn_variables_map_one_to_one_onto_torchvision_s_state_dict():
   model = fcos.FCOS(fcos.Config())
   template = jax.eval_shape(lambda: model.init(jax.random.key(0)))
-  layout = {k: tuple(s) for k, s in json.loads(str(fixture()["layout"])) if not k.endswith("num_batches_tracked")}
-  zeros = {k: np.broadcast_to(np.float32(0), s) for k, s in layout.items()}
-  variables = convert.from_torch(zeros, template, fcos.torch_key_fn(model.cfg), source="fcos_resnet50_fpn layout")
-  assert sum(np.size(v) for v in jax.tree.leaves(variables)) == sum(int(np.prod(s)) for s in layout.values())
+  torch_key = fcos.torch_key_fn(model.cfg)
+  got = {}
+  for path, leaf in traverse_util.flatten_dict(template).items():
+    collection, *module, kind = path
+    got[f"{torch_key('/'.join(module))}.{convert._LEAF_TO_TORCH[(collection, kind)]}"] = tuple(leaf.shape)
+  want = {k: tuple(s) for k, s in json.loads(str(fixture()["layout"])) if not k.endswith("num_batches_tracked")}
+  assert set(got) == set(want), sorted(set(got) ^ set(want))[:10]
+  for k, shape in want.items():
+    if len(shape) == 4:
+      shape = (shape[2], shape[3], shape[1], shape[0])
+    assert got[k] == shape, (k, got[k], shape)
+  # P6 takes P5's 256 channels (LastLevelP6P7(256, 256)), not C5's 2048.
+  assert want["backbone.fpn.extra_blocks.p6.weight"] == (256, 256, 3, 3)
   # The head's prior: cls_logits bias -log(99), every other head conv N(0, 0.01) with zero bias.
-  init = jax.jit(lambda k: model.init(k)["params"]["head"])(jax.random.key(0))
+  init = fcos.Head(model.cfg).init(jax.random.key(0), [jnp.zeros((1, 4, 4, 256))])["params"]
   np.testing.assert_allclose(init["classification_head"]["cls_logits"]["bias"], -np.log(99.0), rtol=1e-6)
   kernel = np.asarray(init["regression_head"]["tower"]["conv_0"]["kernel"])
   assert abs(kernel.std() - 0.01) < 5e-4 and not np.any(init["regression_head"]["tower"]["conv_0"]["bias"])
