@@ -100,8 +100,12 @@ def test_mobilenet_rpn_score_threshold_is_0_05():
   assert frcnn.ARCHS["fasterrcnn_mobilenet_v3_large_320_fpn"]["min_size"] == 320
 
 
-def test_mobilenet_variables_map_one_to_one_onto_torchvision_s_state_dict():
-  cfg = frcnn.Config(num_classes=91, **frcnn._tuples(frcnn.ARCHS[NAME]))
+@pytest.mark.parametrize("name", [NAME, "fasterrcnn_mobilenet_v3_large_320_fpn"])
+def test_mobilenet_variables_map_one_to_one_onto_torchvision_s_state_dict(name):
+  # Both MobileNetV3 detectors have one layout (the 320 one differs in its transform and RPN counts).
+  assert {n for n, o in frcnn.ARCHS.items() if o["backbone"] == "mobilenet_v3_large"} == {
+      NAME, "fasterrcnn_mobilenet_v3_large_320_fpn"}
+  cfg = frcnn.Config(num_classes=91, **frcnn._tuples(frcnn.ARCHS[name]))
   template = jax.eval_shape(lambda: frcnn.FasterRCNN(cfg).init(jax.random.key(0)))
   torch_key = frcnn.torch_key_fn(cfg)
   got = {}
