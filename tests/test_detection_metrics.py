@@ -305,7 +305,8 @@ def test_feature_mse_distance_per_image():
   y = jax.random.uniform(jax.random.key(1), (2, 8, 8, 3))
   got = det_task.distance("feature_mse", outputs=det.features(x), target_outputs=det.features(y))
   xs, ys = np.asarray(x), np.asarray(y)
-  expected = ((xs - ys) ** 2).mean(axis=(1, 2, 3)) + ((2 * xs[:, ::2, ::2] - 2 * ys[:, ::2, ::2]) ** 2).mean(axis=(1, 2, 3))
+  mse = lambda a, b: ((a - b) ** 2).mean(axis=(1, 2, 3))
+  expected = mse(xs, ys) + mse(2 * xs[:, ::2, ::2], 2 * ys[:, ::2, ::2])
   np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5)
   with pytest.raises(ValueError, match="Unknown distance 'kl'"):
     det_task.distance("kl", outputs=det.features(x), target_outputs=det.features(y))

@@ -299,7 +299,8 @@ def test_every_zoo_architecture_has_torchvisions_state_dict_layout():
     for path, leaf in __import__("flax").traverse_util.flatten_dict(template).items():
       collection, *module, kind = path
       got[f"{torch_key('/'.join(module))}.{convert._LEAF_TO_TORCH[(collection, kind)]}"] = leaf.shape
-    want = {k: tuple(s) for k, s, _ in json.loads(str(fixture()[f"layout/{name}"])) if not k.endswith("num_batches_tracked")}
+    layout = json.loads(str(fixture()[f"layout/{name}"]))
+    want = {k: tuple(s) for k, s, _ in layout if not k.endswith("num_batches_tracked")}
     assert set(got) == set(want), (name, sorted(set(got) ^ set(want))[:10])
     for k, shape in want.items():
       flax_shape = got[k]
@@ -308,6 +309,26 @@ def test_every_zoo_architecture_has_torchvisions_state_dict_layout():
       elif len(shape) == 2:
         shape = (shape[1], shape[0])
       assert tuple(flax_shape) == tuple(shape), (name, k, flax_shape, shape)
+
+
+@pytest.mark.parametrize("extra", ["pool", "p6p7_p5", "p6p7_c5"])
+def test_fpn_and_its_extra_blocks_match_torchvision(extra):
+  """rajax.detection.fpn.FPN against torchvision.ops.FeaturePyramidNetwork with LastLevelMaxPool
+  (Faster R-CNN) and LastLevelP6P7 from P5 or from C5 (RetinaNet, FCOS), on maps of odd sizes."""
+  from rajax.detection import fpn as fpn_lib
+
+  r = rec("fpn")
+  feats = [jnp.asarray(r[f"c{i}"]) for i in range(3)]
+  module = fpn_lib.FPN(in_channels=(8, 16, 32), out_channels=8, extra="pool" if extra == "pool" else "p6p7",
+                       p6_from="c5" if extra == "p6p7_c5" else "p5")
+  template = jax.eval_shape(lambda: module.init(jax.random.key(0), feats))
+  sd = seeded_state_dict.values(f"fpn_{extra}", json.loads(str(r[f"{extra}/keys"])))
+  variables = convert.from_torch(sd, template, fpn_lib.torch_key, source=extra)
+  out = module.apply(variables, feats)
+  want = {k.split("/")[-1]: v for k, v in r.items() if k.startswith(f"{extra}/out/")}
+  assert list(out) == list(want)
+  for k in want:
+    np.testing.assert_allclose(out[k], want[k], rtol=1e-5, atol=1e-5, err_msg=k)
 
 
 # ---------------------------------------------------------------------------------------- RoIAlign

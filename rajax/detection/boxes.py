@@ -17,6 +17,7 @@ where"), so a padded batch never produces NaN.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -40,12 +41,14 @@ def _safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
   return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
 
 
+@jax.jit
 def area(boxes: jax.Array) -> jax.Array:
   """[..., 4] -> [...]: (x2 - x1) * (y2 - y1); 0 for padding (zero) boxes."""
   boxes = _check_boxes(boxes)
   return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
 
 
+@jax.jit
 def intersection_union(boxes1: jax.Array, boxes2: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Pairwise (intersection, union) areas, each [..., N, M], of [..., N, 4] and [..., M, 4]."""
   boxes1, boxes2 = _check_boxes(boxes1, "boxes1"), _check_boxes(boxes2, "boxes2")
@@ -57,12 +60,14 @@ def intersection_union(boxes1: jax.Array, boxes2: jax.Array) -> tuple[jax.Array,
   return inter, a1[..., :, None] + a2[..., None, :] - inter
 
 
+@jax.jit
 def iou(boxes1: jax.Array, boxes2: jax.Array) -> jax.Array:
   """Pairwise intersection over union [..., N, M]; 0 where the union is empty (two padding boxes)."""
   inter, union = intersection_union(boxes1, boxes2)
   return _safe_div(inter, union)
 
 
+@jax.jit
 def giou(boxes1: jax.Array, boxes2: jax.Array) -> jax.Array:
   """Pairwise generalized IoU [..., N, M] in [-1, 1]: IoU - (enclosing - union) / enclosing.
 
@@ -77,6 +82,7 @@ def giou(boxes1: jax.Array, boxes2: jax.Array) -> jax.Array:
   return _safe_div(inter, union) - _safe_div(enclosing - union, enclosing)
 
 
+@jax.jit
 def elementwise_giou(boxes1: jax.Array, boxes2: jax.Array) -> jax.Array:
   """GIoU of matching pairs: [..., 4] and [..., 4] -> [...] (a loss's predicted and target boxes)."""
   boxes1, boxes2 = _check_boxes(boxes1, "boxes1"), _check_boxes(boxes2, "boxes2")
@@ -85,6 +91,12 @@ def elementwise_giou(boxes1: jax.Array, boxes2: jax.Array) -> jax.Array:
 
 def clip_to_image(boxes: jax.Array, size: tuple[int, int]) -> jax.Array:
   """Clamps x to [0, width] and y to [0, height]; `size` is (height, width) as in torchvision."""
+  height, width = size
+  return _clip(boxes, size=(float(height), float(width)))
+
+
+@functools.partial(jax.jit, static_argnames=("size",))
+def _clip(boxes, *, size):
   boxes = _check_boxes(boxes)
   height, width = size
   x = jnp.clip(boxes[..., 0::2], 0.0, width)
@@ -92,6 +104,7 @@ def clip_to_image(boxes: jax.Array, size: tuple[int, int]) -> jax.Array:
   return jnp.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], axis=-1)
 
 
+@jax.jit
 def size_at_least(boxes: jax.Array, min_size: float) -> jax.Array:
   """[..., 4] -> [...] bool: True where both sides are >= min_size (torchvision's remove_small_boxes
   keeps exactly these; use it as a validity mask instead of removing)."""
@@ -100,6 +113,7 @@ def size_at_least(boxes: jax.Array, min_size: float) -> jax.Array:
   return (w >= min_size) & (h >= min_size)
 
 
+@jax.jit
 def xyxy_to_cxcywh(boxes: jax.Array) -> jax.Array:
   """(x1, y1, x2, y2) -> (centre x, centre y, width, height)."""
   boxes = _check_boxes(boxes)
@@ -107,6 +121,7 @@ def xyxy_to_cxcywh(boxes: jax.Array) -> jax.Array:
   return jnp.stack([boxes[..., 0] + 0.5 * w, boxes[..., 1] + 0.5 * h, w, h], axis=-1)
 
 
+@jax.jit
 def cxcywh_to_xyxy(boxes: jax.Array) -> jax.Array:
   """(centre x, centre y, width, height) -> (x1, y1, x2, y2)."""
   boxes = _check_boxes(boxes)
@@ -136,42 +151,52 @@ class BoxCoder(NamedTuple):
 
   def encode(self, boxes: jax.Array, reference: jax.Array) -> jax.Array:
     """Deltas [..., 4] that turn `reference` into `boxes` (torchvision's encode_single(boxes, reference))."""
-    boxes, reference = _check_boxes(boxes), _check_boxes(reference, "reference")
-    wx, wy, ww, wh = (jnp.asarray(w, jnp.float32) for w in self.weights)
-    pw = reference[..., 2] - reference[..., 0]
-    ph = reference[..., 3] - reference[..., 1]
-    px = reference[..., 0] + 0.5 * pw
-    py = reference[..., 1] + 0.5 * ph
-    gw = boxes[..., 2] - boxes[..., 0]
-    gh = boxes[..., 3] - boxes[..., 1]
-    gx = boxes[..., 0] + 0.5 * gw
-    gy = boxes[..., 1] + 0.5 * gh
-    pw_safe, ph_safe = jnp.where(pw > 0, pw, 1.0), jnp.where(ph > 0, ph, 1.0)
-    gw_safe, gh_safe = jnp.where(gw > 0, gw, 1.0), jnp.where(gh > 0, gh, 1.0)
-    dx = wx * (gx - px) / pw_safe
-    dy = wy * (gy - py) / ph_safe
-    dw = ww * jnp.log(gw_safe / pw_safe)
-    dh = wh * jnp.log(gh_safe / ph_safe)
-    return jnp.stack([dx, dy, dw, dh], axis=-1)
+    return _encode(boxes, reference, weights=tuple(float(w) for w in self.weights))
 
   def decode(self, deltas: jax.Array, reference: jax.Array) -> jax.Array:
     """Boxes [..., 4] from deltas [..., 4] applied to `reference` (torchvision's decode_single)."""
-    deltas, reference = _check_boxes(deltas, "deltas"), _check_boxes(reference, "reference")
-    reference = reference.astype(deltas.dtype)
-    wx, wy, ww, wh = self.weights
-    pw = reference[..., 2] - reference[..., 0]
-    ph = reference[..., 3] - reference[..., 1]
-    px = reference[..., 0] + 0.5 * pw
-    py = reference[..., 1] + 0.5 * ph
-    dx = deltas[..., 0] / wx
-    dy = deltas[..., 1] / wy
-    dw = jnp.minimum(deltas[..., 2] / ww, self.clip)
-    dh = jnp.minimum(deltas[..., 3] / wh, self.clip)
-    cx = dx * pw + px
-    cy = dy * ph + py
-    half_w = 0.5 * (jnp.exp(dw) * pw)
-    half_h = 0.5 * (jnp.exp(dh) * ph)
-    return jnp.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=-1)
+    return _decode(deltas, reference, weights=tuple(float(w) for w in self.weights), clip=float(self.clip))
+
+
+@functools.partial(jax.jit, static_argnames=("weights",))
+def _encode(boxes, reference, *, weights):
+  boxes, reference = _check_boxes(boxes), _check_boxes(reference, "reference")
+  wx, wy, ww, wh = (jnp.asarray(w, jnp.float32) for w in weights)
+  pw = reference[..., 2] - reference[..., 0]
+  ph = reference[..., 3] - reference[..., 1]
+  px = reference[..., 0] + 0.5 * pw
+  py = reference[..., 1] + 0.5 * ph
+  gw = boxes[..., 2] - boxes[..., 0]
+  gh = boxes[..., 3] - boxes[..., 1]
+  gx = boxes[..., 0] + 0.5 * gw
+  gy = boxes[..., 1] + 0.5 * gh
+  pw_safe, ph_safe = jnp.where(pw > 0, pw, 1.0), jnp.where(ph > 0, ph, 1.0)
+  gw_safe, gh_safe = jnp.where(gw > 0, gw, 1.0), jnp.where(gh > 0, gh, 1.0)
+  dx = wx * (gx - px) / pw_safe
+  dy = wy * (gy - py) / ph_safe
+  dw = ww * jnp.log(gw_safe / pw_safe)
+  dh = wh * jnp.log(gh_safe / ph_safe)
+  return jnp.stack([dx, dy, dw, dh], axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("weights", "clip"))
+def _decode(deltas, reference, *, weights, clip):
+  deltas, reference = _check_boxes(deltas, "deltas"), _check_boxes(reference, "reference")
+  reference = reference.astype(deltas.dtype)
+  wx, wy, ww, wh = weights
+  pw = reference[..., 2] - reference[..., 0]
+  ph = reference[..., 3] - reference[..., 1]
+  px = reference[..., 0] + 0.5 * pw
+  py = reference[..., 1] + 0.5 * ph
+  dx = deltas[..., 0] / wx
+  dy = deltas[..., 1] / wy
+  dw = jnp.minimum(deltas[..., 2] / ww, clip)
+  dh = jnp.minimum(deltas[..., 3] / wh, clip)
+  cx = dx * pw + px
+  cy = dy * ph + py
+  half_w = 0.5 * (jnp.exp(dw) * pw)
+  half_h = 0.5 * (jnp.exp(dh) * ph)
+  return jnp.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=-1)
 
 
 def check_targets(boxes, valid, *, image_size: tuple[int, int] | None = None, name: str = "targets") -> None:
@@ -185,7 +210,8 @@ def check_targets(boxes, valid, *, image_size: tuple[int, int] | None = None, na
   except jax.errors.TracerArrayConversionError:
     return
   if boxes.shape[-1:] != (4,) or boxes.shape[:-1] != valid.shape:
-    raise ValueError(f"{name}: boxes must be [..., N, 4] with a valid mask [..., N]; got {boxes.shape} and {valid.shape}.")
+    raise ValueError(f"{name}: boxes must be [..., N, 4] with a valid mask [..., N]; "
+                     f"got {boxes.shape} and {valid.shape}.")
   b = boxes[valid]
   problems = [
       (~np.isfinite(b).all(axis=-1), "non-finite coordinates"),

@@ -9,8 +9,10 @@ each conv and the conv without bias, as Conv2dNormActivation builds them for the
 
 Extra blocks (`extra`):
   "pool"  LastLevelMaxPool (Faster R-CNN): max_pool2d(P_n, kernel 1, stride 2), named "pool";
-  "p6p7"  LastLevelP6P7 (RetinaNet, FCOS): P6 = conv3x3/2(P_n if in == out channels else C_n),
-          P7 = conv3x3/2(relu(P6)), named "p6", "p7";
+  "p6p7"  LastLevelP6P7 (RetinaNet, FCOS): P6 = conv3x3/2(P_n or C_n), P7 = conv3x3/2(relu(P6)),
+          named "p6", "p7". torchvision takes P_n when the block's in_channels equals out_channels
+          (FCOS and RetinaNet v1 build LastLevelP6P7(256, 256): P5) and C_n otherwise (RetinaNet
+          v2: LastLevelP6P7(2048, 256)): `p6_from` "p5" or "c5";
   None    nothing.
 Outputs are named as torchvision names them: the inputs' names ("0", "1", ... from `names`) and
 the extra blocks' names.
@@ -58,6 +60,7 @@ class FPN(nn.Module):
   extra: str | None = "pool"
   norm: Callable[..., nn.Module] | None = None   # norm(train=, dtype=, name=) after each conv (v2)
   names: Sequence[str] | None = None              # input names; default "0", "1", ...
+  p6_from: str = "p5"                             # "p5" or "c5": the input of P6 (extra="p6p7")
   dtype: layers.Dtype = jnp.float32
 
   @nn.compact
@@ -89,7 +92,9 @@ class FPN(nn.Module):
     if self.extra == "pool":
       out["pool"] = results[-1][:, ::2, ::2, :]  # max_pool2d(kernel_size=1, stride=2)
     elif self.extra == "p6p7":
-      src = results[-1] if self.in_channels[-1] == c else feats[-1]
+      if self.p6_from not in ("p5", "c5"):
+        raise ValueError(f"p6_from must be 'p5' or 'c5', got {self.p6_from!r}.")
+      src = results[-1] if self.p6_from == "p5" else feats[-1]
       conv = lambda name: nn.Conv(c, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=dt,
                                   param_dtype=jnp.float32, kernel_init=_fpn_init,
                                   bias_init=nn.initializers.zeros, name=name)

@@ -175,7 +175,11 @@ def sample_from_masks(positive: jax.Array, negative: jax.Array, *, batch_size_pe
     overlap = False
   if overlap:
     raise ValueError("A prediction is marked both positive and negative in the given sample masks.")
-  size = batch_size_per_image
+  return _from_masks(positive, negative, size=int(batch_size_per_image))
+
+
+@functools.partial(jax.jit, static_argnames=("size",))
+def _from_masks(positive, negative, *, size):
   n = positive.shape[-1]
 
   def one(pos, neg):

@@ -13,7 +13,10 @@ What "torchvision's semantics" means here, decision for decision (torchvision.op
   not above the threshold, which gives the same decision for every float32 IoU (at 0.6, an IoU of
   exactly float32(3/5) = 0.6000000238 is suppressed, as in torchvision);
 - IoU is computed with torchvision's operations in its order (`rajax.detection.boxes.iou`), so
-  the float32 values are the same; boxes of zero area have IoU 0 with everything (torchvision
+  the float32 values are the same (bit for bit on XLA's CPU backend, with and without its
+  optimisations; a GPU or TPU backend may fuse a multiply-add and round differently, so there,
+  as between torchvision's own CPU and CUDA kernels, an IoU within one rounding of the
+  threshold can flip a decision); boxes of zero area have IoU 0 with everything (torchvision
   computes 0/0 = NaN, which also never suppresses);
 - batched_nms: boxes of different labels never suppress each other; the output is sorted by score
   over all classes, like torchvision.ops.batched_nms. (For small inputs torchvision shifts each
@@ -32,7 +35,9 @@ fixed point is unique and is the greedy answer (entry j depends only on entries 
 after t rounds the first t are final); the number of rounds is the longest chain of suppressions
 inside the tile, a handful on real detections, at most `tile`.
 Cost: O(N log N) for the sort, O(N^2) IoU evaluations in total (N * tile per tile, all parallel),
-O(N * tile) memory, and (tiles visited) x (1 + rounds) sequential steps instead of N. Top-k the
+O(N * tile) memory, and (tiles visited) x (1 + rounds) sequential steps instead of N. Measured on
+the 2-core CPU here (per-class NMS at 0.7 of random boxes, every box kept or decided): about 9 ms
+per image for 1000 candidates and 24 ms for 2000, after a ~3 s compilation. Top-k the
 candidates first (`top_k`, as torchvision's RPN does with pre_nms_top_n): greedy decisions depend
 only on higher-scored boxes, so NMS over the top k equals NMS over all boxes for the first outputs
 as long as k covers them.
@@ -67,14 +72,13 @@ def float32_strict_threshold(threshold: float) -> np.float32:
 
 
 def _check(boxes, scores, valid, labels=None) -> None:
-  n = scores.shape[0] if scores.ndim == 1 else None
   if boxes.ndim != 2 or boxes.shape[-1] != 4 or scores.ndim != 1 or valid.shape != scores.shape \
      or boxes.shape[0] != scores.shape[0] or (labels is not None and labels.shape != scores.shape):
     got = f"boxes {boxes.shape}, scores {scores.shape}, valid {valid.shape}"
     if labels is not None:
       got += f", labels {labels.shape}"
-    raise ValueError(f"NMS takes one image: boxes [N, 4], scores [N], valid [N]{', labels [N]' if labels is not None else ''}; "
-                     f"got {got}. For a batch, jax.vmap it (N={n}).")
+    wanted = "boxes [N, 4], scores [N], valid [N]" + (", labels [N]" if labels is not None else "")
+    raise ValueError(f"NMS takes one image: {wanted}; got {got}. For a batch of images, jax.vmap it.")
 
 
 def _descending_order(scores: jax.Array, valid: jax.Array) -> jax.Array:

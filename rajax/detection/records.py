@@ -64,9 +64,9 @@ class Records:
     bad = (labels < lo) | (labels >= self.num_classes)
     if bad.any():
       value = int(labels[bad][0])
-      raise ValueError(f"A {what} label {value} is outside the detector's label space: {self.num_classes} classes"
-                       f"{' with 0 = background' if self.background else ''} (valid labels {lo}..{self.num_classes - 1}). "
-                       "Map the dataset's classes to the detector's, or build the metric with the right num_classes.")
+      space = f"{self.num_classes} classes" + (" with 0 = background" if self.background else "")
+      raise ValueError(f"A {what} label {value} is outside the detector's label space: {space} "
+                       f"(valid labels {lo}..{self.num_classes - 1}). Map the dataset's classes to the detector's, or build the metric with the right num_classes.")
 
   def add(self, detections: Detections, targets: BoxTargets, mask=None) -> None:
     """Adds a batch: detections [B, K, ...] and targets [B, N, ...]; mask [B] (1 = a real image)."""
@@ -76,10 +76,12 @@ class Records:
     t_boxes, t_labels, t_valid, t_difficult = tgt
     b = t_boxes.shape[0] if t_boxes.ndim == 3 else None
     problems = []
-    if d_boxes.ndim != 3 or d_boxes.shape[-1] != 4 or any(x.shape != d_boxes.shape[:2] for x in (d_scores, d_labels, d_valid)):
+    if (d_boxes.ndim != 3 or d_boxes.shape[-1] != 4
+        or any(x.shape != d_boxes.shape[:2] for x in (d_scores, d_labels, d_valid))):
       problems.append(f"detections must be boxes [B, K, 4] with scores, labels, valid [B, K]; got "
                       f"{d_boxes.shape}, {d_scores.shape}, {d_labels.shape}, {d_valid.shape}")
-    if t_boxes.ndim != 3 or t_boxes.shape[-1] != 4 or any(x.shape != t_boxes.shape[:2] for x in (t_labels, t_valid, t_difficult)):
+    if (t_boxes.ndim != 3 or t_boxes.shape[-1] != 4
+        or any(x.shape != t_boxes.shape[:2] for x in (t_labels, t_valid, t_difficult))):
       problems.append(f"targets must be boxes [B, N, 4] with labels, valid, difficult [B, N]; got "
                       f"{t_boxes.shape}, {t_labels.shape}, {t_valid.shape}, {t_difficult.shape}")
     if not problems and d_boxes.shape[0] != b:

@@ -111,7 +111,8 @@ def pseudo_targets(detections: Detections, *, score_threshold: float = 0.5,
   n = k if max_boxes is None else int(max_boxes)
   if n < 1:
     raise ValueError(f"max_boxes must be >= 1, got {max_boxes}.")
-  usable = d.valid & (d.scores >= score_threshold) & (d.boxes[..., 2] > d.boxes[..., 0]) & (d.boxes[..., 3] > d.boxes[..., 1])
+  positive_size = (d.boxes[..., 2] > d.boxes[..., 0]) & (d.boxes[..., 3] > d.boxes[..., 1])
+  usable = d.valid & (d.scores >= score_threshold) & positive_size
   idx, ok = nms.top_k(d.scores, usable, n)
   boxes = jnp.take_along_axis(d.boxes, idx[..., None], axis=1) * ok[..., None]
   labels = jnp.where(ok, jnp.take_along_axis(d.labels, idx, axis=1), 0).astype(jnp.int32)
@@ -162,7 +163,8 @@ class Evaluator:
     return cls(detector.num_classes, background=detector.model.background, class_names=detector.class_names, **kwargs)
 
   def add(self, detections: Detections, targets: BoxTargets, mask=None) -> None:
-    self.records.add(jax.device_get(detections), jax.device_get(targets), None if mask is None else jax.device_get(mask))
+    mask = None if mask is None else jax.device_get(mask)
+    self.records.add(jax.device_get(detections), jax.device_get(targets), mask)
 
   def voc(self, iou_threshold: float = 0.5) -> voc_eval.VOCResult:
     return voc_eval.evaluate(self.records, iou_threshold)

@@ -21,16 +21,18 @@ the COCO_V1 checkpoint):
          with a TwoMLPHead of 64 and 5 classes;
   r50    fasterrcnn_resnet50_fpn's exact structure (91 classes, FPN 256, TwoMLPHead 1024) on the
          same photos (the heavy test).
-Recorded for each, in eval mode: the transformed batch, the FPN maps, the anchors, the RPN's
+Recorded for each (small in full), in eval mode: the transformed batch, the FPN maps, the anchors, the RPN's
 flattened objectness and deltas, the proposals, the RoIAlign output of the first 12 proposals,
 the box branch's logits and deltas, and the final detections; in training mode, with two and
 three ground-truth boxes per image: torch's sampled anchors and proposals (recorded by wrapping
 BalancedPositiveNegativeSampler.__call__), the training proposals and the four losses.
 Also `layout/<name>`: the state-dict names and shapes torchvision gives every zoo architecture
 (fasterrcnn_resnet50_fpn(_v2), ResNet-18/101 FPN backbones on FasterRCNN, VGG-16 conv5_3 with one
-level of 15 anchors), and `roi`: torchvision.ops.MultiScaleRoIAlign and roi_align on seeded feature maps with
-hand-picked boxes (inside, across the border, beyond it, smaller than a pixel, at the level
-boundary sqrt(area) = 224), aligned=False and aligned=True.
+level of 15 anchors); `fpn`: torchvision's FeaturePyramidNetwork with each extra block (max pool,
+P6/P7 from P5 and from C5) on seeded maps of odd sizes; and `roi`: torchvision.ops.MultiScaleRoIAlign
+and roi_align on seeded feature maps with hand-picked boxes (inside, across the border, beyond it,
+smaller than a pixel, at the level boundary sqrt(area) = 224), aligned=False and aligned=True.
+Parts of the records are dropped for the larger entries to keep the file under 2 MB (see run()).
 """
 
 import json
@@ -275,6 +277,29 @@ def roi_case():
   return rec
 
 
+def fpn_case():
+  """torchvision's FeaturePyramidNetwork on seeded maps of odd sizes (25x31 -> 13x16 -> 7x8: nearest
+  upsampling at non-integer ratios), with LastLevelP6P7 from P5 (in == out channels) and from C5."""
+  from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
+  g = np.random.default_rng(1)
+  sizes = [(25, 31), (13, 16), (7, 8)]
+  chans = [8, 16, 32]
+  feats = [g.standard_normal((1, c, h, w)).astype(np.float32) for c, (h, w) in zip(chans, sizes)]
+  rec = {f"c{i}": np.transpose(f, (0, 2, 3, 1)) for i, f in enumerate(feats)}
+  extras = (("pool", LastLevelMaxPool()), ("p6p7_p5", LastLevelP6P7(8, 8)), ("p6p7_c5", LastLevelP6P7(32, 8)))
+  for name, extra in extras:
+    fpn = FeaturePyramidNetwork(chans, 8, extra_blocks=extra)
+    keys = keys_of(fpn)
+    sd = seeded_state_dict.values(f"fpn_{name}", keys)
+    fpn.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd.items()}, strict=True)
+    with torch.no_grad():
+      out = fpn({str(i): torch.from_numpy(f) for i, f in enumerate(feats)})
+    rec[f"{name}/keys"] = np.array(json.dumps(keys))
+    for k, v in out.items():
+      rec[f"{name}/out/{k}"] = v.permute(0, 2, 3, 1).numpy()
+  return rec
+
+
 def _pad(arrays, n):
   shape = arrays[0].shape[1:]
   out = np.zeros((len(arrays), n) + shape, arrays[0].dtype)
@@ -299,6 +324,8 @@ def main():
     data[f"layout/{k}"] = v
   for k, v in roi_case().items():
     data[f"roi/{k}"] = v
+  for k, v in fpn_case().items():
+    data[f"fpn/{k}"] = v
   data = {k: (v.astype(np.float32) if v.dtype == np.float64 else v) for k, v in data.items()}
   np.savez_compressed(OUT, **data)
   print(f"wrote {OUT} ({OUT.stat().st_size / 1e6:.2f} MB)")
