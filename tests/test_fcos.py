@@ -154,7 +154,7 @@ def test_transform_fpn_p6_p7_and_head_outputs_match_torchvision():
     np.testing.assert_allclose(out[k], r[k], rtol=1e-4, atol=5e-5, err_msg=k)
   # P6 is computed from P5 (torchvision's LastLevelP6P7(C, C)), not from C5: its convolution takes the
   # FPN's 64 channels (C5 has 512; the layout test pins 256 -> 256 for fcos_resnet50_fpn).
-  assert detector("small").variables["params"]["backbone"]["p6"]["kernel"].shape == (3, 3, 64, 64)
+  assert detector("small").variables["params"]["backbone"]["fpn"]["p6"]["kernel"].shape == (3, 3, 64, 64)
 
 
 def test_anchors_are_one_stride_sized_box_per_location():

@@ -12,8 +12,7 @@ The pieces, each matching torchvision 0.29's models/detection/fcos.py:
               (strides 8, 16, 32) into an FPN of 256 channels named "0", "1", "2", plus
               LastLevelP6P7(256, 256): P6 = conv3x3/2(P5), P7 = conv3x3/2(relu(P6)). torchvision
               builds that block with in_channels == out_channels, so P6 comes from the FPN's P5,
-              not from C5 (rajax.detection.fpn's "p6p7" takes C5 whenever C5's channels differ from
-              the FPN's, which is RetinaNet v2's choice, not FCOS's); the block is built here;
+              not from C5 (rajax.detection.fpn with p6_from="p5");
   anchors     one per location, sizes 8, 16, 32, 64, 128 (the strides), ratio 1 (AnchorGenerator:
               the box (x - s/2, y - s/2, x + s/2, y + s/2) around each grid point (x, y) = stride *
               index, rajax.detection.anchors);
@@ -43,7 +42,7 @@ decoded and clipped to the resized image; then per-class NMS at 0.6 over all lev
 100 (every class index may be detected, 0 included, as in torchvision).
 
 Variables: {"params": ..., "batch_stats": ...} of one Flax module with submodules `backbone`
-(`body`, `fpn`, `p6`, `p7`) and `head` (`classification_head`, `regression_head`); `torch_key_fn`
+(`body`, `fpn` with its `p6`, `p7`) and `head` (`classification_head`, `regression_head`); `torch_key_fn`
 maps them to torchvision's state-dict names (backbone.body.*, backbone.fpn.*,
 backbone.fpn.extra_blocks.p6/p7, head.classification_head.conv.{0,1,3,4,...}, ...).
 """
@@ -183,7 +182,7 @@ class Head(nn.Module):
 
 
 class Backbone(nn.Module):
-  """ResNet body, FPN over `returned`, and LastLevelP6P7(C, C) on P5: {"0", "1", "2", "p6", "p7"}."""
+  """ResNet body and FPN over `returned` with LastLevelP6P7(C, C) on P5: {"0", "1", "2", "p6", "p7"}."""
 
   cfg: Config
 
@@ -196,18 +195,11 @@ class Backbone(nn.Module):
     if missing:
       raise ValueError(f"FCOS: backbone {cfg.backbone!r} returns {bb.returned}, not {missing}.")
     self.fpn = fpn_lib.FPN(in_channels=tuple(channels[r] for r in cfg.returned), out_channels=cfg.fpn_channels,
-                           extra=None, dtype=dt)
-    conv = lambda name: nn.Conv(cfg.fpn_channels, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=dt,
-                                param_dtype=jnp.float32, kernel_init=fpn_lib._fpn_init,
-                                bias_init=nn.initializers.zeros, name=name)
-    self.p6, self.p7 = conv("p6"), conv("p7")
+                           extra="p6p7", p6_from="p5", dtype=dt)
 
   def __call__(self, x, *, train: bool = False):
     body = self.body(x, train=train)
-    feats = self.fpn([body[k] for k in self.cfg.returned], train=train)
-    p5 = feats[str(len(self.cfg.returned) - 1)]
-    p6 = self.p6(p5)
-    return body, {**feats, "p6": p6, "p7": self.p7(nn.relu(p6))}
+    return body, self.fpn([body[k] for k in self.cfg.returned], train=train)
 
 
 class Net(nn.Module):
@@ -479,8 +471,6 @@ def torch_key_fn(cfg: Config):
       return f"backbone.body.{bb.torch_key('/'.join(parts[2:]))}"
     if parts[:2] == ["backbone", "fpn"]:
       return f"backbone.fpn.{fpn_lib.torch_key('/'.join(parts[2:]))}"
-    if parts[0] == "backbone" and parts[1:] in (["p6"], ["p7"]):
-      return f"backbone.fpn.extra_blocks.{parts[1]}"
     if parts[0] == "head" and len(parts) >= 3:
       branch = parts[1]
       if parts[2] == "tower" and len(parts) == 4:
