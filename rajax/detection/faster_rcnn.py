@@ -479,11 +479,13 @@ ARCHS: dict[str, dict] = {
                              aspect_ratios=((0.5, 1.0, 2.0),), trainable_layers=5),
     # torchvision's MobileNetV3-Large FPN detectors: FPN over features 13 and 16 (both stride 32) plus
     # the max-pool level, five sizes x three ratios at each of the three levels, RPN score threshold 0.05.
-    "fasterrcnn_mobilenet_v3_large_fpn": dict(backbone="mobilenet_v3_large", anchor_sizes=((32, 64, 128, 256, 512),) * 3,
-                                              aspect_ratios=((0.5, 1.0, 2.0),) * 3, rpn_score_thresh=0.05),
+    "fasterrcnn_mobilenet_v3_large_fpn": dict(
+        backbone="mobilenet_v3_large", anchor_sizes=((32, 64, 128, 256, 512),) * 3,
+        aspect_ratios=((0.5, 1.0, 2.0),) * 3, rpn_score_thresh=0.05),
     "fasterrcnn_mobilenet_v3_large_320_fpn": dict(
-        backbone="mobilenet_v3_large", anchor_sizes=((32, 64, 128, 256, 512),) * 3, aspect_ratios=((0.5, 1.0, 2.0),) * 3,
-        rpn_score_thresh=0.05, min_size=320, max_size=640, rpn_pre_nms_top_n_test=150, rpn_post_nms_top_n_test=150),
+        backbone="mobilenet_v3_large", anchor_sizes=((32, 64, 128, 256, 512),) * 3,
+        aspect_ratios=((0.5, 1.0, 2.0),) * 3, rpn_score_thresh=0.05, min_size=320, max_size=640,
+        rpn_pre_nms_top_n_test=150, rpn_post_nms_top_n_test=150),
 }
 
 
