@@ -158,3 +158,12 @@ def test_mobilenet_squeeze_excitation_gate_is_hardsigmoid(monkeypatch):
   det = detector()
   out = jax.jit(lambda d, x: d.model.run(d.variables, x, train=False)["objectness"])(det, images())
   assert np.abs(np.asarray(out) - rec()["objectness"]).max() > 1e-2
+
+
+@pytest.mark.heavy
+def test_random_mobilenet_detector_builds_from_the_zoo_and_detects():
+  from rajax.detection import zoo
+  det = zoo.build("fasterrcnn_mobilenet_v3_large_320_fpn", "random")
+  assert det.model.cfg.min_size == 320 and det.model.cfg.rpn_post_nms_top_n_test == 150
+  dets = jax.jit(lambda d, x: d(x))(det, jnp.full((1, 64, 96, 3), 0.5))
+  assert dets.boxes.shape == (1, 100, 4) and np.isfinite(np.asarray(dets.boxes)).all()
