@@ -289,6 +289,8 @@ def test_every_zoo_architecture_has_torchvisions_state_dict_layout():
   """Each zoo name's Flax variables map one to one onto the torch names and shapes torchvision gives
   that architecture (recorded by the fixture script), so its checkpoints load strictly."""
   for name, options in frcnn.ARCHS.items():
+    if options["backbone"] == "mobilenet_v3_large":
+      continue  # its layouts are recorded and checked by test_faster_rcnn_mobilenet
     cfg = frcnn.Config(num_classes=91, **frcnn._tuples(options))
     model = frcnn.FasterRCNN(cfg)
     template = jax.eval_shape(lambda: model.init(jax.random.key(0)))

@@ -207,8 +207,17 @@ def _resnet(stage_sizes, block):
       classifier_key=resnet_torch_key, drop_head=_without("fc."))
 
 
-# name -> Backbone. fasterrcnn_mobilenet_v3_large_fpn adds "mobilenet_v3_large" here (a body that
-# returns torchvision's two FPN inputs, features 13 (stride 16) and the last (stride 32)).
+def _mobilenet_v3_large() -> Backbone:
+  from rajax.models import mobilenet_v3
+  return Backbone(
+      make=lambda norm, dtype: mobilenet_v3.MobileNetV3LargeBody(norm=norm, dtype=dtype),
+      torch_key=mobilenet_v3.torch_key, frozen_paths=mobilenet_v3.frozen_paths, out_channels=(160, 960),
+      returned=("13", "16"), classifier_key=lambda p: f"features.{mobilenet_v3.torch_key(p)}",
+      drop_head=_without("classifier."))
+
+
+# name -> Backbone. "mobilenet_v3_large" returns torchvision's two FPN inputs for
+# fasterrcnn_mobilenet_v3_large_fpn: features 13 (160 channels) and 16 (960), both at stride 32.
 BACKBONES: dict[str, Backbone] = {
     "resnet18": _resnet((2, 2, 2, 2), "basic"),
     "resnet34": _resnet((3, 4, 6, 3), "basic"),
@@ -218,6 +227,7 @@ BACKBONES: dict[str, Backbone] = {
                       frozen_paths=vgg_frozen_paths, out_channels=(512,), returned=("conv5_3",),
                       classifier_key=lambda p: f"features.{vgg_torch_key(p)}",
                       drop_head=_without("classifier.")),
+    "mobilenet_v3_large": _mobilenet_v3_large(),
 }
 
 

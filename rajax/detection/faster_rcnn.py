@@ -468,6 +468,15 @@ ARCHS: dict[str, dict] = {
     # 4096-wide head and froze conv1-conv2: trainable_layers=3 reproduces the last point).
     "fasterrcnn_vgg16": dict(backbone="vgg16", fpn=False, anchor_sizes=((32, 64, 128, 256, 512),),
                              aspect_ratios=((0.5, 1.0, 2.0),), trainable_layers=5),
+    # torchvision's MobileNetV3-Large FPN detectors: FPN over features 13 and 16 (both stride 32) plus
+    # the max-pool level, five sizes x three ratios at each of the three levels, RPN score threshold 0.05.
+    "fasterrcnn_mobilenet_v3_large_fpn": dict(
+        backbone="mobilenet_v3_large", anchor_sizes=((32, 64, 128, 256, 512),) * 3,
+        aspect_ratios=((0.5, 1.0, 2.0),) * 3, rpn_score_thresh=0.05),
+    "fasterrcnn_mobilenet_v3_large_320_fpn": dict(
+        backbone="mobilenet_v3_large", anchor_sizes=((32, 64, 128, 256, 512),) * 3,
+        aspect_ratios=((0.5, 1.0, 2.0),) * 3, rpn_score_thresh=0.05, min_size=320, max_size=640,
+        rpn_pre_nms_top_n_test=150, rpn_post_nms_top_n_test=150),
 }
 
 

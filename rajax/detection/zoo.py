@@ -11,7 +11,8 @@ import importlib
 from typing import Any
 
 # Family modules, imported on first use (their model code is not needed to build a classifier).
-_FAMILIES: tuple[str, ...] = ("rajax.detection.faster_rcnn", "rajax.detection.centernet", "rajax.detection.nanodet")
+_FAMILIES: tuple[str, ...] = ("rajax.detection.faster_rcnn", "rajax.detection.fcos", "rajax.detection.centernet",
+                             "rajax.detection.nanodet")
 
 
 def _archs() -> dict[str, Any]:
