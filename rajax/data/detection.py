@@ -80,8 +80,10 @@ import grain
 import numpy as np
 from PIL import Image
 
-from rajax.data.pipeline import (DEGRADATION_TASKS, Degradation, HostBlocks, _mp_prefetch, _note, _ok,
-                                 _with_position, decode_image, local_batch_size)
+from rajax.data.pipeline import (DEGRADATION_TASKS, Degradation, _note, _ok, decode_image, host_eval_batches,
+                                 host_train_batches)
+
+
 from rajax.data.sources import DataError, tfds_source
 
 # A box may overshoot its image by this many pixels (rounding in annotations, VOC's 1-based
@@ -500,20 +502,10 @@ def detection_train_dataset(
   epoch; the global order and the hosts' blocks are those of rajax.data.pipeline.train_dataset, and
   the iterator is checkpointable (a rebuilt iterator with the same arguments resumes exactly)."""
   transform = _transform(source, spec, degradation)
-  b = local_batch_size(global_batch, process_count)
-  ds = grain.MapDataset.source(source)
-  if len(ds) < global_batch:
-    raise DataError(f"The training data has {len(ds)} examples, fewer than one global batch of {global_batch}.")
-  ds = ds.shuffle(seed=seed).repeat(None)
-  if degradation is not None and degradation.on_device:
-    ds = ds.map_with_index(_with_position)
-  ds = ds.random_map(DetectionTrainExample(transform), seed=seed)
-  ds = HostBlocks(ds, global_batch=global_batch, process_index=process_index, process_count=process_count)
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * b))
-  it = it.batch(b, drop_remainder=True)
-  if workers > 0:
-    it = _mp_prefetch(it, workers)
-  return it
+  return host_train_batches(source, DetectionTrainExample(transform),
+                            with_position=degradation is not None and degradation.on_device, global_batch=global_batch,
+                            seed=seed, process_index=process_index, process_count=process_count, workers=workers,
+                            threads=threads)
 
 
 def detection_eval_dataset(
@@ -532,20 +524,9 @@ def detection_eval_dataset(
   """Per-host evaluation batches over the first `num_examples` examples (all if < 0), re-iterable;
   every host gets the same number of batches, padding positions have mask 0 (as eval_dataset)."""
   transform = _transform(source, spec, degradation)
-  b = local_batch_size(global_batch, process_count)
-  n = len(source) if num_examples < 0 else min(num_examples, len(source))
-  if n == 0:
-    raise DataError("The evaluation split is empty.")
-  per_host = -(-n // process_count)
-  positions = -(-per_host // b) * b
-  indices = process_index + process_count * np.arange(positions)
-  indices = np.where(indices < n, indices, -1)
-  ds = grain.MapDataset.range(positions).map(DetectionEvalExample(source, transform, seed, indices))
-  ds = ds.batch(b, drop_remainder=True)
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2, threads, 32 // b)))
-  if workers > 0:
-    it = _mp_prefetch(it, workers)
-  return it
+  return host_eval_batches(len(source), lambda indices: DetectionEvalExample(source, transform, seed, indices),
+                           global_batch=global_batch, num_examples=num_examples, process_index=process_index,
+                           process_count=process_count, workers=workers, threads=threads)
 
 
 def box_targets(batch: Mapping[str, Any]):

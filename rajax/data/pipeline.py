@@ -428,14 +428,26 @@ def train_dataset(
   the data order is fixed by (seed, workers): a resumed iterator continues the same order when
   it is rebuilt with the same arguments.
   """
+  return host_train_batches(source, TrainExample(degradation, resize, crop, fast_decode),
+                            with_position=degradation.on_device, global_batch=global_batch, seed=seed,
+                            process_index=process_index, process_count=process_count, workers=workers,
+                            threads=threads)
+
+
+def host_train_batches(source: Sequence[dict], example: grain.transforms.RandomMap, *, with_position: bool,
+                       global_batch: int, seed: int, process_index: int, process_count: int, workers: int,
+                       threads: int) -> grain.IterDataset:
+  """The endless, per-epoch reshuffled, per-host batches of `example` over `source` that every
+  training pipeline shares (train_dataset's docstring says how hosts split the global order);
+  `with_position`: each element carries its global position ("index") for noise drawn on the device."""
   b = local_batch_size(global_batch, process_count)
   ds = grain.MapDataset.source(source)
   if len(ds) < global_batch:
     raise DataError(f"The training data has {len(ds)} examples, fewer than one global batch of {global_batch}.")
   ds = ds.shuffle(seed=seed).repeat(None)
-  if degradation.on_device:
+  if with_position:
     ds = ds.map_with_index(_with_position)  # changes no random draw: random_map's rngs follow the positions
-  ds = ds.random_map(TrainExample(degradation, resize, crop, fast_decode), seed=seed)
+  ds = ds.random_map(example, seed=seed)
   ds = HostBlocks(ds, global_batch=global_batch, process_index=process_index, process_count=process_count)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * b))
   it = it.batch(b, drop_remainder=True)
@@ -466,16 +478,27 @@ def eval_dataset(
   for any number of `workers` and `threads`. With `degradation.on_device` each batch carries the
   examples' indices ("index"; 0 for padding) instead of the noisy input.
   """
+  return host_eval_batches(len(source), lambda indices: EvalExample(source, degradation, resize, crop, seed, indices,
+                                                                    fast_decode),
+                           global_batch=global_batch, num_examples=num_examples, process_index=process_index,
+                           process_count=process_count, workers=workers, threads=threads)
+
+
+def host_eval_batches(size: int, make_example, *, global_batch: int, num_examples: int, process_index: int,
+                      process_count: int, workers: int, threads: int) -> grain.IterDataset:
+  """The per-host evaluation batches every evaluation pipeline shares: host p reads examples p,
+  p + P, ... of the first `num_examples` of `size` (all if < 0), padded to whole batches with
+  index -1 (mask 0), so every host gets the same number of batches. `make_example(indices)` maps
+  a position to its example, given the positions' source indices."""
   b = local_batch_size(global_batch, process_count)
-  n = len(source) if num_examples < 0 else min(num_examples, len(source))
+  n = size if num_examples < 0 else min(num_examples, size)
   if n == 0:
     raise DataError("The evaluation split is empty.")
   per_host = -(-n // process_count)
   positions = -(-per_host // b) * b
   indices = process_index + process_count * np.arange(positions)
   indices = np.where(indices < n, indices, -1)
-  ds = grain.MapDataset.range(positions).map(
-      EvalExample(source, degradation, resize, crop, seed, indices, fast_decode))
+  ds = grain.MapDataset.range(positions).map(make_example(indices))
   ds = ds.batch(b, drop_remainder=True)
   # A buffer below the thread count would leave threads idle (and grain warns about it).
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2, threads, 32 // b)))
