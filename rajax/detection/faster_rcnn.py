@@ -194,24 +194,12 @@ def resize_bilinear(images: jax.Array, size: tuple[int, int]) -> jax.Array:
   return jnp.einsum("oh,bhwc,pw->bopc", ry, images, rx, precision=jax.lax.Precision.HIGHEST)
 
 
-@dataclasses.dataclass(frozen=True)
-class FasterRCNN:
-  """The DetectorModel of a Faster R-CNN configuration (hashable; pure functions of variables)."""
+class TorchvisionTransform:
+  """GeneralizedRCNNTransform for a static batch size, shared by torchvision's detectors here
+  (Faster R-CNN, FCOS): `self.cfg` holds min_size, max_size, size_divisible, mean and std."""
 
-  cfg: Config
-  class_names: tuple[str, ...] = ()
+  display_name = "detector"
 
-  background = True
-
-  @property
-  def num_classes(self) -> int:
-    return self.cfg.num_classes
-
-  @property
-  def net(self) -> Net:
-    return Net(self.cfg)
-
-  # ---- sizes --------------------------------------------------------------------------------
   def resized_size(self, h: int, w: int) -> tuple[int, int]:
     """The image size torchvision's transform gives an image of size (h, w) (before padding)."""
     if self.cfg.min_size is None:
@@ -226,7 +214,7 @@ class FasterRCNN:
 
   def transform(self, images: jax.Array) -> jax.Array:
     """[B, H, W, 3] in [0, 1] -> normalised, resized, zero-padded [B, H', W', 3] (GeneralizedRCNNTransform)."""
-    layers.check_images(images, who="Faster R-CNN")
+    layers.check_images(images, who=self.display_name)
     x = images.astype(jnp.float32)
     x = (x - jnp.asarray(self.cfg.mean, jnp.float32)) / jnp.asarray(self.cfg.std, jnp.float32)
     h, w = x.shape[1:3]
@@ -235,17 +223,34 @@ class FasterRCNN:
     ph, pw = self.padded_size(h, w)
     return jnp.pad(x, ((0, 0), (0, ph - rh), (0, pw - rw), (0, 0)))
 
-  def _box_scale(self, h: int, w: int) -> jax.Array:
-    """(x, y, x, y) factors from input pixels to resized pixels (torchvision's resize_boxes ratios)."""
+  def _ratios(self, h: int, w: int, inverse: bool) -> jax.Array:
+    """(x, y, x, y) factors from input pixels to resized pixels (torchvision's resize_boxes ratios), or
+    back with `inverse` (its postprocess ratios)."""
     rh, rw = self.resized_size(h, w)
-    ry, rx = np.float32(rh) / np.float32(h), np.float32(rw) / np.float32(w)
+    if inverse:
+      ry, rx = np.float32(h) / np.float32(rh), np.float32(w) / np.float32(rw)
+    else:
+      ry, rx = np.float32(rh) / np.float32(h), np.float32(rw) / np.float32(w)
     return jnp.asarray([rx, ry, rx, ry], jnp.float32)
 
-  def _box_unscale(self, h: int, w: int) -> jax.Array:
-    """(x, y, x, y) factors from resized pixels back to input pixels (torchvision's postprocess ratios)."""
-    rh, rw = self.resized_size(h, w)
-    ry, rx = np.float32(h) / np.float32(rh), np.float32(w) / np.float32(rw)
-    return jnp.asarray([rx, ry, rx, ry], jnp.float32)
+
+@dataclasses.dataclass(frozen=True)
+class FasterRCNN(TorchvisionTransform):
+  """The DetectorModel of a Faster R-CNN configuration (hashable; pure functions of variables)."""
+
+  cfg: Config
+  class_names: tuple[str, ...] = ()
+
+  background = True
+  display_name = "Faster R-CNN"
+
+  @property
+  def num_classes(self) -> int:
+    return self.cfg.num_classes
+
+  @property
+  def net(self) -> Net:
+    return Net(self.cfg)
 
   def anchors(self, feature_shapes: Sequence[tuple[int, int]], padded: tuple[int, int]) -> list[np.ndarray]:
     return anchors_lib.grid_anchors(feature_shapes, padded, self.cfg.anchor_sizes, self.cfg.aspect_ratios)
@@ -308,7 +313,7 @@ class FasterRCNN:
       out.update(pooled=pooled, class_logits=cls, box_deltas=box)
       return out
     # ---- training targets and losses (boxes in resized pixels) ----
-    scale = self._box_scale(h, w)
+    scale = self._ratios(h, w, inverse=False)
     gt = targets.boxes.astype(jnp.float32) * scale
     gt_valid = targets.valid.astype(bool)
     anchors_all = jnp.asarray(out["anchors"])
@@ -360,7 +365,7 @@ class FasterRCNN:
         out["class_logits"], out["box_deltas"], out["proposals"], out["proposal_valid"], self.resized_size(h, w),
         score_thresh=cfg.box_score_thresh, nms_thresh=cfg.box_nms_thresh,
         detections_per_img=cfg.box_detections_per_img, candidates=cfg.box_candidates)
-    boxes = jnp.where(valid[..., None], boxes * self._box_unscale(h, w), 0.0)
+    boxes = jnp.where(valid[..., None], boxes * self._ratios(h, w, inverse=True), 0.0)
     return Detections(boxes=boxes, scores=scores, labels=labels, valid=valid)
 
   def loss(self, variables: Mapping[str, Any], images: jax.Array, targets: BoxTargets, *, rng: jax.Array | None,

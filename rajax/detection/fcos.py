@@ -348,12 +348,13 @@ def postprocess_levels(cls: jax.Array, reg: jax.Array, ctr: jax.Array, level_anc
 
 
 @dataclasses.dataclass(frozen=True)
-class FCOS:
+class FCOS(frcnn.TorchvisionTransform):
   """The DetectorModel of an FCOS configuration (hashable; pure functions of variables)."""
 
   cfg: Config
   class_names: tuple[str, ...] = ()
 
+  display_name = "FCOS"
   background = True   # torchvision's label space: index 0 is "__background__" (never a training target)
 
   @property
@@ -363,36 +364,6 @@ class FCOS:
   @property
   def net(self) -> Net:
     return Net(self.cfg)
-
-  # ---- sizes (GeneralizedRCNNTransform for a static batch size, as faster_rcnn) -------------------
-  def resized_size(self, h: int, w: int) -> tuple[int, int]:
-    if self.cfg.min_size is None:
-      return h, w
-    scale = min(float(self.cfg.min_size) / min(h, w), float(self.cfg.max_size) / max(h, w))
-    return int(math.floor(h * scale)), int(math.floor(w * scale))
-
-  def padded_size(self, h: int, w: int) -> tuple[int, int]:
-    d = self.cfg.size_divisible
-    rh, rw = self.resized_size(h, w)
-    return int(math.ceil(rh / d) * d), int(math.ceil(rw / d) * d)
-
-  def transform(self, images: jax.Array) -> jax.Array:
-    layers.check_images(images, who="FCOS")
-    x = images.astype(jnp.float32)
-    x = (x - jnp.asarray(self.cfg.mean, jnp.float32)) / jnp.asarray(self.cfg.std, jnp.float32)
-    h, w = x.shape[1:3]
-    rh, rw = self.resized_size(h, w)
-    x = frcnn.resize_bilinear(x, (rh, rw))
-    ph, pw = self.padded_size(h, w)
-    return jnp.pad(x, ((0, 0), (0, ph - rh), (0, pw - rw), (0, 0)))
-
-  def _ratios(self, h: int, w: int, inverse: bool) -> jax.Array:
-    rh, rw = self.resized_size(h, w)
-    if inverse:
-      ry, rx = np.float32(h) / np.float32(rh), np.float32(w) / np.float32(rw)
-    else:
-      ry, rx = np.float32(rh) / np.float32(h), np.float32(rw) / np.float32(w)
-    return jnp.asarray([rx, ry, rx, ry], jnp.float32)
 
   def anchors(self, feature_shapes: Sequence[tuple[int, int]], padded: tuple[int, int]) -> list[np.ndarray]:
     ratios = ((1.0,),) * len(self.cfg.anchor_sizes)
