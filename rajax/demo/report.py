@@ -90,7 +90,7 @@ def _transfer_verdict(gain: float, test: dict | None) -> str:
 
 def write_report(workdir: pathlib.Path, results: dict, *, quick: bool, train_seconds: float,
                  eval_seconds: float, figures: Sequence[str], paired: dict | None = None,
-                 appendix: dict | None = None) -> pathlib.Path:
+                 appendix: dict | None = None, detection: dict | None = None) -> pathlib.Path:
   import jax
 
   config = demo_config("sr", "ra", quick)
@@ -158,6 +158,9 @@ def write_report(workdir: pathlib.Path, results: dict, *, quick: bool, train_sec
     lines.append("")
   if appendix:
     lines += _appendix_lines(appendix)
+  if detection:   # rajax.demo --detection: the runs evaluated by real detectors (rajax.demo.detection)
+    from rajax.demo import detection as detection_demo
+    lines += detection_demo.report_lines(detection)
   lines += ["## Which claims held", ""] + claims(results, paired) + [""]
   lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figures] + [""]
   path = workdir / "report.md"
