@@ -401,7 +401,9 @@ def test_detection_transfer_section_reports_the_evaluators_cells_and_sign_tests(
       assert f"{100 * s[f'{d} VOC07 mAP']:.1f} / {100 * s[f'{d} COCO mAP']:.1f}" in lines
   for d, test in table["extra"]["paired_vs_plain"]["ra"].items():
     assert test["p"] == pytest.approx(numpy_metrics.mcnemar_p(test["gained"], test["lost"]), rel=1e-9)
-    assert f"+{test['gained']}/-{test['lost']}" in lines
+    boxes = table["extra"]["paired_boxes_vs_plain"]["ra"][d]
+    assert boxes["p"] == pytest.approx(numpy_metrics.mcnemar_p(boxes["gained"], boxes["lost"]), rel=1e-9)
+    assert f"photos +{test['gained']}/-{test['lost']}, p = {test['p']:.2g}; boxes +{boxes['gained']}/-{boxes['lost']}" in lines
   clean = table["rows"][-1]
   assert clean["centernet VOC07 mAP"] == 1.0 and clean["nanodet recovered"] == 1.0
   assert "RA vs plain on detectors" in lines

@@ -96,14 +96,28 @@ def _images(config):
   return b["target"][keep].astype(np.float32) / 255.0, np.asarray(b["input"][keep], np.float32), b
 
 
+_VIEWS = {}
+
+
+def _views(config, run_dirs) -> dict:
+  """What the detectors see per row: clean, degraded input, each run's "machine" images (computed once)."""
+  key = tuple(sorted((k, str(v)) for k, v in run_dirs.items()))
+  if key not in _VIEWS:
+    y, x, _ = _images(config)
+    views = {"clean": y, "input": x}
+    for name, path in run_dirs.items():
+      run = runs.load(path)
+      views[name] = np.asarray(jax.jit(lambda v, f, x: run.forward(x, v, f)["machine"])(run.variables, run.frozen, x))
+    _VIEWS[key] = views
+  return _VIEWS[key]
+
+
 def _expected(config, run_dirs, *, row: str, target: str, targets_from: str = "clean"):
   """(VOC07 mAP, COCO mAP, recovered per image) of `target`'s detections on `row`, computed here."""
-  y, x, _ = _images(config)
+  views = _views(config, run_dirs)
+  y = views["clean"]
   t = config.targets[target]
   det = rajax.recognizer("toy_detector", "random", num_classes=3, seed=t.get("seed", config.seed))
-  views = {"clean": y, "input": x}
-  for name, path in run_dirs.items():
-    views[name] = np.asarray(runs.load(path).forward(jnp.asarray(x))["machine"])
   dets = det(jnp.asarray(views[row]))
   ref = det(jnp.asarray(views[targets_from]))
   tgt, _ = det_task.pseudo_targets(ref, score_threshold=THRESHOLD, max_boxes=8)
@@ -113,18 +127,18 @@ def _expected(config, run_dirs, *, row: str, target: str, targets_from: str = "c
   # recovered by hand: a target box counts when a detection scoring >= THRESHOLD of its class overlaps it at IoU > 0.5
   d = jax.device_get(dets)
   tg = jax.device_get(tgt)
-  found = []
+  found, per_box = [], []
   for i in range(len(y)):
     n = 0
     for box, lab, ok in zip(tg.boxes[i], tg.labels[i], tg.valid[i]):
       if not ok:
         continue
-      for db, ds, dl, dv in zip(d.boxes[i], d.scores[i], d.labels[i], d.valid[i]):
-        if dv and ds >= THRESHOLD and dl == lab and _iou(box, db) > 0.5:
-          n += 1
-          break
+      hit = any(dv and ds >= THRESHOLD and dl == lab and _iou(box, db) > 0.5
+                for db, ds, dl, dv in zip(d.boxes[i], d.scores[i], d.labels[i], d.valid[i]))
+      n += hit
+      per_box.append(hit)
     found.append(n)
-  return res["voc07_map11"], res["coco_map"], np.array(found), int(np.sum(tg.valid))
+  return res["voc07_map11"], res["coco_map"], np.array(found), int(np.sum(tg.valid)), per_box
 
 
 def _iou(a, b) -> float:
@@ -143,10 +157,11 @@ def test_detection_table_cells_equal_map_recomputed_from_each_run_and_detector(r
   # rows name the model each processor was trained with: Table 4 (a classifier) next to Table 8 (a detector)
   assert (rows["ra_cls"]["loss model"], rows["ra_det"]["loss model"], rows["plain"]["loss model"]) == (
       "resnet18", "toy_detector", "none")
-  recovered_cells = {}
+  recovered_cells, boxes_by_hand = {}, {}
   for view in rows:
     for t in ("toy", "toy2"):
-      voc, coco, found, total = _expected(config, run_dirs, row=view, target=t)
+      voc, coco, found, total, per_box = _expected(config, run_dirs, row=view, target=t)
+      boxes_by_hand[(view, t)] = per_box
       assert total > 0, "the pseudo-targets must not be empty for the check to mean anything"
       np.testing.assert_allclose(rows[view][f"{t} VOC07 mAP"], voc, rtol=1e-6, err_msg=f"{view} {t}")
       np.testing.assert_allclose(rows[view][f"{t} COCO mAP"], coco, rtol=1e-6, err_msg=f"{view} {t}")
@@ -160,6 +175,10 @@ def test_detection_table_cells_equal_map_recomputed_from_each_run_and_detector(r
       g, l = int(np.sum(b > a)), int(np.sum(a > b))
       assert rows[v][f"{t} vs plain"].startswith(f"+{g}/-{l}, p = ")
       assert table.extra["paired_vs_plain"][v][t]["gained"] == g
+      # per box: by hand, boxes found by one row and not the other
+      bp, bv = boxes_by_hand[("plain", t)], boxes_by_hand[(v, t)]
+      gb, lb = sum(x and not y for x, y in zip(bv, bp)), sum(y and not x for x, y in zip(bv, bp))
+      assert rows[v][f"{t} boxes vs plain"].startswith(f"+{gb}/-{lb}, p = ")
   # the side table and the figure
   side = json.loads((tmp_path / "detection_per_class.json").read_text())
   assert side["rows"] and all(0.0 <= r["clean"] <= 1.0 for r in side["rows"])
@@ -167,8 +186,8 @@ def test_detection_table_cells_equal_map_recomputed_from_each_run_and_detector(r
   assert "detection" in (tmp_path / "report.md").read_text()
   # negative control: the same cells against targets from the degraded input differ, so the check above
   # would catch an evaluator that scored against the wrong image
-  voc_wrong, _, _, _ = _expected(config, run_dirs, row="ra_det", target="toy", targets_from="input")
-  voc_right, _, _, _ = _expected(config, run_dirs, row="ra_det", target="toy")
+  voc_wrong = _expected(config, run_dirs, row="ra_det", target="toy", targets_from="input")[0]
+  voc_right = _expected(config, run_dirs, row="ra_det", target="toy")[0]
   assert abs(voc_wrong - voc_right) > 1e-3 and abs(rows["ra_det"]["toy VOC07 mAP"] - voc_wrong) > 1e-3
   # a rerun reads every record from the cache
   again = evaluate.run(config, tmp_path)
@@ -216,10 +235,11 @@ def test_dataset_boxes_are_the_targets_when_the_data_has_them(run_dirs, tmp_path
   source = det_data.InMemoryDetection(records, ("a", "b"))
   monkeypatch.setattr(detection_eval, "make_source", lambda d: source)
   c = _config({"plain": run_dirs["plain"]})
-  c.evals.detection.targets = ("toy",)
+  c.evals.detection.targets = ("toy", "given")
   c.evals.detection.figures = 0
-  table = evaluate.run(c, tmp_path)["detection"]
   det = rajax.recognizer("toy_detector", "random", num_classes=3, seed=c.seed)
+  # a Detector object given to evaluate.run is a target like a configured one
+  table = evaluate.run(c, tmp_path, targets={"given": det})["detection"]
   spec = det_data.DetectionSpec(size=SIZE, max_boxes=8)
   batches = list(det_data.detection_eval_dataset(source, spec, None, global_batch=4, seed=0, threads=1))
   y = batches[0]["target"][:3].astype(np.float32) / 255.0
@@ -228,6 +248,7 @@ def test_dataset_boxes_are_the_targets_when_the_data_has_them(run_dirs, tmp_path
   ev.add(det(jnp.asarray(y)), gt)
   clean = next(r for r in table.rows if r["view"] == "clean")
   np.testing.assert_allclose(clean["toy VOC07 mAP"], ev.result()["voc07_map11"], rtol=1e-6)
+  assert all(r["toy VOC07 mAP"] == r["given VOC07 mAP"] for r in table.rows)
   assert clean["toy VOC07 mAP"] < 1.0   # real boxes: the clean row is no longer 100% by construction
   assert "dataset's boxes" in " ".join(table.notes)
 

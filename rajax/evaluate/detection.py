@@ -28,7 +28,8 @@ Targets per image (`labels`): "dataset" (the data's boxes; VOC's difficult ones 
 Besides mAP, each row gives `recovered`: the fraction of target boxes that the row's detections
 scoring >= `score_threshold` find again (same class, IoU > 0.5; rajax.tasks.detection.metrics), and
 against the plain processor a paired sign test per image on the number recovered
-(`metrics.paired_test` of "fewer" against "more": images gained, lost, exact binomial p). Per-class
+(`metrics.paired_test` of "fewer" against "more": images gained, lost, exact binomial p) and
+McNemar's test per target box ("boxes vs plain"; optimistic: one image's boxes are not independent). Per-class
 AP goes to a side table `<name>_per_class` (.md/.csv/.json); `figures` images get a figure each
 (`<name>_<i>.png`) with the first detector's detections (boxes, class names, scores >=
 `score_threshold`) drawn on the degraded input, each of `figure_processors` and the clean image.
@@ -251,13 +252,20 @@ def targets_for(recs: dict, target: str, labels: str, score_threshold: float, ma
   return BoxTargets(*(np.asarray(x) for x in t))
 
 
+def recovered_boxes(detections, targets, score_threshold: float) -> np.ndarray:
+  """bool [N, M]: which (non-difficult, valid) target boxes a detection scoring >= score_threshold finds
+  again (same class, IoU > 0.5), as rajax.tasks.detection.metrics counts them (its found50)."""
+  from rajax.detection import boxes as boxes_lib
+  confident = np.asarray(detections.valid, bool) & (np.asarray(detections.scores) >= score_threshold)
+  overlap = np.asarray(boxes_lib.iou(np.asarray(targets.boxes, np.float32), np.asarray(detections.boxes, np.float32)))
+  same = np.asarray(targets.labels)[:, :, None] == np.asarray(detections.labels)[:, None, :]
+  counted = np.asarray(targets.valid, bool) & ~np.asarray(targets.difficult, bool)
+  return np.any((overlap > 0.5) & same & confident[:, None, :], axis=-1) & counted
+
+
 def recovered(detections, targets, score_threshold: float) -> np.ndarray:
-  """Per image, the target boxes that the detections scoring >= score_threshold find again (same
-  class, IoU > 0.5; rajax.tasks.detection.metrics' found50): int [N]."""
-  from rajax.tasks import detection as det_task
-  confident = detections._replace(valid=np.asarray(detections.valid) & (np.asarray(detections.scores) >= score_threshold))
-  found = det_task.metrics(confident, targets)["found50"]
-  return np.asarray(found).round().astype(np.int64)
+  """Per image, the number of target boxes `recovered_boxes` finds again: int [N]."""
+  return recovered_boxes(detections, targets, score_threshold).sum(-1).astype(np.int64)
 
 
 def _labels(cfg, data: _Data, name: str) -> str:
@@ -306,14 +314,15 @@ def detection(ctx: Context, cfg, name: str) -> Table:
   need_coco = any(m.startswith("coco") for m in chosen)
 
   cols = ["processing", "loss model"] + [f"{t} {METRICS[m]}" for t in tnames for m in chosen]
-  cols += [f"{t} recovered" for t in tnames] + ([f"{t} vs plain" for t in tnames] if plain else [])
+  cols += [f"{t} recovered" for t in tnames]
+  cols += [f"{t} {k}vs plain" for t in tnames for k in ("", "boxes ")] if plain else []
   formats = {"processing": "text", "loss model": "text"} | {c: "pct" for c in cols[2:]}
-  formats |= {f"{t} vs plain": "text" for t in tnames}
+  formats |= {f"{t} {k}vs plain": "text" for t in tnames for k in ("", "boxes ")}
   table = Table(name, cfg.get("title", "Detection: mAP (%) per processing and evaluation detector "
                                        "(Tables 4, 8, 9, 12, 13)"), cols, formats)
-  per_class_rows, paired, counts = [], {}, {}
+  per_class_rows, paired, paired_boxes, counts = [], {}, {}, {}
   targets = {t: targets_for(recs, t, labels, threshold, max_boxes) for t in tnames}
-  found = {}
+  found, boxes_found = {}, {}
   for v in views:
     title, loss = _row_title(ctx, v)
     row = {"processing": title, "loss model": loss, "view": v}
@@ -325,7 +334,8 @@ def detection(ctx: Context, cfg, name: str) -> Table:
       res = ev.result()
       for m in chosen:
         row[f"{t} {METRICS[m]}"] = res[m]
-      found[(v, t)] = recovered(dets, targets[t], threshold)[mask]
+      boxes_found[(v, t)] = recovered_boxes(dets, targets[t], threshold)[mask]
+      found[(v, t)] = boxes_found[(v, t)].sum(-1)
       total = int(np.sum(np.asarray(targets[t].valid)[mask] & ~np.asarray(targets[t].difficult)[mask]))
       counts[t] = total
       row[f"{t} recovered"] = float(found[(v, t)].sum() / total) if total else float("nan")
@@ -343,7 +353,12 @@ def detection(ctx: Context, cfg, name: str) -> Table:
         test = metrics_lib.paired_test(a > b, b > a)
         paired.setdefault(v, {})[t] = test
         row[f"{t} vs plain"] = metrics_lib.paired_summary(test)
+        ok = np.asarray(targets[t].valid)[mask] & ~np.asarray(targets[t].difficult)[mask]
+        box_test = metrics_lib.paired_test(boxes_found[(plain, t)][ok], boxes_found[(v, t)][ok])
+        paired_boxes.setdefault(v, {})[t] = box_test
+        row[f"{t} boxes vs plain"] = metrics_lib.paired_summary(box_test)
     table.extra["paired_vs_plain"] = paired
+    table.extra["paired_boxes_vs_plain"] = paired_boxes
   n = int(mask.sum())
   if labels == "dataset":
     table.notes.append(f"{n} images; targets: the dataset's boxes ({', '.join(f'{t}: {c}' for t, c in counts.items())} "
@@ -358,7 +373,9 @@ def detection(ctx: Context, cfg, name: str) -> Table:
                      "was trained with.")
   if plain:
     table.notes.append(f"\"vs plain\": images on which a processor's output yields more recovered target boxes than "
-                       f"{plain}'s (+), fewer (-), and the exact sign test's p-value (McNemar's form).")
+                       f"{plain}'s (+), fewer (-), and the exact sign test's p-value (McNemar's form); \"boxes vs plain\": the same "
+                       "per target box (found again by one and not the other), McNemar's exact p, optimistic since the "
+                       "boxes of one image are not independent.")
   side = _per_class_table(name, per_class_rows, views)
   if jax.process_index() == 0:
     write_table(ctx.workdir, side)
