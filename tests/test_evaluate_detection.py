@@ -264,8 +264,12 @@ def test_bad_detection_configs_are_refused_naming_the_fix(run_dirs, tmp_path):
     evaluate.run(c, tmp_path / "b")
   c = _config(run_dirs)
   c.evals.detection.metrics = ("map",)
-  with pytest.raises(evaluate.EvalError, match="unknown"):
-    evaluate.run(c, tmp_path / "c")
+  with pytest.raises(evaluate.EvalError, match="metrics: unknown"):
+    evaluate.validate(c)   # refused before any evaluator runs
+  c = _config(run_dirs)
+  c.evals.detection.data.shape = (32, 32)
+  with pytest.raises(evaluate.EvalError, match="Unknown detection data field.*shape"):
+    evaluate.validate(c)
 
 
 def test_recovered_counts_only_confident_same_class_overlaps():

@@ -141,6 +141,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     kind = ev.get("type", name)
     if kind not in EVALUATORS:
       problems.append(f"config.evals.{name}.type={kind!r} is not one of {', '.join(EVALUATORS)}")
+    if kind == "detection":   # its own data section and options, checked before any evaluator runs
+      problems += detection_eval.problems(ev, name)
     for item in ev.get("processors") or ():
       if item not in config.processors:
         problems.append(f"config.evals.{name}.processors names {item!r}, which is not in config.processors "

@@ -106,6 +106,25 @@ def data_settings(cfg) -> dict:
   return d
 
 
+def problems(cfg, name: str) -> list[str]:
+  """What is wrong with a detection evaluator's config section (for rajax.evaluate.validate)."""
+  out = []
+  try:
+    d = data_settings(cfg)
+    if len(d["size"]) != 2 or min(d["size"]) < 8:
+      out.append(f"config.evals.{name}.data.size={d['size']} must be (height, width), each >= 8")
+  except EvalError as e:
+    out.append(f"config.evals.{name}: {e}")
+  bad = [m for m in (cfg.get("metrics") or ()) if m not in METRICS]
+  if bad:
+    out.append(f"config.evals.{name}.metrics: unknown {bad}; choose from {', '.join(METRICS)}")
+  if cfg.get("labels", "auto") not in LABELS:
+    out.append(f"config.evals.{name}.labels={cfg.get('labels')!r} must be one of {', '.join(LABELS)}")
+  if not 0.0 <= float(cfg.get("score_threshold", 0.5)) <= 1.0:
+    out.append(f"config.evals.{name}.score_threshold={cfg.get('score_threshold')} must be in [0, 1]")
+  return out
+
+
 def make_source(d: dict):
   if d["source"] == "photos":
     return PhotoList(d["photos"])
