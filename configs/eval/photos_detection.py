@@ -7,8 +7,8 @@ by two real COCO detectors, CenterNet-MobileNetV3 and NanoDet (the paper's Table
         --workdir runs/eval_detection_sr
 
 Images: whole photos (not crops), each resized with its aspect ratio kept into a size x size canvas
-and padded, then degraded by the task: the demo's held-out bundled photos and the YOLO demo photos
-of the Debian package darknet (rajax.assets). No photo has boxes: each detector's targets are its
+and padded, then degraded by the task: the demo's held-out bundled photos, the YOLO demo photos of
+the Debian package darknet and five photos of objects from opencv-doc (rajax.assets): 16 photos. No photo has boxes: each detector's targets are its
 own detections on the clean image scoring >= score (0.3 by default), so the clean row is 100%.
 
 Args: runs, task (sr | denoise | jpeg), modes (comma-separated demo runs), size (the canvas side,
@@ -24,7 +24,10 @@ from rajax.data import photos
 DETECTORS = {"centernet": "centernet_mobilenetv3", "nanodet": "nanodet"}
 DEBIAN_PHOTOS = ("darknet/dog.jpg", "darknet/eagle.jpg", "darknet/giraffe.jpg", "darknet/horses.jpg",
                  "darknet/kite.jpg", "darknet/person.jpg")
-PHOTOS = tuple(photos.HELDOUT) + DEBIAN_PHOTOS
+# opencv-doc's photos of COCO objects (people, fruit, an aeroplane, a squirrel); its charts and patterns are left out.
+OPENCV_PHOTOS = ("opencv-doc/messi5.jpg", "opencv-doc/basketball1.png", "opencv-doc/fruits.jpg", "opencv-doc/aero3.jpg",
+                 "opencv-doc/squirrel_cls.jpg")
+PHOTOS = tuple(photos.HELDOUT) + DEBIAN_PHOTOS + OPENCV_PHOTOS
 QUICK_PHOTOS = ("coffee", "darknet/dog.jpg", "darknet/person.jpg")
 
 

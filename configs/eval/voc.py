@@ -4,7 +4,7 @@
     python -m rajax.evaluate --config configs/eval/voc.py:task=sr,runs=runs,weights=weights \\
         --workdir runs/eval_voc_sr --config.compute_dtype=bfloat16
 
-Processors (trainer workdirs `<runs>/<task>_<name>`): plain; ra (RA trained with the classifier
+Processors (trainer workdirs `<runs>/voc_<task>_<name>`, trained with configs/voc.py except `ra`): plain; ra (RA trained with the classifier
 ResNet-18 on ImageNet: Table 4's classification-to-detection transfer); ra_det_<arch> (RA trained
 with the VOC Faster R-CNN of backbone <arch> as the loss, Table 8; the other columns are Table 9's
 transfer between detection architectures); unsupervised_det (unsupervised RA with the R-50
@@ -31,18 +31,19 @@ def get_config(arg=None):
   backbones = [b for b in a.detectors.split(",") if b]
   names = ["plain", "ra"] + [f"ra_det_{b}" for b in backbones] + ["unsupervised_det"]
   for n in names:
-    c.processors[n] = f"{a.runs}/{a.task}_{n}"
+    c.processors[n] = f"{a.runs}/voc_{a.task}_{n}"
   dets = []
   for b in backbones:
     c.targets[f"frcnn_{b}"] = evaluate.detector(f"fasterrcnn_{b}_fpn" if b != "vgg16" else "fasterrcnn_vgg16",
-                                                f"{a.weights}/fasterrcnn_{b}_voc.pth", num_classes=21)
+                                                f"{a.weights}/fasterrcnn_{b}_voc.pth", num_classes=21, min_size=None)
     dets.append(f"frcnn_{b}")
   for arch in CLASSIFIERS:
     c.targets[arch] = evaluate.zoo(arch, f"{a.weights}/{arch}.pth")
 
   E = ml_collections.ConfigDict
-  voc = E(dict(source="tfds", split="voc/2007:test", data_dir="", size=(512, 512), max_boxes=100,
-               label_space="contiguous", batch_size=0))
+  # configs/voc.py's images: short side 600, long side at most 1000, padded to 1000 x 1000 (the detectors do not resize).
+  voc = E(dict(source="tfds", split="voc/2007:test", data_dir="", size=(1000, 1000), min_size=600, max_size=1000,
+               max_boxes=64, label_space="contiguous", batch_size=0))
   c.evals.detection = E(dict(type="detection", processors=tuple(names), targets=tuple(dets), labels="dataset",
                              metrics=("voc07_map11", "coco_map"), score_threshold=0.5, figures=4, data=voc,
                              title="Detection on VOC07 test: mAP (%) (Tables 4, 8, 9, 13)"))

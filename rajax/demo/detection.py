@@ -5,7 +5,7 @@
 After the classification evaluation, every task's runs are evaluated by the detection evaluator
 of the evaluation suite (configs/eval/photos_detection.py) with CenterNet-MobileNetV3 and NanoDet
 (real COCO weights, fetched by `python -m rajax.assets fetch`) on whole photos: the held-out bundled
-photos and the darknet package's. The photos have no boxes, so each detector's targets are its
+photos, the darknet package's and five of opencv-doc's. The photos have no boxes, so each detector's targets are its
 own detections on the clean photo; a row's mAP says how much of what the detector sees in the
 clean photo it still sees in the processed one. Per-photo AP is too noisy to pair, so the paired
 comparison with plain processing is a sign test per photo on the number of clean-photo detections

@@ -17,7 +17,8 @@ Data (the evaluator's own `data` section; whole images, not the classification c
   source "photos"  whole photos: names of rajax.data.photos ("chelsea") or of rajax.assets
                    ("darknet/dog.jpg"); no boxes;
   source "tfds"    a prepared detection dataset (`split`, e.g. "voc/2007:test", `data_dir`).
-Each image is resized into a `size` canvas with its aspect ratio kept and padded (rajax.data.detection),
+Each image is resized into a `size` canvas with its aspect ratio kept (and torchvision's `min_size` /
+`max_size` limits, 0: none) and padded (rajax.data.detection),
 then degraded by the evaluation's task, exactly as the detection pipelines do.
 
 Targets per image (`labels`): "dataset" (the data's boxes; VOC's difficult ones ignored) or
@@ -53,7 +54,8 @@ METRICS = {"voc07_map11": "VOC07 mAP", "voc_map_area": "VOC mAP (area)", "coco_m
            "coco_ap50": "COCO AP50", "coco_ap75": "COCO AP75"}
 LABELS = ("auto", "dataset", "recognizer")
 DEFAULT_DATA = dict(source="photos", photos=("chelsea", "coffee", "rocket", "grace_hopper", "flower"),
-                    split="voc/2007:test", data_dir="", size=(384, 384), max_boxes=100, label_space="contiguous",
+                    split="voc/2007:test", data_dir="", size=(384, 384), min_size=0, max_size=0, max_boxes=100,
+                    label_space="contiguous",
                     num_examples=-1, batch_size=0)
 ROW_TITLES = {INPUT: "input (degraded)", CLEAN: "clean image"}
 
@@ -169,7 +171,8 @@ def _batches(ctx: Context, data: _Data):
   d = data.settings
   gb = d["batch_size"] or ctx.config.batch_size
   sharding.check_batch_size(gb, ctx.mesh, "evals.<detection>.data.batch_size")
-  spec = det_data.DetectionSpec(size=d["size"], max_boxes=d["max_boxes"], label_space=d["label_space"])
+  spec = det_data.DetectionSpec(size=d["size"], min_size=d["min_size"], max_size=d["max_size"], max_boxes=d["max_boxes"],
+                                label_space=d["label_space"])
   ds = det_data.detection_eval_dataset(data.source, spec, data.degradation, global_batch=gb, seed=ctx.config.seed,
                                        num_examples=d["num_examples"], process_index=jax.process_index(),
                                        process_count=jax.process_count(), threads=2)
