@@ -4,6 +4,7 @@
     python -m rajax.demo --workdir runs/demo --quick    # a few steps each: checks the machinery
     python -m rajax.demo --workdir runs/demo --tasks sr --modes plain,ra
     python -m rajax.demo --workdir runs/demo --modes plain,ra,ra_joint,recognizer_on_input   # Appendix A too
+    python -m rajax.demo --workdir runs/demo --detection   # + task transfer to real detectors (rajax.demo.detection)
 
 For each task (SR x4, denoising sigma 0.1, JPEG quality 10) and each method (plain, RA,
 unsupervised RA, RA with transformer) it trains a processor with `rajax.train` from
@@ -348,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   eval_seconds = time.perf_counter() - t1
   from rajax.demo import report as report_lib
   report_lib.write_results(workdir, results, paired,
-                           {t: heldout_count(demo_config(t, "plain", args.quick)) for t in results})
+                           {t: heldout_count(demo_config(t, "plain", args.quick)) for t in results}, detection)
   figures = report_lib.write_figures(workdir, results, samples)
   extra = [m for m in args.modes if m not in DEFAULT_MODES]
   report = report_lib.write_report(workdir, results, quick=args.quick, train_seconds=train_seconds,

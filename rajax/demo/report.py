@@ -18,11 +18,14 @@ def _fmt_pct(v: float) -> str:
 
 
 def write_results(workdir: pathlib.Path, results: dict, paired: dict | None = None,
-                  crops: dict | None = None) -> pathlib.Path:
+                  crops: dict | None = None, detection: dict | None = None) -> pathlib.Path:
   path = workdir / "results.json"
   tmp = path.with_suffix(".json.tmp")
-  tmp.write_text(json.dumps({"results": results, "paired_vs_plain": paired or {}, "heldout_crops": crops or {},
-                             "recognizers": {"loss": LOSS_RECOGNIZER, "unseen": list(RECOGNIZERS[1:])}}, indent=2))
+  saved = {"results": results, "paired_vs_plain": paired or {}, "heldout_crops": crops or {},
+           "recognizers": {"loss": LOSS_RECOGNIZER, "unseen": list(RECOGNIZERS[1:])}}
+  if detection:   # rajax.demo --detection: {task: rows, notes, paired tests} (rajax.demo.detection)
+    saved["detection"] = detection
+  tmp.write_text(json.dumps(saved, indent=2))
   os.replace(tmp, path)
   return path
 
