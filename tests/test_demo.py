@@ -339,3 +339,81 @@ def test_runs_on_a_fixed_processor_wait_for_the_plain_run_and_read_it(tmp_path):
   # The longest runs start first: more trained networks, then more networks in all.
   order = [m for _, m in demo.schedule(["sr"], list(demo.DEFAULT_MODES))]
   assert order[0] == "pretrain" and order[1] == "transformer" and order[-1] == "plain"
+
+# ==================================================================== task transfer to detection (--detection)
+
+def _toy_detection_config(monkeypatch, work):
+  """configs/eval/photos_detection.py as the demo loads it, with two toy detectors (tests/toy_detector.py)
+  in place of CenterNet and NanoDet, three photos in a 32 x 32 canvas."""
+  import ml_collections
+
+  from rajax import evaluate
+  from rajax.demo import detection as detection_demo
+  from rajax.detection import zoo
+  monkeypatch.setattr(zoo, "_FAMILIES", (*zoo._FAMILIES, "toy_detector"))
+  load = detection_demo.eval_config
+
+  def toy(workdir, task, modes, quick):
+    c = load(workdir, task, modes, quick)
+    for i, name in enumerate(("centernet", "nanodet")):
+      c.targets[name] = evaluate.detector("toy_detector", "random", num_classes=3)
+      c.targets[name].seed = i
+    c.evals.detection.data = ml_collections.ConfigDict(dict(source="photos", photos=("coffee", "chelsea", "rocket"),
+                                                            size=(32, 32), max_boxes=8))
+    c.evals.detection.score_threshold = 0.5
+    c.evals.detection.figures = 1
+    return c
+
+  monkeypatch.setattr(detection_demo, "eval_config", toy)
+
+
+def test_detection_transfer_section_reports_the_evaluators_cells_and_sign_tests(tmp_path, monkeypatch):
+  """rajax.demo.detection on demo-layout runs (WORKDIR/<task>/<mode>): the report's section holds the
+  detection table's mAP cells and "vs plain" counts, each McNemar/sign-test p recomputed, the figures copied."""
+  import jax
+  import jax.numpy as jnp
+  from flax import serialization
+
+  from rajax import networks
+  from rajax.demo import detection as detection_demo
+  work = tmp_path / "demo"
+  for k, mode in enumerate(("plain", "ra")):
+    c = config_lib.load(f"{ROOT / 'configs/demo.py'}:task=denoise,mode={mode},quick=True")
+    d = work / "denoise" / mode
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(c.to_json_best_effort(indent=2))
+    net = networks.module(c, "processor")
+    v = jax.device_get(net.init(jax.random.key(k), jnp.zeros((1, 8, 8, 3)), train=False))
+    v["params"]["tail"]["kernel"] = 0.3 * np.random.default_rng(k).standard_normal(v["params"]["tail"]["kernel"].shape,
+                                                                                     np.float32)
+    (d / "processor.msgpack").write_bytes(serialization.msgpack_serialize(v))
+  _toy_detection_config(monkeypatch, work)
+  det = detection_demo.evaluate_detection(work, ["denoise"], ["plain", "ra"], quick=True)
+  table = det["denoise"]
+  assert [r["view"] for r in table["rows"]] == ["input", "plain", "ra", "clean"]
+  assert table["figures"] == ["detection_denoise_0.png"] and (work / "detection_denoise_0.png").is_file()
+  saved = json.loads((work / "eval" / "detection_denoise" / "detection.json").read_text())
+  lines = "\n".join(detection_demo.report_lines(det))
+  assert "Transfer to detection" in lines and "sign test" in lines
+  for r, s in zip(table["rows"], saved["rows"]):
+    for d in ("centernet", "nanodet"):
+      assert r[f"{d} VOC07 mAP"] == s[f"{d} VOC07 mAP"]
+      assert f"{100 * s[f'{d} VOC07 mAP']:.1f} / {100 * s[f'{d} COCO mAP']:.1f}" in lines
+  for d, test in table["extra"]["paired_vs_plain"]["ra"].items():
+    assert test["p"] == pytest.approx(numpy_metrics.mcnemar_p(test["gained"], test["lost"]), rel=1e-9)
+    boxes = table["extra"]["paired_boxes_vs_plain"]["ra"][d]
+    assert boxes["p"] == pytest.approx(numpy_metrics.mcnemar_p(boxes["gained"], boxes["lost"]), rel=1e-9)
+    assert f"photos +{test['gained']}/-{test['lost']}, p = {test['p']:.2g}; boxes +{boxes['gained']}/-{boxes['lost']}" in lines
+  clean = table["rows"][-1]
+  assert clean["centernet VOC07 mAP"] == 1.0 and clean["nanodet recovered"] == 1.0
+  assert "RA vs plain on detectors" in lines
+
+
+def test_detection_demo_refuses_to_start_without_the_fetched_assets(tmp_path, monkeypatch, capsys):
+  """--detection checks the detectors' graphs and photos before any training, naming the fetch command."""
+  from rajax import demo
+  monkeypatch.setenv("RAJAX_ASSETS", str(tmp_path / "empty"))
+  with pytest.raises(SystemExit) as e:
+    demo.main(["--workdir", str(tmp_path / "w"), "--detection", "--quick"])
+  assert e.value.code == 2 and "python -m rajax.assets fetch" in capsys.readouterr().err
+  assert not (tmp_path / "w").exists()   # nothing trained

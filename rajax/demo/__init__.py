@@ -4,6 +4,7 @@
     python -m rajax.demo --workdir runs/demo --quick    # a few steps each: checks the machinery
     python -m rajax.demo --workdir runs/demo --tasks sr --modes plain,ra
     python -m rajax.demo --workdir runs/demo --modes plain,ra,ra_joint,recognizer_on_input   # Appendix A too
+    python -m rajax.demo --workdir runs/demo --detection   # + task transfer to real detectors (rajax.demo.detection)
 
 For each task (SR x4, denoising sigma 0.1, JPEG quality 10) and each method (plain, RA,
 unsupervised RA, RA with transformer) it trains a processor with `rajax.train` from
@@ -313,12 +314,22 @@ def main(argv: Sequence[str] | None = None) -> int:
   from rajax import methods
   parser.add_argument("--modes", default=",".join(DEFAULT_MODES), type=lambda s: _names(s, methods.names(), "mode"),
                       help=f"comma-separated methods (default {','.join(DEFAULT_MODES)}; any of {','.join(methods.names())})")
+  parser.add_argument("--detection", action="store_true",
+                      help="also evaluate every run with two real COCO detectors (CenterNet, NanoDet) on whole photos: "
+                           "task transfer, rajax.demo.detection (needs `python -m rajax.assets fetch`)")
   parser.add_argument("--jobs", type=int, default=2,
                       help="training runs at a time (default 2: one compiles while another trains)")
   args = parser.parse_args(argv)
   if args.jobs < 1:
     parser.error(f"--jobs must be >= 1, got {args.jobs}")
   workdir = args.workdir
+  if args.detection:   # before hours of training: the detectors' graphs and the photos must be there
+    from rajax import assets
+    from rajax.demo import detection as detection_demo
+    try:
+      detection_demo.check_assets(args.quick)
+    except assets.AssetError as e:
+      parser.error(str(e))
   workdir.mkdir(parents=True, exist_ok=True)
   import jax
   # Identical programs (e.g. the plain step of every task's runs, or a resumed demo) compile once.
@@ -328,15 +339,22 @@ def main(argv: Sequence[str] | None = None) -> int:
   train_seconds = train_all(workdir, args.tasks, args.modes, args.quick, jobs=args.jobs)
   t1 = time.perf_counter()
   results, paired, samples, appendix = evaluate_all(workdir, args.tasks, args.modes, args.quick)
+  detection = None
+  if args.detection:
+    t2 = time.perf_counter()
+    detection = detection_demo.evaluate_detection(workdir, args.tasks, list(dict.fromkeys(
+        [*args.modes, *(d for m in args.modes for d in needs(m) if d != "pretrain")])), args.quick)
+    print(f"[demo] detection transfer evaluated in {datetime.timedelta(seconds=round(time.perf_counter() - t2))}",
+          flush=True)
   eval_seconds = time.perf_counter() - t1
   from rajax.demo import report as report_lib
   report_lib.write_results(workdir, results, paired,
-                           {t: heldout_count(demo_config(t, "plain", args.quick)) for t in results})
+                           {t: heldout_count(demo_config(t, "plain", args.quick)) for t in results}, detection)
   figures = report_lib.write_figures(workdir, results, samples)
   extra = [m for m in args.modes if m not in DEFAULT_MODES]
   report = report_lib.write_report(workdir, results, quick=args.quick, train_seconds=train_seconds,
                                    eval_seconds=eval_seconds, figures=figures, paired=paired,
-                                   appendix=appendix if extra else None)
+                                   appendix=appendix if extra else None, detection=detection)
   print(f"[demo] done in {datetime.timedelta(seconds=round(time.perf_counter() - t0))}: {report}", flush=True)
   for line in report_lib.claims(results, paired):
     print(line.replace("**", ""), flush=True)

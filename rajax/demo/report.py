@@ -18,11 +18,14 @@ def _fmt_pct(v: float) -> str:
 
 
 def write_results(workdir: pathlib.Path, results: dict, paired: dict | None = None,
-                  crops: dict | None = None) -> pathlib.Path:
+                  crops: dict | None = None, detection: dict | None = None) -> pathlib.Path:
   path = workdir / "results.json"
   tmp = path.with_suffix(".json.tmp")
-  tmp.write_text(json.dumps({"results": results, "paired_vs_plain": paired or {}, "heldout_crops": crops or {},
-                             "recognizers": {"loss": LOSS_RECOGNIZER, "unseen": list(RECOGNIZERS[1:])}}, indent=2))
+  saved = {"results": results, "paired_vs_plain": paired or {}, "heldout_crops": crops or {},
+           "recognizers": {"loss": LOSS_RECOGNIZER, "unseen": list(RECOGNIZERS[1:])}}
+  if detection:   # rajax.demo --detection: {task: rows, notes, paired tests} (rajax.demo.detection)
+    saved["detection"] = detection
+  tmp.write_text(json.dumps(saved, indent=2))
   os.replace(tmp, path)
   return path
 
@@ -90,7 +93,7 @@ def _transfer_verdict(gain: float, test: dict | None) -> str:
 
 def write_report(workdir: pathlib.Path, results: dict, *, quick: bool, train_seconds: float,
                  eval_seconds: float, figures: Sequence[str], paired: dict | None = None,
-                 appendix: dict | None = None) -> pathlib.Path:
+                 appendix: dict | None = None, detection: dict | None = None) -> pathlib.Path:
   import jax
 
   config = demo_config("sr", "ra", quick)
@@ -158,6 +161,9 @@ def write_report(workdir: pathlib.Path, results: dict, *, quick: bool, train_sec
     lines.append("")
   if appendix:
     lines += _appendix_lines(appendix)
+  if detection:   # rajax.demo --detection: the runs evaluated by real detectors (rajax.demo.detection)
+    from rajax.demo import detection as detection_demo
+    lines += detection_demo.report_lines(detection)
   lines += ["## Which claims held", ""] + claims(results, paired) + [""]
   lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figures] + [""]
   path = workdir / "report.md"

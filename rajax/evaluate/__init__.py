@@ -17,6 +17,9 @@ to run, each selected by its `type` (big_vision style):
   boundary      Table 6   decision-boundary distances (BD) and inter-boundary distances (IBD) along the
                           RA direction and random directions; 2-D decision maps (Figure 4)
   imagenet_c              top-1 per corruption and severity
+  detection     Tables 4, 8, 9, 12, 13  rows = processing (input, each run, clean), columns = evaluation
+                          detectors, cells VOC07 mAP@0.5 (11-point) / COCO mAP; per-class AP; detections drawn
+                          (rajax.evaluate.detection; Table 12 is `accuracy` on runs trained with a detector)
 
 Everything runs batched and jitted over a mesh of all devices (batch sharded along "data",
 variables replicated, the last batch padded and masked). Each evaluator writes
@@ -39,6 +42,7 @@ from ml_collections import config_dict
 
 from rajax import distributed
 from rajax.evaluate import boundary, tables
+from rajax.evaluate import detection as detection_eval
 from rajax.evaluate.boundary import boundary_distance, inter_boundary_distance
 from rajax.evaluate.context import Context, EvalError, load_processor, log
 from rajax.evaluate.report import Table, write_report, write_table
@@ -53,6 +57,7 @@ EVALUATORS = {
     "alternatives": tables.alternatives,
     "boundary": boundary.boundary,
     "imagenet_c": tables.imagenet_c,
+    "detection": detection_eval.detection,
 }
 
 
@@ -95,6 +100,16 @@ def zoo(name: str, weights: str | None = None, **options) -> ml_collections.Conf
   return t
 
 
+def detector(name: str, weights: str | None = None, **options) -> ml_collections.ConfigDict:
+  """A zoo-detector target section (`weights`: None for the detector's own, e.g. the fetched TF.js
+  graph of centernet_mobilenetv3 / nanodet, or a file); its class count is the detector's."""
+  num_classes = options.pop("num_classes", None)
+  t = ml_collections.ConfigDict(dict(kind="zoo", name=name, num_classes=num_classes, task="detection", options=options))
+  t.weights = config_dict.placeholder(str)
+  t.weights = weights
+  return t
+
+
 def run_target(workdir: str) -> ml_collections.ConfigDict:
   """A target section for the recognizer that the training run in `workdir` trained (e.g. ra_joint)."""
   return ml_collections.ConfigDict(dict(kind="run", run=str(workdir)))
@@ -126,6 +141,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     kind = ev.get("type", name)
     if kind not in EVALUATORS:
       problems.append(f"config.evals.{name}.type={kind!r} is not one of {', '.join(EVALUATORS)}")
+    if kind == "detection":   # its own data section and options, checked before any evaluator runs
+      problems += detection_eval.problems(ev, name)
     for item in ev.get("processors") or ():
       if item not in config.processors:
         problems.append(f"config.evals.{name}.processors names {item!r}, which is not in config.processors "
@@ -157,8 +174,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
   distributed.initialize(config.distributed)   # config.distributed or RAJAX_DISTRIBUTED=1, as the trainer
   ctx = Context(config, workdir, extra_targets=targets)
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+  # The detection evaluator reads its own images (whole photos or a detection dataset), not config.data's.
+  crops = any(ev.get("type", n) != "detection" for n, ev in config.evals.items())
   log(f"{len(config.evals)} evaluator(s) on {ctx.mesh.size} {jax.devices()[0].platform} device(s), "
-      f"{jax.process_count()} process(es); {ctx.num_examples} images; workdir {workdir}")
+      f"{jax.process_count()} process(es); {f'{ctx.num_examples} images; ' if crops else ''}workdir {workdir}")
   results = Results()
   t0 = time.perf_counter()
   names = only or list(config.evals.keys())
@@ -184,6 +203,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
 
 __all__ = [
     "EVALUATORS", "CallableTarget", "Context", "EvalError", "OnnxTarget", "Results", "Table", "TargetError", "ZooTarget",
-    "base_config", "boundary_distance", "class_halves", "inter_boundary_distance", "load_processor", "run", "run_target",
+    "base_config", "boundary_distance", "class_halves", "detector", "inter_boundary_distance", "load_processor", "run", "run_target",
     "validate", "zoo",
 ]

@@ -184,9 +184,16 @@ class Context:
       self._targets[name] = t
     return self._targets[name]
 
-  def target_names(self, names: Sequence[str] | None) -> list[str]:
-    return list(names) if names else list(self.config.targets.keys()) + [n for n in self._targets
-                                                                       if n not in self.config.targets]
+  def target_names(self, names: Sequence[str] | None, task: str = "classification") -> list[str]:
+    """`names`, or by default every target of `task` (classifiers for the classification tables,
+    detectors for the detection table)."""
+    if names:
+      return list(names)
+    from rajax.detection import Detector
+    configured = [n for n, spec in self.config.targets.items() if targets_lib.task_of(spec) == task]
+    extra = [n for n, t in self._targets.items() if n not in self.config.targets
+             and (getattr(t, "recognizer", None) is not None and isinstance(t.recognizer, Detector)) == (task == "detection")]
+    return configured + extra
 
   def processor_names(self, names: Sequence[str] | None) -> list[str]:
     return list(names) if names else list(self.config.processors.keys())

@@ -156,11 +156,13 @@ def build(name: str, spec, *, compute_dtype: str = "float32", seed: int = 0):
     arch = spec.get("name", name)
     weights = spec.get("weights", None)
     options = dict(spec.get("options", {}) or {})
-    num_classes = spec.get("num_classes", 1000)
+    num_classes = spec.get("num_classes", 1000)   # None: the architecture's own (a detector's)
     rec = recognizer(arch, weights, num_classes=num_classes, dtype=compute_dtype, seed=spec.get("seed", seed),
                      **options)
     if weights == "random":
       wkey = f"random:{spec.get('seed', seed)}"
+    elif weights is None and getattr(rec, "task", "classification") == "detection":
+      wkey = "variables:" + tree_digest(rec.variables)   # a detector's weights: a fetched asset, not a wheel
     elif weights is None:
       wkey = "bundled:" + _file_digest(_bundled(arch))
     else:
@@ -209,16 +211,40 @@ def wrap(name: str, obj) -> ZooTarget | HostTarget:
 
   if isinstance(obj, (ZooTarget, HostTarget)):
     return obj
-  if isinstance(obj, Recognizer):
-    leaves = jax.tree.leaves(obj.variables)
-    digest = hashlib.sha256()
-    for leaf in leaves:
-      digest.update(np.asarray(leaf).tobytes())
-    return ZooTarget(name=name, recognizer=obj, key=json.dumps(["recognizer", obj.name, digest.hexdigest()]))
+  from rajax.detection import Detector
+  if isinstance(obj, (Recognizer, Detector)):
+    return ZooTarget(name=name, recognizer=obj, key=json.dumps(["recognizer", obj.name, tree_digest(obj.variables)]))
   if callable(obj):
     key = getattr(obj, "cache_key", f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', repr(obj))}")
     return CallableTarget(name=name, key=json.dumps(["callable", key]), fn=obj)
   raise TargetError(f"Target {name!r}: expected a Recognizer or a callable, got {type(obj).__name__}.")
+
+
+def tree_digest(tree) -> str:
+  """sha256 of a pytree's leaves (a recognizer's weights), for cache keys."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(tree):
+    digest.update(np.asarray(leaf).tobytes())
+  return digest.hexdigest()
+
+
+def task_of(spec) -> str:
+  """"detection" or "classification": which task a target section's recognizer solves, without building
+  it (a zoo name the detector zoo knows, a run trained with one, or the section's own `task`)."""
+  if spec.get("task"):
+    return spec.get("task")
+  from rajax.detection import zoo as detector_zoo
+  kind = spec.get("kind", "zoo")
+  if kind == "zoo":
+    return "detection" if spec.get("name", "") in detector_zoo.available() else "classification"
+  if kind == "run":
+    from rajax import runs
+    try:
+      name = runs.read_config(spec.get("run", "")).recognizer.name
+    except runs.RunError:
+      return "classification"
+    return "detection" if name in detector_zoo.available() else "classification"
+  return "classification"
 
 
 def _bundled(arch: str) -> pathlib.Path:
