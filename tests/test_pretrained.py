@@ -57,6 +57,10 @@ def test_bundled_weights_recognise_the_photos(pretrained, photo_batch):
 
 def test_recognizer_input_normalisation():
   assert recognizers.available().count("efficientnet_lite0") == 1
+  assert "fasterrcnn_resnet50_fpn" in recognizers.available(task="detection")
+  assert "fasterrcnn_resnet50_fpn" not in recognizers.available(task="classification")
+  assert set(recognizers.available()) == set(recognizers.available(task="classification")) | set(
+      recognizers.available(task="detection"))
   lite = recognizers._ARCHS["efficientnet_lite0"]
   np.testing.assert_allclose(lite.mean, [127 / 255] * 3)
   assert recognizers._ARCHS["mobilenet_v2"].mean == recognizers.IMAGENET_MEAN
@@ -95,7 +99,7 @@ _SAME_CODE_AS_ANOTHER = ("resnet34", "resnet101", "resnet152", "vgg16")
 
 @pytest.mark.parametrize("name", [
     pytest.param(n, marks=pytest.mark.heavy) if n in _SAME_CODE_AS_ANOTHER else n
-    for n in sorted(recognizers.available())])
+    for n in sorted(recognizers.available(task="classification"))])
 def test_input_gradient_through_every_recognizer(name):
   """d CE / d image under jit, float32 and bfloat16: finite, non-zero, and the two agree in direction."""
   x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))

@@ -77,10 +77,12 @@ for _family in _FAMILIES:
              rename_torch_keys=_family.rename_torch_keys, mean=_mean, std=_std)
 
 
-def available() -> list[str]:
-  """Names accepted by `recognizer()`: the classifiers and the detectors (`rajax.detection.zoo`)."""
+def available(task: str | None = None) -> list[str]:
+  """Names accepted by `recognizer()`: the classifiers and the detectors (`rajax.detection.zoo`);
+  with `task` ("classification", "detection") those of that task only."""
   from rajax.detection import zoo
-  return sorted([*_ARCHS, *zoo.available()])
+  names = {**{n: a.task for n, a in _ARCHS.items()}, **{n: "detection" for n in zoo.available()}}
+  return sorted(n for n, t in names.items() if task is None or t == task)
 
 
 @functools.partial(
