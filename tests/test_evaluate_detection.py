@@ -194,6 +194,7 @@ def test_detection_table_cells_equal_map_recomputed_from_each_run_and_detector(r
   assert again.stats["computed"] == 0 and again["detection"].rows == table.rows
 
 
+@pytest.mark.heavy   # 10-25 s of a 2-core CI; `python -m pytest -m heavy` runs it
 def test_a_processor_trained_with_a_detector_is_evaluated_by_classifiers_table_12(run_dirs, tmp_path):
   """The accuracy evaluator takes runs trained with a detector; its default targets are the classifiers."""
   c = _config(run_dirs)

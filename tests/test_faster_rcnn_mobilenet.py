@@ -71,6 +71,7 @@ def eval_outputs():
   return jax.device_get(go(detector(), images()))
 
 
+@pytest.mark.heavy   # 10-25 s of a 2-core CI; `python -m pytest -m heavy` runs it
 def test_mobilenet_fpn_levels_rpn_and_proposals_match_torchvision():
   out, _ = eval_outputs()
   r = rec()

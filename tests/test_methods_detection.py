@@ -143,6 +143,7 @@ def test_unsupervised_ra_with_a_detector_compares_its_features_of_p_output_and_c
   np.testing.assert_allclose(float(m["recognition"]), float(jnp.mean((f_out - f_clean) ** 2)), rtol=1e-5)
 
 
+@pytest.mark.heavy   # 10-25 s of a 2-core CI; `python -m pytest -m heavy` runs it
 def test_transformer_with_a_detector_gives_p_no_recognition_gradient():
   batch = _batch(3)
   runs = {}

@@ -312,6 +312,7 @@ def _noisy_first_photo(photos, targets, size: int):
   return x0, t0._replace(boxes=t0.boxes * scale)
 
 
+@pytest.mark.heavy   # 10-25 s of a 2-core CI; `python -m pytest -m heavy` runs it
 def test_centernet_loss_is_finite_differentiable_and_falls_under_descent_on_the_image(cnet, photos, centernet_run):
   x0, t0 = _noisy_first_photo(photos, _pseudo_targets(centernet_run[1][2]), 512)
   assert int(t0.valid.sum()) >= 3
