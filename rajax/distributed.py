@@ -157,6 +157,15 @@ def any_process(flag: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(flag)))))
 
 
+def gather_hosts(x) -> np.ndarray:
+  """Every process's `x` (host-local, or a batch-sharded global array) concatenated along axis 0
+  in process order, as a NumPy array on every process (a collective in multi-process runs)."""
+  if jax.process_count() == 1:
+    return np.asarray(jax.device_get(x))
+  from jax.experimental import multihost_utils  # noqa: PLC0415 - only multi-process runs need it
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def fail_fast(process_index: int, process_count: int) -> None:
   """Makes an uncaught exception end this process at once, without the orderly shutdown.
 

@@ -136,8 +136,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
       out = eval_step(state, batch, frozen)
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
       if evaluator is not None:
-        outputs, targets = predict_step(state, batch, frozen)
-        evaluator.add(outputs, targets, mask=batch["mask"])
+        outputs, targets = predict_step(state, batch, frozen)   # replicated: every process holds them all
+        evaluator.add(outputs, targets, mask=distributed.gather_hosts(local["mask"]))
     sums = jax.device_get(sums)
     count = sums.pop("count")
     result = {k: float(v / count) for k, v in sums.items()} | {"count": int(count)}

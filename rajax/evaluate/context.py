@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 
 from rajax import data as data_lib
-from rajax import metrics, sharding
+from rajax import distributed, metrics, sharding
 from rajax import runs as runs_lib
 from rajax.evaluate import targets as targets_lib
 from rajax.methods import to_float_images
@@ -277,10 +277,7 @@ class Context:
     return target.outputs(self.host_images(images), seed=seed)
 
   def host_images(self, images) -> np.ndarray:
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-      return np.asarray(multihost_utils.process_allgather(images, tiled=True))
-    return np.asarray(jax.device_get(images))
+    return distributed.gather_hosts(images)
 
   # ------------------------------------------------------------------ cache
   def _cache_file(self, key: str) -> pathlib.Path:
