@@ -137,6 +137,7 @@ def train_outputs(entry: str):
 
 
 # ---------------------------------------------------------------------------------------- pieces
+@pytest.mark.heavy   # 5-10 s of a 2-core CI; `python -m pytest -m heavy` runs it
 def test_transform_resizes_normalises_and_pads_as_torchvision():
   out, _ = eval_outputs("small")
   r = rec("small")

@@ -143,6 +143,7 @@ def head_losses(radius: float = 1.5, per_image_norm: bool = False):
 
 
 # ---------------------------------------------------------------------------------------- inference
+@pytest.mark.heavy   # 5-10 s of a 2-core CI; `python -m pytest -m heavy` runs it
 def test_transform_fpn_p6_p7_and_head_outputs_match_torchvision():
   out, _ = eval_outputs("small")
   r = rec("small")

@@ -116,6 +116,7 @@ def test_ra_with_a_detector_adds_the_detectors_own_loss_on_p_output():
   assert abs(float(other["recognition"]) - expected) > 1e-4
 
 
+@pytest.mark.heavy   # 5-10 s of a 2-core CI; `python -m pytest -m heavy` runs it
 def test_ra_with_unlabelled_images_trains_on_the_detectors_own_detections_of_the_clean_image():
   b = Built(_config("ra", labels="recognizer"))
   batch = {k: v for k, v in _batch(1).items() if k in ("input", "target")}
@@ -214,7 +215,7 @@ def test_a_classifier_distance_for_a_detector_is_refused_naming_the_detectors_di
     config_lib.validate(_config("unsupervised", **{"method.distance": "prob_mse"}))
 
 
-@pytest.mark.parametrize("name", ["ra", "ra_joint"])
+@pytest.mark.parametrize("name", ["ra", pytest.param("ra_joint", marks=pytest.mark.heavy)])
 def test_sharded_step_with_a_detector_equals_the_single_device_step(name):
   """8 fake devices agree with one: the detector's per-image loss and its BatchNorm statistics
   (ra_joint trains it) are the same when the batch is split across devices."""

@@ -263,6 +263,7 @@ def test_nanodet_detections_equal_tfjs_gfl_decoding_and_nms(nanodet_run, fx):
   assert found["astronaut"][0] == "person" and "cup" in found["coffee"]
 
 
+@pytest.mark.heavy   # 5-10 s of a 2-core CI; `python -m pytest -m heavy` runs it
 def test_segmenter_graphs_equal_tfjs(fetched, photos, fx):
   """selfie (Conv2DBackpropInput, AvgPool, AddN) and meet (MatMul, BiasAdd) on the astronaut photo."""
   names, x = photos
