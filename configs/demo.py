@@ -5,16 +5,22 @@
     python -m rajax.train --config configs/demo.py:task=sr,mode=ra --workdir runs/demo/sr/ra \\
         --config.init_processor=runs/demo/sr/pretrain/processor.msgpack
 
-P is a small SRResNet trained on random crops of the photos that ship with scikit-image,
-scikit-learn and matplotlib (rajax.data.photos; held-out photos are never trained on). R is
-MobileNetV2 with its real ImageNet weights; the labels are R's own top-1 classes on the clean crops.
+P is a small SRResNet trained on random crops of the training photos of rajax.data.photos (those
+that ship with scikit-image, scikit-learn, matplotlib and two Debian packages, split by photo into
+train / validation / test). R is MobileNetV2 with its real ImageNet weights; the labels are R's own
+top-1 classes on the clean crops. `recognizer=centernet_mobilenetv3` trains P with the real COCO
+detector CenterNet as R instead (detection RA: whole training photos on a canvas, the targets
+CenterNet's own detections on the clean photo).
 
 To fit a 2-core CPU, each task first trains P with the plain loss ("pretrain" stage), and every
 method (plain included, for fairness) then continues from that P for the same number of steps
 ("finetune" stage, the default).
 
 Args: task (sr | denoise | jpeg), mode (plain | ra | unsupervised | transformer, or an Appendix A method),
-stage (pretrain | finetune), quick (bool: a few steps, to check the machinery).
+stage (pretrain | finetune), quick (bool: a few steps, to check the machinery), lam (the recognition
+weight; negative: the mode's default below; the demo trains RA and unsupervised RA at each value of
+rajax.demo.LAM_GRID and keeps the one that does best on the validation photos), recognizer (mobilenet_v2 |
+centernet_mobilenetv3), split (the photos a run evaluates on: validation | test).
 """
 
 from rajax import config as config_lib
@@ -22,20 +28,26 @@ from rajax.data import photos
 
 STEPS = {"pretrain": 200, "finetune": 52}
 QUICK_STEPS = {"pretrain": 4, "finetune": 4}
+DETECTOR = "centernet_mobilenetv3"
+DETECTION_CANVAS = 192                   # the detection run's whole photos, resized and padded (CenterNet reads 512)
+DETECTION_STEPS = {False: 24, True: 2}
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, task="sr", mode="ra", stage="finetune", quick=False)
+  a = config_lib.parse_arg(arg, task="sr", mode="ra", stage="finetune", quick=False, lam=-1.0,
+                           recognizer="mobilenet_v2", split="test")
   if a.stage not in STEPS:
     raise config_lib.ConfigError(f"configs/demo.py: stage={a.stage!r} is not one of {', '.join(STEPS)}.")
+  if a.recognizer not in ("mobilenet_v2", DETECTOR):
+    raise config_lib.ConfigError(f"configs/demo.py: recognizer={a.recognizer!r} is not mobilenet_v2 or {DETECTOR}.")
   if a.stage == "pretrain" and a.mode != "plain":
     a.mode = "plain"                     # pretraining is plain processing whatever the mode
-  c = config_lib.base(task=a.task, method=a.mode, recognizer="mobilenet_v2")
-  c.recognizer.weights = None            # the bundled ImageNet weights
+  c = config_lib.base(task=a.task, method=a.mode, recognizer=a.recognizer)
+  c.recognizer.weights = None            # the bundled ImageNet weights (the fetched COCO graph for CenterNet)
   c.labels = "recognizer"                # no ground truth: R's top-1 on the clean crop
 
-  # Small enough for 15 runs in about 7 minutes on a 2-core CPU, two at a time. SR runs its body at
-  # 1/4 resolution, so it can afford twice the channels of the full-resolution denoising/JPEG P.
+  # Small enough for the demo's 27 runs on a 2-core CPU, two at a time. SR runs its body at 1/4
+  # resolution, so it can afford twice the channels of the full-resolution denoising/JPEG P.
   c.processor.blocks = 2
   c.processor.channels = 32 if a.task == "sr" else 16
   c.processor.input_skip = True          # starts as bicubic / identity: short trainings converge
@@ -44,11 +56,12 @@ def get_config(arg=None):
   c.transformer.channels = 8
   c.transformer.input_skip = True
 
-  # Recognition loss weights, the one knob set per task: RA 3e-4 for SR and denoising (the paper's
-  # 1e-3 gave about the same held-out gain in the SR miniature at a larger PSNR cost), 1e-4 for JPEG
-  # (3e-4 and 1e-3 lowered held-out agreement in a JPEG miniature with 9x9 head and tail). Unsupervised RA keeps the paper's ratio to RA
-  # (10 : 1e-3); T, trained on the recognition loss alone with Adam, does not depend on its weight.
-  ra = {"sr": 3e-4, "denoise": 3e-4, "jpeg": 1e-4}[a.task]
+  # Recognition loss weights: the demo trains RA and unsupervised RA at each weight of its grid
+  # (rajax.demo.LAM_GRID) and keeps the best on the validation photos, so these defaults, the middle of
+  # the grids, serve only runs outside the demo and the Appendix A alternatives. Unsupervised RA keeps
+  # the paper's ratio to RA (10 : 1e-3); T, trained on the recognition loss alone with Adam, does not
+  # depend on its weight.
+  ra = 3e-4
   # The Appendix A alternatives (opt-in: rajax.demo --modes) use RA's weight for their recognition
   # or feature term, MobileNetV2's stride-16 features ("stage4") for the perceptual loss, and fine-tune
   # R from its ImageNet weights with SGD with momentum where they train it, at 1e-4, with its BatchNorm
@@ -57,25 +70,29 @@ def get_config(arg=None):
   # clean crops fell to 3-4%.
   lams = {"plain": 0.0, "ra": ra, "unsupervised": 1e4 * ra, "transformer": 1e-2}
   if "lam" in c.method:
-    c.method.lam = lams.get(a.mode, ra)
+    c.method.lam = float(a.lam) if a.lam >= 0 else lams.get(a.mode, ra)
   if "layers" in c.method:
     c.method.layers = ("stage4",)
   if "recognizer_bn" in c.method:
     c.method.recognizer_bn = "frozen"
 
   c.data.source = "photos"
+  if a.split not in ("validation", "test"):
+    raise config_lib.ConfigError(f"configs/demo.py: split={a.split!r} is not validation or test.")
+  c.data.eval_split = a.split
   # Training photos at four scales (short side 1x to 3.4x the crop): a crop shows a whole photo
-  # or one detail of it, so the ten training photos give many different views. Pretraining uses
-  # smaller crops (P is fully convolutional). Evaluation: a 4x4 grid of crops at short sides
-  # 1.17x, 1.5x and 1.83x the crop, and their mirrors: 5 held-out photos x 3 x 16 x 2 = 480 crops
-  # (with 180 crops one crop was 0.56 points, and differences of 1-2 points were within chance).
+  # or one detail of it, so the 23 training photos give many different views. Pretraining uses
+  # smaller crops (P is fully convolutional). Evaluation: a 3x3 grid of crops at short sides
+  # 1.17x, 1.5x and 1.83x the crop, and their mirrors: 14 test photos x 3 x 9 x 2 = 756 crops
+  # (8 validation photos: 432). Crops of one photo overlap; more photos, not more crops of each,
+  # are what makes a difference measurable.
   small = a.quick or a.stage == "pretrain"
   c.data.crop = 48 if small else 96
   c.data.photos.short_side = c.data.crop
   c.data.photos.scales = (1.0, 1.5, 2.25, 3.375)
   c.data.photos.eval_scales = (1.17, 1.5, 1.83)
-  c.data.photos.grid = 4
-  if a.quick:                            # 40 held-out crops: the quick run checks the machinery only
+  c.data.photos.grid = 3
+  if a.quick:                            # 112 test crops: the quick run checks the machinery only
     c.data.photos.eval_scales = (1.17,)
     c.data.photos.grid = 2
   c.data.resize = 0                      # the source already resized the photos
@@ -98,4 +115,27 @@ def get_config(arg=None):
   c.log_every = 2 if a.quick else 20
   c.eval_every = 0                       # once, at the end
   c.ckpt_every = 50
+  if a.recognizer == DETECTOR:
+    detection_run(c, a)
   return c
+
+
+def detection_run(c, a):
+  """P trained with CenterNet as R: whole training photos resized into a DETECTION_CANVAS canvas
+  (padded, flipped), the targets CenterNet's detections on the clean canvas scoring >= 0.5."""
+  from ml_collections import config_dict
+
+  from rajax.data import detection as detection_data
+  if a.stage != "finetune":
+    raise config_lib.ConfigError("configs/demo.py: the detection run fine-tunes the classification demo's "
+                                 "pretrained P (stage=finetune).")
+  c.recognizer.num_classes = None       # the detector's own (COCO's 80)
+  c.data.detection = config_dict.ConfigDict(dict(
+      detection_data.config_defaults(), size=(DETECTION_CANVAS, DETECTION_CANVAS), max_boxes=32))
+  c.data.crop = DETECTION_CANVAS
+  c.data.batch_size = 4
+  c.data.eval_batch_size = 4
+  steps = DETECTION_STEPS[bool(a.quick)]
+  c.data.photos.repeats = -(-steps * c.data.batch_size // len(photos.TRAIN))
+  c.num_epochs = 1.0
+

@@ -244,9 +244,10 @@ def base(*, task: str = "sr", method: str = "ra", recognizer: str = "resnet18") 
   c.data.synthetic = ml_collections.ConfigDict(
       dict(train_size=1024, eval_size=64, image_size=64, num_classes=10, seed=0))
   # source "photos": photos shipped in installed packages (rajax.data.photos), resized to short_side;
-  # an epoch is `repeats` random crops of each training photo; eval is a grid x grid of crops (+ mirrors).
+  # an epoch is `repeats` random crops of each training photo; eval is a grid x grid of crops (+ mirrors)
+  # of data.eval_split's photos ("validation" or "test"), or of `names` when given.
   c.data.photos = ml_collections.ConfigDict(dict(short_side=192, repeats=64, grid=3, scales=(1.0,),
-                                                 eval_scales=(1.0,)))
+                                                 eval_scales=(1.0,), names=()))
 
   # One optimizer per trained network (rajax.optim.section): the paper's Adam at 1e-4 with its decay
   # after 4 and 5 epochs for P and T; SGD with momentum for R, for the methods that train it.
@@ -309,6 +310,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
         f"config.data.source={d.source!r} is not 'tfds', 'synthetic' or 'photos'")
   if d.source == "photos":
     check(c.labels == "recognizer", "config.data.source='photos' has no labels: set config.labels='recognizer'")
+    check(d.eval_split in ("validation", "test"),
+          f"config.data.eval_split={d.eval_split!r}: the photos evaluate on 'validation' (to choose settings) or "
+          "'test' (to report them)")
   check(d.crop >= 8, f"config.data.crop={d.crop} must be >= 8")
   check(d.resize == 0 or d.resize >= d.crop, f"config.data.resize={d.resize} must be 0 or >= data.crop ({d.crop})")
   if c.task == "sr":

@@ -469,7 +469,7 @@ def test_training_inputs_are_degraded_targets_and_device_noise_gives_indices(voc
 
 
 def test_photos_source_has_no_boxes_and_keeps_the_classification_pool():
-  src = det.DetectionPhotos("heldout", names=("chelsea", "coffee"))
+  src = det.DetectionPhotos("test", names=("chelsea", "coffee"))
   b = _take(_eval(src, DetectionSpec(size=(96, 128), max_boxes=3), rd.Degradation("sr", scale=4)), 1)[0]
   assert not b["valid"].any() and b["input"].shape == (2, 24, 32, 3) and b["id"].tolist() == [0, 1]
   # chelsea 451 x 300 -> scale min(96/300, 128/451) = 128/451 -> 85 x 128.
@@ -477,10 +477,10 @@ def test_photos_source_has_no_boxes_and_keeps_the_classification_pool():
   want = np.asarray(Image.fromarray(photo("chelsea")).resize((128, 85), Image.BILINEAR))
   np.testing.assert_array_equal(b["target"][0][:85], want)
   # Training keeps photos without boxes (their targets come from a detector), with flips.
-  t = _take(_train(det.DetectionPhotos("heldout", names=("chelsea", "coffee"), repeats=2),
+  t = _take(_train(det.DetectionPhotos("test", names=("chelsea", "coffee"), repeats=2),
                    DetectionSpec(size=(96, 128), max_boxes=3), batch=4), 1)[0]
   assert sorted(t["id"].tolist()) == [0, 0, 1, 1] and not t["valid"].any()
-  assert det.DetectionPhotos("heldout").photo_names == photos.HELDOUT and len(det.DetectionPhotos("train")) == 10
+  assert det.DetectionPhotos("test").photo_names == photos.TEST and len(det.DetectionPhotos("train")) == 23
 
 
 # --------------------------------------------------------------------------- bad input
@@ -571,5 +571,5 @@ def test_sources_and_transforms_pickle_for_grain_worker_processes(voc):
   for position in (0, 4):
     a, b = example(position), copy(position)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-  photos_copy = pickle.loads(pickle.dumps(det.DetectionPhotos("heldout", names=("coffee",))))
+  photos_copy = pickle.loads(pickle.dumps(det.DetectionPhotos("test", names=("coffee",))))
   np.testing.assert_array_equal(photos_copy[0]["image"], photo("coffee"))

@@ -21,23 +21,46 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def test_photo_split_is_by_photo():
-  assert not set(photos.TRAIN) & set(photos.HELDOUT)
+  """Train, validation and test hold different photos, every photo of the pool is in one of them, and
+  the three sources give exactly their own photos (validation and test: a grid of crops and mirrors)."""
+  splits = {k: set(v) for k, v in photos.SPLITS.items()}
+  assert sum(map(len, splits.values())) == len(set().union(*splits.values())) == 45
+  assert (len(photos.TRAIN), len(photos.VALIDATION), len(photos.TEST)) == (23, 8, 14)
+  # two frames of one scene stay together (in training)
+  assert {"opencv-doc/basketball1.png", "opencv-doc/basketball2.png"} <= splits["train"]
   train = photos.PhotoSource("train", short_side=80, crop=64, repeats=3)
-  held = photos.PhotoSource("heldout", short_side=80, crop=64, grid=2)
   assert len(train) == 3 * len(photos.TRAIN)
-  assert len(held) == 2 * 2 * 2 * len(photos.HELDOUT)          # grid x grid crops and their mirrors
-  assert {train[i]["photo"] for i in range(len(train))} == set(photos.TRAIN)
-  assert {held[i]["photo"] for i in range(len(held))} == set(photos.HELDOUT)
-  for i in (0, len(held) - 1):
-    e = held[i]
-    assert e["image"].shape == (64, 64, 3) and e["image"].dtype == np.uint8 and e["label"] == photos.NO_LABEL
+  assert {train[i]["photo"] for i in range(len(train))} == splits["train"]
   assert min(train[0]["image"].shape[:2]) == 80
-  # Crops i and i + grid^2 of a photo are mirror images.
-  np.testing.assert_array_equal(held[0]["image"][:, ::-1], held[4]["image"])
-  with pytest.raises(IndexError):
-    held[len(held)]
+  for split in ("validation", "test"):
+    held = photos.PhotoSource(split, short_side=80, crop=64, grid=2)
+    assert len(held) == 2 * 2 * 2 * len(photos.SPLITS[split])          # grid x grid crops and their mirrors
+    assert {held[i]["photo"] for i in range(len(held))} == splits[split]
+    for i in (0, len(held) - 1):
+      e = held[i]
+      assert e["image"].shape == (64, 64, 3) and e["image"].dtype == np.uint8 and e["label"] == photos.NO_LABEL
+    # Crops i and i + grid^2 of a photo are mirror images.
+    np.testing.assert_array_equal(held[0]["image"][:, ::-1], held[4]["image"])
+    with pytest.raises(IndexError):
+      held[len(held)]
   with pytest.raises(ValueError, match="split"):
-    photos.PhotoSource("test")
+    photos.PhotoSource("heldout")
+
+
+def test_photos_config_evaluates_on_the_split_it_names():
+  """data.eval_split picks the validation or the test photos; anything else is refused with the choices."""
+  from rajax.data import pipeline
+  c = config_lib.load(f"{ROOT}/configs/demo.py:task=denoise,mode=plain,quick=True,split=validation")
+  assert c.data.eval_split == "validation"
+  names = {e["photo"] for e in pipeline.make_source(c.data, c.data.eval_split)}
+  assert names == set(photos.VALIDATION)
+  c = config_lib.load(f"{ROOT}/configs/demo.py:task=denoise,mode=plain,quick=True")
+  assert {e["photo"] for e in pipeline.make_source(c.data, c.data.eval_split)} == set(photos.TEST)
+  c.data.eval_split = "heldout"
+  with pytest.raises(config_lib.ConfigError, match="'validation'.*'test'"):
+    config_lib.validate(c)
+  with pytest.raises(ValueError, match="validation.*test"):
+    pipeline.make_source(c.data, "heldout")
 
 
 def test_photo_scales_give_each_photo_at_several_sizes():
@@ -45,8 +68,8 @@ def test_photo_scales_give_each_photo_at_several_sizes():
   assert len(train) == 2 * 2 * len(photos.TRAIN)
   sides = {(train[i]["photo"], min(train[i]["image"].shape[:2])) for i in range(len(train))}
   assert sides == {(n, s) for n in photos.TRAIN for s in (64, 96)}
-  held = photos.PhotoSource("heldout", short_side=64, crop=64, grid=2, scales=(1.25, 2.0))
-  assert len(held) == 2 * 2 * 2 * 2 * len(photos.HELDOUT)     # scales x grid x grid x mirror
+  held = photos.PhotoSource("test", short_side=64, crop=64, grid=2, scales=(1.25, 2.0))
+  assert len(held) == 2 * 2 * 2 * 2 * len(photos.TEST)     # scales x grid x grid x mirror
   assert len({held[i]["image"].tobytes() for i in range(len(held))}) == len(held)   # all distinct crops
   with pytest.raises(ValueError, match="below crop"):
     photos.PhotoSource("train", short_side=64, crop=64, scales=(0.5, 1.0))
@@ -54,10 +77,23 @@ def test_photo_scales_give_each_photo_at_several_sizes():
     photos.PhotoSource("train", scales=())
 
 
-def test_every_bundled_photo_loads_as_rgb():
-  for name in photos.TRAIN + photos.HELDOUT:
+def test_every_photo_loads_as_rgb():
+  for name in photos.TRAIN + photos.VALIDATION + photos.TEST:
     img = photos.photo(name)
     assert img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8 and min(img.shape[:2]) >= 256, name
+
+
+def test_a_fetched_photo_that_is_missing_names_the_fetch_command(tmp_path, monkeypatch):
+  from rajax import assets
+  monkeypatch.setenv("RAJAX_ASSETS", str(tmp_path / "empty"))
+  photos.photo.cache_clear()
+  try:
+    with pytest.raises(assets.AssetError, match="python -m rajax.assets fetch.*opencv-doc"):
+      photos.photo("opencv-doc/apple.jpg")
+  finally:
+    photos.photo.cache_clear()
+  with pytest.raises(ValueError, match="Unknown bundled photo 'nope'"):
+    photos.photo("nope")
 
 
 def test_demo_config_needs_recognizer_labels():
@@ -81,7 +117,7 @@ def _recomputed_quality(work: pathlib.Path, task: str, modes) -> dict:
   import rajax
   from rajax import demo
   config = demo.demo_config(task, "plain", True)
-  batch, _ = demo._heldout_batch(config)
+  batch, _ = demo._eval_batch(config)
   y8, x = batch["target"], batch["input"]
   y = y8.astype(np.float32) / np.float32(255)
   if task == "jpeg":
@@ -116,15 +152,24 @@ def test_demo_quick_writes_report_results_and_figures(tmp_path):
   proc = subprocess.run([sys.executable, "-m", "rajax.demo", "--workdir", str(work), "--quick"],
                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-  assert "| 15/15 runs |" in proc.stdout and "[demo] done in" in proc.stdout
+  # per task: pretrain, plain, one candidate each of RA and unsupervised RA, transformer; and CenterNet's run
+  assert "| 16/16 runs |" in proc.stdout and "[demo] done in" in proc.stdout
   saved = json.loads((work / "results.json").read_text())
   results = saved["results"]
   assert set(results) == {"sr", "denoise", "jpeg"}
-  assert saved["heldout_crops"] == {"sr": 40, "denoise": 40, "jpeg": 40}   # 5 photos x 2x2 grid x mirror
+  assert saved["test_crops"] == {"sr": 112, "denoise": 112, "jpeg": 112}   # 14 photos x 2x2 grid x mirror
   modes = ("plain", "ra", "unsupervised", "transformer")
+  # The choice on the validation photos: each gridded mode is a link to the candidate it kept.
+  selection = saved["selection"]
+  for task in results:
+    assert set(selection[task]) == {"plain", "ra", "unsupervised", *(["ra_centernet"] if task == "sr" else [])}
+    for mode in set(selection[task]) - {"plain"}:
+      choice = selection[task][mode]
+      assert os.readlink(work / task / mode) == choice["chosen"] and choice["chosen"] in choice["candidates"]
+  assert selection["sr"]["ra_centernet"]["score"] == "centernet_map"
   for task, rows in results.items():
-    assert set(rows) == {"input", *modes, "clean"}, task
-    crops = saved["heldout_crops"][task]
+    assert set(rows) == {"input", *modes, *(["ra_centernet"] if task == "sr" else []), "clean"}, task
+    crops = saved["test_crops"][task]
     for row, recs in rows.items():
       assert set(recs) == {"mobilenet_v2", "efficientnet_lite0"}
       for m in recs.values():
@@ -140,7 +185,7 @@ def test_demo_quick_writes_report_results_and_figures(tmp_path):
         assert m["psnr"] == pytest.approx(psnr, rel=1e-5), (task, row)
         assert m["ssim"] == pytest.approx(ssim, abs=2e-5), (task, row)
     paired = saved["paired_vs_plain"][task]
-    assert set(paired) == {"ra", "unsupervised", "transformer"}, task
+    assert set(paired) == {"ra", "unsupervised", "transformer", *(["ra_centernet"] if task == "sr" else [])}, task
     for mode, recs in paired.items():
       assert set(recs) == {"mobilenet_v2", "efficientnet_lite0"}
       for rname, test in recs.items():
@@ -151,13 +196,16 @@ def test_demo_quick_writes_report_results_and_figures(tmp_path):
         assert test["gained"] - test["lost"] == round(diff), (task, mode, rname)
   report = (work / "report.md").read_text()
   assert "Quick mode" in report and "Which claims held" in report and "efficientnet_lite0" in report
-  assert "McNemar" in report and "vs plain" in report
+  assert "McNemar" in report and "vs plain" in report and "Weights chosen on the validation photos" in report
+  assert "Transfer to detection" in report and "CenterNet (a detector) as the loss" in report
+  det = saved["detection"]["sr"]
+  assert [r["view"] for r in det["rows"]] == ["input", "plain", "ra", "ra_centernet", "clean"]
   for name in ("top1.png", "samples_sr.png", "samples_denoise.png", "samples_jpeg.png"):
     with Image.open(work / name) as im:
       assert im.format == "PNG" and im.size[0] > 100, name
     assert f"({name})" in report
   for task in ("sr", "denoise", "jpeg"):
-    for run in ("pretrain", "plain", "ra", "unsupervised", "transformer"):
+    for run in ("pretrain", "plain", "ra", "unsupervised", "transformer", *(["ra_centernet"] if task == "sr" else [])):
       assert (work / task / run / "processor.msgpack").is_file(), (task, run)
       assert "rajax.train:" in (work / task / run / "train.log").read_text(), (task, run)
     assert (work / task / "transformer" / "transformer.msgpack").is_file()
@@ -202,7 +250,7 @@ def _fake_runs(monkeypatch, tmp_path, fail=None, peers=None, hold=(), wait_s=120
   script = tmp_path / "fake_run.py"
   script.write_text(FAKE_RUN)
 
-  def command(workdir, task, run, quick):
+  def command(workdir, task, run, quick, train_args=()):
     wait = ",".join(str(workdir / t / r) for t, r in (peers or {}).get((task, run), ()))
     return [sys.executable, str(script), str(workdir / task / run), "3" if (task, run) == fail else "0", wait,
             "hold" if (task, run) in hold else "go", str(wait_s)]
@@ -218,7 +266,7 @@ def _times(workdir, runs):
 # The two pretrainings, the only runs ready at the start, each wait for the other to start: two runs at
 # once. sr's also waits for a jpeg run to start, so it is still running when jpeg's pretraining has ended and
 # a slot is free: an sr run started then would start before its own pretraining ended.
-BOTH_PRETRAININGS = {("sr", "pretrain"): [("jpeg", "pretrain"), ("jpeg", "ra")],
+BOTH_PRETRAININGS = {("sr", "pretrain"): [("jpeg", "pretrain"), ("jpeg", "transformer")],
                      ("jpeg", "pretrain"): [("sr", "pretrain")]}
 
 
@@ -227,15 +275,15 @@ def test_demo_runs_pretraining_first_and_at_most_jobs_at_a_time(tmp_path, monkey
   never three (each run's own start and end times lie within the time its process ran)."""
   work = tmp_path / "work"
   demo = _fake_runs(monkeypatch, tmp_path, peers=BOTH_PRETRAININGS)
-  demo.train_all(work, ["sr", "jpeg"], ["plain", "ra"], quick=True, jobs=2, status_every=0.1)
-  times = _times(work, [(t, r) for t in ("sr", "jpeg") for r in ("pretrain", "plain", "ra")])
+  demo.train_all(work, ["sr", "jpeg"], ["plain", "transformer"], quick=True, jobs=2, status_every=0.1)
+  times = _times(work, [(t, r) for t in ("sr", "jpeg") for r in ("pretrain", "plain", "transformer")])
   for task in ("sr", "jpeg"):
-    for mode in ("plain", "ra"):
+    for mode in ("plain", "transformer"):
       assert times[(task, mode)][0] >= times[(task, "pretrain")][1], (task, mode)   # starts from the pretrained P
     assert (work / task / "pretrain" / "met").read_text() == "True", task
   events = sorted([(s, 1) for s, _ in times.values()] + [(e, -1) for _, e in times.values()])
   assert np.cumsum([d for _, d in events]).max() <= 2
-  assert "[train] step 1/1" in (work / "sr" / "ra" / "train.log").read_text()
+  assert "[train] step 1/1" in (work / "sr" / "transformer" / "train.log").read_text()
 
 
 def test_one_run_at_a_time_fails_the_concurrency_check(tmp_path, monkeypatch):
@@ -339,6 +387,73 @@ def test_runs_on_a_fixed_processor_wait_for_the_plain_run_and_read_it(tmp_path):
   # The longest runs start first: more trained networks, then more networks in all.
   order = [m for _, m in demo.schedule(["sr"], list(demo.DEFAULT_MODES))]
   assert order[0] == "pretrain" and order[1] == "transformer" and order[-1] == "plain"
+  # The detection run (CenterNet's forward and backward at 512 x 512) is the longest: it starts first.
+  order = [m for _, m in demo.schedule(["sr", "jpeg"], list(demo.DEFAULT_MODES), detection=True)]
+  assert order[2:4] == ["ra_centernet_lam3e-4", "ra_centernet_lam3e-3"]
+  assert not any(m.startswith("ra_centernet") for t, m in demo.schedule(["jpeg"], ["ra"], detection=True))
+
+
+def test_weight_grid_runs_are_named_and_trained_at_their_weight(tmp_path):
+  """Each gridded mode stands for one run per weight, `<mode>_lam<v>`, trained at exactly that weight
+  (the config the command loads has it); the detection run trains with CenterNet as R."""
+  from rajax import demo
+  assert [demo.lam_tag(v) for v in (1e-4, 3e-4, 2.5e-4, 1.0, 10.0)] == ["1e-4", "3e-4", "2p5e-4", "1e0", "1e1"]
+  assert demo.candidates("ra", quick=False) == ["ra_lam1e-4", "ra_lam3e-4", "ra_lam1e-3"]
+  assert demo.candidates("ra", quick=True) == ["ra_lam1e-4"] and demo.candidates("transformer", False) == []
+  assert demo.task_runs("sr", ["plain", "unsupervised", "transformer"], quick=False) == [
+      "plain", "unsupervised_lam1e0", "unsupervised_lam1e1", "transformer"]
+  for run, lam, rec in (("ra_lam2p5e-4", 2.5e-4, "mobilenet_v2"), ("unsupervised_lam1e1", 10.0, "mobilenet_v2"),
+                        ("ra_centernet_lam3e-3", 3e-3, "centernet_mobilenetv3")):
+    cmd = demo.run_command(tmp_path, "sr", run, quick=True, train_args=["--config.seed=3"])
+    assert cmd[-1] == "--config.seed=3" and cmd[cmd.index("--workdir") + 1] == str(tmp_path / "sr" / run)
+    c = config_lib.load(cmd[cmd.index("--config") + 1])
+    assert c.method.lam == lam and c.recognizer.name == rec, run
+  c = config_lib.load(demo.run_command(tmp_path, "sr", "ra_centernet_lam3e-4", quick=False)[4])
+  assert c.data.detection.size == (192, 192) and c.recognizer.num_classes is None and c.labels == "recognizer"
+  assert demo.title("ra_lam3e-4") == "RA, lambda 0.0003" and "CenterNet" in demo.title("ra_centernet")
+
+
+def test_choice_keeps_the_best_candidate_within_the_psnr_budget():
+  from rajax import demo
+  rows = [{"top1": 0.30, "psnr": 25.0}, {"top1": 0.34, "psnr": 24.5}, {"top1": 0.40, "psnr": 23.9}]
+  assert demo.choose(rows, plain_psnr=25.0, score="top1") == (1, True)     # the third is 1.1 dB below plain
+  assert demo.choose(rows, plain_psnr=24.8, score="top1") == (2, True)
+  assert demo.choose(rows, plain_psnr=30.0, score="top1") == (0, False)    # none within 1 dB: the smallest weight
+  tie = [{"top1": 0.34, "psnr": 25.0}, {"top1": 0.34, "psnr": 25.0}]
+  assert demo.choose(tie, plain_psnr=25.0, score="top1") == (0, True)     # a tie keeps the smaller weight
+
+
+def test_select_links_each_mode_to_the_run_chosen_on_validation_photos(tmp_path, monkeypatch):
+  """select reads the validation table only (never the test photos), links WORKDIR/<task>/<mode> to the
+  chosen candidate (replacing an older link) and writes selection.json; a real directory in the
+  link's place is refused."""
+  from rajax import demo, evaluate
+  seen = []
+
+  class Table:
+    def __init__(self, rows):
+      self.rows = rows
+
+  def run(config, where, only):
+    seen.append((config.data.split, tuple(config.targets), tuple(config.evals.accuracy.processors)))
+    top1 = {"plain": 0.30, "ra_lam1e-4": 0.31, "ra_lam3e-4": 0.36, "ra_lam1e-3": 0.40}
+    psnr = {"plain": 25.0, "ra_lam1e-4": 25.0, "ra_lam3e-4": 24.9, "ra_lam1e-3": 23.0}
+    return {"accuracy": Table([{"view": v, "mobilenet_v2 top-1": top1[v], "PSNR": psnr[v], "SSIM": 0.8}
+                               for v in top1])}
+  monkeypatch.setattr(evaluate, "run", run)
+  work = tmp_path / "w"
+  for r in ("plain", "ra_lam1e-4", "ra_lam3e-4", "ra_lam1e-3"):
+    (work / "sr" / r).mkdir(parents=True)
+  (work / "sr" / "ra").symlink_to("ra_lam1e-4")                       # a resumed demo's older choice
+  chosen = demo.select(work, ["sr"], ["plain", "ra"], quick=False)
+  assert seen == [("validation", ("mobilenet_v2",), ("plain", "ra_lam1e-4", "ra_lam3e-4", "ra_lam1e-3"))]
+  assert chosen["sr"]["ra"]["chosen"] == "ra_lam3e-4" and chosen["sr"]["ra"]["lam"] == 3e-4
+  assert os.readlink(work / "sr" / "ra") == "ra_lam3e-4"
+  assert json.loads((work / "selection.json").read_text()) == chosen
+  (work / "sr" / "ra").unlink()
+  (work / "sr" / "ra").mkdir()
+  with pytest.raises(RuntimeError, match="run directory.*new --workdir"):
+    demo.select(work, ["sr"], ["plain", "ra"], quick=False)
 
 # ==================================================================== task transfer to detection (--detection)
 
@@ -353,8 +468,8 @@ def _toy_detection_config(monkeypatch, work):
   monkeypatch.setattr(zoo, "_FAMILIES", (*zoo._FAMILIES, "toy_detector"))
   load = detection_demo.eval_config
 
-  def toy(workdir, task, modes, quick):
-    c = load(workdir, task, modes, quick)
+  def toy(workdir, task, modes, quick, **kwargs):
+    c = load(workdir, task, modes, quick, **kwargs)
     for i, name in enumerate(("centernet", "nanodet")):
       c.targets[name] = evaluate.detector("toy_detector", "random", num_classes=3)
       c.targets[name].seed = i
@@ -409,11 +524,15 @@ def test_detection_transfer_section_reports_the_evaluators_cells_and_sign_tests(
   assert "RA vs plain on detectors" in lines
 
 
-def test_detection_demo_refuses_to_start_without_the_fetched_assets(tmp_path, monkeypatch, capsys):
-  """--detection checks the detectors' graphs and photos before any training, naming the fetch command."""
+@pytest.mark.parametrize("flags", [[], ["--no-detection"]])
+def test_demo_refuses_to_start_without_the_fetched_assets(tmp_path, monkeypatch, capsys, flags):
+  """The demo checks the fetched photos (and, with the detection part, the detectors' graphs) before any
+  training, naming the fetch command."""
   from rajax import demo
+  from rajax.data import photos
   monkeypatch.setenv("RAJAX_ASSETS", str(tmp_path / "empty"))
+  photos.photo.cache_clear()
   with pytest.raises(SystemExit) as e:
-    demo.main(["--workdir", str(tmp_path / "w"), "--detection", "--quick"])
+    demo.main(["--workdir", str(tmp_path / "w"), "--quick", *flags])
   assert e.value.code == 2 and "python -m rajax.assets fetch" in capsys.readouterr().err
   assert not (tmp_path / "w").exists()   # nothing trained

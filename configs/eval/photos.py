@@ -7,12 +7,16 @@ The processors are the demo's runs (configs/demo.py, trained with R = MobileNetV
 `<runs>/<task>/<mode>` for each mode listed in `modes`. Extra runs enable more tables:
   lams=0.01,0.1  adds `<runs>/<task>/ra_lam<value>` (trained with --config.method.lam=VALUE) to the lambda sweep;
   category=True  adds `<runs>/<task>/ra_A` (trained with --config.classes.half=A) to the category table.
-The held-out crops are the demo's. The photos have no labels: each recognizer's label is its own top-1
+The crops are the demo's, of the test photos (split=validation: of the validation photos, on which
+the demo chooses its settings). The photos have no labels: each recognizer's label is its own top-1
 class on the clean crop.
 
 Args: runs, task (sr | denoise | jpeg), modes (comma-separated methods, e.g. "plain,ra,unsupervised,transformer",
 or Appendix A's "ra_joint,recognizer_on_input"), lams, category, corruptions (for denoise/jpeg: the
-ImageNet-C table's corruptions, comma-separated), quick (the demo's --quick held-out crops).
+ImageNet-C table's corruptions, comma-separated), quick (the demo's --quick crops), split (validation |
+test), targets (comma-separated recognizers: mobilenet_v2, the loss, and efficientnet_lite0, never
+trained with), extra (comma-separated runs of other recognizers, such as the demo's ra_centernet, for the
+accuracy and transfer tables only).
 """
 
 import pathlib
@@ -25,13 +29,16 @@ from rajax import evaluate
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, runs="runs/demo", task="sr", modes="plain,ra", lams="", category=False,
-                           corruptions="gaussian_noise,defocus_blur,fog,jpeg_compression", quick=False)
+                           corruptions="gaussian_noise,defocus_blur,fog,jpeg_compression", quick=False, split="test",
+                           targets="mobilenet_v2,efficientnet_lite0", extra="")
   c = evaluate.base_config(task=a.task)
   c.labels = "recognizer"
   c.data.source = "photos"
-  # The demo's held-out crops (configs/demo.py): 5 photos x 3 scales x a 4x4 grid x 2 (mirrors) = 480.
+  # The demo's evaluation crops (configs/demo.py): a grid of crops of each photo of the split, at
+  # three scales, and their mirrors.
   demo = config_lib.load(str(pathlib.Path(__file__).resolve().parent.parent / "demo.py")
-                         + f":task={a.task},quick={a.quick}")
+                         + f":task={a.task},quick={a.quick},split={a.split}")
+  c.data.split = demo.data.eval_split
   for field in ("short_side", "grid", "eval_scales"):
     c.data.photos[field] = demo.data.photos[field]
   c.data.resize = 0
@@ -41,7 +48,8 @@ def get_config(arg=None):
   c.batch_size = 30
 
   modes = [m for m in a.modes.split(",") if m]
-  for m in modes:
+  extra = [m for m in a.extra.split(",") if m and m not in modes]
+  for m in modes + extra:
     c.processors[m] = f"{a.runs}/{a.task}/{m}"
   lam_runs = []
   for v in (v.strip() for v in a.lams.split(",") if v.strip()):
@@ -51,15 +59,20 @@ def get_config(arg=None):
   if a.category:
     c.processors.ra_A = f"{a.runs}/{a.task}/ra_A"
 
-  c.targets.mobilenet_v2 = evaluate.zoo("mobilenet_v2")             # the demo's loss recognizer
-  c.targets.efficientnet_lite0 = evaluate.zoo("efficientnet_lite0")   # never used in training
+  targets = [t for t in a.targets.split(",") if t]
+  unknown = sorted(set(targets) - {"mobilenet_v2", "efficientnet_lite0"})
+  if unknown or not targets:
+    raise config_lib.ConfigError(f"configs/eval/photos.py: targets={a.targets!r}; choose from mobilenet_v2 (the "
+                                 "demo's loss recognizer), efficientnet_lite0 (never used in training).")
+  for t in targets:
+    c.targets[t] = evaluate.zoo(t)
 
   E = ml_collections.ConfigDict
-  c.evals.accuracy = E(dict(type="accuracy", processors=tuple(modes)))
-  c.evals.transfer = E(dict(type="transfer", processors=tuple(modes)))
+  c.evals.accuracy = E(dict(type="accuracy", processors=tuple(modes + extra)))
+  c.evals.transfer = E(dict(type="transfer", processors=tuple(modes + extra)))
   # Appendix A: each method with its own recognizer (the one it trained, or MobileNetV2 where it is fixed).
   c.evals.alternatives = E(dict(type="alternatives", processors=tuple(modes), source="mobilenet_v2",
-                                transfer=("efficientnet_lite0",)))
+                                transfer=tuple(t for t in targets if t != "mobilenet_v2")))
   if "plain" in modes and "ra" in modes:
     c.evals.lambda_sweep = E(dict(type="lambda_sweep", processors=("plain", "ra", *lam_runs)))
     c.evals.boundary = E(dict(type="boundary", plain="plain", ra="ra", source="mobilenet_v2", random_directions=4,

@@ -7,12 +7,14 @@ by two real COCO detectors, CenterNet-MobileNetV3 and NanoDet (the paper's Table
         --workdir runs/eval_detection_sr
 
 Images: whole photos (not crops), each resized with its aspect ratio kept into a size x size canvas
-and padded, then degraded by the task: the demo's held-out bundled photos, the YOLO demo photos of
-the Debian package darknet and five photos of objects from opencv-doc (rajax.assets): 16 photos. No photo has boxes: each detector's targets are its
-own detections on the clean image scoring >= score (0.3 by default), so the clean row is 100%.
+and padded, then degraded by the task: the test photos of rajax.data.photos (14: five bundled ones,
+four of the Debian package darknet, five of opencv-doc; split=validation: its 8 validation photos,
+on which the demo chooses its detection run's weight). No photo has boxes: each detector's targets
+are its own detections on the clean image scoring >= score (0.3 by default), so the clean row is 100%.
 
 Args: runs, task (sr | denoise | jpeg), modes (comma-separated demo runs), size (the canvas side,
-a multiple of 4), score (the pseudo-target threshold), figures (images drawn), quick (3 photos).
+a multiple of 4), score (the pseudo-target threshold), figures (images drawn), quick (3 photos),
+split (test | validation), detectors (comma-separated: centernet, nanodet).
 """
 
 import ml_collections
@@ -22,18 +24,13 @@ from rajax import evaluate
 from rajax.data import photos
 
 DETECTORS = {"centernet": "centernet_mobilenetv3", "nanodet": "nanodet"}
-DEBIAN_PHOTOS = ("darknet/dog.jpg", "darknet/eagle.jpg", "darknet/giraffe.jpg", "darknet/horses.jpg",
-                 "darknet/kite.jpg", "darknet/person.jpg")
-# opencv-doc's photos of COCO objects (people, fruit, an aeroplane, a squirrel); its charts and patterns are left out.
-OPENCV_PHOTOS = ("opencv-doc/messi5.jpg", "opencv-doc/basketball1.png", "opencv-doc/fruits.jpg", "opencv-doc/aero3.jpg",
-                 "opencv-doc/squirrel_cls.jpg")
-PHOTOS = tuple(photos.HELDOUT) + DEBIAN_PHOTOS + OPENCV_PHOTOS
-QUICK_PHOTOS = ("coffee", "darknet/dog.jpg", "darknet/person.jpg")
+QUICK_PHOTOS = {"test": ("coffee", "darknet/dog.jpg", "darknet/person.jpg"),
+                "validation": ("darknet/giraffe.jpg", "opencv-doc/apple.jpg")}
 
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, runs="runs/demo", task="sr", modes="plain,ra,unsupervised,transformer", size=384,
-                           score=0.3, figures=2, quick=False)
+                           score=0.3, figures=2, quick=False, split="test", detectors="centernet,nanodet")
   c = evaluate.base_config(task=a.task)
   c.labels = "recognizer"
   c.data.source = "photos"               # (the classification crops; the detection evaluator reads its own data)
@@ -43,14 +40,19 @@ def get_config(arg=None):
   modes = [m for m in a.modes.split(",") if m]
   for m in modes:
     c.processors[m] = f"{a.runs}/{a.task}/{m}"
-  for name, arch in DETECTORS.items():
-    c.targets[name] = evaluate.detector(arch)
+  detectors = [d for d in a.detectors.split(",") if d]
+  if not detectors or set(detectors) - set(DETECTORS):
+    raise config_lib.ConfigError(f"configs/eval/photos_detection.py: detectors={a.detectors!r}; choose from "
+                                 f"{', '.join(DETECTORS)}.")
+  names = QUICK_PHOTOS[a.split] if a.quick else photos.split_names(a.split)
+  for name in detectors:
+    c.targets[name] = evaluate.detector(DETECTORS[name])
   E = ml_collections.ConfigDict
   c.evals.detection = E(dict(
-      type="detection", processors=tuple(modes), targets=tuple(DETECTORS), labels="recognizer",
+      type="detection", processors=tuple(modes), targets=tuple(detectors), labels="recognizer",
       score_threshold=float(a.score), metrics=("voc07_map11", "coco_map"), figures=int(a.figures),
-      figure_processors=tuple(m for m in ("plain", "ra") if m in modes),
+      figure_processors=tuple(m for m in ("plain", "ra", "ra_centernet") if m in modes),
       title=f"Transfer to detection ({a.task}): mAP (%) of real COCO detectors on P's outputs (Table 4)",
-      data=E(dict(source="photos", photos=QUICK_PHOTOS if a.quick else PHOTOS, size=(int(a.size), int(a.size)),
+      data=E(dict(source="photos", photos=names, size=(int(a.size), int(a.size)),
                   max_boxes=100))))
   return c

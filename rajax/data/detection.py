@@ -81,7 +81,7 @@ import numpy as np
 from PIL import Image
 
 from rajax.data.pipeline import (DEGRADATION_TASKS, Degradation, _note, _ok, decode_image, host_eval_batches,
-                                 host_train_batches)
+                                 host_train_batches, photos_eval_split)
 
 
 from rajax.data.sources import DataError, tfds_source
@@ -646,9 +646,9 @@ def detection_source(spec: str, *, data_dir: str | None, default_name: str = "",
 
 @dataclasses.dataclass(frozen=True)
 class DetectionPhotos:
-  """The bundled photos of rajax.data.photos, whole and without boxes (targets: a detector's
-  pseudo-targets on the clean image). split "train" or "heldout" picks photos.TRAIN or
-  photos.HELDOUT (or give `names`); each photo appears `repeats` times (training: new flips)."""
+  """The photos of rajax.data.photos, whole and without boxes (targets: a detector's pseudo-targets
+  on the clean image). split "train", "validation" or "test" picks that split's photos (or give
+  `names`); each photo appears `repeats` times (training: new flips)."""
 
   split: str = "train"
   names: tuple[str, ...] | None = None
@@ -659,15 +659,16 @@ class DetectionPhotos:
   classes: ClassVar[tuple[str, ...]] = ()
 
   def __post_init__(self):
-    if self.split not in ("train", "heldout"):
-      raise DataError(f"DetectionPhotos split must be 'train' or 'heldout', got {self.split!r}.")
+    from rajax.data import photos
+    if self.split not in photos.SPLITS:
+      raise DataError(f"DetectionPhotos split must be one of {', '.join(photos.SPLITS)}, got {self.split!r}.")
     if self.repeats < 1:
       raise DataError(f"DetectionPhotos repeats={self.repeats} must be >= 1.")
 
   @property
   def photo_names(self) -> tuple[str, ...]:
     from rajax.data import photos
-    return self.names if self.names is not None else (photos.TRAIN if self.split == "train" else photos.HELDOUT)
+    return self.names if self.names is not None else photos.split_names(self.split)
 
   def __len__(self) -> int:
     return len(self.photo_names) * self.repeats
@@ -718,7 +719,7 @@ def config_source(config: Any, split: str):
     return detection_source(_get(data, "train_split" if train else "eval_split"), data_dir=_get(data, "data_dir"),
                             default_name=_get(data, "name", ""), voc_one_based=spec.voc_one_based)
   if kind == "photos":
-    return DetectionPhotos("train" if train else "heldout",
+    return DetectionPhotos("train" if train else photos_eval_split(_get(data, "eval_split", "validation")),
                            repeats=_get(_get(data, "photos"), "repeats", 1) if train else 1)
   raise DataError(f"Detection data.source={kind!r}: use 'tfds' (voc, coco) or 'photos'.")
 

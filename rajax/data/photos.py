@@ -1,20 +1,29 @@
-"""Real photographs that ship inside installed packages, as train and held-out sources.
+"""Real photographs that ship inside installed packages, split by photo into train / validation / test.
 
-Fifteen photos from scikit-image's data module, scikit-learn's sample images and matplotlib's
-sample data: nothing is downloaded. They are split *by photo* into a training set and a held-out
-set, so evaluation crops come from photos never seen in training:
+Fifteen photos come with the Python packages themselves (scikit-image's data module, scikit-learn's
+sample images, matplotlib's sample data); thirty more with two Debian packages, fetched and checked
+by `python -m rajax.assets fetch` (rajax.assets: `opencv-doc`'s sample photos and `darknet`'s YOLO
+demo photos, named "opencv-doc/messi5.jpg", "darknet/dog.jpg"). They are split *by photo*, so no
+crop of a validation or test photo is ever trained on, and settings chosen on validation photos are
+measured on others:
 
-  held out:  chelsea (a cat), coffee (a cup of espresso), rocket (a launch pad), grace_hopper
-             (a portrait in uniform), flower (a blossom);
-  training:  astronaut, hubble_deep_field, immunohistochemistry, retina, motorcycle, china,
-             camera, coins, clock, moon (the last four are grayscale, converted to RGB).
+  test (14):        chelsea (a cat), coffee (espresso), rocket (a launch pad), grace_hopper (a
+                    portrait in uniform), flower (a blossom); darknet's dog, horses, person, kite;
+                    opencv-doc's messi5 (a footballer), fruits, squirrel_cls, butterfly, chicky_512 (a dog);
+  validation (8):   darknet's eagle, giraffe; opencv-doc's apple, baboon, orange, stuff (desk objects),
+                    home (a building), ela_original (a notebook);
+  train (23):       astronaut, hubble_deep_field, immunohistochemistry, retina, motorcycle, china,
+                    camera, coins, clock, moon (the last four grayscale, converted to RGB); opencv-doc's
+                    aero1, aero3 (aerial views), aloeL (a plant), basketball1, basketball2 (two frames
+                    of one scene), blox, board (a circuit board), box_in_scene, building, graf1
+                    (graffiti), leuvenA (a street), licenseplate_motion (a car), rubberwhale1 (toys).
 
 `PhotoSource(split, short_side, crop)` is a random-access source like the others
 (`len`, `[i] -> {"image", "label"}`): training elements are whole photos resized so the short
 side is `short_side` times each of `scales` (repeated `repeats` times so an epoch holds many
-random crops: at small scales a crop shows most of its photo, at large ones a detail); held-out
-elements are fixed crops on a regular grid of each resized photo (at each scale), and their
-mirror images.
+random crops: at small scales a crop shows most of its photo, at large ones a detail); validation
+and test elements are fixed crops on a regular grid of each resized photo (at each scale), and
+their mirror images.
 There are no ground-truth labels (label -1): use `labels="recognizer"` (R's own top-1 class on the
 clean crop) for the recognition terms and metrics.
 """
@@ -30,9 +39,19 @@ from PIL import Image
 
 from rajax.data.sources import DataError
 
-HELDOUT = ("chelsea", "coffee", "rocket", "grace_hopper", "flower")
+BUNDLED_TEST = ("chelsea", "coffee", "rocket", "grace_hopper", "flower")
+TEST = BUNDLED_TEST + ("darknet/dog.jpg", "darknet/horses.jpg", "darknet/person.jpg", "darknet/kite.jpg",
+                       "opencv-doc/messi5.jpg", "opencv-doc/fruits.jpg", "opencv-doc/squirrel_cls.jpg",
+                       "opencv-doc/butterfly.jpg", "opencv-doc/chicky_512.png")
+VALIDATION = ("darknet/eagle.jpg", "darknet/giraffe.jpg", "opencv-doc/apple.jpg", "opencv-doc/baboon.jpg",
+              "opencv-doc/orange.jpg", "opencv-doc/stuff.jpg", "opencv-doc/home.jpg", "opencv-doc/ela_original.jpg")
 TRAIN = ("astronaut", "hubble_deep_field", "immunohistochemistry", "retina", "motorcycle", "china",
-         "camera", "coins", "clock", "moon")
+         "camera", "coins", "clock", "moon",
+         "opencv-doc/aero1.jpg", "opencv-doc/aero3.jpg", "opencv-doc/aloeL.jpg", "opencv-doc/basketball1.png",
+         "opencv-doc/basketball2.png", "opencv-doc/blox.jpg", "opencv-doc/board.jpg", "opencv-doc/box_in_scene.png",
+         "opencv-doc/building.jpg", "opencv-doc/graf1.png", "opencv-doc/leuvenA.jpg",
+         "opencv-doc/licenseplate_motion.jpg", "opencv-doc/rubberwhale1.png")
+SPLITS = {"train": TRAIN, "validation": VALIDATION, "test": TEST}
 NO_LABEL = -1
 
 
@@ -69,16 +88,35 @@ _LOADERS = {**{n: _skimage for n in ("astronaut", "chelsea", "coffee", "rocket",
             "china": _sklearn, "flower": _sklearn, "grace_hopper": _matplotlib}
 
 
+def _asset(name: str) -> np.ndarray:
+  from rajax import assets
+  with Image.open(assets.path(name)) as im:
+    return np.asarray(im.convert("RGB"))
+
+
+def split_names(split: str) -> tuple[str, ...]:
+  """The photos of `split` ("train", "validation" or "test")."""
+  if split not in SPLITS:
+    raise DataError(f"Unknown photo split {split!r}; use one of {', '.join(SPLITS)}.")
+  return SPLITS[split]
+
+
 @functools.cache
 def photo(name: str) -> np.ndarray:
-  """Bundled photo `name` as uint8 RGB [H, W, 3] (grayscale photos replicated to three channels)."""
-  if name not in _LOADERS:
-    raise DataError(f"Unknown bundled photo {name!r}; available: {', '.join(sorted(_LOADERS))}.")
-  try:
-    img = np.asarray(_LOADERS[name](name))
-  except ImportError as e:
-    raise DataError(f"Bundled photo {name!r} needs {e.name!r}; install rajax's requirements "
-                    "(scikit-image, scikit-learn, matplotlib).") from e
+  """Photo `name` as uint8 RGB [H, W, 3] (grayscale photos replicated to three channels): a bundled
+  one ("chelsea") or a fetched asset ("darknet/dog.jpg"; a missing one raises rajax.assets.AssetError,
+  which names `python -m rajax.assets fetch`)."""
+  if "/" in name:
+    img = _asset(name)
+  elif name not in _LOADERS:
+    raise DataError(f"Unknown bundled photo {name!r}; available: {', '.join(sorted(_LOADERS))}, or a fetched "
+                    "asset such as 'darknet/dog.jpg' (python -m rajax.assets status lists them).")
+  else:
+    try:
+      img = np.asarray(_LOADERS[name](name))
+    except ImportError as e:
+      raise DataError(f"Bundled photo {name!r} needs {e.name!r}; install rajax's requirements "
+                      "(scikit-image, scikit-learn, matplotlib).") from e
   if img.ndim == 2:
     img = np.repeat(img[..., None], 3, axis=-1)
   img = img[..., :3]
@@ -107,19 +145,19 @@ def grid_crops(img: np.ndarray, crop: int, per_side: int) -> list[np.ndarray]:
 
 @dataclasses.dataclass(frozen=True)
 class PhotoSource:
-  """The bundled photos of `split` ("train" or "heldout") as a random-access source."""
+  """The photos of `split` ("train", "validation" or "test") as a random-access source."""
 
   split: str
   short_side: int = 192
   crop: int = 96
   repeats: int = 64          # train: each photo appears this many times per epoch
-  grid: int = 3              # heldout: grid x grid crops per photo, plus their mirror images
+  grid: int = 3              # validation, test: grid x grid crops per photo, plus their mirror images
   names: tuple[str, ...] | None = None
   scales: tuple[float, ...] = (1.0,)   # each photo at short side round(short_side * s), for s in scales
 
   def __post_init__(self):
-    if self.split not in ("train", "heldout"):
-      raise DataError(f"PhotoSource split must be 'train' or 'heldout', got {self.split!r}.")
+    if self.split not in SPLITS:
+      raise DataError(f"PhotoSource split must be one of {', '.join(SPLITS)}, got {self.split!r}.")
     if not self.scales:
       raise DataError("PhotoSource scales is empty; give at least one scale (1.0: short_side itself).")
     small = [s for s in self.short_sides if s < self.crop]
@@ -133,7 +171,7 @@ class PhotoSource:
 
   @property
   def photo_names(self) -> tuple[str, ...]:
-    return self.names if self.names is not None else (TRAIN if self.split == "train" else HELDOUT)
+    return self.names if self.names is not None else SPLITS[self.split]
 
   @functools.cached_property
   def _elements(self) -> list[tuple[str, np.ndarray]]:

@@ -330,6 +330,14 @@ class EvalExample:
 # --------------------------------------------------------------------------- sources
 
 
+def photos_eval_split(split: str) -> str:
+  """`split`, checked to be a photo split that can be evaluated on ("validation" or "test")."""
+  if split not in ("validation", "test"):
+    raise DataError(f"data.source='photos' evaluates on the 'validation' or 'test' photos, not {split!r}; set the "
+                    "evaluation split (data.eval_split for rajax.train, data.split for rajax.evaluate) to one of them.")
+  return split
+
+
 def make_source(data_cfg, split: str):
   """The random-access source named by `data_cfg.source` for `split`."""
   if data_cfg.source == "synthetic":
@@ -345,8 +353,9 @@ def make_source(data_cfg, split: str):
     ph = data_cfg.photos
     train = split == data_cfg.train_split
     scales = ph.get("scales", (1.0,)) if train else ph.get("eval_scales", (1.0,))
-    return PhotoSource("train" if train else "heldout", short_side=ph.short_side, crop=data_cfg.crop,
-                       repeats=ph.repeats, grid=ph.grid, scales=tuple(scales))
+    names = tuple(ph.get("names") or ()) or None    # data.photos.names: these photos instead of the split's
+    return PhotoSource("train" if train else photos_eval_split(split), short_side=ph.short_side, crop=data_cfg.crop,
+                       repeats=ph.repeats, grid=ph.grid, scales=tuple(scales), names=names if not train else None)
   raise DataError(f"Unknown data.source {data_cfg.source!r}; use 'synthetic', 'tfds' or 'photos'.")
 
 

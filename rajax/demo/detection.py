@@ -1,15 +1,16 @@
-"""The demo's task transfer: its processors, trained with a classifier, evaluated by real detectors.
+"""The demo's task transfer between classification and detection, with real COCO detectors.
 
-    python -m rajax.demo --workdir runs/demo --detection
+    python -m rajax.demo --workdir runs/demo                 # (--no-detection leaves it out)
 
-After the classification evaluation, every task's runs are evaluated by the detection evaluator
-of the evaluation suite (configs/eval/photos_detection.py) with CenterNet-MobileNetV3 and NanoDet
-(real COCO weights, fetched by `python -m rajax.assets fetch`) on whole photos: the held-out bundled
-photos, the darknet package's and five of opencv-doc's. The photos have no boxes, so each detector's targets are its
-own detections on the clean photo; a row's mAP says how much of what the detector sees in the
-clean photo it still sees in the processed one. Per-photo AP is too noisy to pair, so the paired
-comparison with plain processing is a sign test per photo on the number of clean-photo detections
-recovered (same class, IoU > 0.5, scoring above the threshold).
+After the classification evaluation, each task's plain and RA processors (trained with the classifier
+MobileNetV2) and the detection run (P for SR trained with CenterNet as the loss, rajax.demo.DETECTION_RUN)
+are evaluated by the detection evaluator of the evaluation suite (configs/eval/photos_detection.py)
+with CenterNet-MobileNetV3 and NanoDet (real COCO weights, fetched by `python -m rajax.assets fetch`)
+on the whole test photos. The photos have no boxes, so each detector's targets are its own detections
+on the clean photo; a row's mAP says how much of what the detector sees in the clean photo it still
+sees in the processed one. Per-photo AP is too noisy to pair, so the paired comparison with plain
+processing is a sign test per photo on the number of clean-photo detections recovered (same class,
+IoU > 0.5, scoring above the threshold).
 """
 
 from __future__ import annotations
@@ -21,34 +22,48 @@ from typing import Sequence
 from rajax.demo import ROOT, TASK_TITLES, title
 
 CONFIG = ROOT / "configs" / "eval" / "photos_detection.py"
+DETECTORS = ("centernet", "nanodet")
 
 
 def check_assets(quick: bool) -> None:
   """An AssetError naming `python -m rajax.assets fetch` if a detector's graph or a photo is missing."""
   from rajax import assets
   from rajax.detection import centernet, nanodet
-  config = eval_config(pathlib.Path("."), "sr", (), quick)
   graphs = (centernet.ASSET, nanodet.ASSET)
-  fetched_photos = [p for p in config.evals.detection.data.photos if "/" in p]
-  for name in (*graphs, *(g.replace(".json", ".bin") for g in graphs), *fetched_photos):
+  for name in (*graphs, *(g.replace(".json", ".bin") for g in graphs)):
     assets.path(name)
 
 
-def eval_config(workdir: pathlib.Path, task: str, modes: Sequence[str], quick: bool):
+def eval_config(workdir: pathlib.Path, task: str, modes: Sequence[str], quick: bool, *, split: str = "test",
+                detectors: Sequence[str] = DETECTORS):
   from rajax import config as config_lib
-  return config_lib.load(f"{CONFIG}:runs={workdir},task={task},modes={','.join(modes)},quick={quick}")
+  return config_lib.load(f"{CONFIG}:runs={workdir},task={task},modes={','.join(modes)},quick={quick},split={split},"
+                         f"detectors={','.join(detectors)}")
+
+
+def evaluate_split(workdir: pathlib.Path, task: str, modes: Sequence[str], quick: bool, *, split: str,
+                   detectors: Sequence[str] = DETECTORS) -> dict:
+  """The detection Table's JSON for `modes` of `task` on `split`'s photos (WORKDIR/eval/detection_<split>_<task>)."""
+  from rajax import evaluate
+  table = evaluate.run(eval_config(workdir, task, modes, quick, split=split, detectors=detectors),
+                       workdir / "eval" / f"detection_{split}_{task}")["detection"]
+  js = table.to_json()
+  return dict(rows=[dict(r, view=row["view"]) for r, row in zip(js["rows"], table.rows)], notes=js["notes"])
 
 
 def evaluate_detection(workdir: pathlib.Path, tasks: Sequence[str], modes: Sequence[str], quick: bool) -> dict:
-  """{task: the detection Table's JSON} measured in WORKDIR/eval/detection_<task> (figures copied to WORKDIR)."""
+  """{task: the detection Table's JSON} measured once on the test photos in WORKDIR/eval/detection_<task>
+  (figures copied to WORKDIR): `modes`' runs, and the detection run for DETECTION_TASK when it was trained."""
   import shutil
 
   from rajax import evaluate
+  from rajax.demo import DETECTION_RUN, DETECTION_TASK
   out = {}
   for task in tasks:
     t0 = time.perf_counter()
     where = workdir / "eval" / f"detection_{task}"
-    table = evaluate.run(eval_config(workdir, task, modes, quick), where)["detection"]
+    runs = list(modes) + ([DETECTION_RUN] if task == DETECTION_TASK and (workdir / task / DETECTION_RUN).exists() else [])
+    table = evaluate.run(eval_config(workdir, task, runs, quick), where)["detection"]
     figures = []
     for f in table.figures:
       name = f"detection_{task}_{f.split('_')[-1]}"
@@ -67,9 +82,6 @@ def evaluate_detection(workdir: pathlib.Path, tasks: Sequence[str], modes: Seque
 
 def _cell(v) -> str:
   return "-" if v is None or v != v else f"{100 * v:.1f}"
-
-
-DETECTORS = ("centernet", "nanodet")
 
 
 def report_lines(detection: dict) -> list[str]:

@@ -10,20 +10,23 @@ import os
 import pathlib
 from typing import Sequence
 
-from rajax.demo import (LOSS_RECOGNIZER, RECOGNIZERS, TASK_TITLES, TASKS, demo_config,
-                        heldout_count, title)
+from rajax.demo import (DETECTION_RUN, LOSS_RECOGNIZER, PSNR_BUDGET_DB, RECOGNIZERS, TASK_TITLES, TASKS,
+                        demo_config, eval_count, title)
+
 
 def _fmt_pct(v: float) -> str:
   return f"{100 * v:.1f}"
 
 
 def write_results(workdir: pathlib.Path, results: dict, paired: dict | None = None,
-                  crops: dict | None = None, detection: dict | None = None) -> pathlib.Path:
+                  crops: dict | None = None, detection: dict | None = None,
+                  selection: dict | None = None) -> pathlib.Path:
   path = workdir / "results.json"
   tmp = path.with_suffix(".json.tmp")
-  saved = {"results": results, "paired_vs_plain": paired or {}, "heldout_crops": crops or {},
-           "recognizers": {"loss": LOSS_RECOGNIZER, "unseen": list(RECOGNIZERS[1:])}}
-  if detection:   # rajax.demo --detection: {task: rows, notes, paired tests} (rajax.demo.detection)
+  saved = {"results": results, "paired_vs_plain": paired or {}, "test_crops": crops or {},
+           "recognizers": {"loss": LOSS_RECOGNIZER, "unseen": list(RECOGNIZERS[1:])},
+           "selection": selection or {}}
+  if detection:   # the detection part: {task: rows, notes, paired tests} (rajax.demo.detection)
     saved["detection"] = detection
   tmp.write_text(json.dumps(saved, indent=2))
   os.replace(tmp, path)
@@ -77,8 +80,29 @@ def claims(results: dict, paired: dict | None = None) -> list[str]:
           f"{_transfer_verdict(g, tests.get(unseen))} in this run.")
   if paired:
     lines.append("")
-    lines.append("The held-out crops of one photo overlap and share its content, so they are not independent "
+    lines.append("The test crops of one photo overlap and share its content, so they are not independent "
                  "examples: the p-values treat them as if they were, and are optimistic.")
+  return lines
+
+
+def detection_claims(detection: dict | None, results: dict, paired: dict | None = None) -> list[str]:
+  """Task transfer: RA (trained with the classifier) on the detectors, and the detection run (trained
+  with CenterNet) on NanoDet and on the classifiers, each against plain processing."""
+  lines = []
+  if detection:
+    from rajax.demo import detection as detection_demo
+    lines += detection_demo.claims(detection)
+  for task, table in results.items():
+    if DETECTION_RUN not in table or "plain" not in table:
+      continue
+    tests = (paired or {}).get(task, {}).get(DETECTION_RUN, {})
+    parts = []
+    for rec in RECOGNIZERS:
+      g = table[DETECTION_RUN][rec]["top1"] - table["plain"][rec]["top1"]
+      parts.append(f"{rec} {_fmt_pct(table[DETECTION_RUN][rec]['top1'])}% vs {_fmt_pct(table['plain'][rec]['top1'])}% "
+                   f"({g * 100:+.1f} points{_paired_text(tests.get(rec))}: {_transfer_verdict(g, tests.get(rec))})")
+    lines.append(f"- **{TASK_TITLES[task]}**, P trained with CenterNet (a detector) as the loss, on the classifiers "
+                 "(detection to classification, the paper's Table 12): " + "; ".join(parts) + ".")
   return lines
 
 
@@ -93,7 +117,8 @@ def _transfer_verdict(gain: float, test: dict | None) -> str:
 
 def write_report(workdir: pathlib.Path, results: dict, *, quick: bool, train_seconds: float,
                  eval_seconds: float, figures: Sequence[str], paired: dict | None = None,
-                 appendix: dict | None = None, detection: dict | None = None) -> pathlib.Path:
+                 appendix: dict | None = None, detection: dict | None = None, selection: dict | None = None,
+                 select_seconds: float = 0.0) -> pathlib.Path:
   import jax
 
   config = demo_config("sr", "ra", quick)
@@ -117,27 +142,34 @@ def write_report(workdir: pathlib.Path, results: dict, *, quick: bool, train_sec
             f"{_steps(config)} steps at lr {config.optim.processor.lr:g} on {config.data.crop}x{config.data.crop} crops.",
             f"- Loss recognizer R: {LOSS_RECOGNIZER} with its real ImageNet weights; unseen recognizer: "
             f"{', '.join(RECOGNIZERS[1:])} (real ImageNet weights, never used in training).",
-            f"- Loss weights for {' / '.join(TASKS)}: RA {_lams('ra', quick)} (the paper's: 1e-3), unsupervised RA "
-            f"{_lams('unsupervised', quick)} ({_distance(quick)}), RA with transformer {_lams('transformer', quick)}; "
-            "see configs/demo.py.",
-            f"- Data: photos shipped in scikit-image, scikit-learn and matplotlib, split by photo. Training: random "
+            f"- Loss weights: RA and unsupervised RA ({_distance(quick)}) are trained at each weight of their grid "
+            f"and the weight is chosen on the validation photos (below); RA with transformer "
+            f"{_lams('transformer', quick)} (T learns from the recognition loss alone); see configs/demo.py and "
+            "rajax.demo.LAM_GRID.",
+            f"- Data: {_photo_count()} real photos (scikit-image, scikit-learn, matplotlib, and the Debian packages "
+            "darknet and opencv-doc), split by photo. Training: random "
             f"{config.data.crop}x{config.data.crop} crops (with flips) of {len(_photos().TRAIN)} photos resized to "
-            f"short sides {_sides(config, 'scales')}. Evaluation: {len(_photos().HELDOUT)} held-out photos "
-            f"({', '.join(_photos().HELDOUT)}) resized to short sides {_sides(config, 'eval_scales')}, a "
-            f"{config.data.photos.grid}x{config.data.photos.grid} grid of crops of each and their mirror images "
-            f"({heldout_count(config)} crops).",
+            f"short sides {_sides(config, 'scales')}. Validation (choosing the weights): {len(_photos().VALIDATION)} "
+            f"photos; test (every figure below, measured once): {len(_photos().TEST)} photos "
+            f"({', '.join(n.rsplit('/', 1)[-1].rsplit('.', 1)[0] for n in _photos().TEST)}), each resized to short sides "
+            f"{_sides(config, 'eval_scales')}, a {config.data.photos.grid}x{config.data.photos.grid} grid of crops "
+            f"and their mirror images ({eval_count(config)} test crops, "
+            f"{eval_count(demo_config('sr', 'ra', quick, split='validation'))} validation crops).",
             *_confidence_line(quick),
             "- Labels: no ground truth exists for these photos, so each recognizer's label for a crop is its own "
             "top-1 class on the clean crop; top-1 below is agreement with it (100% for clean images by "
             "construction). PSNR and SSIM (11x11 Gaussian window, sigma 1.5) compare P's output with the clean crop.",
             "- Degradations: bicubic x4 downscaling (Pillow, antialiased), clip(y + 0.1 N(0, 1)), Pillow JPEG "
             "quality 10 with 4:2:0 chroma. The degraded-input row shows SR inputs upscaled bicubically.",
-            f"- Wall time: training {datetime.timedelta(seconds=round(train_seconds))}, evaluation "
+            f"- Wall time: training {datetime.timedelta(seconds=round(train_seconds))}, choice on the validation "
+            f"photos {datetime.timedelta(seconds=round(select_seconds))}, evaluation on the test photos "
             f"{datetime.timedelta(seconds=round(eval_seconds))}.", ""]
+  if selection:
+    lines += selection_lines(selection)
   paired = paired or {}
   lines += ["## Accuracy and quality per method (in the form of the paper's Table 1)", "",
             f"Top-1 agreement on {LOSS_RECOGNIZER} (the loss recognizer), PSNR (dB) and SSIM of P's output. "
-            "\"vs plain\": held-out crops the method gets right and plain processing wrong (+), the reverse (-), and "
+            "\"vs plain\": test crops the method gets right and plain processing wrong (+), the reverse (-), and "
             "McNemar's exact p-value: the chance of a split at least this lopsided if the two were equally good.", ""]
   for task, table in results.items():
     lines += [f"**{TASK_TITLES[task]}**", "", "| processing | top-1 (%) | vs plain | PSNR | SSIM |",
@@ -165,6 +197,9 @@ def write_report(workdir: pathlib.Path, results: dict, *, quick: bool, train_sec
     from rajax.demo import detection as detection_demo
     lines += detection_demo.report_lines(detection)
   lines += ["## Which claims held", ""] + claims(results, paired) + [""]
+  more = detection_claims(None, results, paired)
+  if more:
+    lines += more + [""]
   lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figures] + [""]
   path = workdir / "report.md"
   tmp = path.with_suffix(".md.tmp")
@@ -216,6 +251,33 @@ def _confidence_line(quick: bool) -> list[str]:
     return []
   return [f"- Recognition loss: only on crops that {LOSS_RECOGNIZER} itself recognises with a top-1 probability of "
           f"at least {threshold:g} on the clean crop."]
+
+
+def selection_lines(selection: dict) -> list[str]:
+  """The weights chosen on the validation photos, with every candidate's figures there."""
+  lines = ["## Weights chosen on the validation photos", "",
+           f"Each candidate was trained and evaluated on the validation photos only; the one kept has the best "
+           f"top-1 agreement on {LOSS_RECOGNIZER} (for the CenterNet run: CenterNet's VOC07 mAP on the whole "
+           f"validation photos) among those within {PSNR_BUDGET_DB:g} dB of plain processing's PSNR there. Only the "
+           "kept run is evaluated on the test photos.", "",
+           "| task | method | lambda | validation top-1 (%) | validation PSNR | CenterNet mAP (%) | kept |",
+           "|---|---|---:|---:|---:|---:|:---:|"]
+  for task, choices in selection.items():
+    plain = choices["plain"]
+    lines.append(f"| {TASK_TITLES[task]} | plain processing | | {_fmt_pct(plain['top1'])} | {plain['psnr']:.2f} | "
+                 f"{_fmt_pct(plain['centernet_map']) if 'centernet_map' in plain else ''} | |")
+    for mode, c in choices.items():
+      if mode == "plain":
+        continue
+      for name, r in c["candidates"].items():
+        lines.append(f"| | {title(mode)} | {r['lam']:g} | {_fmt_pct(r['top1'])} | {r['psnr']:.2f} | "
+                     f"{_fmt_pct(r['centernet_map']) if 'centernet_map' in r else ''} | "
+                     f"{'yes' if name == c['chosen'] else ''} |")
+  return lines + [""]
+
+
+def _photo_count() -> int:
+  return sum(len(v) for v in _photos().SPLITS.values())
 
 
 def _sides(config, field: str) -> str:

@@ -82,8 +82,9 @@ def base_config(*, task: str = "sr") -> ml_collections.ConfigDict:
       source="tfds", name="imagenet2012", data_dir="", split="validation", train_split="train",
       resize=256, crop=224, num_examples=-1, threads=8, workers=0,
       noise="device"))                  # denoising: Gaussian noise drawn on the device (jitted) or on the "host"
-  # source "photos": held-out crops on a grid x grid grid of each photo at short sides short_side * eval_scales
-  c.data.photos = ml_collections.ConfigDict(dict(short_side=192, repeats=1, grid=3, eval_scales=(1.0,)))
+  # source "photos": crops on a grid x grid grid of each photo of data.eval_split ("validation" or "test"),
+  # or of `names`, at short sides short_side * eval_scales
+  c.data.photos = ml_collections.ConfigDict(dict(short_side=192, repeats=1, grid=3, eval_scales=(1.0,), names=()))
   c.data.synthetic = ml_collections.ConfigDict(dict(train_size=1, eval_size=64, image_size=64, num_classes=10, seed=0))
   c.processors = ml_collections.ConfigDict()
   c.targets = ml_collections.ConfigDict()
