@@ -143,17 +143,23 @@ def _recomputed_quality(work: pathlib.Path, task: str, modes) -> dict:
           for row, img in out.items()}
 
 
-def test_demo_quick_writes_report_results_and_figures(tmp_path):
-  """CI's check of the main job: every file, the results schema, figures that can be recomputed (PSNR and
-  SSIM of the denoising and JPEG rows, McNemar's p of every paired test, top-1 as a count of crops).
-  (--quick says nothing about the effect.)"""
+@pytest.mark.parametrize("detection", [False, pytest.param(True, marks=pytest.mark.heavy)],
+                         ids=["classification", "with_detection"])
+def test_demo_quick_writes_report_results_and_figures(tmp_path, detection):
+  """The main job end to end: every file, the results schema, the choice on validation photos as links,
+  figures that can be recomputed (PSNR and SSIM of the denoising and JPEG rows, McNemar's p of every paired
+  test, top-1 as a count of crops). (--quick says nothing about the effect.) CI runs it without the
+  detection part (the CenterNet run compiles for a minute); `-m heavy` runs the whole demo."""
   work = tmp_path / "demo"
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-  proc = subprocess.run([sys.executable, "-m", "rajax.demo", "--workdir", str(work), "--quick"],
+  proc = subprocess.run([sys.executable, "-m", "rajax.demo", "--workdir", str(work), "--quick",
+                         *([] if detection else ["--no-detection"])],
                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   # per task: pretrain, plain, one candidate each of RA and unsupervised RA, transformer; and CenterNet's run
-  assert "| 16/16 runs |" in proc.stdout and "[demo] done in" in proc.stdout
+  runs = 16 if detection else 15
+  assert f"| {runs}/{runs} runs |" in proc.stdout and "[demo] done in" in proc.stdout
+  det_run = lambda task: ["ra_centernet"] if detection and task == "sr" else []
   saved = json.loads((work / "results.json").read_text())
   results = saved["results"]
   assert set(results) == {"sr", "denoise", "jpeg"}
@@ -162,13 +168,14 @@ def test_demo_quick_writes_report_results_and_figures(tmp_path):
   # The choice on the validation photos: each gridded mode is a link to the candidate it kept.
   selection = saved["selection"]
   for task in results:
-    assert set(selection[task]) == {"plain", "ra", "unsupervised", *(["ra_centernet"] if task == "sr" else [])}
+    assert set(selection[task]) == {"plain", "ra", "unsupervised", *det_run(task)}
     for mode in set(selection[task]) - {"plain"}:
       choice = selection[task][mode]
       assert os.readlink(work / task / mode) == choice["chosen"] and choice["chosen"] in choice["candidates"]
-  assert selection["sr"]["ra_centernet"]["score"] == "centernet_map"
+  if detection:
+    assert selection["sr"]["ra_centernet"]["score"] == "centernet_map"
   for task, rows in results.items():
-    assert set(rows) == {"input", *modes, *(["ra_centernet"] if task == "sr" else []), "clean"}, task
+    assert set(rows) == {"input", *modes, *det_run(task), "clean"}, task
     crops = saved["test_crops"][task]
     for row, recs in rows.items():
       assert set(recs) == {"mobilenet_v2", "efficientnet_lite0"}
@@ -185,7 +192,7 @@ def test_demo_quick_writes_report_results_and_figures(tmp_path):
         assert m["psnr"] == pytest.approx(psnr, rel=1e-5), (task, row)
         assert m["ssim"] == pytest.approx(ssim, abs=2e-5), (task, row)
     paired = saved["paired_vs_plain"][task]
-    assert set(paired) == {"ra", "unsupervised", "transformer", *(["ra_centernet"] if task == "sr" else [])}, task
+    assert set(paired) == {"ra", "unsupervised", "transformer", *det_run(task)}, task
     for mode, recs in paired.items():
       assert set(recs) == {"mobilenet_v2", "efficientnet_lite0"}
       for rname, test in recs.items():
@@ -197,15 +204,16 @@ def test_demo_quick_writes_report_results_and_figures(tmp_path):
   report = (work / "report.md").read_text()
   assert "Quick mode" in report and "Which claims held" in report and "efficientnet_lite0" in report
   assert "McNemar" in report and "vs plain" in report and "Weights chosen on the validation photos" in report
-  assert "Transfer to detection" in report and "CenterNet (a detector) as the loss" in report
-  det = saved["detection"]["sr"]
-  assert [r["view"] for r in det["rows"]] == ["input", "plain", "ra", "ra_centernet", "clean"]
+  assert ("Transfer to detection" in report) == detection and ("detection" in saved) == detection
+  if detection:
+    assert "CenterNet (a detector) as the loss" in report
+    assert [r["view"] for r in saved["detection"]["sr"]["rows"]] == ["input", "plain", "ra", "ra_centernet", "clean"]
   for name in ("top1.png", "samples_sr.png", "samples_denoise.png", "samples_jpeg.png"):
     with Image.open(work / name) as im:
       assert im.format == "PNG" and im.size[0] > 100, name
     assert f"({name})" in report
   for task in ("sr", "denoise", "jpeg"):
-    for run in ("pretrain", "plain", "ra", "unsupervised", "transformer", *(["ra_centernet"] if task == "sr" else [])):
+    for run in ("pretrain", "plain", "ra", "unsupervised", "transformer", *det_run(task)):
       assert (work / task / run / "processor.msgpack").is_file(), (task, run)
       assert "rajax.train:" in (work / task / run / "train.log").read_text(), (task, run)
     assert (work / task / "transformer" / "transformer.msgpack").is_file()

@@ -78,10 +78,13 @@ for _family in _FAMILIES:
 
 
 def available(task: str | None = None) -> list[str]:
-  """Names accepted by `recognizer()`: the classifiers and the detectors (`rajax.detection.zoo`);
-  with `task` ("classification", "detection") those of that task only."""
+  """Names accepted by `recognizer()`: the classifiers, the detectors (`rajax.detection.zoo`) and the
+  segmenters (`rajax.segmentation.zoo`); with `task` ("classification", "detection", "segmentation")
+  those of that task only."""
   from rajax.detection import zoo
-  names = {**{n: a.task for n, a in _ARCHS.items()}, **{n: "detection" for n in zoo.available()}}
+  from rajax.segmentation import zoo as seg_zoo
+  names = {**{n: a.task for n, a in _ARCHS.items()}, **{n: "detection" for n in zoo.available()},
+           **{n: "segmentation" for n in seg_zoo.available()}}
   return sorted(n for n, t in names.items() if task is None or t == task)
 
 
@@ -156,9 +159,12 @@ def recognizer(
   """
   if name not in _ARCHS:
     from rajax.detection import zoo  # detectors: rajax.detection.zoo builds them as Detectors
+    from rajax.segmentation import zoo as seg_zoo  # segmenters: rajax.segmentation.zoo, as Segmenters
+    extra = {} if num_classes is None else {"num_classes": num_classes}
     if name in zoo.available():
-      extra = {} if num_classes is None else {"num_classes": num_classes}
       return zoo.build(name, weights, dtype=dtype, seed=seed, **extra, **kwargs)
+    if name in seg_zoo.available():
+      return seg_zoo.build(name, weights, dtype=dtype, seed=seed, **extra, **kwargs)
     raise ValueError(f"Unknown recognizer {name!r}; available: {', '.join(available())}.")
   num_classes = 1000 if num_classes is None else num_classes
   arch = _ARCHS[name]
