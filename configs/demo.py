@@ -28,6 +28,7 @@ from rajax.data import photos
 
 STEPS = {"pretrain": 200, "finetune": 52}
 QUICK_STEPS = {"pretrain": 4, "finetune": 4}
+QUICK_EVAL_PHOTOS = 5                    # --quick evaluates on the first five photos of the split
 DETECTOR = "centernet_mobilenetv3"
 DETECTION_CANVAS = 192                   # the detection run's whole photos, resized and padded (CenterNet reads 512)
 DETECTION_STEPS = {False: 24, True: 2}
@@ -92,9 +93,10 @@ def get_config(arg=None):
   c.data.photos.scales = (1.0, 1.5, 2.25, 3.375)
   c.data.photos.eval_scales = (1.17, 1.5, 1.83)
   c.data.photos.grid = 3
-  if a.quick:                            # 112 test crops: the quick run checks the machinery only
+  if a.quick:                            # 40 test crops: the quick run checks the machinery only
     c.data.photos.eval_scales = (1.17,)
     c.data.photos.grid = 2
+    c.data.photos.names = photos.split_names(a.split)[:QUICK_EVAL_PHOTOS]
   c.data.resize = 0                      # the source already resized the photos
   c.data.batch_size = 16
   c.data.eval_batch_size = 30

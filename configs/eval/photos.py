@@ -39,7 +39,7 @@ def get_config(arg=None):
   demo = config_lib.load(str(pathlib.Path(__file__).resolve().parent.parent / "demo.py")
                          + f":task={a.task},quick={a.quick},split={a.split}")
   c.data.split = demo.data.eval_split
-  for field in ("short_side", "grid", "eval_scales"):
+  for field in ("short_side", "grid", "eval_scales", "names"):
     c.data.photos[field] = demo.data.photos[field]
   c.data.resize = 0
   c.data.crop = demo.data.crop

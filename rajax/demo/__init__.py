@@ -110,8 +110,8 @@ def title(row: str) -> str:
 def eval_count(config) -> int:
   """The number of evaluation crops a demo config evaluates on (its data.eval_split's photos)."""
   from rajax.data import photos
-  return (len(photos.split_names(config.data.eval_split)) * len(config.data.photos.eval_scales) * 2
-          * config.data.photos.grid ** 2)
+  names = config.data.photos.names or photos.split_names(config.data.eval_split)
+  return len(names) * len(config.data.photos.eval_scales) * 2 * config.data.photos.grid ** 2
 
 
 def demo_config(task: str, mode: str, quick: bool, *, stage: str = "finetune", split: str = "test",
