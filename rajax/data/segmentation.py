@@ -17,7 +17,7 @@ A batch is a dict of numpy arrays with the same shapes for every batch:
                 with the noise on the device;
   "image_size"  int32 [b, 2], (height, width) of the real pixels at the top left of "target";
   "id"          int32 [b]: VOC's file name without its "_" ("2007_000032" -> 2007000032), else the
-                example's position in its split;
+                example's position in its split; -1 for evaluation batch padding;
   "mask"        float32 [b], evaluation only: 1 for real examples, 0 for batch padding and unreadable images;
   "index"       int32 [b], only with the noise on the device (as in rajax.data.pipeline).
 
@@ -358,7 +358,8 @@ class SegmentationTrainExample(grain.transforms.RandomMap):
 @dataclasses.dataclass(frozen=True)
 class SegmentationEvalExample:
   """Padded position j -> evaluation example of index(j): degradation from default_rng([seed, index]);
-  an unreadable image gives a blank example (labels all 255) with mask 0."""
+  batch padding and unreadable images give a blank example (black, labels all 255) with mask 0, so
+  a metric that ignores 255 is exact even without the mask."""
 
   source: Any
   transform: _Transform
@@ -368,16 +369,17 @@ class SegmentationEvalExample:
 
   def __call__(self, position: int) -> dict:
     index = int(self.indices[position])
-    record = self.source[max(index, 0)]
+    record = self.source[index] if index >= 0 else {"id": -1}
     where = f"evaluation example {index} (id {record.get('id', '?')})"
-    mask = np.float32(index >= 0)
-    try:
-      img = decode_image(record["image"])
-    except DataError as e:  # masked out, as the classification pipelines do
-      _note("skipped_unreadable", f"{where}: {e}")
-      img = None
-    if img is None:
-      out, mask = _blank(self.transform.spec, int(record.get("id", -1))), np.float32(0)
+    img = None
+    if index >= 0:
+      try:
+        img = decode_image(record["image"])
+      except DataError as e:  # masked out, as the classification pipelines do
+        _note("skipped_unreadable", f"{where}: {e}")
+    mask = np.float32(img is not None)
+    if img is None:  # batch padding or an unreadable image: nothing to score (labels all 255)
+      out = _blank(self.transform.spec, int(record.get("id", -1)))
     else:
       _ok()
       out = self.transform(record, img, None, False, where)
