@@ -185,6 +185,24 @@ def test_prepare_voc_seg_without_sbd_and_bad_archives(tmp_path, capsys):
     _voc_tar(tmp_path / name / "VOCtrainval_11-May-2012.tar", **kwargs)
     assert run(tmp_path / name) == 2
     assert message in capsys.readouterr().err
+  # SBD extracted (benchmark_RELEASE/dataset/...) gives the same train_aug as the archive.
+  folder = tmp_path / "extracted"
+  folder.mkdir()
+  _voc_tar(folder / "VOCtrainval_11-May-2012.tar")
+  _sbd_tgz(tmp_path / "sbd.tgz")
+  with tarfile.open(tmp_path / "sbd.tgz") as tar:
+    tar.extractall(folder, filter="data")
+  assert run(folder) == 0
+  aug = seg.segmentation_source("voc_seg:train_aug", data_dir=str(tmp_path / "d" / "extracted"))
+  got = {r["id"]: _label(r) for r in (aug[k] for k in range(len(aug)))}
+  assert sorted(got) == [2007000032, 2007000039, 2009000005]
+  np.testing.assert_array_equal(got[2009000005], _sbd_label("2009_000005"))
+  (folder / "benchmark_RELEASE/dataset/cls/2009_000005.mat").write_bytes(b"MATLAB 5.0 but not really")
+  assert prepare.cli(["voc_seg", "--manual_dir", str(folder), "--data_dir", str(tmp_path / "d2")]) == 2
+  assert "is not an SBD class label file" in capsys.readouterr().err
+  (folder / "benchmark_RELEASE/dataset/cls/2009_000005.mat").unlink()
+  assert prepare.cli(["voc_seg", "--manual_dir", str(folder), "--data_dir", str(tmp_path / "d3")]) == 2
+  assert "dataset/cls/2009_000005.mat is missing" in capsys.readouterr().err
   (tmp_path / "nolists").mkdir()
   _tar(tmp_path / "nolists" / "VOCtrainval_11-May-2012.tar", {"VOCdevkit/VOC2012/JPEGImages/a.jpg": JPEGS["rocket"]})
   assert run(tmp_path / "nolists") == 2 and "ImageSets/Segmentation/train.txt" in capsys.readouterr().err
@@ -389,6 +407,10 @@ def test_eval_pads_the_whole_resized_image_and_scores_every_labelled_pixel(voc):
       Image.fromarray(_voc_label("2007_000032"), mode="L").resize((26, 20), Image.NEAREST)))
   with pytest.raises(rd.DataError, match="larger than the 32x32 evaluation canvas"):
     _take(_eval(src, _spec()), 2)   # coffee is 50 wide
+  # eval_size: a canvas of its own (training keeps its crop size).
+  b = _take(_eval(src, _spec(size=(16, 16), eval_size=(48, 56))), 1)[0]
+  assert b["target"].shape == (2, 48, 56, 3) and b["label_map"].shape == (2, 48, 56)
+  assert _take(_train(src, _spec(size=(16, 16), eval_size=(48, 56))), 1)[0]["label_map"].shape == (2, 16, 16)
 
 
 # --------------------------------------------------------------------------- determinism, degradations, configs
@@ -476,7 +498,8 @@ def test_bad_label_maps_are_errors_that_name_the_problem():
   e = _take(_eval(broken, _spec(), batch=1), 1)[0]
   assert e["mask"].tolist() == [0] and e["id"].tolist() == [9] and (e["label_map"] == 255).all()
   for kwargs, message in ((dict(size=(4, 64)), "each >= 8"), (dict(scale_range=(2.0, 1.0)), "0 < lo <= hi"),
-                          (dict(flip=1.5), "probability"), (dict(resize=-1), "resize")):
+                          (dict(flip=1.5), "probability"), (dict(resize=-1), "resize"),
+                          (dict(eval_size=(64,)), "eval_size")):
     with pytest.raises(rd.DataError, match=message):
       SegmentationSpec(**kwargs)
   with pytest.raises(rd.DataError, match="Unknown segmentation data field"):

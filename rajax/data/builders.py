@@ -60,6 +60,7 @@ import tarfile
 import threading
 import xml.etree.ElementTree as ET
 import zipfile
+import zlib
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -734,7 +735,8 @@ def sbd_label_map(data: bytes, where: str) -> np.ndarray:
   try:
     mat = scipy.io.loadmat(io.BytesIO(data), squeeze_me=True, struct_as_record=False)
     seg = np.asarray(mat["GTcls"].Segmentation)
-  except (KeyError, AttributeError, ValueError, TypeError, OSError, NotImplementedError) as e:
+  except (scipy.io.matlab.MatReadError, KeyError, AttributeError, ValueError, TypeError, OSError, IndexError,
+          EOFError, NotImplementedError) as e:  # scipy's readers raise all of these on files that are not .mat
     raise DataError(f"{where} is not an SBD class label file (a .mat with GTcls.Segmentation): "
                     f"{type(e).__name__}: {e}. Use the cls/ folder of SBD's benchmark.tgz.") from e
   if seg.ndim != 2 or not np.issubdtype(seg.dtype, np.integer):
@@ -745,17 +747,17 @@ def sbd_label_map(data: bytes, where: str) -> np.ndarray:
 
 
 class _SbdLabels:
-  """SBD's train/val lists and class label maps (as label PNGs), from benchmark.tgz or its extracted
-  benchmark_RELEASE/dataset folder. The archive is gzip-compressed, so it is read once, in order."""
+  """SBD's train/val lists and class label maps, from benchmark.tgz or its extracted
+  benchmark_RELEASE/dataset folder. The archive is gzip-compressed, so it is read once, in order,
+  keeping each map as a small label PNG; an extracted folder is read file by file when needed."""
 
   def __init__(self, manual_dir: pathlib.Path):
     self.lists: dict[str, list[str]] = {}
-    self.labels: dict[str, np.ndarray] = {}
+    self._maps: dict[str, pathlib.Path | bytes] = {}   # id -> cls/<id>.mat on disk, or its label PNG
     archive, root = manual_dir / SBD_ARCHIVE, manual_dir / "benchmark_RELEASE" / "dataset"
     if root.is_dir():
       self.where = str(root)
-      for path in sorted(root.glob("cls/*.mat")):
-        self.labels[path.stem] = sbd_label_map(path.read_bytes(), str(path))
+      self._maps = {path.stem: path for path in sorted(root.glob("cls/*.mat"))}
       for name in ("train", "val"):
         if (root / f"{name}.txt").exists():
           self.lists[name] = (root / f"{name}.txt").read_text().split()
@@ -769,12 +771,12 @@ class _SbdLabels:
             if member.isfile() and (m_mat or m_list):
               data = tar.extractfile(member).read()
               if m_mat:
-                self.labels[m_mat.group(1)] = sbd_label_map(data, f"{archive.name}:{member.name}")
+                self._maps[m_mat.group(1)] = label_png(sbd_label_map(data, f"{archive.name}:{member.name}"))
               else:
                 self.lists[m_list.group(1)] = data.decode().split()
-      except (tarfile.TarError, EOFError, OSError) as e:
+      except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         raise DataError(f"{archive} is not a readable tar.gz ({type(e).__name__}: {e}); download it again.") from e
-      log.warning("read %s: %d label maps", archive, len(self.labels))
+      log.warning("read %s: %d label maps", archive, len(self._maps))
     else:
       self.where = ""
     if self.where and sorted(self.lists) != ["train", "val"]:
@@ -785,9 +787,14 @@ class _SbdLabels:
     return bool(self.where)
 
   def label(self, image_id: str) -> np.ndarray:
-    if image_id not in self.labels:
+    """The class map of `image_id` (uint8 [H, W], 0..20)."""
+    from rajax.data.segmentation import decode_label_map
+    ref = self._maps.get(image_id)
+    if ref is None:
       raise DataError(f"{self.where}: {image_id} is in SBD's train/val lists but dataset/cls/{image_id}.mat is missing.")
-    return self.labels[image_id]
+    if isinstance(ref, pathlib.Path):
+      return sbd_label_map(ref.read_bytes(), str(ref))
+    return decode_label_map(ref, f"{self.where}: dataset/cls/{image_id}.mat")
 
 
 def _voc_list(tree: _VocTree, kind: str, name: str) -> list[str] | None:

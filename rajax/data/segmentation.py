@@ -7,8 +7,9 @@
 
 A batch is a dict of numpy arrays with the same shapes for every batch:
 
-  "target"      uint8 [b, H, W, 3], (H, W) = spec.size: the clean image (resized, flipped and cropped
-                in training; resized and padded in evaluation), zeros where it is padding;
+  "target"      uint8 [b, H, W, 3], (H, W) = spec.size (evaluation: spec.eval_size if set): the clean
+                image (resized, flipped and cropped in training; resized and padded in evaluation),
+                zeros where it is padding;
   "label_map"   int32 [b, H, W]: class indices 0..K-1 of the dataset, IGNORE_LABEL (255) for pixels
                 to ignore (VOC's object boundaries, Cityscapes' void ids, padding; everywhere for
                 sources without labels, whose targets come from a segmenter on the clean image);
@@ -34,7 +35,7 @@ Geometry, per image (`_Transform.__call__`), as torchvision's segmentation refer
      padding at the bottom and the right up to the crop (images with 0, labels with 255: torchvision's
      pad_if_smaller) and a uniformly placed crop of spec.size;
      evaluation: no flip or crop; the resized image (evaluation short side `eval_resize`) is padded
-     to spec.size (0 / 255), so every labelled pixel is scored once. An image larger than the
+     to spec.eval_size (or size; 0 / 255), so every labelled pixel is scored once. An image larger than the
      canvas is an error (raise size, or lower eval_resize).
 
 Randomness: training example k of the endless shuffled stream draws its scale, flip, crop offsets
@@ -198,7 +199,9 @@ def pad_pair(img: np.ndarray, label: np.ndarray, size: tuple[int, int]) -> tuple
 class SegmentationSpec:
   """What the segmentation pipelines make of each image (the fields of config.data.segmentation).
 
-  size          (H, W) of every batch: the training crop and the evaluation canvas.
+  size          (H, W) of every training batch (the crop), and of evaluation batches unless eval_size is set.
+  eval_size     (H, W) of the evaluation canvas; () for `size` (Cityscapes: crops of 512 x 1024 for
+                training, the whole 1024 x 2048 image in evaluation).
   resize        short side every image is resized to first (0: the stored size).
   eval_resize   the short side in evaluation (-1: `resize`; 0: the stored size).
   scale_range   (lo, hi): training multiplies the short side by a factor in [lo, hi] (torchvision's
@@ -207,6 +210,7 @@ class SegmentationSpec:
   """
 
   size: tuple[int, int] = (512, 512)
+  eval_size: tuple[int, ...] = ()
   resize: int = 0
   eval_resize: int = -1
   scale_range: tuple[float, float] = (1.0, 1.0)
@@ -217,6 +221,10 @@ class SegmentationSpec:
     if len(size) != 2 or min(size) < 8:
       raise DataError(f"segmentation size={self.size!r} must be (height, width), each >= 8.")
     object.__setattr__(self, "size", size)
+    eval_size = tuple(int(s) for s in self.eval_size) if isinstance(self.eval_size, (tuple, list)) else (0,)
+    if eval_size and (len(eval_size) != 2 or min(eval_size) < 8):
+      raise DataError(f"segmentation eval_size={self.eval_size!r} must be (height, width), each >= 8, or () for size.")
+    object.__setattr__(self, "eval_size", eval_size)
     if self.resize < 0 or self.eval_resize < -1:
       raise DataError(f"segmentation resize={self.resize} must be >= 0 and eval_resize={self.eval_resize} >= -1 "
                       "(0: the stored size; eval_resize -1: the same as resize).")
@@ -241,12 +249,18 @@ class SegmentationSpec:
   def eval_short_side(self) -> int:
     return self.resize if self.eval_resize < 0 else self.eval_resize
 
+  @property
+  def canvas(self) -> tuple[int, int]:
+    """(H, W) of the evaluation batches."""
+    return self.eval_size or self.size
+
   def check_degradation(self, degradation: Degradation | None) -> None:
     if degradation is not None and degradation.task == "sr":
       s = degradation.scale
-      if self.size[0] % s or self.size[1] % s:
-        raise DataError(f"segmentation size={self.size} is not divisible by the SR scale {s}; "
-                        f"use a multiple of {s} (e.g. {tuple(-(-x // s) * s for x in self.size)}).")
+      for field, size in (("size", self.size), ("eval_size", self.canvas)):
+        if size[0] % s or size[1] % s:
+          raise DataError(f"segmentation {field}={size} is not divisible by the SR scale {s}; "
+                          f"use a multiple of {s} (e.g. {tuple(-(-x // s) * s for x in size)}).")
 
 
 def config_defaults() -> dict:
@@ -306,18 +320,20 @@ class _Transform:
       left = int(rng.integers(0, img.shape[1] - W + 1))
       img, label = img[top:top + H, left:left + W], label[top:top + H, left:left + W]
     else:
+      H, W = spec.canvas
       if nh > H or nw > W:
         raise DataError(f"{where}: resized to {nw}x{nh} (WxH), larger than the {W}x{H} evaluation canvas "
-                        f"(segmentation.size={spec.size}); raise size or lower eval_resize (evaluation pads, "
+                        f"(segmentation.eval_size or size); raise it or lower eval_resize (evaluation pads, "
                         "it does not crop, so every labelled pixel is scored).")
-      img, label = pad_pair(img, label, spec.size)
+      img, label = pad_pair(img, label, (H, W))
     return {"target": np.ascontiguousarray(img), "label_map": np.ascontiguousarray(label, dtype=np.int32),
             "image_size": np.array([min(nh, H), min(nw, W)], np.int32), "id": np.int32(record.get("id", -1))}
 
 
 def _blank(spec: SegmentationSpec, record_id: int) -> dict:
-  return {"target": np.zeros((*spec.size, 3), np.uint8),
-          "label_map": np.full(spec.size, IGNORE_LABEL, np.int32),
+  """An evaluation example with nothing to score."""
+  return {"target": np.zeros((*spec.canvas, 3), np.uint8),
+          "label_map": np.full(spec.canvas, IGNORE_LABEL, np.int32),
           "image_size": np.zeros((2,), np.int32), "id": np.int32(record_id)}
 
 
