@@ -515,3 +515,18 @@ def test_sources_and_examples_pickle_for_grain_worker_processes(voc):
   for position in (0, 2):
     a, b = example(position), copy(position)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("degradation", [rd.Degradation("jpeg", quality=10), rd.Degradation("denoise", noise="host")],
+                         ids=["jpeg", "noise"])
+def test_eval_inputs_equal_the_classification_pipelines_for_the_same_canvas(degradation):
+  batches = _take(_eval(_records(), _spec(size=(56, 56)), degradation, seed=11), 2)
+  targets = np.concatenate([b["target"] for b in batches])
+  inputs = np.concatenate([b["input"] for b in batches])
+  # The classification pipeline on the same canvases (no resize, a full-size centre crop), same seed.
+  cls_src = [{"image": t, "label": 0} for t in targets]
+  cls = _take(rd.eval_dataset(cls_src, degradation, resize=0, crop=56, global_batch=4, seed=11, threads=2), 1)[0]
+  np.testing.assert_array_equal(inputs, cls["input"])
+  if degradation.task == "denoise":   # the noise depends on the seed (JPEG has no randomness)
+    other = _take(_eval(_records(), _spec(size=(56, 56)), degradation, seed=12), 2)
+    assert not np.array_equal(inputs, np.concatenate([b["input"] for b in other]))
