@@ -28,6 +28,18 @@ RGB. Files that are not images at all (empty, garbage, HTML error pages) are ski
                 image/id); manual_dir: annotations_trainval2017.zip and train2017.zip and/or
                 val2017.zip, the official zips. Splits train and validation; images without
                 annotations are kept (the pipelines decide).
+  VocSeg        "voc_seg" 1.0.0, VOC 2012 semantic segmentation: image (the JPEG as found),
+                image/filename, label_map (8-bit PNG of class indices: 0 background, 1..20 VOC's
+                classes, 255 boundaries / ignored). manual_dir: VOCtrainval_11-May-2012.tar (or its
+                VOCdevkit folder); splits train and validation (ImageSets/Segmentation). With SBD's
+                benchmark.tgz (or benchmark_RELEASE/) also train_aug, DeepLab's 10,582 images: VOC
+                train + SBD train + SBD val - VOC val, VOC's label maps where VOC has them (its train
+                images), SBD's cls/*.mat (GTcls.Segmentation, read with scipy) for the others.
+  Cityscapes    "cityscapes" 1.0.0, fine annotations: image (the leftImg8bit PNG as found),
+                image/filename, label_map (the *_gtFine_labelIds.png mapped to the 19 train ids of
+                cityscapesscripts' labels.py, every other id 255); manual_dir:
+                leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip. Splits train and validation
+                (test's label maps are placeholders and are not written).
   ImageFolder   any name, 1.0.0: manual_dir/<class>/<image> (one "train" split) or
                 manual_dir/<split>/<class>/<image>; classes are the sorted folder names.
 """
@@ -48,6 +60,7 @@ import tarfile
 import threading
 import xml.etree.ElementTree as ET
 import zipfile
+import zlib
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -684,4 +697,247 @@ def image_folder_builder(name: str, manual_dir: str | os.PathLike) -> type[Image
                                        "__module__": __name__}, skip_registration=True)
 
 
-BUILDERS = {"imagenet2012": Imagenet2012, "imagenet_c": ImagenetC, "voc": Voc, "coco": Coco, "folder": ImageFolder}
+# --------------------------------------------------------------------------- segmentation: VOC 2012 (+ SBD), Cityscapes
+
+
+SBD_ARCHIVE = "benchmark.tgz"
+_SBD_MAT = re.compile(r"(?:^|.*/)dataset/cls/([^/]+)\.mat$")
+_SBD_LIST = re.compile(r"(?:^|.*/)dataset/(train|val)\.txt$")
+
+
+def label_png(label: np.ndarray) -> bytes:
+  """A class-index map [H, W] with values 0..255 as an 8-bit grayscale PNG (what the segmentation
+  datasets store: one format whatever the archive held, palette PNGs, .mat files or label ids)."""
+  buf = io.BytesIO()
+  Image.fromarray(np.asarray(label, np.uint8), mode="L").save(buf, format="PNG")
+  return buf.getvalue()
+
+
+def _image_size(data: bytes) -> tuple[int, int]:
+  """(height, width) of an encoded image, from its header."""
+  with Image.open(io.BytesIO(data)) as im:
+    return im.height, im.width
+
+
+def _check_label_map(label: np.ndarray, image: bytes, num_classes: int, where: str) -> None:
+  """DataError if `label` is not the size of `image` or holds a class beyond 0..num_classes-1 (255 allowed)."""
+  from rajax.data.segmentation import check_label_values
+  h, w = _image_size(image)
+  if label.shape != (h, w):
+    raise DataError(f"{where}: the label map is {label.shape[1]}x{label.shape[0]} but its image is {w}x{h}; "
+                    "the label maps do not belong to the images.")
+  check_label_values(label, num_classes, where)
+
+
+def sbd_label_map(data: bytes, where: str) -> np.ndarray:
+  """SBD's cls/<id>.mat (a MATLAB struct GTcls with field Segmentation: uint8 [H, W], classes 0..20)."""
+  import scipy.io
+  try:
+    mat = scipy.io.loadmat(io.BytesIO(data), squeeze_me=True, struct_as_record=False)
+    seg = np.asarray(mat["GTcls"].Segmentation)
+  except (scipy.io.matlab.MatReadError, KeyError, AttributeError, ValueError, TypeError, OSError, IndexError,
+          EOFError, NotImplementedError) as e:  # scipy's readers raise all of these on files that are not .mat
+    raise DataError(f"{where} is not an SBD class label file (a .mat with GTcls.Segmentation): "
+                    f"{type(e).__name__}: {e}. Use the cls/ folder of SBD's benchmark.tgz.") from e
+  if seg.ndim != 2 or not np.issubdtype(seg.dtype, np.integer):
+    raise DataError(f"{where}: GTcls.Segmentation is {seg.dtype} of shape {seg.shape}, not an integer [H, W] map.")
+  if seg.size and (seg.min() < 0 or seg.max() > 255):
+    raise DataError(f"{where}: GTcls.Segmentation holds values {seg.min()}..{seg.max()}, outside 0..255.")
+  return seg.astype(np.uint8)
+
+
+class _SbdLabels:
+  """SBD's train/val lists and class label maps, from benchmark.tgz or its extracted
+  benchmark_RELEASE/dataset folder. The archive is gzip-compressed, so it is read once, in order,
+  keeping each map as a small label PNG; an extracted folder is read file by file when needed."""
+
+  def __init__(self, manual_dir: pathlib.Path):
+    self.lists: dict[str, list[str]] = {}
+    self._maps: dict[str, pathlib.Path | bytes] = {}   # id -> cls/<id>.mat on disk, or its label PNG
+    archive, root = manual_dir / SBD_ARCHIVE, manual_dir / "benchmark_RELEASE" / "dataset"
+    if root.is_dir():
+      self.where = str(root)
+      self._maps = {path.stem: path for path in sorted(root.glob("cls/*.mat"))}
+      for name in ("train", "val"):
+        if (root / f"{name}.txt").exists():
+          self.lists[name] = (root / f"{name}.txt").read_text().split()
+    elif archive.exists():
+      self.where = str(archive)
+      log.warning("reading %s ...", archive)
+      try:
+        with tarfile.open(archive, "r:*") as tar:
+          for member in tar:
+            m_mat, m_list = _SBD_MAT.match(member.name), _SBD_LIST.match(member.name)
+            if member.isfile() and (m_mat or m_list):
+              data = tar.extractfile(member).read()
+              if m_mat:
+                self._maps[m_mat.group(1)] = label_png(sbd_label_map(data, f"{archive.name}:{member.name}"))
+              else:
+                self.lists[m_list.group(1)] = data.decode().split()
+      except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise DataError(f"{archive} is not a readable tar.gz ({type(e).__name__}: {e}); download it again.") from e
+      log.warning("read %s: %d label maps", archive, len(self._maps))
+    else:
+      self.where = ""
+    if self.where and sorted(self.lists) != ["train", "val"]:
+      raise DataError(f"{self.where} has no dataset/train.txt and dataset/val.txt; is it SBD's benchmark.tgz "
+                      "(benchmark_RELEASE/dataset/...)?")
+
+  def __bool__(self) -> bool:
+    return bool(self.where)
+
+  def label(self, image_id: str) -> np.ndarray:
+    """The class map of `image_id` (uint8 [H, W], 0..20)."""
+    from rajax.data.segmentation import decode_label_map
+    ref = self._maps.get(image_id)
+    if ref is None:
+      raise DataError(f"{self.where}: {image_id} is in SBD's train/val lists but dataset/cls/{image_id}.mat is missing.")
+    if isinstance(ref, pathlib.Path):
+      return sbd_label_map(ref.read_bytes(), str(ref))
+    return decode_label_map(ref, f"{self.where}: dataset/cls/{image_id}.mat")
+
+
+def _voc_list(tree: _VocTree, kind: str, name: str) -> list[str] | None:
+  ref = tree.files.get(f"ImageSets/{kind}/{name}.txt")
+  return None if ref is None else ref.read().decode().split()
+
+
+class VocSeg(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """PASCAL VOC 2012 semantic segmentation (SegmentationClass), plus SBD's augmented train set."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      "manual_dir must hold VOCtrainval_11-May-2012.tar (or its extracted VOCdevkit/VOC2012 folder) and, for "
+      "the augmented 'train_aug' split, SBD's benchmark.tgz (or its extracted benchmark_RELEASE folder).")
+
+  def _info(self):
+    from rajax.data.segmentation import VOC_SEG_CLASSES
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description="PASCAL VOC 2012 segmentation: the JPEG as found and an 8-bit PNG label map of class indices "
+                    f"({', '.join(VOC_SEG_CLASSES[:3])}, ...: 0 background, 1..20 VOC's classes in alphabetical "
+                    "order, 255 object boundaries and regions to ignore). train_aug: VOC 2012 train, SBD train and "
+                    "SBD val, minus VOC 2012 val (10,582 images with the full archives); VOC train images keep "
+                    "VOC's label maps, the others SBD's.",
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(encoding_format="jpeg"),
+            "image/filename": tfds.features.Text(),
+            "label_map": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
+        }),
+        homepage="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/",
+    )
+
+  def _split_generators(self, dl_manager):
+    m = _manual_dir(dl_manager)
+    tree = _VocTree(m, "2012")
+    train, val = _voc_list(tree, "Segmentation", "train"), _voc_list(tree, "Segmentation", "val")
+    if train is None or val is None:
+      raise DataError(f"voc_seg: no VOC2012/ImageSets/Segmentation/train.txt and val.txt in {m}. "
+                      f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    splits = {"train": self._generate_examples(tree, [(i, None) for i in train], "train"),
+              "validation": self._generate_examples(tree, [(i, None) for i in val], "validation")}
+    sbd = _SbdLabels(m)
+    if sbd:
+      ids = (set(train) | set(sbd.lists["train"]) | set(sbd.lists["val"])) - set(val)
+      voc_train = set(train)
+      splits["train_aug"] = self._generate_examples(
+          tree, [(i, None if i in voc_train else sbd) for i in sorted(ids)], "train_aug")
+    return splits
+
+  def _generate_examples(self, tree: _VocTree, items: list[tuple[str, "_SbdLabels | None"]], split: str):
+    from rajax.data.segmentation import VOC_SEG_CLASSES, decode_label_map
+    tally = Tally()
+    for image_id, sbd in items:
+      image = f"JPEGImages/{image_id}.jpg"
+      if image not in tree.files:
+        raise DataError(f"voc_seg {split}: {image_id} is listed ({'SBD' if sbd else 'VOC2012 ImageSets/Segmentation'}) "
+                        f"but VOC2012/{image} is missing; {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+      data = tree.read(image)
+      if not check_image(data, f"{image_id}.jpg", tally):
+        continue
+      if sbd:
+        where = f"{sbd.where}: dataset/cls/{image_id}.mat"
+        label = sbd.label(image_id)
+      else:
+        where = f"VOC2012/SegmentationClass/{image_id}.png"
+        label = decode_label_map(tree.read(f"SegmentationClass/{image_id}.png"), where)
+      _check_label_map(label, data, len(VOC_SEG_CLASSES), where)
+      yield image_id, {"image": data, "image/filename": f"{image_id}.jpg", "label_map": label_png(label)}
+    log.warning("voc_seg %s: %s", split, tally.report())
+
+
+CITYSCAPES_ZIPS = {"images": "leftImg8bit_trainvaltest.zip", "labels": "gtFine_trainvaltest.zip"}
+CITYSCAPES_SPLITS = {"train": "train", "validation": "val"}  # test's gtFine maps are placeholders: not written
+_CITYSCAPES_IMAGE = re.compile(r"^leftImg8bit/([a-z]+)/([^/]+)/([^/]+)_leftImg8bit\.png$")
+
+
+class Cityscapes(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Cityscapes fine annotations, as the 19 train ids of cityscapesscripts (255: ignored)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      "manual_dir must hold leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip as downloaded from "
+      "https://www.cityscapes-dataset.com/downloads/ (registration required).")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description="Cityscapes leftImg8bit images (PNG, as found) with their gtFine *_labelIds.png mapped to the "
+                    "19 train ids of cityscapesscripts' labels.py (rajax.data.segmentation.CITYSCAPES_LABELS); "
+                    "every other id becomes 255 (ignored). Splits train (2,975) and validation (500).",
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(encoding_format="png"),
+            "image/filename": tfds.features.Text(),
+            "label_map": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
+        }),
+        homepage="https://www.cityscapes-dataset.com/",
+    )
+
+  def _split_generators(self, dl_manager):
+    m = _manual_dir(dl_manager)
+    images = _need(m / CITYSCAPES_ZIPS["images"], "cityscapes images")
+    labels = _need(m / CITYSCAPES_ZIPS["labels"], "cityscapes fine annotations")
+    try:
+      names = zipfile.ZipFile(images).namelist()
+    except zipfile.BadZipFile as e:
+      raise DataError(f"{images} is not a zip file ({e}); download it again.") from e
+    found = collections.defaultdict(list)
+    for name in names:
+      match = _CITYSCAPES_IMAGE.match(name)
+      if match:
+        found[match.group(1)].append(name)
+    splits = {split: self._generate_examples(images, labels, sorted(found[folder]), split)
+              for split, folder in CITYSCAPES_SPLITS.items() if found[folder]}
+    if not splits:
+      raise DataError(f"{images} has no leftImg8bit/train/ or leftImg8bit/val/ images; is it the official "
+                      f"{CITYSCAPES_ZIPS['images']}?")
+    return splits
+
+  def _generate_examples(self, images_zip: pathlib.Path, labels_zip: pathlib.Path, names: list[str], split: str):
+    from rajax.data.segmentation import cityscapes_train_ids, decode_label_map
+    tally = Tally()
+    try:
+      labels = zipfile.ZipFile(labels_zip)
+    except zipfile.BadZipFile as e:
+      raise DataError(f"{labels_zip} is not a zip file ({e}); download it again.") from e
+    with zipfile.ZipFile(images_zip) as images, labels:
+      members = set(labels.namelist())
+      for name in names:
+        folder, city, stem = _CITYSCAPES_IMAGE.match(name).groups()
+        label_name = f"gtFine/{folder}/{city}/{stem}_gtFine_labelIds.png"
+        if label_name not in members:
+          raise DataError(f"{labels_zip.name} has no {label_name} for {name}; is it the official "
+                          f"{CITYSCAPES_ZIPS['labels']}?")
+        data = images.read(name)
+        if not check_image(data, name, tally):
+          continue
+        where = f"{labels_zip.name}:{label_name}"
+        train_ids = cityscapes_train_ids(decode_label_map(labels.read(label_name), where), where)
+        _check_label_map(train_ids, data, 19, where)
+        file_name = name.rsplit("/", 1)[-1]
+        yield file_name, {"image": data, "image/filename": file_name, "label_map": label_png(train_ids)}
+    log.warning("cityscapes %s: %s", split, tally.report())
+
+
+BUILDERS = {"imagenet2012": Imagenet2012, "imagenet_c": ImagenetC, "voc": Voc, "coco": Coco, "folder": ImageFolder,
+            "voc_seg": VocSeg, "cityscapes": Cityscapes}
