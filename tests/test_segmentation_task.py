@@ -70,6 +70,12 @@ def _np_torchvision_batch_ce(logits, labels):
   return per.sum() / valid.sum()
 
 
+# Jitted once for the whole module (eager Flax compiles every op on its own); the checks of
+# concrete label ids that only run outside jit are exercised by the bad-input test.
+_rec_loss = jax.jit(seg.recognition_loss, static_argnames=("label_smoothing", "train", "aux_weight"))
+_heads = jax.jit(lambda s, x: s.heads(x)[0])
+
+
 def _segmenter(name="toy_segmenter", **kwargs):
   from rajax.models import recognizer
   return recognizer(name, "random", num_classes=K, **kwargs)
@@ -86,9 +92,9 @@ def test_a_segmenter_name_gives_the_segmentation_task():
 def test_loss_is_each_images_ce_over_labelled_pixels_plus_half_the_aux_head_as_torchvision():
   s = _segmenter()
   x, t = _images(), _labels()
-  per, logits, stats = seg.recognition_loss(s, x, jnp.asarray(t))
+  per, logits, stats = _rec_loss(s, x, jnp.asarray(t))
   assert stats is None
-  heads, _ = s.heads(x)
+  heads = _heads(s, x)
   assert set(heads) == {"out", "aux"}
   np.testing.assert_array_equal(logits, heads["out"])
   expected = _np_image_ce(heads["out"], t) + 0.5 * _np_image_ce(heads["aux"], t)
@@ -106,18 +112,18 @@ def test_aux_weight_and_models_without_aux_head():
   t = jnp.asarray(_labels(1))
   x = _images(1)
   s = _segmenter()
-  heads, _ = s.heads(x)
-  per, _, _ = seg.recognition_loss(s, x, t, aux_weight=0.2)
+  heads = _heads(s, x)
+  per, _, _ = _rec_loss(s, x, t, aux_weight=0.2)
   np.testing.assert_allclose(per, _np_image_ce(heads["out"], t) + 0.2 * _np_image_ce(heads["aux"], t), rtol=1e-5)
   plain = _segmenter("toy_segmenter_noaux")
-  per, logits, _ = seg.recognition_loss(plain, x, t)
+  per, logits, _ = _rec_loss(plain, x, t)
   np.testing.assert_allclose(per, _np_image_ce(logits, t), rtol=1e-5)
 
 
 def test_label_smoothing_matches_torch_cross_entropy_with_ignore_index():
   s = _segmenter("toy_segmenter_noaux")
   x, t = _images(2), _labels(2)
-  per, logits, _ = seg.recognition_loss(s, x, jnp.asarray(t), label_smoothing=0.1)
+  per, logits, _ = _rec_loss(s, x, jnp.asarray(t), label_smoothing=0.1)
   np.testing.assert_allclose(per, _np_image_ce(logits, t, eps=0.1), rtol=1e-5)
   assert np.min(np.abs(_np_image_ce(logits, t) - np.asarray(per))) > 1e-4
 
@@ -142,8 +148,8 @@ def test_unequal_labelled_counts_weigh_images_equally_and_valid_pixels_give_torc
 def test_training_mode_returns_the_batch_statistics_of_the_images():
   s = _segmenter()
   x, t = _images(4), jnp.asarray(_labels(4))
-  per, _, stats = seg.recognition_loss(s, x, t, train=True)
-  heads, expected = s.model.logits(s.variables, x, train=True)
+  per, _, stats = _rec_loss(s, x, t, train=True)
+  heads, expected = jax.jit(lambda v, im: s.model.logits(v, im, train=True))(s.variables, x)
   np.testing.assert_allclose(stats["bn"]["mean"], expected["bn"]["mean"], rtol=1e-6)
   assert not np.allclose(stats["bn"]["mean"], s.variables["batch_stats"]["bn"]["mean"])
   np.testing.assert_allclose(per, _np_image_ce(heads["out"], t) + 0.5 * _np_image_ce(heads["aux"], t), rtol=1e-5)
@@ -152,11 +158,11 @@ def test_training_mode_returns_the_batch_statistics_of_the_images():
 def test_the_loss_gradient_reaches_the_images_and_not_through_ignored_pixels():
   s = _segmenter("toy_segmenter_noaux")
   x, t = _images(5), jnp.asarray(_labels(5))
-  g = jax.grad(lambda im: jnp.mean(seg.recognition_loss(s, im, t)[0]))(x)
+  g = jax.jit(jax.grad(lambda im: jnp.mean(_rec_loss(s, im, t)[0])))(x)
   assert np.all(np.isfinite(g)) and float(jnp.abs(g).max()) > 0
   # gradient w.r.t. the logits is exactly zero at ignored pixels
   logits = s(x)
-  gl = jax.grad(lambda z: jnp.sum(seg.pixel_ce(logits=z, labels=t)))(logits)
+  gl = jax.jit(jax.grad(lambda z: jnp.sum(seg.pixel_ce(logits=z, labels=t))))(logits)
   np.testing.assert_array_equal(np.asarray(gl)[np.asarray(t) == IGNORE], 0.0)
   assert float(jnp.abs(gl[np.asarray(t) != IGNORE]).min()) > 0
 
@@ -387,3 +393,56 @@ def test_ra_step_with_a_segmenter_adds_lam_times_its_pixel_ce_on_p_output():
   # the label maps matter: other labels give another recognition term
   _, other = jax.jit(method.train_step)(state, dict(batch, label_map=_labels(1, h=16, w=16, ignored=40)), frozen)
   assert abs(float(other["recognition"]) - ce) > 1e-4
+
+
+def _p_out(modules, state, batch):
+  x = jnp.asarray(batch["input"], jnp.float32) / 255.0
+  return modules["processor"].apply(state.variables("processor"), x, train=True, mutable=["batch_stats"])[0]
+
+
+@pytest.mark.heavy   # 5-15 s of a 2-core CI; `python -m pytest -m heavy` runs it
+@pytest.mark.parametrize("distance", ["prob_mse", "feature_mse"])
+def test_unsupervised_ra_with_a_segmenter_compares_its_outputs_on_p_output_and_clean_image(distance):
+  method, modules, frozen, state = _built(_config("unsupervised", **{"method.distance": distance}))
+  batch = _batch(2)
+  _, m = jax.jit(method.train_step)(state, batch, frozen)
+  s = frozen["recognizer"]
+  out, y = _p_out(modules, state, batch), jnp.asarray(batch["target"], jnp.float32) / 255.0
+  if distance == "prob_mse":
+    p, q = (np.exp(_np_log_softmax(s(im))) for im in (out, y))
+    expected = np.mean((p - q) ** 2)
+  else:
+    fo, fy = s.features(out), s.features(y)
+    expected = sum(np.mean((np.asarray(fo[n], np.float64) - np.asarray(fy[n])) ** 2) for n in ("conv1", "conv2"))
+  np.testing.assert_allclose(float(m["recognition"]), expected, rtol=1e-4)
+  assert "miou" in m
+
+
+@pytest.mark.heavy   # 5-15 s of a 2-core CI; `python -m pytest -m heavy` runs it
+def test_ra_with_unlabelled_images_trains_on_the_segmenters_own_label_maps_of_the_clean_image():
+  method, modules, frozen, state = _built(_config("ra", labels="recognizer", **{"method.lam": 1.0}))
+  batch = {k: v for k, v in _batch(3).items() if k != "label_map"}
+  _, m = jax.jit(method.train_step)(state, batch, frozen)
+  s = frozen["recognizer"]
+  pseudo = np.asarray(s(jnp.asarray(batch["target"], jnp.float32) / 255.0)).argmax(-1)
+  heads = s.heads(_p_out(modules, state, batch))[0]
+  ce = np.mean(_np_image_ce(heads["out"], pseudo) + 0.5 * _np_image_ce(heads["aux"], pseudo))
+  np.testing.assert_allclose(float(m["recognition"]), ce, rtol=1e-5)
+
+
+@pytest.mark.heavy   # 5-15 s of a 2-core CI; `python -m pytest -m heavy` runs it
+def test_evaluation_steps_score_the_segmentation_of_the_methods_machine_images():
+  method, modules, frozen, state = _built(_config("ra"))
+  batch = dict(_batch(4), mask=np.array([1, 0]))
+  sums = jax.jit(methods.make_eval_step(method, modules))(state, batch, frozen)
+  outputs, targets = jax.jit(methods.make_predict_step(method, modules))(state, batch, frozen)
+  seen = method.forward(state.all_variables(), frozen, jnp.asarray(batch["input"], jnp.float32) / 255.0)["machine"]
+  logits = np.asarray(frozen["recognizer"](seen))
+  np.testing.assert_allclose(outputs, logits, rtol=1e-5, atol=1e-6)
+  t = batch["label_map"]
+  correct = ((logits.argmax(-1) == t) & (t != IGNORE)).sum((1, 2))
+  assert float(sums["count"]) == 1.0
+  np.testing.assert_allclose(float(sums["correct_pixels"]), correct[0])
+  ev = seg.Evaluator.for_segmenter(frozen["recognizer"])
+  ev.add(outputs, targets, mask=batch["mask"])
+  np.testing.assert_array_equal(ev.matrix, _np_confusion(logits.argmax(-1), t, batch["mask"]))

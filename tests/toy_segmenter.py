@@ -71,5 +71,5 @@ def build(name, weights=None, *, num_classes=3, dtype=None, seed=0, **options):
   if weights not in (None, "random"):
     raise ValueError(f"{name} has random weights only")
   model = ToyModel(num_classes=num_classes, aux=ARCHS[name]["aux"])
-  variables = model.net.init(jax.random.PRNGKey(seed), jnp.zeros((1, 16, 16, 3)))
+  variables = jax.jit(model.net.init)(jax.random.PRNGKey(seed), jnp.zeros((1, 16, 16, 3)))
   return Segmenter(name=name, model=model, variables=variables)
