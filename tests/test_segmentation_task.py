@@ -1,12 +1,14 @@
 """The segmentation task (rajax.tasks.segmentation): its loss, pseudo-targets, distances and
-metrics, each held against a NumPy float64 recomputation, and every method reaching a segmenter
-through it.
+metrics, each held against a NumPy float64 recomputation or torch's own values (the fixture of
+tests/reference/make_segmentation_loss.py), and every method reaching a segmenter through it.
 
 The segmenter is tests/toy_segmenter.py (two convolutions with a BatchNorm and an auxiliary head),
 registered in the zoo only here, so each check compiles in about a second.
 """
 
 from __future__ import annotations
+
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -106,6 +108,29 @@ def test_loss_is_each_images_ce_over_labelled_pixels_plus_half_the_aux_head_as_t
   as_zero = _np_image_ce(heads["out"], np.where(t == IGNORE, 0, t)) + 0.5 * _np_image_ce(heads["aux"], t)
   assert np.min(np.abs(as_zero - np.asarray(per))) > 1e-4
   assert np.min(np.abs(_np_image_ce(heads["out"], t) - np.asarray(per))) > 1e-4
+
+
+def test_loss_and_confusion_figures_equal_torchs_on_the_reference_fixture():
+  """tests/reference/segmentation_loss.npz: torch's cross_entropy(ignore_index=255) and
+  torchvision's criterion / ConfusionMatrix (tests/reference/make_segmentation_loss.py)."""
+  ref = np.load(pathlib.Path(__file__).parent / "reference" / "segmentation_loss.npz")
+  out, aux, t = (jnp.asarray(ref[f"equal/{n}"]) for n in ("out", "aux", "labels"))
+  per = seg.pixel_ce(logits=out, labels=t) + 0.5 * seg.pixel_ce(logits=aux, labels=t)
+  np.testing.assert_allclose(per, ref["equal/per_image"], rtol=1e-5)
+  np.testing.assert_allclose(float(jnp.mean(per)), ref["equal/criterion"], rtol=1e-5)
+  np.testing.assert_allclose(seg.pixel_ce(logits=out, labels=t, label_smoothing=0.1), ref["equal/per_image_smoothed"],
+                             rtol=1e-5)
+  u = jnp.asarray(ref["unequal/labels"])
+  per = seg.pixel_ce(logits=out, labels=u)
+  np.testing.assert_allclose(per, ref["unequal/per_image"], rtol=1e-5)
+  valid = seg.valid_pixels(u)
+  np.testing.assert_allclose(float(jnp.sum(per * valid) / jnp.sum(valid)), ref["unequal/batch"], rtol=1e-5)
+  assert abs(float(jnp.mean(per)) - ref["unequal/batch"]) > 1e-3   # unequal counts: the plain mean differs
+  m = seg.confusion_matrix(jnp.asarray(ref["confusion/logits"]), jnp.asarray(ref["confusion/labels"]), K)
+  np.testing.assert_array_equal(m, ref["confusion/matrix"])
+  s = seg.scores(np.asarray(m, np.int64))
+  np.testing.assert_allclose(s["iou"], ref["confusion/iu"], rtol=1e-12)
+  np.testing.assert_allclose(s["pixel_accuracy"], ref["confusion/acc_global"], rtol=1e-12)
 
 
 def test_aux_weight_and_models_without_aux_head():
