@@ -283,7 +283,8 @@ def test_confusion_matrix_and_miou_match_a_hand_computation_with_masked_padding(
   assert m.dtype == jnp.int32
   expected = _np_confusion(pred, target, mask)
   np.testing.assert_array_equal(m, expected)
-  np.testing.assert_array_equal(seg.confusion_matrix(jnp.asarray(pred), jnp.asarray(target), K), _np_confusion(pred, target))
+  np.testing.assert_array_equal(seg.confusion_matrix(jnp.asarray(pred), jnp.asarray(target), K),
+                                _np_confusion(pred, target))
   miou, iou, acc = _np_scores(expected)
   s = seg.scores(np.asarray(m, np.int64))
   np.testing.assert_allclose(s["miou"], miou, rtol=1e-12)
