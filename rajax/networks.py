@@ -53,9 +53,9 @@ def _fields(processor_name: str) -> list[str]:
 
 
 def recognition_task(config: ml_collections.ConfigDict) -> str:
-  """The task of config.recognizer ("classification", "detection"), from its name alone."""
-  from rajax.detection import zoo
-  return "detection" if config.recognizer.name in zoo.available() else "classification"
+  """The task of config.recognizer ("classification", "detection", "segmentation"), from its name alone."""
+  from rajax import tasks
+  return tasks.of_recognizer(config.recognizer.name).NAME
 
 
 def module(config: ml_collections.ConfigDict, name: str):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import types
 
-from rajax.tasks import classification, detection
+from rajax.tasks import classification, detection, segmentation
 
 TASKS: dict[str, types.ModuleType] = {}
 
@@ -27,12 +27,17 @@ def register(module: types.ModuleType) -> None:
 
 register(classification)
 register(detection)
+register(segmentation)
 
 
 def of_recognizer(name: str) -> types.ModuleType:
-  """The task of the zoo recognizer called `name` (detectors: rajax.detection.zoo; else classification)."""
+  """The task of the zoo recognizer called `name` (detectors: rajax.detection.zoo; segmenters:
+  rajax.segmentation.zoo; else classification)."""
   from rajax.detection import zoo
-  return get("detection") if name in zoo.available() else classification
+  from rajax.segmentation import zoo as seg_zoo
+  if name in zoo.available():
+    return detection
+  return segmentation if name in seg_zoo.available() else classification
 
 
 def get(name: str) -> types.ModuleType:
@@ -41,4 +46,4 @@ def get(name: str) -> types.ModuleType:
   return TASKS[name]
 
 
-__all__ = ["TASKS", "classification", "detection", "get", "register"]
+__all__ = ["TASKS", "classification", "detection", "get", "of_recognizer", "register", "segmentation"]
