@@ -38,6 +38,7 @@ from rajax import data as data_lib
 from rajax import distributed, methods, networks
 from rajax import optim, progress, sharding, tasks
 from rajax.data import detection as detection_data
+from rajax.data import segmentation as segmentation_data
 from rajax import weights as weights_lib
 
 
@@ -64,9 +65,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
   degradation = data_lib.Degradation(task=config.task, scale=config.degrade.scale, sigma=config.degrade.sigma,
                                      quality=config.degrade.quality, noise=config.data.noise)
   device_stage = degradation.device_stage(config.seed)  # the noise, drawn in the steps (data.noise="device")
-  detection = networks.recognition_task(config) == "detection"
-  if detection:   # boxes with every image: rajax.data.detection
-    train_source, eval_source = (detection_data.config_source(config, s) for s in ("train", "eval"))
+  task_name = networks.recognition_task(config)
+  detection, segmentation = task_name == "detection", task_name == "segmentation"
+  # boxes (rajax.data.detection) or label maps (rajax.data.segmentation) with every image
+  dense_data = {"detection": detection_data, "segmentation": segmentation_data}.get(task_name)
+  if dense_data is not None:
+    train_source, eval_source = (dense_data.config_source(config, s) for s in ("train", "eval"))
   else:
     train_source = data_lib.make_source(config.data, config.data.train_split)
     eval_source = data_lib.make_source(config.data, config.data.eval_split)
@@ -77,9 +81,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
   total_steps = config.total_steps if config.total_steps > 0 else round(config.num_epochs * steps_per_epoch)
   eval_every = {-1: steps_per_epoch, 0: total_steps}.get(config.eval_every, config.eval_every)
   hosts = dict(process_index=jax.process_index(), process_count=jax.process_count())
-  if detection:
-    train_data = detection_data.detection_pipeline(config, "train", source=train_source, **hosts)
-    eval_data = detection_data.detection_pipeline(config, "eval", source=eval_source, **hosts)
+  if dense_data is not None:
+    pipeline = detection_data.detection_pipeline if detection else segmentation_data.segmentation_pipeline
+    train_data = pipeline(config, "train", source=train_source, **hosts)
+    eval_data = pipeline(config, "eval", source=eval_source, **hosts)
   else:
     train_data = data_lib.train_dataset(
         train_source, degradation, resize=config.data.resize, crop=config.data.crop,
@@ -123,14 +128,16 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
   eval_step = jax.jit(methods.make_eval_step(method, modules, labels=config.labels, device_stage=device_stage),
                       in_shardings=(replicated, batched, replicated), out_shardings=replicated)
 
-  if detection:  # mAP needs every image's detections: rajax.tasks.detection.Evaluator, on the host
+  # mAP needs every image's detections, mIoU every pixel's class: the task's Evaluator, on the host
+  if dense_data is not None:
     predict_step = jax.jit(methods.make_predict_step(method, modules, labels=config.labels, device_stage=device_stage),
                            in_shardings=(replicated, batched, replicated), out_shardings=replicated)
     eval_recognizer = frozen.get("recognizer") or modules["recognizer"]   # its classes name the figures
 
   def evaluate(state) -> dict:
     sums = None
-    evaluator = tasks.detection.Evaluator.for_detector(eval_recognizer, coco=True) if detection else None
+    evaluator = (tasks.detection.Evaluator.for_detector(eval_recognizer, coco=True) if detection else
+                 tasks.segmentation.Evaluator.for_segmenter(eval_recognizer) if segmentation else None)
     for local in eval_data:
       batch = sharding.global_batch(local, mesh)
       out = eval_step(state, batch, frozen)
@@ -141,8 +148,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     sums = jax.device_get(sums)
     count = sums.pop("count")
     result = {k: float(v / count) for k, v in sums.items()} | {"count": int(count)}
-    if evaluator is not None:
+    if detection:
       result["recall50"] = float(sums["found50"] / max(sums["num_gt"], 1.0))
+    if evaluator is not None:
       result |= {k: float(v) for k, v in evaluator.result().items() if k != "num_images"}
     return result
 
