@@ -20,7 +20,8 @@ Args: task (sr | denoise | jpeg), mode (plain | ra | unsupervised | transformer,
 stage (pretrain | finetune), quick (bool: a few steps, to check the machinery), lam (the recognition
 weight; negative: the mode's default below; the demo trains RA and unsupervised RA at each value of
 rajax.demo.LAM_GRID and keeps the one that does best on the validation photos), recognizer (mobilenet_v2 |
-centernet_mobilenetv3), split (the photos a run evaluates on: validation | test).
+centernet_mobilenetv3), split (the photos a run evaluates on: validation | test), min_confidence (RA's
+recognition term only on crops R recognises on the clean crop with at least this top-1 probability).
 """
 
 from rajax import config as config_lib
@@ -36,7 +37,7 @@ DETECTION_STEPS = {False: 24, True: 2}
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, task="sr", mode="ra", stage="finetune", quick=False, lam=-1.0,
-                           recognizer="mobilenet_v2", split="test")
+                           recognizer="mobilenet_v2", split="test", min_confidence=0.0)
   if a.stage not in STEPS:
     raise config_lib.ConfigError(f"configs/demo.py: stage={a.stage!r} is not one of {', '.join(STEPS)}.")
   if a.recognizer not in ("mobilenet_v2", DETECTOR):
@@ -74,6 +75,8 @@ def get_config(arg=None):
     c.method.lam = float(a.lam) if a.lam >= 0 else lams.get(a.mode, ra)
   if "layers" in c.method:
     c.method.layers = ("stage4",)
+  if "min_confidence" in c.method:       # the recognition term only on crops R recognises this confidently
+    c.method.min_confidence = float(a.min_confidence)
   if "recognizer_bn" in c.method:
     c.method.recognizer_bn = "frozen"
 

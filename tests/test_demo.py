@@ -261,7 +261,7 @@ def _fake_runs(monkeypatch, tmp_path, fail=None, peers=None, hold=(), wait_s=120
   script = tmp_path / "fake_run.py"
   script.write_text(FAKE_RUN)
 
-  def command(workdir, task, run, quick, train_args=()):
+  def command(workdir, task, run, quick, train_args=(), **kwargs):
     wait = ",".join(str(workdir / t / r) for t, r in (peers or {}).get((task, run), ()))
     return [sys.executable, str(script), str(workdir / task / run), "3" if (task, run) == fail else "0", wait,
             "hold" if (task, run) in hold else "go", str(wait_s)]

@@ -142,7 +142,8 @@ def quick_xla_flags(flags: str) -> str:
   return f"{flags} {QUICK_XLA_FLAG}".strip()
 
 
-def run_command(workdir: pathlib.Path, task: str, run: str, quick: bool, train_args: Sequence[str] = ()) -> list[str]:
+def run_command(workdir: pathlib.Path, task: str, run: str, quick: bool, train_args: Sequence[str] = (), *,
+                config_args: Sequence[str] = ()) -> list[str]:
   """The `python -m rajax.train` command of one demo run of `task` ("pretrain", a method, or a
   candidate `<mode>_lam<v>` of the weight grid), with `train_args` (e.g. "--config.processor.channels=48") last."""
   from rajax import methods
@@ -151,6 +152,7 @@ def run_command(workdir: pathlib.Path, task: str, run: str, quick: bool, train_a
   arg = f"task={task},mode={mode},stage={stage},quick={quick},recognizer={spec['recognizer']}"
   if spec["lam"] is not None:
     arg += f",lam={spec['lam']!r}"
+  arg += "".join(f",{a}" for a in config_args)
   cmd = [sys.executable, "-m", "rajax.train", "--config", f"{CONFIG}:{arg}",
          "--workdir", str(workdir / task / run), "--config.final_eval=false"]  # the demo evaluates every run itself
   spec = methods.get(mode)
@@ -213,7 +215,8 @@ def _last_progress(log: pathlib.Path) -> str:
 
 
 def train_all(workdir: pathlib.Path, tasks: Sequence[str], modes: Sequence[str], quick: bool, *, jobs: int = 2,
-              status_every: float = 30.0, detection: bool = False, train_args: Sequence[str] = ()) -> float:
+              status_every: float = 30.0, detection: bool = False, train_args: Sequence[str] = (),
+              config_args: Sequence[str] = ()) -> float:
   """Per task: the plain pretraining run, then every mode from it, each a `python -m rajax.train`
   process in its own sub-directory (`WORKDIR/<task>/pretrain`, `WORKDIR/<task>/<mode>`; each resumes
   if interrupted). Up to `jobs` runs at a time: compilation is single-threaded, so a second run
@@ -256,7 +259,7 @@ def train_all(workdir: pathlib.Path, tasks: Sequence[str], modes: Sequence[str],
         log = workdir / run[0] / run[1] / "train.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         out = open(log, "a")
-        proc = subprocess.Popen(run_command(workdir, *run, quick, train_args), stdout=out, stderr=subprocess.STDOUT, env=env,
+        proc = subprocess.Popen(run_command(workdir, *run, quick, train_args, config_args=config_args), stdout=out, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
         running[run] = (proc, out, log, time.perf_counter())
         print(f"[demo] start {run[0]}/{run[1]} ({len(done) + len(running)}/{len(runs)})", flush=True)
@@ -480,6 +483,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                            "printed): for choosing the demo's settings without looking at the test photos")
   parser.add_argument("--train-arg", action="append", default=[], metavar="--config.KEY=VALUE",
                       help="passed to every training run (repeatable), e.g. --train-arg=--config.processor.channels=48")
+  parser.add_argument("--config-arg", action="append", default=[], metavar="KEY=VALUE",
+                      help="an argument of configs/demo.py for every training run (repeatable), e.g. min_confidence=0.3")
   args = parser.parse_args(argv)
   if args.jobs < 1:
     parser.error(f"--jobs must be >= 1, got {args.jobs}")
@@ -504,8 +509,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   jax.config.update("jax_compilation_cache_dir", str(workdir / "jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   t0 = time.perf_counter()
+  train_args = list(args.train_arg)
+  for item in args.config_arg:   # checked here, before any run starts
+    key, sep, value = item.partition("=")
+    if not sep or key in ("task", "mode", "stage", "quick", "lam", "recognizer", "split"):
+      parser.error(f"--config-arg {item!r}: give KEY=VALUE for a configs/demo.py argument other than the ones the "
+                   "demo sets itself (task, mode, stage, quick, lam, recognizer, split)")
   train_seconds = train_all(workdir, args.tasks, modes, args.quick, jobs=args.jobs, detection=detection,
-                            train_args=args.train_arg)
+                            train_args=train_args, config_args=tuple(args.config_arg))
   t1 = time.perf_counter()
   selection = select(workdir, args.tasks, modes, args.quick, detection=detection)
   t2 = time.perf_counter()
