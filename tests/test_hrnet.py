@@ -43,7 +43,7 @@ def official_shapes(*, stem_width, stage1_blocks, widths, modules, blocks, num_c
     conv(f"{p}.conv1", inplanes, stem_width, 1); bn(f"{p}.bn1", stem_width)
     conv(f"{p}.conv2", stem_width, stem_width, 3); bn(f"{p}.bn2", stem_width)
     conv(f"{p}.conv3", stem_width, 4 * stem_width, 1); bn(f"{p}.bn3", 4 * stem_width)
-    if b == 0:
+    if inplanes != 4 * stem_width:
       conv(f"{p}.downsample.0", inplanes, 4 * stem_width, 1); bn(f"{p}.downsample.1", 4 * stem_width)
     inplanes = 4 * stem_width
   pre = [4 * stem_width]
@@ -138,6 +138,23 @@ def test_the_official_w48_checkpoint_layout_loads_by_name():
                        hrnet.torch_key, source="hrnet_w32")
 
 
+@pytest.mark.parametrize("cfg", [
+    SMALL,
+    {**SMALL, "stem_width": 16, "widths": (64, 6, 8, 10)},    # no layer1 downsample, no transition1.0 conv
+    {**SMALL, "modules": (2, 1, 3), "blocks": 2, "stage1_blocks": 3},
+], ids=["small", "no_downsample", "more_modules"])
+def test_the_variables_are_exactly_the_official_keys_and_shapes(cfg):
+  leaf_names = {"kernel": "weight", "bias": "bias", "scale": "weight", "mean": "running_mean", "var": "running_var"}
+  _, template = _template(cfg, num_classes=5)
+  got = {}
+  for path, spec in jax.tree_util.tree_flatten_with_path(template)[0]:
+    _, module, leaf = (p.key for p in path)
+    shape = spec.shape
+    got[f"{module}.{leaf_names[leaf]}"] = (shape[3], shape[2], shape[0], shape[1]) if leaf == "kernel" else shape
+  want = {k: v for k, v in official_shapes(**cfg, num_classes=5).items() if not k.endswith("num_batches_tracked")}
+  assert got == want
+
+
 # ----------------------------------------------------------------------------------------------
 # A NumPy reference of seg_hrnet.py's forward (NCHW, torch's operators)
 
@@ -188,7 +205,7 @@ def numpy_hrnet(sd, img, *, stem_width, stage1_blocks, widths, modules, blocks, 
     p = f"layer1.{b}"
     y = cbr(cbr(x, f"{p}.conv1", f"{p}.bn1"), f"{p}.conv2", f"{p}.bn2")
     y = cbr(y, f"{p}.conv3", f"{p}.bn3", act=False)
-    r = cbr(x, f"{p}.downsample.0", f"{p}.downsample.1", act=False) if b == 0 else x
+    r = cbr(x, f"{p}.downsample.0", f"{p}.downsample.1", act=False) if f"{p}.downsample.0.weight" in sd else x
     x = relu(y + r)
   xs = [cbr(x, "transition1.0.0", "transition1.0.1"), cbr(x, "transition1.1.0.0", "transition1.1.0.1", 2)]
   for stage, n in zip((2, 3, 4), (2, 3, 4)):

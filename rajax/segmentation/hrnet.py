@@ -134,8 +134,8 @@ class HRNet(nn.Module):
 
     x = relu(bn("bn1", conv("conv1", x, 64, stride=2)))
     x = relu(bn("bn2", conv("conv2", x, 64, stride=2)))
-    for b in range(self.stage1_blocks):
-      x = bottleneck(f"layer1.{b}", x, self.stem_width, downsample=b == 0)
+    for b in range(self.stage1_blocks):   # _make_layer: a downsample where the channels change (64 -> 4 * stem_width)
+      x = bottleneck(f"layer1.{b}", x, self.stem_width, downsample=x.shape[-1] != 4 * self.stem_width)
     # transition1: the 4 * stem_width channels to the first width, and the second branch from them.
     xs = [relu(bn("transition1.0.1", conv("transition1.0.0", x, self.widths[0]))) if x.shape[-1] != self.widths[0] else x,
           new_branch("transition1.1", x, self.widths[1])]
