@@ -60,7 +60,7 @@ def test_recognizer_input_normalisation():
   assert "fasterrcnn_resnet50_fpn" in recognizers.available(task="detection")
   assert "fasterrcnn_resnet50_fpn" not in recognizers.available(task="classification")
   assert set(recognizers.available()) == set(recognizers.available(task="classification")) | set(
-      recognizers.available(task="detection"))
+      recognizers.available(task="detection")) | set(recognizers.available(task="segmentation"))
   lite = recognizers._ARCHS["efficientnet_lite0"]
   np.testing.assert_allclose(lite.mean, [127 / 255] * 3)
   assert recognizers._ARCHS["mobilenet_v2"].mean == recognizers.IMAGENET_MEAN

@@ -11,7 +11,7 @@ import importlib
 from typing import Any
 
 # Family modules, imported on first use (their model code is not needed to build a classifier).
-_FAMILIES: tuple[str, ...] = ()
+_FAMILIES: tuple[str, ...] = ("rajax.segmentation.hrnet", "rajax.segmentation.person")
 
 
 def _archs() -> dict[str, Any]:
