@@ -20,6 +20,8 @@ to run, each selected by its `type` (big_vision style):
   detection     Tables 4, 8, 9, 12, 13  rows = processing (input, each run, clean), columns = evaluation
                           detectors, cells VOC07 mAP@0.5 (11-point) / COCO mAP; per-class AP; detections drawn
                           (rajax.evaluate.detection; Table 12 is `accuracy` on runs trained with a detector)
+  segmentation  App. G, Table 18  rows = processing, columns = evaluation segmenters, cells mIoU and pixel
+                          accuracy; per-class IoU; predicted label maps drawn (rajax.evaluate.segmentation)
 
 Everything runs batched and jitted over a mesh of all devices (batch sharded along "data",
 variables replicated, the last batch padded and masked). Each evaluator writes
@@ -43,6 +45,7 @@ from ml_collections import config_dict
 from rajax import distributed
 from rajax.evaluate import boundary, tables
 from rajax.evaluate import detection as detection_eval
+from rajax.evaluate import segmentation as segmentation_eval
 from rajax.evaluate.boundary import boundary_distance, inter_boundary_distance
 from rajax.evaluate.context import Context, EvalError, load_processor, log
 from rajax.evaluate.report import Table, write_report, write_table
@@ -58,7 +61,9 @@ EVALUATORS = {
     "boundary": boundary.boundary,
     "imagenet_c": tables.imagenet_c,
     "detection": detection_eval.detection,
+    "segmentation": segmentation_eval.segmentation,
 }
+OWN_DATA = ("detection", "segmentation")   # evaluators that read their own images, not config.data's crops
 
 
 def base_config(*, task: str = "sr") -> ml_collections.ConfigDict:
@@ -111,8 +116,23 @@ def detector(name: str, weights: str | None = None, **options) -> ml_collections
   return t
 
 
+def segmenter(name: str, weights: str | None = None, **options) -> ml_collections.ConfigDict:
+  """A zoo-segmenter target section (`weights`: None for the segmenter's own, e.g. the fetched TF.js
+  graphs of selfie / meet, or a file such as the official HRNet-W48 Cityscapes checkpoint; "random");
+  its class count is the segmenter's unless `num_classes` is given."""
+  num_classes = options.pop("num_classes", None)
+  t = ml_collections.ConfigDict(dict(kind="zoo", name=name, num_classes=num_classes, task="segmentation",
+                                     options=options))
+  t.num_classes = config_dict.placeholder(int)
+  t.num_classes = num_classes
+  t.weights = config_dict.placeholder(str)
+  t.weights = weights
+  return t
+
+
 def run_target(workdir: str) -> ml_collections.ConfigDict:
-  """A target section for the recognizer that the training run in `workdir` trained (e.g. ra_joint)."""
+  """A target section for the recognizer that the training run in `workdir` trained (e.g. ra_joint): a
+  classifier, a detector or a segmenter, whichever the run's config names."""
   return ml_collections.ConfigDict(dict(kind="run", run=str(workdir)))
 
 
@@ -144,6 +164,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       problems.append(f"config.evals.{name}.type={kind!r} is not one of {', '.join(EVALUATORS)}")
     if kind == "detection":   # its own data section and options, checked before any evaluator runs
       problems += detection_eval.problems(ev, name)
+    if kind == "segmentation":
+      problems += segmentation_eval.problems(ev, name)
     for item in ev.get("processors") or ():
       if item not in config.processors:
         problems.append(f"config.evals.{name}.processors names {item!r}, which is not in config.processors "
@@ -175,8 +197,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
   distributed.initialize(config.distributed)   # config.distributed or RAJAX_DISTRIBUTED=1, as the trainer
   ctx = Context(config, workdir, extra_targets=targets)
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
-  # The detection evaluator reads its own images (whole photos or a detection dataset), not config.data's.
-  crops = any(ev.get("type", n) != "detection" for n, ev in config.evals.items())
+  # The detection and segmentation evaluators read their own images (whole photos or a dataset), not config.data's.
+  crops = any(ev.get("type", n) not in OWN_DATA for n, ev in config.evals.items())
   log(f"{len(config.evals)} evaluator(s) on {ctx.mesh.size} {jax.devices()[0].platform} device(s), "
       f"{jax.process_count()} process(es); {f'{ctx.num_examples} images; ' if crops else ''}workdir {workdir}")
   results = Results()
@@ -205,5 +227,5 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
 __all__ = [
     "EVALUATORS", "CallableTarget", "Context", "EvalError", "OnnxTarget", "Results", "Table", "TargetError", "ZooTarget",
     "base_config", "boundary_distance", "class_halves", "detector", "inter_boundary_distance", "load_processor", "run", "run_target",
-    "validate", "zoo",
+    "segmenter", "validate", "zoo",
 ]

@@ -186,13 +186,12 @@ class Context:
 
   def target_names(self, names: Sequence[str] | None, task: str = "classification") -> list[str]:
     """`names`, or by default every target of `task` (classifiers for the classification tables,
-    detectors for the detection table)."""
+    detectors for the detection table, segmenters for the segmentation table)."""
     if names:
       return list(names)
-    from rajax.detection import Detector
     configured = [n for n, spec in self.config.targets.items() if targets_lib.task_of(spec) == task]
     extra = [n for n, t in self._targets.items() if n not in self.config.targets
-             and (getattr(t, "recognizer", None) is not None and isinstance(t.recognizer, Detector)) == (task == "detection")]
+             and targets_lib.object_task(t) == task]
     return configured + extra
 
   def processor_names(self, names: Sequence[str] | None) -> list[str]:

@@ -161,8 +161,8 @@ def build(name: str, spec, *, compute_dtype: str = "float32", seed: int = 0):
                      **options)
     if weights == "random":
       wkey = f"random:{spec.get('seed', seed)}"
-    elif weights is None and getattr(rec, "task", "classification") == "detection":
-      wkey = "variables:" + tree_digest(rec.variables)   # a detector's weights: a fetched asset, not a wheel
+    elif weights is None and getattr(rec, "task", "classification") in ("detection", "segmentation"):
+      wkey = "variables:" + tree_digest(rec.variables)   # a detector's or segmenter's weights: a fetched asset
     elif weights is None:
       wkey = "bundled:" + _file_digest(_bundled(arch))
     else:
@@ -212,7 +212,8 @@ def wrap(name: str, obj) -> ZooTarget | HostTarget:
   if isinstance(obj, (ZooTarget, HostTarget)):
     return obj
   from rajax.detection import Detector
-  if isinstance(obj, (Recognizer, Detector)):
+  from rajax.segmentation.segmenter import Segmenter
+  if isinstance(obj, (Recognizer, Detector, Segmenter)):
     return ZooTarget(name=name, recognizer=obj, key=json.dumps(["recognizer", obj.name, tree_digest(obj.variables)]))
   if callable(obj):
     key = getattr(obj, "cache_key", f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', repr(obj))}")
@@ -229,21 +230,44 @@ def tree_digest(tree) -> str:
 
 
 def task_of(spec) -> str:
-  """"detection" or "classification": which task a target section's recognizer solves, without building
-  it (a zoo name the detector zoo knows, a run trained with one, or the section's own `task`)."""
+  """"detection", "segmentation" or "classification": which task a target section's recognizer solves,
+  without building it (a zoo name the detector or segmenter zoo knows, a run trained with one, or the
+  section's own `task`)."""
   if spec.get("task"):
     return spec.get("task")
-  from rajax.detection import zoo as detector_zoo
   kind = spec.get("kind", "zoo")
   if kind == "zoo":
-    return "detection" if spec.get("name", "") in detector_zoo.available() else "classification"
+    return zoo_task(spec.get("name", ""))
   if kind == "run":
     from rajax import runs
     try:
-      name = runs.read_config(spec.get("run", "")).recognizer.name
+      return zoo_task(runs.read_config(spec.get("run", "")).recognizer.name)
     except runs.RunError:
       return "classification"
-    return "detection" if name in detector_zoo.available() else "classification"
+  return "classification"
+
+
+def zoo_task(name: str) -> str:
+  """The task of zoo recognizer `name`: "detection" (the detector zoo), "segmentation" (the segmenter
+  zoo) or "classification" (everything else)."""
+  from rajax.detection import zoo as detector_zoo
+  from rajax.segmentation import zoo as segmenter_zoo
+  if name in detector_zoo.available():
+    return "detection"
+  if name in segmenter_zoo.available():
+    return "segmentation"
+  return "classification"
+
+
+def object_task(obj) -> str:
+  """The task of a built target's recognizer (a Detector, a Segmenter, else classification)."""
+  from rajax.detection import Detector
+  from rajax.segmentation.segmenter import Segmenter
+  rec = getattr(obj, "recognizer", None)
+  if isinstance(rec, Detector):
+    return "detection"
+  if isinstance(rec, Segmenter):
+    return "segmentation"
   return "classification"
 
 
