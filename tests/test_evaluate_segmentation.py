@@ -1,0 +1,282 @@
+"""The evaluation suite with segmenters: the segmentation table's every cell recomputed outside the suite.
+
+The segmenters are tests/toy_segmenter.py (random weights, 3 classes), the processors tiny denoising
+runs saved with random weights: one trained (by its config) with a classifier as R, one with the
+toy segmenter, one plain. Each cell is recomputed here from the photos (resized into the canvas and
+padded by hand), the run's `forward`, the segmenter's argmax and a NumPy confusion matrix
+(np.bincount), with the sign test counted by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+import rajax
+import toy_segmenter  # noqa: F401  (the family module the zoo imports)
+from rajax import config as config_lib
+from rajax import evaluate, networks, runs
+from rajax import weights as weights_lib
+from rajax.data import photos
+from rajax.data import segmentation as seg_data
+from rajax.data.pipeline import Degradation
+from rajax.evaluate import segmentation as segmentation_eval
+from rajax.evaluate import targets as targets_lib
+from rajax.segmentation import zoo
+
+SIZE = (32, 32)
+PHOTOS = ("chelsea", "coffee", "rocket")
+K = 3
+E = ml_collections.ConfigDict
+
+
+@pytest.fixture(autouse=True)
+def _toy_in_the_zoo(monkeypatch):
+  monkeypatch.setattr(zoo, "_FAMILIES", (*zoo._FAMILIES, "toy_segmenter"))
+
+
+def _save_run(workdir: pathlib.Path, mode: str, recognizer: str, seed: int) -> pathlib.Path:
+  """A finished denoising run (config.json + processor.msgpack): random P weights, R named in its config."""
+  c = config_lib.base(task="denoise", method=mode, recognizer=recognizer)
+  c.processor.update(dict(blocks=1, channels=8, input_skip=True))
+  c.recognizer.weights = "random"
+  c.recognizer.num_classes = K if recognizer == "toy_segmenter" else 10
+  if recognizer == "resnet18":
+    c.recognizer.width = 4
+  net = networks.module(c, "processor")
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "config.json").write_text(c.to_json_best_effort(indent=2))
+  variables = jax.device_get(jax.jit(lambda k: net.init(k, jnp.zeros((1, 8, 8, 3)), train=False))(jax.random.key(seed)))
+  tail = variables["params"]["tail"]
+  tail["kernel"] = 0.3 * np.random.default_rng(seed).standard_normal(tail["kernel"].shape, np.float32)
+  weights_lib.save(workdir / "processor.msgpack", variables)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def run_dirs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("segruns")
+  return {"plain": _save_run(root / "plain", "plain", "toy_segmenter", 0),
+          "ra_cls": _save_run(root / "ra_cls", "ra", "resnet18", 1),
+          "ra_seg": _save_run(root / "ra_seg", "ra", "toy_segmenter", 2)}
+
+
+def _config(run_dirs, **seg) -> ml_collections.ConfigDict:
+  c = evaluate.base_config(task="denoise")
+  c.data.noise = "host"
+  c.labels = "recognizer"
+  c.batch_size = 2                      # 3 photos: the last batch is padded
+  c.mesh.data = 2
+  for name, path in run_dirs.items():
+    c.processors[name] = str(path)
+  c.targets.toy = evaluate.segmenter("toy_segmenter", "random", num_classes=K)
+  c.targets.toy2 = evaluate.segmenter("toy_segmenter_noaux", "random", num_classes=K)
+  c.targets.toy2.seed = 7
+  c.targets.resnet18 = evaluate.zoo("resnet18", "random", num_classes=10, width=4)
+  c.evals.segmentation = E(dict(type="segmentation", processors=tuple(run_dirs),
+                                data=E(dict(source="photos", photos=PHOTOS, size=SIZE)), figures=1,
+                                figure_processors=("plain", "ra_seg"), **seg))
+  return c
+
+
+def _canvas(name: str) -> tuple[np.ndarray, tuple[int, int]]:
+  """Photo `name` resized by hand (bilinear, aspect kept, floor sizes) into the top left of a SIZE canvas."""
+  img = photos.photo(name)
+  h, w = img.shape[:2]
+  s = min(SIZE[0] / h, SIZE[1] / w)
+  nh, nw = int(np.floor(h * s)), int(np.floor(w * s))
+  out = np.zeros((*SIZE, 3), np.uint8)
+  out[:nh, :nw] = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
+  return out, (nh, nw)
+
+
+_VIEWS = {}
+
+
+def _views(config, run_dirs) -> tuple[dict, list]:
+  """What the segmenters see per row (clean, degraded input, each run's "machine" images), and the
+  real (height, width) of each photo on the canvas; computed once."""
+  key = tuple(sorted((k, str(v)) for k, v in run_dirs.items()))
+  if key not in _VIEWS:
+    canvases = [_canvas(n) for n in PHOTOS]
+    y8 = np.stack([c for c, _ in canvases])
+    deg = Degradation(task="denoise", sigma=config.degrade.sigma, noise="host")
+    x = np.stack([deg(y8[i], np.random.default_rng([config.seed, i])) for i in range(len(PHOTOS))]).astype(np.float32)
+    views = {"clean": y8.astype(np.float32) / 255.0, "input": x}
+    for name, path in run_dirs.items():
+      run = runs.load(path)
+      views[name] = np.asarray(jax.jit(lambda v, f, x: run.forward(x, v, f)["machine"])(run.variables, run.frozen, x))
+    _VIEWS[key] = (views, [s for _, s in canvases])
+  return _VIEWS[key]
+
+
+def _np_matrix(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+  ok = target < K
+  return np.bincount(target[ok].astype(np.int64) * K + pred[ok], minlength=K * K).reshape(K, K)
+
+
+def _np_scores(m: np.ndarray) -> tuple[float, float, np.ndarray]:
+  tp = np.diag(m).astype(np.float64)
+  union = m.sum(0) + m.sum(1) - tp
+  iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+  return float(np.nanmean(iou)), float(tp.sum() / m.sum()), iou
+
+
+def _expected(config, run_dirs, *, row: str, target: str, targets_from: str = "clean"):
+  """(mIoU, pixel accuracy, per-class IoU, per-image mIoU) of `target`'s argmax on `row`, by NumPy."""
+  views, sizes = _views(config, run_dirs)
+  t = config.targets[target]
+  seg = rajax.recognizer(t.name, "random", num_classes=K, seed=t.get("seed", config.seed))
+  pred = np.asarray(jnp.argmax(seg(jnp.asarray(views[row])), -1))
+  ref = np.asarray(jnp.argmax(seg(jnp.asarray(views[targets_from])), -1))
+  total, per_image = np.zeros((K, K), np.int64), []
+  for i, (h, w) in enumerate(sizes):
+    m = _np_matrix(pred[i, :h, :w], ref[i, :h, :w])   # padding is never scored
+    total += m
+    per_image.append(_np_scores(m)[0])
+  miou, acc, iou = _np_scores(total)
+  return miou, acc, iou, np.array(per_image)
+
+
+def test_segmentation_table_cells_equal_miou_recomputed_from_each_run_and_segmenter(run_dirs, tmp_path):
+  config = _config(run_dirs)
+  results = evaluate.run(config, tmp_path)
+  table = results["segmentation"]
+  rows = {r["view"]: r for r in table.rows}
+  assert list(rows) == ["input", "plain", "ra_cls", "ra_seg", "clean"]
+  assert (rows["ra_cls"]["loss model"], rows["ra_seg"]["loss model"], rows["plain"]["loss model"]) == (
+      "resnet18", "toy_segmenter", "none")
+  # the default targets are the segmenters only, not the classifier
+  assert [c for c in table.columns if c.endswith("mIoU")] == ["toy mIoU", "toy2 mIoU"]
+  side = {(r["segmenter"], r["class"]): r for r in json.loads((tmp_path / "segmentation_per_class.json").read_text())["rows"]}
+  per_image = {}
+  for view in rows:
+    for t in ("toy", "toy2"):
+      miou, acc, iou, images = _expected(config, run_dirs, row=view, target=t)
+      per_image[(view, t)] = images
+      np.testing.assert_allclose(rows[view][f"{t} mIoU"], miou, rtol=1e-9, err_msg=f"{view} {t}")
+      np.testing.assert_allclose(rows[view][f"{t} pixel acc"], acc, rtol=1e-9, err_msg=f"{view} {t}")
+      for c, name in enumerate(("background", "class1", "class2")):
+        if (t, name) in side:
+          np.testing.assert_allclose(side[(t, name)][view], iou[c], rtol=1e-9)
+  for t in ("toy", "toy2"):
+    assert rows["clean"][f"{t} mIoU"] == 1.0 and rows["clean"][f"{t} pixel acc"] == 1.0
+    assert rows["input"][f"{t} mIoU"] < 1.0, "the degraded input must differ from the clean image"
+    for v in ("ra_cls", "ra_seg"):   # the sign test per image, by hand
+      a, b = per_image[("plain", t)], per_image[(v, t)]
+      g, l = int(np.sum(b > a)), int(np.sum(a > b))
+      assert rows[v][f"{t} vs plain"].startswith(f"+{g}/-{l}, p = ")
+      assert (table.extra["paired_vs_plain"][v][t]["gained"], table.extra["paired_vs_plain"][v][t]["lost"]) == (g, l)
+  # PSNR over each photo's real pixels, by hand
+  views, sizes = _views(config, run_dirs)
+  psnr = [10 * np.log10(1.0 / np.mean((views["plain"][i, :h, :w] - views["clean"][i, :h, :w]) ** 2))
+          for i, (h, w) in enumerate(sizes)]
+  np.testing.assert_allclose(rows["plain"]["PSNR"], np.mean(psnr), rtol=1e-4)
+  assert sizes[0] != SIZE, "chelsea must not fill the canvas, or padding would go untested"
+  # the figure and the report
+  assert table.figures == ["segmentation_0.png"] and (tmp_path / "segmentation_0.png").stat().st_size > 1000
+  assert "segmentation" in (tmp_path / "report.md").read_text()
+  # negative control: the same cell against targets from the degraded input differs, so the checks above
+  # would catch an evaluator that scored against the wrong image
+  wrong = _expected(config, run_dirs, row="ra_seg", target="toy", targets_from="input")[0]
+  right = _expected(config, run_dirs, row="ra_seg", target="toy")[0]
+  assert abs(wrong - right) > 1e-3 and abs(rows["ra_seg"]["toy mIoU"] - wrong) > 1e-3
+  # a rerun reads every record from the cache
+  again = evaluate.run(config, tmp_path)
+  assert again.stats["computed"] == 0 and again["segmentation"].rows == table.rows
+
+
+def _labelled_records():
+  """Three photos at 32 x 32 with label maps of the 3 classes by hand (255: ignored pixels)."""
+  records = []
+  for i, name in enumerate(PHOTOS):
+    img = np.asarray(Image.fromarray(photos.photo(name)).resize((32, 24), Image.BILINEAR))
+    label = np.zeros((24, 32), np.uint8)
+    label[:, 10 + i:] = 1
+    label[12:, 20:] = 2
+    label[:3, :3] = 255
+    records.append({"image": img, "label_map": label, "id": i})
+  return records
+
+
+def test_dataset_label_maps_are_the_targets_when_the_data_has_them(run_dirs, tmp_path, monkeypatch):
+  """With labelled data (labels 'auto' -> 'dataset'), cells are mIoU against the data's label maps;
+  a Segmenter object given to evaluate.run is a target like a configured one."""
+  records = _labelled_records()
+  source = seg_data.InMemorySegmentation(records, ("background", "a", "b"))
+  monkeypatch.setattr(segmentation_eval, "make_source", lambda d: source)
+  c = _config({"plain": run_dirs["plain"]})
+  c.evals.segmentation.update(dict(targets=("toy", "given"), figures=1, paired_metric="pixel_accuracy"))
+  c.evals.segmentation.data = E(dict(source="tfds", split="custom", size=SIZE))
+  seg = rajax.recognizer("toy_segmenter", "random", num_classes=K, seed=c.seed)
+  table = evaluate.run(c, tmp_path, targets={"given": seg})["segmentation"]
+  clean = np.stack([np.pad(r["image"], ((0, 8), (0, 0), (0, 0))) for r in records]).astype(np.float32) / 255.0
+  pred = np.asarray(jnp.argmax(seg(jnp.asarray(clean)), -1))
+  m = sum(_np_matrix(pred[i, :24], r["label_map"]) for i, r in enumerate(records))
+  miou, acc, _ = _np_scores(m)
+  row = next(r for r in table.rows if r["view"] == "clean")
+  np.testing.assert_allclose(row["toy mIoU"], miou, rtol=1e-9)
+  np.testing.assert_allclose(row["toy pixel acc"], acc, rtol=1e-9)
+  assert all(r["toy mIoU"] == r["given mIoU"] for r in table.rows)
+  assert row["toy mIoU"] < 1.0   # real label maps: the clean row is no longer 100% by construction
+  assert "label maps" in " ".join(table.notes) and "pixel accuracy" in " ".join(table.notes)
+  assert (tmp_path / "segmentation_0.png").is_file()
+  # a segmenter of another class count is refused against the dataset's label maps
+  c.targets.toy = evaluate.segmenter("toy_segmenter", "random", num_classes=4)
+  with pytest.raises(evaluate.EvalError, match="has 4 classes but the data"):
+    evaluate.run(c, tmp_path / "b", targets={"given": seg})
+
+
+def test_segmenter_names_resolve_to_the_segmentation_task():
+  assert targets_lib.task_of(evaluate.segmenter("toy_segmenter")) == "segmentation"
+  assert targets_lib.task_of(E(dict(kind="zoo", name="selfie"))) == "segmentation"   # by the zoo, without `task`
+  assert targets_lib.task_of(E(dict(kind="zoo", name="hrnet_w48"))) == "segmentation"
+  assert targets_lib.task_of(evaluate.zoo("resnet18")) == "classification"
+  assert targets_lib.task_of(evaluate.detector("nanodet")) == "detection"
+  seg = rajax.recognizer("toy_segmenter", "random", num_classes=K)
+  assert targets_lib.object_task(targets_lib.wrap("s", seg)) == "segmentation"
+  t = evaluate.segmenter("hrnet_w48", "w.pth", num_classes=19)
+  assert (t.num_classes, t.weights, t.task) == (19, "w.pth", "segmentation")
+
+
+def test_a_run_that_trained_a_segmenter_resolves_to_segmentation(tmp_path):
+  """run_target: the task comes from the segmenter named in the run's config."""
+  c = config_lib.base(task="denoise", method="ra_joint", recognizer="toy_segmenter")
+  tmp_path.mkdir(exist_ok=True)
+  (tmp_path / "config.json").write_text(c.to_json_best_effort())
+  assert targets_lib.task_of(evaluate.run_target(str(tmp_path))) == "segmentation"
+
+
+def test_bad_segmentation_configs_are_refused_naming_the_fix(run_dirs, tmp_path):
+  c = _config(run_dirs)
+  c.evals.segmentation.targets = ("resnet18",)
+  with pytest.raises(evaluate.EvalError, match="not a segmenter"):
+    evaluate.run(c, tmp_path / "a")
+  c = _config(run_dirs)
+  c.evals.segmentation.labels = "dataset"
+  with pytest.raises(evaluate.EvalError, match="has no label maps"):
+    evaluate.run(c, tmp_path / "b")
+  c = _config(run_dirs)
+  c.evals.segmentation.paired_metric = "dice"
+  with pytest.raises(evaluate.EvalError, match="paired_metric"):
+    evaluate.validate(c)   # refused before any evaluator runs
+  c = _config(run_dirs)
+  c.evals.segmentation.data.shape = (32, 32)
+  with pytest.raises(evaluate.EvalError, match="Unknown segmentation data field.*shape"):
+    evaluate.validate(c)
+
+
+def test_fit_to_canvas_keeps_the_aspect_ratio_and_floors_the_size():
+  img = np.zeros((300, 451, 3), np.uint8)
+  assert segmentation_eval.fit_to_canvas(img, (32, 32)).shape == (21, 32, 3)   # floor(300 * 32 / 451) = 21
+  assert segmentation_eval.fit_to_canvas(img, (300, 600)).shape == (300, 451, 3)
+  per = segmentation_eval.per_image_scores(np.array([[[2, 0], [1, 1]], [[0, 0], [0, 0]]]))
+  np.testing.assert_allclose(per["miou"][0], (2 / 3 + 1 / 2) / 2)   # IoU 2/3 and 1/2, by hand
+  assert np.isnan(per["miou"][1])                                    # no labelled pixel: no score
