@@ -129,13 +129,27 @@ def _np_scores(m: np.ndarray) -> tuple[float, float, np.ndarray]:
   return float(np.nanmean(iou)), float(tp.sum() / m.sum()), iou
 
 
+_PREDICTIONS = {}
+
+
+def _argmax(config, run_dirs, target: str) -> dict:
+  """{view: the argmax label maps [N, H, W] of segmenter `target` on that view}, one call for all views."""
+  key = (target, tuple(sorted((k, str(v)) for k, v in run_dirs.items())))
+  if key not in _PREDICTIONS:
+    views, _ = _views(config, run_dirs)
+    t = config.targets[target]
+    seg = rajax.recognizer(t.name, "random", num_classes=K, seed=t.get("seed", config.seed))
+    names = list(views)
+    pred = np.asarray(jnp.argmax(seg(jnp.asarray(np.concatenate([views[v] for v in names]))), -1))
+    _PREDICTIONS[key] = dict(zip(names, np.split(pred, len(names))))
+  return _PREDICTIONS[key]
+
+
 def _expected(config, run_dirs, *, row: str, target: str, targets_from: str = "clean"):
   """(mIoU, pixel accuracy, per-class IoU, per-image mIoU) of `target`'s argmax on `row`, by NumPy."""
-  views, sizes = _views(config, run_dirs)
-  t = config.targets[target]
-  seg = rajax.recognizer(t.name, "random", num_classes=K, seed=t.get("seed", config.seed))
-  pred = np.asarray(jnp.argmax(seg(jnp.asarray(views[row])), -1))
-  ref = np.asarray(jnp.argmax(seg(jnp.asarray(views[targets_from])), -1))
+  _, sizes = _views(config, run_dirs)
+  preds = _argmax(config, run_dirs, target)
+  pred, ref = preds[row], preds[targets_from]
   total, per_image = np.zeros((K, K), np.int64), []
   for i, (h, w) in enumerate(sizes):
     m = _np_matrix(pred[i, :h, :w], ref[i, :h, :w])   # padding is never scored
@@ -213,7 +227,7 @@ def test_dataset_label_maps_are_the_targets_when_the_data_has_them(run_dirs, tmp
   source = seg_data.InMemorySegmentation(records, ("background", "a", "b"))
   monkeypatch.setattr(segmentation_eval, "make_source", lambda d: source)
   c = _config({"plain": run_dirs["plain"]})
-  c.evals.segmentation.update(dict(targets=("toy", "given"), figures=1, paired_metric="pixel_accuracy"))
+  c.evals.segmentation.update(dict(targets=("toy", "given"), figures=0, paired_metric="pixel_accuracy"))
   c.evals.segmentation.data = E(dict(source="tfds", split="custom", size=SIZE))
   seg = rajax.recognizer("toy_segmenter", "random", num_classes=K, seed=c.seed)
   table = evaluate.run(c, tmp_path, targets={"given": seg})["segmentation"]
@@ -227,7 +241,7 @@ def test_dataset_label_maps_are_the_targets_when_the_data_has_them(run_dirs, tmp
   assert all(r["toy mIoU"] == r["given mIoU"] for r in table.rows)
   assert row["toy mIoU"] < 1.0   # real label maps: the clean row is no longer 100% by construction
   assert "label maps" in " ".join(table.notes) and "pixel accuracy" in " ".join(table.notes)
-  assert (tmp_path / "segmentation_0.png").is_file()
+  assert not (tmp_path / "segmentation_0.png").exists()   # figures=0: none drawn
   # a segmenter of another class count is refused against the dataset's label maps
   c.targets.toy = evaluate.segmenter("toy_segmenter", "random", num_classes=4)
   with pytest.raises(evaluate.EvalError, match="has 4 classes but the data"):
@@ -280,3 +294,33 @@ def test_fit_to_canvas_keeps_the_aspect_ratio_and_floors_the_size():
   per = segmentation_eval.per_image_scores(np.array([[[2, 0], [1, 1]], [[0, 0], [0, 0]]]))
   np.testing.assert_allclose(per["miou"][0], (2 / 3 + 1 / 2) / 2)   # IoU 2/3 and 1/2, by hand
   assert np.isnan(per["miou"][1])                                    # no labelled pixel: no score
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_the_segmentation_eval_configs_name_the_paper_setting_and_validate(run_dirs):
+  """configs/eval/cityscapes.py (Appendix G, Table 18) and photos_segmentation.py (selfie, meet on the
+  test photos) build, their evaluators are segmentation ones whose sections validate, and with their
+  processors pointing at finished runs the whole config validates."""
+  cs = config_lib.load(f"{ROOT / 'configs/eval/cityscapes.py'}:task=sr,runs=R,imagenet_runs=I,weights=W")
+  assert dict(cs.processors) == {"cs_plain": "R/cs_sr_plain", "cs_ra": "R/cs_sr_ra", "in_plain": "I/sr_plain",
+                                 "in_ra": "I/sr_ra"}
+  hrnet = cs.targets.hrnet_w48
+  assert (hrnet.name, hrnet.weights, hrnet.num_classes, targets_lib.task_of(hrnet)) == (
+      "hrnet_w48", "W/hrnet_w48_cityscapes.pth", 19, "segmentation")
+  for name in ("appendix_g", "table18"):
+    ev = cs.evals[name]
+    assert ev.type == "segmentation" and ev.labels == "dataset" and ev.targets == ("hrnet_w48",)
+    assert ev.data.split == "cityscapes:validation" and tuple(ev.data.size) == (1024, 2048)
+    assert segmentation_eval.problems(ev, name) == []
+  assert "table18" not in config_lib.load(f"{ROOT / 'configs/eval/cityscapes.py'}:imagenet_runs=").evals
+  ph = config_lib.load(f"{ROOT / 'configs/eval/photos_segmentation.py'}:runs=D,task=denoise,modes=plain,ra")
+  ev = ph.evals.segmentation
+  assert ev.data.photos == photos.TEST and ev.labels == "recognizer" and ev.targets == ("selfie", "meet")
+  assert [targets_lib.task_of(ph.targets[t]) for t in ev.targets] == ["segmentation"] * 2
+  assert dict(ph.processors) == {"plain": "D/denoise/plain", "ra": "D/denoise/ra"}
+  ph.processors.plain, ph.processors.ra = str(run_dirs["plain"]), str(run_dirs["ra_seg"])
+  evaluate.validate(ph)
+  with pytest.raises(config_lib.ConfigError, match="segmenters="):
+    config_lib.load(f"{ROOT / 'configs/eval/photos_segmentation.py'}:segmenters=deeplab")

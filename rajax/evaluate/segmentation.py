@@ -468,8 +468,10 @@ def _per_class_table(name: str, rows: list[dict], views: Sequence[str]) -> Table
 # ==================================================================== figures
 
 def class_colours(num_classes: int) -> np.ndarray:
-  """float [K, 3] RGB colours, one per class (matplotlib's tab20, then an HSV ring for more classes)."""
+  """float [K, 3] RGB colours, one per class (matplotlib's tab10, tab20 for more classes, then an HSV ring)."""
   from matplotlib import colormaps
+  if num_classes <= 10:
+    return np.asarray(colormaps["tab10"](np.arange(num_classes))[:, :3])
   if num_classes <= 20:
     return np.asarray(colormaps["tab20"](np.arange(num_classes))[:, :3])
   return np.asarray(colormaps["hsv"](np.linspace(0, 1, num_classes, endpoint=False))[:, :3])
