@@ -104,7 +104,10 @@ class Run:
 
   @functools.cached_property
   def frozen(self) -> dict[str, Any]:
-    """The frozen networks the method's forward needs (e.g. a fixed processor)."""
+    """The frozen networks the method's forward needs (e.g. a fixed processor); none are built when it
+    needs none (a frozen recognizer is the loss, not part of the forward)."""
+    if not set(self.spec.forward_uses) & set(self.spec.frozen):
+      return {}
     return {n: v for n, v in networks.frozen_networks(self.config, self.spec).items() if n in self.spec.forward_uses}
 
   @property
