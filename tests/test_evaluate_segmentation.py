@@ -80,9 +80,9 @@ def _config(run_dirs, **seg) -> ml_collections.ConfigDict:
   c.targets.toy2 = evaluate.segmenter("toy_segmenter_noaux", "random", num_classes=K)
   c.targets.toy2.seed = 7
   c.targets.resnet18 = evaluate.zoo("resnet18", "random", num_classes=10, width=4)
-  c.evals.segmentation = E(dict(type="segmentation", processors=tuple(run_dirs),
-                                data=E(dict(source="photos", photos=PHOTOS, size=SIZE)), figures=1,
-                                figure_processors=("plain", "ra_seg"), **seg))
+  c.evals.segmentation = E(dict(dict(type="segmentation", processors=tuple(run_dirs),
+                                     data=E(dict(source="photos", photos=PHOTOS, size=SIZE)), figures=1,
+                                     figure_processors=("plain", "ra_seg")), **seg))
   return c
 
 
@@ -260,12 +260,36 @@ def test_segmenter_names_resolve_to_the_segmentation_task():
   assert (t.num_classes, t.weights, t.task) == (19, "w.pth", "segmentation")
 
 
-def test_a_run_that_trained_a_segmenter_resolves_to_segmentation(tmp_path):
-  """run_target: the task comes from the segmenter named in the run's config."""
+def test_the_segmenter_a_run_trained_is_a_target_column(run_dirs, tmp_path):
+  """run_target of a run that trained a segmenter (ra_joint): its task is the segmenter's (default
+  targets pick it up), and its column is that run's trained segmenter, not the zoo's initialisation."""
   c = config_lib.base(task="denoise", method="ra_joint", recognizer="toy_segmenter")
-  tmp_path.mkdir(exist_ok=True)
-  (tmp_path / "config.json").write_text(c.to_json_best_effort())
-  assert targets_lib.task_of(evaluate.run_target(str(tmp_path))) == "segmentation"
+  c.processor.update(dict(blocks=1, channels=8, input_skip=True))
+  c.recognizer.weights = "random"
+  c.recognizer.num_classes = K
+  run = tmp_path / "joint"
+  run.mkdir()
+  (run / "config.json").write_text(c.to_json_best_effort(indent=2))
+  weights_lib.save(run / "processor.msgpack", weights_lib.load(run_dirs["plain"] / "processor.msgpack",
+                                                               runs.load(run_dirs["plain"]).variables["processor"]))
+  trained = rajax.recognizer("toy_segmenter", "random", num_classes=K, seed=11)   # stands for the trained weights
+  weights_lib.save(run / "recognizer.msgpack", trained.variables)
+  assert targets_lib.task_of(evaluate.run_target(str(run))) == "segmentation"
+  cfg = _config({"plain": run_dirs["plain"]}, figures=0)
+  cfg.targets = E(dict(joint=evaluate.run_target(str(run)), resnet18=evaluate.zoo("resnet18", "random", width=4)))
+  table = evaluate.run(cfg, tmp_path / "eval")["segmentation"]
+  assert [col for col in table.columns if col.endswith("mIoU")] == ["joint mIoU"]
+  views, sizes = _views(cfg, run_dirs)
+
+  def miou(seg):
+    pred = np.asarray(jnp.argmax(seg(jnp.asarray(views["plain"])), -1))
+    ref = np.asarray(jnp.argmax(seg(jnp.asarray(views["clean"])), -1))
+    return _np_scores(sum(_np_matrix(pred[i, :h, :w], ref[i, :h, :w]) for i, (h, w) in enumerate(sizes)))[0]
+
+  row = next(r for r in table.rows if r["view"] == "plain")
+  np.testing.assert_allclose(row["joint mIoU"], miou(trained), rtol=1e-9)
+  # negative control: the configured architecture's own initialisation would give another cell
+  assert abs(row["joint mIoU"] - miou(rajax.recognizer("toy_segmenter", "random", num_classes=K))) > 1e-3
 
 
 def test_bad_segmentation_configs_are_refused_naming_the_fix(run_dirs, tmp_path):

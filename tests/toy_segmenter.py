@@ -67,9 +67,13 @@ ARCHS = {"toy_segmenter": {"aux": True}, "toy_segmenter_noaux": {"aux": False}}
 
 
 def build(name, weights=None, *, num_classes=3, dtype=None, seed=0, **options):
+  """Random weights (None or "random"), or a .msgpack of Flax variables (a run that trained it)."""
   del dtype, options
-  if weights not in (None, "random"):
-    raise ValueError(f"{name} has random weights only")
   model = ToyModel(num_classes=num_classes, aux=ARCHS[name]["aux"])
   variables = jax.jit(model.net.init)(jax.random.PRNGKey(seed), jnp.zeros((1, 16, 16, 3)))
+  if weights not in (None, "random"):
+    from rajax import weights as weights_lib
+    if not str(weights).endswith(".msgpack"):
+      raise ValueError(f"{name} has random weights or a .msgpack of its variables, not {weights}")
+    variables = jax.tree.map(jnp.asarray, weights_lib.load(weights, variables, what=name))
   return Segmenter(name=name, model=model, variables=variables)
