@@ -156,7 +156,7 @@ def _expected(config, run_dirs, *, row: str, target: str, targets_from: str = "c
     total += m
     per_image.append(_np_scores(m)[0])
   miou, acc, iou = _np_scores(total)
-  return miou, acc, iou, np.array(per_image)
+  return miou, acc, iou, np.array(per_image), total.sum(1)
 
 
 def test_segmentation_table_cells_equal_miou_recomputed_from_each_run_and_segmenter(run_dirs, tmp_path):
@@ -169,16 +169,20 @@ def test_segmentation_table_cells_equal_miou_recomputed_from_each_run_and_segmen
       "resnet18", "toy_segmenter", "none")
   # the default targets are the segmenters only, not the classifier
   assert [c for c in table.columns if c.endswith("mIoU")] == ["toy mIoU", "toy2 mIoU"]
-  side = {(r["segmenter"], r["class"]): r for r in json.loads((tmp_path / "segmentation_per_class.json").read_text())["rows"]}
+  side_rows = json.loads((tmp_path / "segmentation_per_class.json").read_text())["rows"]
+  side = {(r["segmenter"], r["class"]): r for r in side_rows}
+  assert side, "the per-class table must hold rows"
   per_image = {}
   for view in rows:
     for t in ("toy", "toy2"):
-      miou, acc, iou, images = _expected(config, run_dirs, row=view, target=t)
+      miou, acc, iou, images, pixels = _expected(config, run_dirs, row=view, target=t)
       per_image[(view, t)] = images
       np.testing.assert_allclose(rows[view][f"{t} mIoU"], miou, rtol=1e-9, err_msg=f"{view} {t}")
       np.testing.assert_allclose(rows[view][f"{t} pixel acc"], acc, rtol=1e-9, err_msg=f"{view} {t}")
-      for c, name in enumerate(("background", "class1", "class2")):
-        if (t, name) in side:
+      for c, name in enumerate(("background", "class1", "class2")):   # the classes with target pixels
+        assert ((t, name) in side) == (pixels[c] > 0)
+        if pixels[c]:
+          assert side[(t, name)]["pixels"] == pixels[c]
           np.testing.assert_allclose(side[(t, name)][view], iou[c], rtol=1e-9)
   for t in ("toy", "toy2"):
     assert rows["clean"][f"{t} mIoU"] == 1.0 and rows["clean"][f"{t} pixel acc"] == 1.0
