@@ -306,6 +306,10 @@ def test_bad_segmentation_configs_are_refused_naming_the_fix(run_dirs, tmp_path)
   with pytest.raises(evaluate.EvalError, match="has no label maps"):
     evaluate.run(c, tmp_path / "b")
   c = _config(run_dirs)
+  c.task = "sr"   # denoising processors on x4 inputs: their outputs are not the canvas's size
+  with pytest.raises(evaluate.EvalError, match="trained for denoise, the evaluation degrades by sr x4"):
+    evaluate.run(c, tmp_path / "c")
+  c = _config(run_dirs)
   c.evals.segmentation.paired_metric = "dice"
   with pytest.raises(evaluate.EvalError, match="paired_metric"):
     evaluate.validate(c)   # refused before any evaluator runs

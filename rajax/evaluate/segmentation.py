@@ -304,6 +304,14 @@ def records(ctx: Context, data: _Data, views: Sequence[str], tnames: Sequence[st
           truth[t] = target_fn(ctx.target(t).recognizer, clean, batch["image_size"])
       for v in need_views:
         shown, seen = ctx.view(v, batch)
+        if seen.shape != batch["target"].shape:
+          p, c = ctx.processor(v), ctx.config
+          trained = p.task + (f" x{p.train_config.degrade.scale}" if p.task == "sr" else "")
+          asked = c.task + (f" x{c.degrade.scale}" if c.task == "sr" else "")
+          raise EvalError(f"Processor {v!r} gives {tuple(seen.shape[1:3])} images for the "
+                          f"{tuple(batch['target'].shape[1:3])} canvas: it was trained for {trained}, the evaluation "
+                          f"degrades by {asked}; evaluate it with its own task (--config.task, "
+                          "--config.degrade.scale).")
         for (pv, pt), store in parts.items():
           if pv != v or pt is None:
             continue
