@@ -12,7 +12,8 @@ from typing import Any
 from rajax import families
 
 # Family modules, imported on first use (their model code is not needed to build a classifier).
-_FAMILIES: tuple[str, ...] = ("rajax.segmentation.hrnet", "rajax.segmentation.person")
+_FAMILIES: tuple[str, ...] = ("rajax.segmentation.hrnet", "rajax.segmentation.person",
+                             "rajax.segmentation.torchvision_seg")
 
 
 def _archs() -> dict[str, Any]:
