@@ -249,8 +249,12 @@ class TorchvisionSegmenter:
   def logits(self, variables: Mapping[str, Any], images: jax.Array, *, train: bool = False,
              rng: jax.Array | None = None) -> tuple[dict[str, jax.Array], Mapping[str, Any]]:
     out, _, stats = self.run(variables, images, train=train, rng=rng)
-    size = images.shape[1:3]
-    return {k: resize_bilinear(v.astype(jnp.float32), size) for k, v in out.items()}, stats
+    return self.upsample(out, images.shape[1:3]), stats
+
+  @staticmethod
+  def upsample(out: Mapping[str, jax.Array], size: tuple[int, int]) -> dict[str, jax.Array]:
+    """`run`'s head logits -> float32 logits at `size` (F.interpolate, bilinear, align_corners=False)."""
+    return {k: resize_bilinear(v.astype(jnp.float32), tuple(size)) for k, v in out.items()}
 
   def features(self, variables: Mapping[str, Any], images: jax.Array) -> dict[str, jax.Array]:
     """The backbone maps the heads read ("out", "aux"; "low", "high" for LR-ASPP) and the heads'
