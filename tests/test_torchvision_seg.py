@@ -4,9 +4,9 @@ tests/reference/make_segmenters.py ran torchvision 0.29.1 once (see its docstrin
 for two photos, each model's head logits before upsampling and (MobileNetV3 entries) the upsampled
 outputs, plus a training-mode forward and the running statistics it leaves. The weights are drawn
 from the entry name and each torch key by tests/seeded_state_dict.py and written as a checkpoint
-that `build` reads, so the comparisons also check the torch-key map. The ResNet entries are heavy
-(each a ~6 GFLOP forward per photo); the MobileNetV3 entries, the checkpoint checks and the
-gradient run by default.
+that `build` reads, so the comparisons also check the torch-key map. By default: the MobileNetV3
+entries, fcn_resnet50 (the dilated ResNet), LR-ASPP's training mode and input gradient, and the
+checkpoint checks; DeepLabV3-ResNet-50/101 and the second program of each other check are heavy.
 """
 
 from __future__ import annotations
@@ -118,14 +118,10 @@ def check_entry(entry: str, tmp: str):
   return seg, lo
 
 
-@pytest.mark.parametrize("entry", ["lraspp", "deeplabv3_mobilenet", "deeplabv3_rates"])
-def test_mobilenet_segmenters_equal_torchvision(entry, tmp):
-  check_entry(entry, tmp)
-
-
-@pytest.mark.heavy
-@pytest.mark.parametrize("entry", ["deeplabv3_resnet50", "fcn_resnet50", "deeplabv3_resnet101"])
-def test_resnet_segmenters_equal_torchvision(entry, tmp):
+@pytest.mark.parametrize("entry", ["lraspp", "deeplabv3_mobilenet", "deeplabv3_rates", "fcn_resnet50",
+                                   pytest.param("deeplabv3_resnet50", marks=pytest.mark.heavy),
+                                   pytest.param("deeplabv3_resnet101", marks=pytest.mark.heavy)])
+def test_segmenters_equal_torchvision(entry, tmp):
   check_entry(entry, tmp)
 
 
@@ -234,7 +230,7 @@ def test_aux_head_follows_the_checkpoint(tmp):
   main = {c: {k: v for k, v in tree.items() if k != "aux_classifier"} for c, tree in with_aux.variables.items()}
   for seg in (dropped, plain):
     assert not seg.model.cfg.aux_loss and "aux_classifier" not in seg.variables["params"]
-    # the variables whose outputs test_mobilenet_segmenters_equal_torchvision checks, less the aux head's
+    # the variables whose outputs test_segmenters_equal_torchvision checks, less the aux head's
     jax.tree.map(np.testing.assert_array_equal, seg.variables, main)
   with pytest.raises(WeightsError, match=r"missing keys.*aux_classifier\.0\.weight"):
     zoo.build("deeplabv3_mobilenet_v3_large", str(no_aux_path), aux_loss=True)
@@ -297,3 +293,19 @@ def test_zoo_and_recognizer_list_the_segmenters():
     zoo.build("lraspp_mobilenet_v3_large", aux_loss=True)
   with pytest.raises(ValueError, match="Unknown options"):
     zoo.build("fcn_resnet50", rates=(1, 2))
+
+
+def test_msgpack_variables_round_trip(tmp):
+  """rajax's own .msgpack variables load back, with the aux head found in them or dropped."""
+  from rajax import weights
+  seg = segmenter("deeplabv3_mobilenet", tmp)
+  path = weights.save(pathlib.Path(tmp) / "dl.msgpack", seg.variables)
+  again = zoo.build("deeplabv3_mobilenet_v3_large", str(path))
+  assert again.model == seg.model
+  jax.tree.map(np.testing.assert_array_equal, again.variables, seg.variables)
+  no_aux = zoo.build("deeplabv3_mobilenet_v3_large", str(path), aux_loss=False)
+  assert "aux_classifier" not in no_aux.variables["params"] and not no_aux.model.cfg.aux_loss
+  with pytest.raises(WeightsError, match="num_classes=5"):
+    zoo.build("deeplabv3_mobilenet_v3_large", str(path), num_classes=5)
+  with pytest.raises(WeightsError, match="No weights file"):
+    zoo.build("deeplabv3_mobilenet_v3_large", str(pathlib.Path(tmp) / "absent.msgpack"))

@@ -40,6 +40,7 @@ Module paths -> torch keys: `torch_key_fn`.
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 import re
 from typing import Any, Mapping
 
@@ -348,39 +349,56 @@ def build(name: str, weights: str | None = None, *, num_classes: int = 21, dtype
   if opts["head"] == "lraspp" and aux_loss:
     raise ValueError(f"{name} has no auxiliary head (torchvision's LR-ASPP has none): leave aux_loss unset.")
   loaded = weights not in (None, "random")
-  state_dict = None
-  if loaded and not str(weights).endswith(weights_lib.NATIVE_SUFFIXES):
-    state_dict = weights_lib.read_state_dict(weights)
-    has_aux = any(k.startswith("aux_classifier.") for k in state_dict)
+  if loaded:
+    checkpoint, is_flax = _read(weights)
+    if is_flax:
+      has_aux = "aux_classifier" in checkpoint.get("params", {})
+      drop = lambda tree: {c: {k: v for k, v in t.items() if k != "aux_classifier"} for c, t in tree.items()}
+    else:
+      has_aux = any(k.startswith("aux_classifier.") for k in checkpoint)
+      drop = lambda sd: {k: v for k, v in sd.items() if not k.startswith("aux_classifier.")}
     if aux_loss is None:
       aux_loss = has_aux
-    elif not aux_loss:
-      state_dict = {k: v for k, v in state_dict.items() if not k.startswith("aux_classifier.")}
-  elif loaded and aux_loss is None:
-    import pathlib
-    from flax import serialization
-    path = pathlib.Path(weights).expanduser()
-    tree = serialization.msgpack_restore(path.read_bytes()) if path.is_file() else {}
-    aux_loss = "aux_classifier" in tree.get("params", {}) if isinstance(tree, Mapping) else False
+    elif not aux_loss and has_aux:
+      checkpoint = drop(checkpoint)
   dt = layers.as_dtype(dtype)
   cfg = Config(num_classes=num_classes, aux_loss=bool(aux_loss) and opts["head"] != "lraspp",
                dtype=jnp.dtype(dt).name, **opts)
   names = VOC_CATEGORIES if num_classes == len(VOC_CATEGORIES) else tuple(f"class_{i}" for i in range(num_classes))
   model = TorchvisionSegmenter(cfg, class_names=names)
-  template = jax.eval_shape(lambda: model.init(jax.random.key(seed)))
   if not loaded:
     return Segmenter(name=name, model=model, variables=jax.jit(model.init)(jax.random.key(seed)))
+  template = jax.eval_shape(lambda: model.init(jax.random.key(seed)))
   hint = (f"{name} reads torchvision {name} state dicts (keys backbone.*, classifier.*, and aux_classifier.* "
           f"where it has the aux head) with num_classes={num_classes}; a checkpoint of another segmenter, or "
           "an ImageNet classifier, does not fit.")
   try:
-    if state_dict is not None:
-      variables = convert.from_torch(state_dict, template, torch_key_fn(cfg), source=str(weights))
+    if is_flax:
+      variables = weights_lib.check_variables(checkpoint, template, source=str(weights))
     else:
-      variables = weights_lib.load(weights, template, what=name)
+      variables = convert.from_torch(checkpoint, template, torch_key_fn(cfg), source=str(weights))
   except weights_lib.WeightsError as e:
     raise weights_lib.WeightsError(f"{e}\n{hint}") from None
   return Segmenter(name=name, model=model, variables=jax.tree.map(jnp.asarray, variables))
+
+
+def _read(weights) -> tuple[dict, bool]:
+  """(the checkpoint's contents, whether they are Flax variables): a .msgpack file's nested
+  variables, or any torch / safetensors file's flat state dict (rajax's safe reader)."""
+  from flax import serialization
+
+  from rajax import weights as weights_lib
+
+  path = pathlib.Path(weights).expanduser()
+  if path.suffix in weights_lib.NATIVE_SUFFIXES and path.is_file():
+    try:
+      tree = serialization.msgpack_restore(path.read_bytes())
+    except Exception as e:  # msgpack raises several unrelated types on corrupt input
+      raise weights_lib.WeightsError(f"{path} is not a readable Flax msgpack weights file ({type(e).__name__}: {e}).") from e
+    if not isinstance(tree, Mapping):
+      raise weights_lib.WeightsError(f"{path} does not hold Flax variables (a mapping of collections).")
+    return dict(tree), True
+  return weights_lib.read_state_dict(path), False  # also the error for a missing file or an unknown suffix
 
 
 __all__ = ["ARCHS", "Config", "TorchvisionSegmenter", "VOC_CATEGORIES", "build", "torch_key_fn"]
