@@ -6,7 +6,8 @@ outputs, plus a training-mode forward and the running statistics it leaves. The 
 from the entry name and each torch key by tests/seeded_state_dict.py and written as a checkpoint
 that `build` reads, so the comparisons also check the torch-key map. By default: the MobileNetV3
 entries, fcn_resnet50 (the dilated ResNet), LR-ASPP's training mode and input gradient, and the
-checkpoint checks; DeepLabV3-ResNet-50/101 and the second program of each other check are heavy.
+checkpoint checks; DeepLabV3-ResNet-50/101, the second program of each other check and the
+training step with the segmentation task's loss are heavy.
 """
 
 from __future__ import annotations
@@ -309,3 +310,31 @@ def test_msgpack_variables_round_trip(tmp):
     zoo.build("deeplabv3_mobilenet_v3_large", str(path), num_classes=5)
   with pytest.raises(WeightsError, match="No weights file"):
     zoo.build("deeplabv3_mobilenet_v3_large", str(pathlib.Path(tmp) / "absent.msgpack"))
+
+
+@pytest.mark.heavy  # ~50 s on CPU: the parameter gradient of the dilated depthwise convolutions
+def test_as_a_trainable_task_network(tmp):
+  """The segmentation task's loss in training mode: finite, with a parameter gradient in the
+  backbone and the head, and updated running statistics for every BatchNorm."""
+  from rajax.tasks import segmentation as task
+  seg = segmenter("deeplabv3_rates", tmp)
+  x = photos(1)
+  targets = jnp.asarray(np.where(np.arange(106)[None, None, :] < 50, 1, 3).repeat(80, axis=1).astype(np.int32))
+  targets = targets.at[0, :5].set(255)
+
+  @jax.jit
+  def step(seg, x, targets):
+    def f(params):
+      total, terms, _, stats = task.loss(seg, x, targets, variables={**seg.variables, "params": params}, train=True,
+                                         rng=jax.random.key(0))
+      return jnp.mean(total), stats
+    return jax.value_and_grad(f, has_aux=True)(seg.variables["params"])
+
+  (loss, stats), grads = step(seg, x, targets)
+  assert np.isfinite(float(loss)) and float(loss) > 0
+  for part in (grads["backbone"]["features_1"], grads["classifier"]["aspp"]["convs_1"]):
+    leaves = [np.asarray(g) for g in jax.tree.leaves(part)]
+    assert all(np.isfinite(g).all() for g in leaves) and max(np.abs(g).max() for g in leaves) > 0
+  assert jax.tree.structure(stats) == jax.tree.structure(seg.variables["batch_stats"])
+  before = np.asarray(seg.variables["batch_stats"]["classifier"]["block"]["bn"]["mean"])
+  assert np.abs(np.asarray(stats["classifier"]["block"]["bn"]["mean"]) - before).max() > 0

@@ -320,8 +320,8 @@ ARCHS: dict[str, dict] = {
 _OPTIONS = ("atrous_rates", "lraspp_channels", "mean", "std")
 
 
-def build(name: str, weights: str | None = None, *, num_classes: int = 21, dtype: Any = "float32", seed: int = 0,
-          aux_loss: bool | None = None, **options: Any) -> Segmenter:
+def build(name: str, weights: str | None = None, *, num_classes: int = 21, dtype: Any = "float32",
+          seed: int | None = 0, aux_loss: bool | None = None, **options: Any) -> Segmenter:
   """A torchvision segmenter as a `Segmenter`.
 
   `weights`: a torchvision segmentation state dict of this architecture (.pth / .safetensors, read
@@ -335,6 +335,8 @@ def build(name: str, weights: str | None = None, *, num_classes: int = 21, dtype
   from rajax import weights as weights_lib
   from rajax.weights import convert
 
+  dtype = "float32" if dtype is None else dtype
+  seed = 0 if seed is None else seed
   if name not in ARCHS:
     raise ValueError(f"Unknown torchvision segmenter {name!r}; available: {', '.join(sorted(ARCHS))}.")
   if not isinstance(num_classes, int) or num_classes < 1:
