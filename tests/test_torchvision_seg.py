@@ -338,3 +338,24 @@ def test_as_a_trainable_task_network(tmp):
   assert jax.tree.structure(stats) == jax.tree.structure(seg.variables["batch_stats"])
   before = np.asarray(seg.variables["batch_stats"]["classifier"]["block"]["bn"]["mean"])
   assert np.abs(np.asarray(stats["classifier"]["block"]["bn"]["mean"]) - before).max() > 0
+
+
+@pytest.mark.parametrize("d,k,pad", [(2, 5, 4), (3, 3, 3), (2, 3, 1)])
+def test_dilated_depthwise_shifts_equal_the_grouped_convolution(d, k, pad):
+  """The CPU path of a dilated depthwise convolution (shifted slices) against XLA's grouped
+  convolution with rhs_dilation: outputs and both gradients."""
+  from rajax.models import layers
+  x = jax.random.normal(jax.random.key(0), (2, 9, 11, 6))
+  got = {}
+  for impl in ("conv", "shifts"):
+    m = layers.DepthwiseConv(6, k, padding=((pad, pad), (pad, pad)), dilation=d, impl=impl)
+    v = m.init(jax.random.key(1), x)
+    loss = lambda x, v, m=m: jnp.sum(jnp.sin(m.apply(v, x)))
+    got[impl] = jax.jit(lambda x, v, m=m, loss=loss: (m.apply(v, x), jax.grad(loss, argnums=(0, 1))(x, v)))(x, v)
+  np.testing.assert_allclose(got["shifts"][0], got["conv"][0], atol=1e-5)
+  for a, b in zip(jax.tree.leaves(got["shifts"][1]), jax.tree.leaves(got["conv"][1])):
+    np.testing.assert_allclose(a, b, atol=1e-4)
+  # negative control: without the dilation the same kernel gives another map
+  plain = layers.DepthwiseConv(6, k, padding=((pad, pad), (pad, pad)), impl="conv")
+  other = plain.apply(m.init(jax.random.key(1), x), x)
+  assert other.shape != got["conv"][0].shape or np.abs(np.asarray(other - got["conv"][0])).max() > 1e-2

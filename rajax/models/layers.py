@@ -278,6 +278,20 @@ def _depthwise_bwd(s, padding, res, g):
 _depthwise_shifts.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
+def _dilated_shifts(x: jax.Array, kernel: jax.Array, d: int, padding) -> jax.Array:
+  """A stride-1 depthwise convolution with taps `d` pixels apart, as k*k shifted, scaled slices."""
+  k = kernel.shape[0]
+  (pt, pb), (pl, pr) = padding
+  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  ho, wo = xp.shape[1] - d * (k - 1), xp.shape[2] - d * (k - 1)
+  out = None
+  for i in range(k):
+    for j in range(k):
+      term = xp[:, i * d:i * d + ho, j * d:j * d + wo, :] * kernel[i, j, 0]
+      out = term if out is None else out + term
+  return out
+
+
 class DepthwiseConv(nn.Module):
   """A depthwise (one filter per channel) NHWC convolution; parameters as nn.Conv with
   feature_group_count == features: `kernel` [k, k, 1, C].
@@ -286,7 +300,9 @@ class DepthwiseConv(nn.Module):
   fastest); "shifts" sums k*k shifted, scaled copies of the input, which XLA's CPU backend runs
   about 20x faster forward and 8x faster backward than its grouped convolution; "auto" (default)
   uses "shifts" on CPU and "conv" elsewhere. Both compute the same function. A dilated kernel
-  (`dilation` > 1, torch's dilation: taps `dilation` pixels apart) always runs as "conv".
+  (`dilation` > 1, torch's dilation: taps `dilation` pixels apart) with stride 1 runs its "shifts"
+  as k*k unit-stride slices of the padded input left to autodiff (their transposes are pads, cheap
+  on CPU); with a stride as well it runs as "conv".
   """
 
   features: int
@@ -308,8 +324,10 @@ class DepthwiseConv(nn.Module):
     if impl not in ("conv", "shifts"):
       raise ValueError(f"Unknown depthwise convolution impl {self.impl!r}; use 'auto', 'conv' or 'shifts'.")
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    if impl == "conv" or self.dilation != 1:
-      d = self.dilation
+    d = self.dilation
+    if impl == "shifts" and d != 1 and s == 1:
+      return _dilated_shifts(x, kernel, d, self.padding)
+    if impl == "conv" or d != 1:
       return jax.lax.conv_general_dilated(
           x, kernel, (s, s), self.padding, rhs_dilation=(d, d), dimension_numbers=("NHWC", "HWIO", "NHWC"),
           feature_group_count=c)
