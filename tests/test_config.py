@@ -195,3 +195,29 @@ def test_voc_config_is_the_papers_detection_setting(arg):
   if c.method.name == "unsupervised":
     assert c.method.distance == "feature_mse"
   assert c.method.lam is None   # the paper's: 1e-3 (RA), 1e-2 (with the transformer)
+
+
+@pytest.mark.parametrize("arg", ["task=sr,mode=ra", "task=denoise,mode=unsupervised", "task=jpeg,mode=transformer"])
+def test_cityscapes_config_is_the_papers_segmentation_setting(arg):
+  """configs/cityscapes.py: Appendix G's setting (HRNet-W48 as R, 19 train ids, 18 epochs, the methods'
+  default lambda), fine train / val, training crops and whole-image evaluation."""
+  c = config_lib.load(f"configs/cityscapes.py:{arg}")
+  config_lib.validate(c)
+  assert c.recognizer.name == "hrnet_w48" and c.recognizer.num_classes == 19 and c.num_epochs == 18.0
+  assert (c.data.train_split, c.data.eval_split) == ("cityscapes:train", "cityscapes:validation")
+  assert tuple(c.data.segmentation.size) == (512, 1024) and tuple(c.data.segmentation.eval_size) == (1024, 2048)
+  assert tasks.of_recognizer(c.recognizer.name).NAME == "segmentation"
+  assert c.method.lam is None   # the paper's: 1e-3 (RA)
+
+
+@pytest.mark.parametrize("arg", ["task=sr,mode=ra", "task=sr,mode=recognizer_on_clean"])
+def test_voc_seg_config_is_sr4irs_segmentation_setting(arg):
+  """configs/voc_seg.py: DeepLabV3-MobileNetV3-L on VOC 2012 (21 classes), SR4IR's crops and scaling, and
+  the segmenter's own SGD recipe where the method trains it."""
+  c = config_lib.load(f"configs/voc_seg.py:{arg}")
+  config_lib.validate(c)
+  assert c.recognizer.name == "deeplabv3_mobilenet_v3_large" and c.recognizer.num_classes == 21
+  assert tuple(c.data.segmentation.size) == (480, 480) and tuple(c.data.segmentation.scale_range) == (0.5, 2.0)
+  assert tasks.of_recognizer(c.recognizer.name).NAME == "segmentation"
+  if c.method.name == "recognizer_on_clean":
+    assert (c.optim.recognizer.name, c.optim.recognizer.lr, c.optim.recognizer.weight_decay) == ("sgd", 0.02, 1e-6)

@@ -84,7 +84,8 @@ from rajax.data.pipeline import (DEGRADATION_TASKS, Degradation, _note, _ok, dec
                                  host_train_batches, photos_eval_split)
 
 
-from rajax.data.sources import DataError, tfds_source
+from rajax.data import photos as photos_lib
+from rajax.data.sources import DataError, InMemoryRecords, tfds_source
 
 # A box may overshoot its image by this many pixels (rounding in annotations, VOC's 1-based
 # indices at the border) and is clipped; beyond that the boxes do not belong to the image.
@@ -644,57 +645,16 @@ def detection_source(spec: str, *, data_dir: str | None, default_name: str = "",
   return sources[0] if len(sources) == 1 else ConcatSource(sources)
 
 
-@dataclasses.dataclass(frozen=True)
-class DetectionPhotos:
+class DetectionPhotos(photos_lib.WholePhotos):
   """The photos of rajax.data.photos, whole and without boxes (targets: a detector's pseudo-targets
-  on the clean image). split "train", "validation" or "test" picks that split's photos (or give
-  `names`); each photo appears `repeats` times (training: new flips)."""
+  on the clean image): rajax.data.photos.WholePhotos with empty boxes."""
 
-  split: str = "train"
-  names: tuple[str, ...] | None = None
-  repeats: int = 1
-
-  annotated: ClassVar[bool] = False
-  dataset: ClassVar[str] = "photos"
-  classes: ClassVar[tuple[str, ...]] = ()
-
-  def __post_init__(self):
-    from rajax.data import photos
-    if self.split not in photos.SPLITS:
-      raise DataError(f"DetectionPhotos split must be one of {', '.join(photos.SPLITS)}, got {self.split!r}.")
-    if self.repeats < 1:
-      raise DataError(f"DetectionPhotos repeats={self.repeats} must be >= 1.")
-
-  @property
-  def photo_names(self) -> tuple[str, ...]:
-    from rajax.data import photos
-    return self.names if self.names is not None else photos.split_names(self.split)
-
-  def __len__(self) -> int:
-    return len(self.photo_names) * self.repeats
-
-  def __getitem__(self, index: int) -> dict:
-    from rajax.data import photos
-    if not 0 <= index < len(self):
-      raise IndexError(f"index {index} out of range for {len(self)} photos")
-    k = index % len(self.photo_names)
-    return {"image": photos.photo(self.photo_names[k]), "boxes": np.zeros((0, 4), np.float32),
-            "classes": np.zeros(0, np.int64), "id": k}
+  def record(self, image: np.ndarray, k: int) -> dict:
+    return {"image": image, "boxes": np.zeros((0, 4), np.float32), "classes": np.zeros(0, np.int64), "id": k}
 
 
-class InMemoryDetection:
+class InMemoryDetection(InMemoryRecords):
   """Canonical records held in memory (see the module docstring), with the dataset's class names."""
-
-  annotated: ClassVar[bool] = True
-
-  def __init__(self, records: Sequence[Mapping[str, Any]], classes: Sequence[str], dataset: str = "custom"):
-    self.records, self.classes, self.dataset = list(records), tuple(classes), dataset
-
-  def __len__(self) -> int:
-    return len(self.records)
-
-  def __getitem__(self, index: int) -> dict:
-    return dict(self.records[index])
 
 
 # --------------------------------------------------------------------------- from a run config

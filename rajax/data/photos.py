@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pathlib
+from typing import ClassVar
 
 import numpy as np
 from PIL import Image
@@ -193,3 +194,43 @@ class PhotoSource:
       raise IndexError(f"index {index} out of range for {len(self)} {self.split} photo elements")
     name, img = self._elements[index % len(self._elements)]
     return {"image": img, "label": NO_LABEL, "photo": name}
+
+
+@dataclasses.dataclass(frozen=True)
+class WholePhotos:
+  """The photos of `split` ("train", "validation" or "test"), whole and without annotations (a dense
+  task's targets are then a recognizer's own predictions on the clean image); `names` instead of the
+  split's photos; each photo appears `repeats` times (training: new crops and flips). The detection
+  and segmentation sources (rajax.data.detection.DetectionPhotos, rajax.data.segmentation.
+  SegmentationPhotos) add their empty annotations to each record (`record`)."""
+
+  split: str = "train"
+  names: tuple[str, ...] | None = None
+  repeats: int = 1
+
+  annotated: ClassVar[bool] = False
+  dataset: ClassVar[str] = "photos"
+  classes: ClassVar[tuple[str, ...]] = ()
+
+  def __post_init__(self):
+    kind = type(self).__name__
+    if self.split not in SPLITS:
+      raise DataError(f"{kind} split must be one of {', '.join(SPLITS)}, got {self.split!r}.")
+    if self.repeats < 1:
+      raise DataError(f"{kind} repeats={self.repeats} must be >= 1.")
+
+  @property
+  def photo_names(self) -> tuple[str, ...]:
+    return self.names if self.names is not None else split_names(self.split)
+
+  def __len__(self) -> int:
+    return len(self.photo_names) * self.repeats
+
+  def record(self, image: np.ndarray, k: int) -> dict:
+    return {"image": image, "id": k}
+
+  def __getitem__(self, index: int) -> dict:
+    if not 0 <= index < len(self):
+      raise IndexError(f"index {index} out of range for {len(self)} photos")
+    k = index % len(self.photo_names)
+    return self.record(photo(self.photo_names[k]), k)

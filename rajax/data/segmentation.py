@@ -67,7 +67,8 @@ from PIL import Image
 from rajax.data.detection import ConcatSource, _get, parse_splits
 from rajax.data.pipeline import (DEGRADATION_TASKS, Degradation, _note, _ok, _short_side_size, decode_image,
                                  host_eval_batches, host_train_batches, photos_eval_split)
-from rajax.data.sources import DataError, _prepared_dir
+from rajax.data import photos as photos_lib
+from rajax.data.sources import DataError, InMemoryRecords, _prepared_dir
 
 IGNORE_LABEL = 255
 
@@ -505,56 +506,13 @@ def segmentation_source(spec: str, *, data_dir: str | None, default_name: str = 
   return sources[0] if len(sources) == 1 else ConcatSource(sources)
 
 
-@dataclasses.dataclass(frozen=True)
-class SegmentationPhotos:
+class SegmentationPhotos(photos_lib.WholePhotos):
   """The photos of rajax.data.photos, whole and without label maps (targets: a segmenter's own
-  predictions on the clean image). split "train", "validation" or "test" picks that split's
-  photos (or give `names`); each photo appears `repeats` times (training: new crops and flips)."""
-
-  split: str = "train"
-  names: tuple[str, ...] | None = None
-  repeats: int = 1
-
-  annotated: ClassVar[bool] = False
-  dataset: ClassVar[str] = "photos"
-  classes: ClassVar[tuple[str, ...]] = ()
-
-  def __post_init__(self):
-    from rajax.data import photos
-    if self.split not in photos.SPLITS:
-      raise DataError(f"SegmentationPhotos split must be one of {', '.join(photos.SPLITS)}, got {self.split!r}.")
-    if self.repeats < 1:
-      raise DataError(f"SegmentationPhotos repeats={self.repeats} must be >= 1.")
-
-  @property
-  def photo_names(self) -> tuple[str, ...]:
-    from rajax.data import photos
-    return self.names if self.names is not None else photos.split_names(self.split)
-
-  def __len__(self) -> int:
-    return len(self.photo_names) * self.repeats
-
-  def __getitem__(self, index: int) -> dict:
-    from rajax.data import photos
-    if not 0 <= index < len(self):
-      raise IndexError(f"index {index} out of range for {len(self)} photos")
-    k = index % len(self.photo_names)
-    return {"image": photos.photo(self.photo_names[k]), "id": k}
+  predictions on the clean image): rajax.data.photos.WholePhotos."""
 
 
-class InMemorySegmentation:
+class InMemorySegmentation(InMemoryRecords):
   """Records {"image", "label_map", "id"} held in memory, with the dataset's class names."""
-
-  annotated: ClassVar[bool] = True
-
-  def __init__(self, records: Sequence[Mapping[str, Any]], classes: Sequence[str], dataset: str = "custom"):
-    self.records, self.classes, self.dataset = list(records), tuple(classes), dataset
-
-  def __len__(self) -> int:
-    return len(self.records)
-
-  def __getitem__(self, index: int) -> dict:
-    return dict(self.records[index])
 
 
 # --------------------------------------------------------------------------- from a run config

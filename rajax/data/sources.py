@@ -104,3 +104,19 @@ def tfds_source(name: str, *, split: str, data_dir: str | None):
         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\n"
         f"Prepare it there with python -m rajax.data.prepare, then pass --config.data.data_dir=DIR."
     ) from e
+
+
+class InMemoryRecords:
+  """Records (dicts) held in memory as a random-access source, with the dataset's class names; the
+  detection and segmentation pipelines' in-memory sources."""
+
+  annotated = True
+
+  def __init__(self, records, classes, dataset: str = "custom"):
+    self.records, self.classes, self.dataset = list(records), tuple(classes), dataset
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def __getitem__(self, index: int) -> dict:
+    return dict(self.records[index])

@@ -76,12 +76,19 @@ def trainable_norm(*, train: bool, dtype, name: str) -> nn.Module:
 
 
 class ResNetBody(nn.Module):
-  """torchvision's ResNet without its pool and fc: {"layer1": C2, ..., "layer4": C5}."""
+  """torchvision's ResNet without its pool and fc: {"layer1": C2, ..., "layer4": C5}.
+
+  `dilate` is torchvision's replace_stride_with_dilation for layer2..layer4: a dilated stage keeps
+  stride 1 and multiplies the running dilation by 2 instead; its first block's 3x3 convolution
+  has the dilation before the stage, the others the new one (the segmentation models use
+  (False, True, True): output stride 8, dilations 2 in layer3 and 4 in layer4).
+  """
 
   stage_sizes: Sequence[int]
   block: str = "bottleneck"
   norm: Callable[..., nn.Module] = frozen_norm(1e-5)
   dtype: layers.Dtype = jnp.float32
+  dilate: tuple[bool, bool, bool] = (False, False, False)
 
   @property
   def out_channels(self) -> tuple[int, ...]:
@@ -95,12 +102,19 @@ class ResNetBody(nn.Module):
     h = resnet._conv(64, 7, in_features=3, stride=2, padding=3, dtype=dt, name="conv1")(x.astype(dt))
     h = nn.relu(self.norm(train=train, dtype=dt, name="bn1")(h))
     h = nn.max_pool(h, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    out, in_planes = {}, 64
+    if any(self.dilate) and self.block != "bottleneck":
+      raise ValueError("Dilated ResNet stages need bottleneck blocks (torchvision's BasicBlock has no dilation).")
+    out, in_planes, dilation = {}, 64, 1
     for stage, n in enumerate(self.stage_sizes):
       planes = 64 * 2**stage
+      stage_stride, previous = (2 if stage > 0 else 1), dilation
+      if stage > 0 and self.dilate[stage - 1]:
+        dilation, stage_stride = dilation * stage_stride, 1
       for j in range(n):
-        stride = 2 if (stage > 0 and j == 0) else 1
-        h = block_cls(planes, in_planes, stride, dtype=dt, norm=self.norm, name=f"layer{stage + 1}_{j}")(h, train=train)
+        stride = stage_stride if j == 0 else 1
+        d = {"dilation": previous if j == 0 else dilation} if dilation > 1 else {}
+        h = block_cls(planes, in_planes, stride, dtype=dt, norm=self.norm, name=f"layer{stage + 1}_{j}",
+                      **d)(h, train=train)
         in_planes = planes * block_cls.expansion
       out[f"layer{stage + 1}"] = h
     return out

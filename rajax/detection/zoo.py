@@ -7,8 +7,9 @@ explicit registry (a name in two families is an error).
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from rajax import families
 
 # Family modules, imported on first use (their model code is not needed to build a classifier).
 _FAMILIES: tuple[str, ...] = ("rajax.detection.faster_rcnn", "rajax.detection.fcos", "rajax.detection.centernet",
@@ -16,14 +17,7 @@ _FAMILIES: tuple[str, ...] = ("rajax.detection.faster_rcnn", "rajax.detection.fc
 
 
 def _archs() -> dict[str, Any]:
-  found: dict[str, Any] = {}
-  for path in _FAMILIES:
-    module = importlib.import_module(path)
-    for name in module.ARCHS:
-      if name in found:
-        raise ValueError(f"Detector {name!r} is registered by both {found[name].__name__} and {path}.")
-      found[name] = module
-  return found
+  return families.archs(_FAMILIES, "Detector")
 
 
 def available() -> list[str]:
@@ -31,7 +25,4 @@ def available() -> list[str]:
 
 
 def build(name: str, weights: str | None = None, **kwargs: Any):
-  archs = _archs()
-  if name not in archs:
-    raise ValueError(f"Unknown detector {name!r}; available: {', '.join(sorted(archs)) or 'none'}.")
-  return archs[name].build(name, weights, **kwargs)
+  return families.build(_FAMILIES, "Detector", name, weights, **kwargs)

@@ -64,17 +64,18 @@ class ConvNormAct(nn.Module):
   act: str | None = "relu"
   norm: Callable[..., nn.Module] | None = None
   dtype: layers.Dtype = jnp.float32
+  dilation: int = 1
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
-    p = (self.kernel - 1) // 2
+    p = (self.kernel - 1) // 2 * self.dilation
     if self.depthwise:
       x = layers.DepthwiseConv(self.features, self.kernel, stride=self.stride, padding=((p, p), (p, p)),
-                               dtype=self.dtype, kernel_init=_conv_init, name="conv")(x)
+                               dtype=self.dtype, kernel_init=_conv_init, dilation=self.dilation, name="conv")(x)
     else:
       x = layers.Conv(self.features, (self.kernel, self.kernel), strides=(self.stride, self.stride),
                       padding=((p, p), (p, p)), use_bias=False, dtype=self.dtype, kernel_init=_conv_init,
-                      name="conv")(x)
+                      dilation=self.dilation, name="conv")(x)
     x = self.norm(train=train, dtype=self.dtype, name="norm")(x)
     if self.act == "relu":
       return nn.relu(x)
@@ -108,6 +109,7 @@ class InvertedResidual(nn.Module):
   stride: int
   norm: Callable[..., nn.Module] | None = None
   dtype: layers.Dtype = jnp.float32
+  dilation: int = 1  # of the depthwise convolution; > 1 replaces its stride by 1 (torchvision's rule)
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
@@ -116,8 +118,9 @@ class InvertedResidual(nn.Module):
     if self.expanded != self.cin:
       y = ConvNormAct(self.expanded, 1, act=act, norm=self.norm, dtype=self.dtype, name=f"block_{j}")(y, train=train)
       j += 1
-    y = ConvNormAct(self.expanded, self.kernel, self.stride, depthwise=True, act=act, norm=self.norm,
-                    dtype=self.dtype, name=f"block_{j}")(y, train=train)
+    stride = 1 if self.dilation > 1 else self.stride
+    y = ConvNormAct(self.expanded, self.kernel, stride, depthwise=True, act=act, norm=self.norm,
+                    dtype=self.dtype, dilation=self.dilation, name=f"block_{j}")(y, train=train)
     j += 1
     if self.se:
       y = SqueezeExcitation(self.expanded, make_divisible(self.expanded // 4, 8), self.dtype, name=f"block_{j}")(y)
@@ -129,10 +132,17 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV3LargeBody(nn.Module):
-  """`mobilenet_v3_large().features`: {"0": ..., ..., "16": ...}, each module's output."""
+  """`mobilenet_v3_large().features`: {"0": ..., ..., "16": ...}, each module's output.
+
+  `dilated` is torchvision's `mobilenet_v3_large(dilated=True)` (the segmentation backbones): the
+  last three blocks (features 13..15, the C4 stage) get dilation 2 in their depthwise convolution
+  and stride 1, so features 13..16 are at stride 16 instead of 32. Block 13 still counts as a
+  strided stage (torchvision's _is_cn looks at the table's stride) and has no residual.
+  """
 
   norm: Callable[..., nn.Module]
   dtype: layers.Dtype = jnp.float32
+  dilated: bool = False
 
   @nn.compact
   def __call__(self, x, *, train: bool = False) -> dict[str, jax.Array]:
@@ -141,7 +151,9 @@ class MobileNetV3LargeBody(nn.Module):
     h = ConvNormAct(16, 3, 2, act="hardswish", norm=self.norm, dtype=dt, name="features_0")(x.astype(dt), train=train)
     out["0"] = h
     for i, (cin, k, e, cout, se, hs, s) in enumerate(LARGE, start=1):
-      h = InvertedResidual(cin, k, e, cout, se, hs, s, norm=self.norm, dtype=dt, name=f"features_{i}")(h, train=train)
+      d = 2 if self.dilated and i > len(LARGE) - 3 else 1
+      h = InvertedResidual(cin, k, e, cout, se, hs, s, norm=self.norm, dtype=dt, dilation=d,
+                           name=f"features_{i}")(h, train=train)
       out[str(i)] = h
     n = len(LARGE) + 1
     out[str(n)] = ConvNormAct(6 * LARGE[-1][3], 1, act="hardswish", norm=self.norm, dtype=dt,

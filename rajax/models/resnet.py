@@ -24,9 +24,9 @@ from rajax.models import layers
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _conv(features, kernel, *, in_features, stride=1, padding=0, dtype, name):
+def _conv(features, kernel, *, in_features, stride=1, padding=0, dilation=1, dtype, name):
   return layers.conv(features, kernel, in_features=in_features, stride=stride, padding=padding,
-                     use_bias=False, dtype=dtype, kernel_init=_conv_init, name=name)
+                     use_bias=False, dtype=dtype, kernel_init=_conv_init, dilation=dilation, name=name)
 
 
 class BasicBlock(nn.Module):
@@ -53,6 +53,7 @@ class Bottleneck(nn.Module):
   stride: int = 1
   dtype: layers.Dtype = jnp.float32
   norm: Callable[..., nn.Module] | None = None  # norm(train=, dtype=, name=); None: layers.batch_norm
+  dilation: int = 1  # of the 3x3 convolution (padding = dilation), as torchvision's dilated stages
   expansion = 4
 
   @nn.compact
@@ -60,7 +61,8 @@ class Bottleneck(nn.Module):
     dt, p = self.dtype, self.planes
     y = _conv(p, 1, in_features=self.in_planes, dtype=dt, name="conv1")(x)
     y = nn.relu(_norm(self, train, "bn1")(y))
-    y = _conv(p, 3, in_features=p, stride=self.stride, padding=1, dtype=dt, name="conv2")(y)
+    y = _conv(p, 3, in_features=p, stride=self.stride, padding=self.dilation, dilation=self.dilation, dtype=dt,
+              name="conv2")(y)
     y = nn.relu(_norm(self, train, "bn2")(y))
     y = _conv(p * 4, 1, in_features=p, dtype=dt, name="conv3")(y)
     y = _norm(self, train, "bn3")(y)

@@ -7,22 +7,17 @@ explicit registry (a name in two families is an error).
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
+from rajax import families
+
 # Family modules, imported on first use (their model code is not needed to build a classifier).
-_FAMILIES: tuple[str, ...] = ("rajax.segmentation.hrnet", "rajax.segmentation.person")
+_FAMILIES: tuple[str, ...] = ("rajax.segmentation.hrnet", "rajax.segmentation.person",
+                             "rajax.segmentation.torchvision_seg")
 
 
 def _archs() -> dict[str, Any]:
-  found: dict[str, Any] = {}
-  for path in _FAMILIES:
-    module = importlib.import_module(path)
-    for name in module.ARCHS:
-      if name in found:
-        raise ValueError(f"Segmenter {name!r} is registered by both {found[name].__name__} and {path}.")
-      found[name] = module
-  return found
+  return families.archs(_FAMILIES, "Segmenter")
 
 
 def available() -> list[str]:
@@ -30,7 +25,4 @@ def available() -> list[str]:
 
 
 def build(name: str, weights: str | None = None, **kwargs: Any):
-  archs = _archs()
-  if name not in archs:
-    raise ValueError(f"Unknown segmenter {name!r}; available: {', '.join(sorted(archs)) or 'none'}.")
-  return archs[name].build(name, weights, **kwargs)
+  return families.build(_FAMILIES, "Segmenter", name, weights, **kwargs)
