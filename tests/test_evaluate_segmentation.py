@@ -310,6 +310,10 @@ def test_bad_segmentation_configs_are_refused_naming_the_fix(run_dirs, tmp_path)
   with pytest.raises(evaluate.EvalError, match="trained for denoise, the evaluation degrades by sr x4"):
     evaluate.run(c, tmp_path / "c")
   c = _config(run_dirs)
+  c.evals.segmentation.data.photos = ()
+  with pytest.raises(evaluate.EvalError, match="data.photos is empty"):
+    evaluate.run(c, tmp_path / "d")
+  c = _config(run_dirs)
   c.evals.segmentation.paired_metric = "dice"
   with pytest.raises(evaluate.EvalError, match="paired_metric"):
     evaluate.validate(c)   # refused before any evaluator runs

@@ -52,6 +52,7 @@ from PIL import Image
 from rajax import metrics as metrics_lib
 from rajax import sharding
 from rajax.evaluate.context import CACHE_VERSION, CLEAN, INPUT, Context, EvalError, log
+from rajax.data import photos as photos_lib
 from rajax.evaluate.report import Table, pyplot, write_table
 from rajax.methods import to_float_images
 
@@ -65,30 +66,17 @@ ROW_TITLES = {INPUT: "input (degraded)", CLEAN: "clean image"}
 
 # ==================================================================== data
 
-class PhotoCanvas:
-  """Whole photos without label maps, by name (rajax.data.photos: "chelsea", "darknet/dog.jpg"), each
-  resized with its aspect ratio kept (Pillow bilinear) so it fits a `size` = (H, W) canvas: a
-  random-access segmentation source (rajax.data.segmentation) whose images the pipeline pads."""
+@dataclasses.dataclass(frozen=True)
+class PhotoCanvas(photos_lib.WholePhotos):
+  """Whole photos without label maps, by name (`names` of rajax.data.photos: "chelsea",
+  "darknet/dog.jpg"), each resized with its aspect ratio kept (Pillow bilinear) so it fits a `size` =
+  (H, W) canvas: a random-access segmentation source (rajax.data.segmentation) whose images the
+  pipeline pads."""
 
-  annotated = False
-  dataset = "photos"
-  classes = ()
+  size: tuple[int, int] = (256, 256)
 
-  def __init__(self, names: Sequence[str], size: tuple[int, int]):
-    if not names:
-      raise EvalError("The segmentation evaluator's data.photos is empty: name at least one photo "
-                      "(e.g. 'chelsea' or 'darknet/person.jpg').")
-    self.names, self.size = tuple(names), tuple(size)
-
-  def __len__(self) -> int:
-    return len(self.names)
-
-  def __getitem__(self, index: int) -> dict:
-    return {"image": fit_to_canvas(self.image(self.names[index]), self.size), "id": index}
-
-  def image(self, name: str) -> np.ndarray:
-    from rajax.data import photos
-    return photos.photo(name)
+  def record(self, image: np.ndarray, k: int) -> dict:
+    return {"image": fit_to_canvas(image, self.size), "id": k}
 
 
 def fit_to_canvas(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -138,7 +126,10 @@ def problems(cfg, name: str) -> list[str]:
 
 def make_source(d: dict):
   if d["source"] == "photos":
-    return PhotoCanvas(d["photos"], d["size"])
+    if not d["photos"]:
+      raise EvalError("The segmentation evaluator's data.photos is empty: name at least one photo "
+                      "(e.g. 'chelsea' or 'darknet/person.jpg').")
+    return PhotoCanvas(split="test", names=tuple(d["photos"]), size=tuple(d["size"]))
   from rajax.data import segmentation as seg_data
   return seg_data.segmentation_source(d["split"], data_dir=d["data_dir"] or None)
 
