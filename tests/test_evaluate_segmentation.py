@@ -256,6 +256,7 @@ def test_segmenter_names_resolve_to_the_segmentation_task():
   assert targets_lib.task_of(evaluate.segmenter("toy_segmenter")) == "segmentation"
   assert targets_lib.task_of(E(dict(kind="zoo", name="selfie"))) == "segmentation"   # by the zoo, without `task`
   assert targets_lib.task_of(E(dict(kind="zoo", name="hrnet_w48"))) == "segmentation"
+  assert targets_lib.task_of(E(dict(kind="zoo", name="deeplabv3_resnet50"))) == "segmentation"
   assert targets_lib.task_of(evaluate.zoo("resnet18")) == "classification"
   assert targets_lib.task_of(evaluate.detector("nanodet")) == "detection"
   seg = rajax.recognizer("toy_segmenter", "random", num_classes=K)
