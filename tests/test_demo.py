@@ -156,7 +156,7 @@ def test_demo_quick_writes_report_results_and_figures(tmp_path, detection):
   work = tmp_path / "demo"
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
   proc = subprocess.run([sys.executable, "-m", "rajax.demo", "--workdir", str(work), "--quick",
-                         *([] if detection else ["--no-detection"])],
+                         *([] if detection else ["--no-detection", "--no-segmentation"])],
                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   # per task: pretrain, plain, one candidate each of RA and unsupervised RA, transformer; and CenterNet's run
@@ -208,8 +208,12 @@ def test_demo_quick_writes_report_results_and_figures(tmp_path, detection):
   assert "Quick mode" in report and "Which claims held" in report and "efficientnet_lite0" in report
   assert "McNemar" in report and "vs plain" in report and "Weights chosen on the validation photos" in report
   assert ("Transfer to detection" in report) == detection and ("detection" in saved) == detection
+  assert ("Transfer to segmentation" in report) == detection and ("segmentation" in saved) == detection
   if detection:
     assert "CenterNet (a detector) as the loss" in report
+    seg = saved["segmentation"]["sr"]
+    assert [r["view"] for r in seg["rows"]] == ["input", "plain", "ra", "ra_centernet", "clean"]
+    assert seg["rows"][-1]["selfie mIoU"] == 1.0 and seg["rows"][-1]["meet mIoU"] == 1.0
     assert [r["view"] for r in saved["detection"]["sr"]["rows"]] == ["input", "plain", "ra", "ra_centernet", "clean"]
   for name in ("top1.png", "samples_sr.png", "samples_denoise.png", "samples_jpeg.png"):
     with Image.open(work / name) as im:
@@ -547,3 +551,68 @@ def test_demo_refuses_to_start_without_the_fetched_assets(tmp_path, monkeypatch,
     demo.main(["--workdir", str(tmp_path / "w"), "--quick", *flags])
   assert e.value.code == 2 and "python -m rajax.assets fetch" in capsys.readouterr().err
   assert not (tmp_path / "w").exists()   # nothing trained
+
+
+# ==================================================================== task transfer to segmentation
+
+def test_segmentation_transfer_section_reports_the_evaluators_cells_and_sign_tests(tmp_path, monkeypatch):
+  """rajax.demo.segmentation on demo-layout runs: the report's section holds the segmentation table's mIoU
+  cells and "vs plain" sign tests (p recomputed), the figures copied; toy segmenters stand in for selfie
+  and meet (tests/toy_segmenter.py), three photos in a 32 x 32 canvas."""
+  import jax
+  import jax.numpy as jnp
+  import ml_collections
+  from flax import serialization
+
+  from rajax import evaluate, networks
+  from rajax.demo import segmentation as segmentation_demo
+  from rajax.segmentation import zoo
+  monkeypatch.setattr(zoo, "_FAMILIES", (*zoo._FAMILIES, "toy_segmenter"))
+  work = tmp_path / "demo"
+  for k, mode in enumerate(("plain", "ra")):
+    c = config_lib.load(f"{ROOT / 'configs/demo.py'}:task=denoise,mode={mode},quick=True")
+    d = work / "denoise" / mode
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(c.to_json_best_effort(indent=2))
+    net = networks.module(c, "processor")
+    v = jax.device_get(net.init(jax.random.key(k), jnp.zeros((1, 8, 8, 3)), train=False))
+    v["params"]["tail"]["kernel"] = 0.3 * np.random.default_rng(k).standard_normal(v["params"]["tail"]["kernel"].shape,
+                                                                                     np.float32)
+    (d / "processor.msgpack").write_bytes(serialization.msgpack_serialize(v))
+  load = segmentation_demo.eval_config
+
+  def toy(workdir, task, modes, quick):
+    c = load(workdir, task, modes, quick)
+    for i, name in enumerate(segmentation_demo.SEGMENTERS):
+      c.targets[name] = evaluate.segmenter("toy_segmenter", "random", num_classes=2)
+      c.targets[name].seed = i
+    c.evals.segmentation.data = ml_collections.ConfigDict(dict(source="photos", photos=("coffee", "chelsea", "rocket"),
+                                                               size=(32, 32)))
+    c.evals.segmentation.figures = 1
+    return c
+
+  monkeypatch.setattr(segmentation_demo, "eval_config", toy)
+  seg = segmentation_demo.evaluate_segmentation(work, ["denoise"], ["plain", "ra"], quick=True)
+  table = seg["denoise"]
+  assert [r["view"] for r in table["rows"]] == ["input", "plain", "ra", "clean"]
+  assert table["figures"] and all((work / f).is_file() for f in table["figures"])
+  lines = "\n".join(segmentation_demo.report_lines(seg))
+  assert "Transfer to segmentation" in lines and "sign test" in lines
+  saved = json.loads((work / "eval" / "segmentation_denoise" / "segmentation.json").read_text())
+  rows = {l.split(" | ")[0][2:]: l.split(" | ")[1:] for l in lines.splitlines() if l.startswith("| ")}
+  for r, s in zip(table["rows"], saved["rows"]):
+    cells = rows[demo_title(r["view"])]
+    for i, name in enumerate(segmentation_demo.SEGMENTERS):   # the evaluator's own cells, to the report
+      assert r[f"{name} mIoU"] == s[f"{name} mIoU"]
+      assert cells[3 * i] == f"{100 * s[f'{name} mIoU']:.1f}" and cells[3 * i + 1] == f"{100 * s[f'{name} pixel acc']:.1f}"
+  for name, test in table["paired"]["ra"].items():
+    assert test["p"] == pytest.approx(numpy_metrics.mcnemar_p(test["gained"], test["lost"]), rel=1e-9)
+    assert f"photos +{test['gained']}/-{test['lost']}, p = {test['p']:.2g}" in lines
+  clean = table["rows"][-1]
+  assert all(clean[f"{n} mIoU"] == 1.0 for n in segmentation_demo.SEGMENTERS)
+  assert "RA vs plain on person segmenters" in lines
+
+
+def demo_title(view):
+  from rajax import demo
+  return demo.title(view)

@@ -476,6 +476,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--no-detection", dest="detection", action="store_false",
                       help="leave out the detection part (the run with CenterNet as the loss, and every evaluation by "
                            "the real COCO detectors CenterNet and NanoDet; rajax.demo.detection)")
+  parser.add_argument("--no-segmentation", dest="segmentation", action="store_false",
+                      help="leave out the evaluation by the real person segmenters selfie and meet "
+                           "(rajax.demo.segmentation)")
   parser.add_argument("--jobs", type=int, default=2,
                       help="training runs at a time (default 2: one compiles while another trains)")
   parser.add_argument("--validation-only", action="store_true",
@@ -501,8 +504,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.detection:
       from rajax.demo import detection as detection_demo
       detection_demo.check_assets(args.quick)
+    if args.segmentation:
+      from rajax.demo import segmentation as segmentation_demo
+      segmentation_demo.check_assets()
   except assets.AssetError as e:
-    parser.error(f"{e}\n(--no-detection leaves out the detectors; the photos are needed either way)")
+    parser.error(f"{e}\n(--no-detection and --no-segmentation leave out the detectors and the segmenters; the photos "
+                 "are needed either way)")
   workdir.mkdir(parents=True, exist_ok=True)
   import jax
   # Identical programs (e.g. the plain step of every task's runs, or a resumed demo) compile once.
@@ -535,19 +542,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir, args.tasks, [m for m in ("plain", "ra") if m in modes], args.quick)
     print(f"[demo] detection transfer evaluated in {datetime.timedelta(seconds=round(time.perf_counter() - t3))}",
           flush=True)
+  segmentation_tables = None
+  if args.segmentation:
+    from rajax.demo import segmentation as segmentation_demo
+    t4 = time.perf_counter()
+    segmentation_tables = segmentation_demo.evaluate_segmentation(
+        workdir, args.tasks, [m for m in ("plain", "ra") if m in modes], args.quick)
+    print(f"[demo] segmentation transfer evaluated in {datetime.timedelta(seconds=round(time.perf_counter() - t4))}",
+          flush=True)
   eval_seconds = time.perf_counter() - t2
   from rajax.demo import report as report_lib
   report_lib.write_results(workdir, results, paired,
                            {t: eval_count(demo_config(t, "plain", args.quick)) for t in results}, detection_tables,
-                           selection)
+                           selection, segmentation_tables)
   figures = report_lib.write_figures(workdir, results, samples)
   extra = [m for m in modes if m not in DEFAULT_MODES]
   report = report_lib.write_report(workdir, results, quick=args.quick, train_seconds=train_seconds,
                                    select_seconds=t2 - t1, eval_seconds=eval_seconds, figures=figures, paired=paired,
                                    appendix=appendix if extra else None, detection=detection_tables,
-                                   selection=selection)
+                                   selection=selection, segmentation=segmentation_tables)
   print(f"[demo] done in {datetime.timedelta(seconds=round(time.perf_counter() - t0))}: {report}", flush=True)
-  for line in report_lib.claims(results, paired) + report_lib.detection_claims(detection_tables, results, paired):
+  from rajax.demo import segmentation as segmentation_demo
+  for line in (report_lib.claims(results, paired) + report_lib.detection_claims(detection_tables, results, paired)
+               + segmentation_demo.claims(segmentation_tables)):
     print(line.replace("**", ""), flush=True)
   return 0
 

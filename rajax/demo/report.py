@@ -20,7 +20,7 @@ def _fmt_pct(v: float) -> str:
 
 def write_results(workdir: pathlib.Path, results: dict, paired: dict | None = None,
                   crops: dict | None = None, detection: dict | None = None,
-                  selection: dict | None = None) -> pathlib.Path:
+                  selection: dict | None = None, segmentation: dict | None = None) -> pathlib.Path:
   path = workdir / "results.json"
   tmp = path.with_suffix(".json.tmp")
   saved = {"results": results, "paired_vs_plain": paired or {}, "test_crops": crops or {},
@@ -28,6 +28,8 @@ def write_results(workdir: pathlib.Path, results: dict, paired: dict | None = No
            "selection": selection or {}}
   if detection:   # the detection part: {task: rows, notes, paired tests} (rajax.demo.detection)
     saved["detection"] = detection
+  if segmentation:   # the person segmenters (rajax.demo.segmentation)
+    saved["segmentation"] = segmentation
   tmp.write_text(json.dumps(saved, indent=2))
   os.replace(tmp, path)
   return path
@@ -118,7 +120,7 @@ def _transfer_verdict(gain: float, test: dict | None) -> str:
 def write_report(workdir: pathlib.Path, results: dict, *, quick: bool, train_seconds: float,
                  eval_seconds: float, figures: Sequence[str], paired: dict | None = None,
                  appendix: dict | None = None, detection: dict | None = None, selection: dict | None = None,
-                 select_seconds: float = 0.0) -> pathlib.Path:
+                 select_seconds: float = 0.0, segmentation: dict | None = None) -> pathlib.Path:
   import jax
 
   config = demo_config("sr", "ra", quick)
@@ -196,6 +198,9 @@ def write_report(workdir: pathlib.Path, results: dict, *, quick: bool, train_sec
   if detection:   # rajax.demo --detection: the runs evaluated by real detectors (rajax.demo.detection)
     from rajax.demo import detection as detection_demo
     lines += detection_demo.report_lines(detection)
+  if segmentation:   # the runs evaluated by real person segmenters (rajax.demo.segmentation)
+    from rajax.demo import segmentation as segmentation_demo
+    lines += segmentation_demo.report_lines(segmentation)
   lines += ["## Which claims held", ""] + claims(results, paired) + [""]
   more = detection_claims(None, results, paired)
   if more:
