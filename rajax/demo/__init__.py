@@ -4,7 +4,7 @@
     python -m rajax.demo --workdir runs/demo --quick    # a few steps each: checks the machinery
     python -m rajax.demo --workdir runs/demo --tasks sr --modes plain,ra
     python -m rajax.demo --workdir runs/demo --modes plain,ra,ra_joint,recognizer_on_input   # Appendix A too
-    python -m rajax.demo --workdir runs/demo --no-detection   # without the detectors (rajax.demo.detection)
+    python -m rajax.demo --workdir runs/demo --no-detection --no-segmentation   # classifiers only
 
 Protocol. The photos (rajax.data.photos: 45 real photos from installed packages and two Debian
 packages) are split by photo into train (23), validation (8) and test (14). For each task (SR x4,
@@ -18,8 +18,9 @@ also trained with the real COCO detector CenterNet as the loss (its weight chose
 CenterNet's mAP on the validation photos). Then, once, on the test photos: every processor is
 evaluated with R and with EfficientNet-Lite0, a recognizer never used in training, through the
 evaluation suite (`rajax.evaluate` with configs/eval/photos.py), and the plain, RA and CenterNet
-runs by the detectors CenterNet and NanoDet on whole photos (configs/eval/photos_detection.py); the
-report (`report.md`, `results.json`, figures; `rajax.demo.report`) says which claims held.
+runs by the detectors CenterNet and NanoDet (configs/eval/photos_detection.py) and by the person
+segmenters selfie and meet (configs/eval/photos_segmentation.py) on whole photos; the report
+(`report.md`, `results.json`, figures; `rajax.demo.report`) says which claims held.
 `--modes` takes any rajax method: the default four keep the demo's budget; the Appendix A
 alternatives add their table to the report.
 
