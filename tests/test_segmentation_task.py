@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pathlib
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -472,3 +473,53 @@ def test_evaluation_steps_score_the_segmentation_of_the_methods_machine_images()
   ev = seg.Evaluator.for_segmenter(frozen["recognizer"])
   ev.add(outputs, targets, mask=batch["mask"])
   np.testing.assert_array_equal(ev.matrix, _np_confusion(logits.argmax(-1), t, batch["mask"]))
+
+
+def test_a_segmenter_trained_on_clean_images_takes_its_own_sgd_step_on_its_loss():
+  """recognizer_on_clean with a segmenter (SR4IR's task network, a segmenter trained on processed images
+  as a baseline): R's parameters take exactly one SGD step on its per-pixel CE (with the aux head) of the
+  clean images, its BatchNorm statistics move, and P is not trained."""
+  cfg = _config("recognizer_on_clean", **{"optim.recognizer.name": "sgd", "optim.recognizer.momentum": 0.0,
+                                          "optim.recognizer.lr": 0.1, "optim.recognizer.weight_decay": 0.0})
+  method, modules, frozen, state = _built(cfg)
+  assert "recognizer" in method.spec.trains and "processor" not in method.spec.trains
+  batch = _batch(4)
+  new, m = jax.jit(method.train_step)(state, batch, frozen)
+  segmenter = modules["recognizer"]
+  y = jnp.asarray(batch["target"], jnp.float32) / 255.0
+  t = jnp.asarray(batch["label_map"])
+  params0 = state.params["recognizer"]
+
+  stats0 = state.variables("recognizer")["batch_stats"]
+
+  def loss(p):
+    per, _, _, _ = seg.loss(segmenter, y, t, variables={"params": p, "batch_stats": stats0}, train=True)
+    return jnp.mean(per)
+  g = jax.grad(loss)(params0)
+  expected = jax.tree.map(lambda p, d: p - 0.1 * d, params0, g)
+  chex.assert_trees_all_close(new.params["recognizer"], expected, rtol=1e-4, atol=1e-6)
+  moved = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
+                       new.batch_stats["recognizer"], state.batch_stats["recognizer"])
+  assert any(jax.tree.leaves(moved))
+
+
+def test_sharded_step_with_a_trained_segmenter_equals_the_single_device_step():
+  """8 fake devices agree with one when the segmenter is trained with P (ra_joint): parameters and
+  BatchNorm statistics of both networks, and the logged metrics."""
+  cfg = _config("ra_joint", **{"optim.processor.name": "sgd", "data.batch_size": 8, "data.eval_batch_size": 8})
+  m1, _, f1, s1 = _built(cfg)
+  m8, _, f8, s8 = _built(cfg)
+  mesh = sharding.make_mesh(8)
+  rep, bat = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  rng = np.random.default_rng(7)
+  batch = {"input": rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8),
+           "target": rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8),
+           "label_map": np.concatenate([_labels(s, h=16, w=16, ignored=40) for s in range(4)])}
+  a, ma = jax.jit(m1.train_step)(s1, batch, f1)
+  with jax.set_mesh(mesh):
+    b, mb = jax.jit(m8.train_step, in_shardings=(rep, bat, rep), out_shardings=(rep, rep))(
+        jax.device_put(s8, rep), sharding.global_batch(batch, mesh), jax.device_put(f8, rep))
+  chex.assert_trees_all_close(jax.device_get(a.params), jax.device_get(b.params), rtol=1e-4, atol=1e-5)
+  chex.assert_trees_all_close(jax.device_get(a.batch_stats), jax.device_get(b.batch_stats), rtol=1e-4, atol=1e-5)
+  for k in ma:
+    np.testing.assert_allclose(float(ma[k]), float(mb[k]), rtol=1e-4, err_msg=k)
