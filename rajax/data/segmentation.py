@@ -64,7 +64,7 @@ import grain
 import numpy as np
 from PIL import Image
 
-from rajax.data.detection import ConcatSource, _get, parse_splits
+from rajax.data.detection import ConcatSource, _get, _voc_id, parse_splits
 from rajax.data.pipeline import (DEGRADATION_TASKS, Degradation, _note, _ok, _short_side_size, decode_image,
                                  host_eval_batches, host_train_batches, photos_eval_split)
 from rajax.data import photos as photos_lib
@@ -267,12 +267,6 @@ class SegmentationSpec:
 def config_defaults() -> dict:
   """The SegmentationSpec fields with their defaults, for config.data.segmentation."""
   return {f.name: f.default for f in dataclasses.fields(SegmentationSpec)}
-
-
-def _voc_id(file_name: Any, fallback: int) -> int:
-  stem = (file_name.decode() if isinstance(file_name, bytes) else str(file_name)).rsplit("/", 1)[-1].split(".")[0]
-  digits = stem.replace("_", "")
-  return int(digits) if digits.isdigit() and int(digits) < 2**31 else fallback
 
 
 @dataclasses.dataclass(frozen=True)
