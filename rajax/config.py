@@ -222,6 +222,9 @@ def base(*, task: str = "sr", method: str = "ra", recognizer: str = "resnet18") 
   c.recognizer = ml_collections.ConfigDict(dict(name=recognizer, num_classes=1000))
   # File; None: bundled pretrained; "random": a seeded random initialisation (tests; training R from scratch).
   c.recognizer.weights = config_dict.placeholder(str)
+  # Options of R's own training loss, for the tasks that take them (rajax.tasks.<task>.LOSS_OPTIONS):
+  # aux_weight, a segmenter's auxiliary-head weight (torchvision's segmentation reference: 0.5).
+  c.recognizer.loss = ml_collections.ConfigDict(dict(aux_weight=0.5))
 
   c.degrade = ml_collections.ConfigDict(dict(scale=4, sigma=0.1, quality=10))
 
@@ -305,6 +308,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
         f"config.recognizer.name={c.recognizer.name!r} is not one of {', '.join(recognizer_lib.available())}")
   check(c.recognizer.num_classes is None or c.recognizer.num_classes >= 1,
         f"config.recognizer.num_classes={c.recognizer.num_classes} must be >= 1 (or None: a detector's own)")
+  aux = (c.recognizer.get("loss") or {}).get("aux_weight", 0.5)
+  check(isinstance(aux, (int, float)) and aux >= 0,
+        f"config.recognizer.loss.aux_weight={aux!r} must be a number >= 0 (0: the main head only; torchvision's "
+        "reference 0.5)")
   d = c.data
   check(d.source in ("tfds", "synthetic", "photos"),
         f"config.data.source={d.source!r} is not 'tfds', 'synthetic' or 'photos'")

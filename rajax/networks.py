@@ -72,7 +72,7 @@ def module(config: ml_collections.ConfigDict, name: str):
     return processor(config.transformer.name, **common, **options(config.transformer))
   if name == "recognizer":
     return recognizer(config.recognizer.name, config.recognizer.weights, dtype=config.compute_dtype,
-                      seed=config.seed, **options(config.recognizer, "weights"))
+                      seed=config.seed, **options(config.recognizer, "weights", "loss"))
   raise NetworkError(f"Unknown network {name!r}; one of {', '.join(base.NETWORKS)}.")
 
 

@@ -128,10 +128,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
   eval_step = jax.jit(methods.make_eval_step(method, modules, labels=config.labels, device_stage=device_stage),
                       in_shardings=(replicated, batched, replicated), out_shardings=replicated)
 
-  # mAP needs every image's detections, mIoU every pixel's class: the task's Evaluator, on the host
-  if dense_data is not None:
+  # mAP needs every image's detections (the task's Evaluator, on the host); mIoU the confusion matrix
+  # that each eval step sums on the devices (its "counts"), added up on the host in int64
+  if detection:
     predict_step = jax.jit(methods.make_predict_step(method, modules, labels=config.labels, device_stage=device_stage),
                            in_shardings=(replicated, batched, replicated), out_shardings=replicated)
+  if dense_data is not None:
     eval_recognizer = frozen.get("recognizer") or modules["recognizer"]   # its classes name the figures
 
   def evaluate(state) -> dict:
@@ -141,8 +143,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     for local in eval_data:
       batch = sharding.global_batch(local, mesh)
       out = eval_step(state, batch, frozen)
+      counts = out.pop("counts", None)
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-      if evaluator is not None:
+      if segmentation:
+        evaluator.add_matrix(counts["confusion"], num_images=int(jax.device_get(out["count"])))
+      elif detection:
         outputs, targets = predict_step(state, batch, frozen)   # replicated: every process holds them all
         evaluator.add(outputs, targets, mask=distributed.gather_hosts(local["mask"]))
     sums = jax.device_get(sums)

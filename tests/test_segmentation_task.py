@@ -334,8 +334,8 @@ def test_per_shard_confusion_matrices_of_8_devices_sum_to_the_whole_batch():
                                     in_specs=(P("data"), P("data"), P("data")), out_specs=P("data")))
   with jax.set_mesh(mesh):
     stack = per_shard(*[jax.device_put(a, sharding.batch_sharded(mesh)) for a in (logits, target, mask)])
-    whole = jax.jit(lambda z, t, m: seg.confusion_matrix(z, t, K, mask=m))(
-        *[jax.device_put(a, sharding.batch_sharded(mesh)) for a in (logits, target, mask)])
+    whole = jax.jit(lambda z, t, m: seg.counts(z, t, mask=m))(   # what an evaluation step returns
+        *[jax.device_put(a, sharding.batch_sharded(mesh)) for a in (logits, target, mask)])["confusion"]
   assert stack.shape == (8, K, K)
   assert len({int(s) for s in np.asarray(stack).sum((1, 2))}) > 1   # the shards hold different counts
   np.testing.assert_array_equal(np.asarray(stack).sum(0), expected)
@@ -420,6 +420,11 @@ def test_ra_step_with_a_segmenter_adds_lam_times_its_pixel_ce_on_p_output():
   # the label maps matter: other labels give another recognition term
   _, other = jax.jit(method.train_step)(state, dict(batch, label_map=_labels(1, h=16, w=16, ignored=40)), frozen)
   assert abs(float(other["recognition"]) - ce) > 1e-4
+  # the auxiliary head's weight is the config's (config.recognizer.loss.aux_weight)
+  method, modules, frozen, state = _built(_config("ra", **{"method.lam": 0.5, "recognizer.loss.aux_weight": 0.2}))
+  _, m = jax.jit(method.train_step)(state, batch, frozen)
+  np.testing.assert_allclose(float(m["recognition"]), np.mean(_np_image_ce(heads["out"], t)
+                                                              + 0.2 * _np_image_ce(heads["aux"], t)), rtol=1e-5)
 
 
 def _p_out(modules, state, batch):
@@ -473,6 +478,8 @@ def test_evaluation_steps_score_the_segmentation_of_the_methods_machine_images()
   ev = seg.Evaluator.for_segmenter(frozen["recognizer"])
   ev.add(outputs, targets, mask=batch["mask"])
   np.testing.assert_array_equal(ev.matrix, _np_confusion(logits.argmax(-1), t, batch["mask"]))
+  # the step's own confusion matrix (what the trainer adds up): the unmasked image's pixels only
+  np.testing.assert_array_equal(sums["counts"]["confusion"], _np_confusion(logits.argmax(-1), t, batch["mask"]))
 
 
 def test_a_segmenter_trained_on_clean_images_takes_its_own_sgd_step_on_its_loss():
@@ -523,3 +530,9 @@ def test_sharded_step_with_a_trained_segmenter_equals_the_single_device_step():
   chex.assert_trees_all_close(jax.device_get(a.batch_stats), jax.device_get(b.batch_stats), rtol=1e-4, atol=1e-5)
   for k in ma:
     np.testing.assert_allclose(float(ma[k]), float(mb[k]), rtol=1e-4, err_msg=k)
+
+
+def test_a_negative_aux_weight_in_the_config_is_refused_naming_the_field():
+  config_lib.validate(_config("ra"))
+  with pytest.raises(ValueError, match=r"recognizer\.loss\.aux_weight=-0\.5 must be a number >= 0"):
+    config_lib.validate(_config("ra", **{"recognizer.loss.aux_weight": -0.5}))

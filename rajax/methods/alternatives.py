@@ -57,11 +57,13 @@ def _recognizer_loss(config, task, rec, images, labels, r_vars, rng, smoothing):
   running statistics move) or "frozen" (BatchNorm on R's running statistics, which stay as they
   are; only the weights learn: the usual choice for small batches of data unlike R's own).
   """
+  options = base.loss_options(task, config.recognizer.get("loss"))
   if config.method.get("recognizer_bn", "batch") == "frozen":
     per_example, outputs, _ = task.recognition_loss(rec, images, labels, variables=r_vars, rng=rng,
-                                                    label_smoothing=smoothing)
+                                                    label_smoothing=smoothing, **options)
     return per_example, outputs, r_vars["batch_stats"]
-  return task.recognition_loss(rec, images, labels, variables=r_vars, train=True, rng=rng, label_smoothing=smoothing)
+  return task.recognition_loss(rec, images, labels, variables=r_vars, train=True, rng=rng, label_smoothing=smoothing,
+                               **options)
 
 
 def _init(setup: base.Setup, rng, initial) -> base.TrainState:

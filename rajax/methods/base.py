@@ -208,6 +208,14 @@ def task_of(recognizer) -> Any:
   return tasks_lib.get(getattr(recognizer, "task", tasks_lib.classification.NAME))
 
 
+def loss_options(task, options) -> dict[str, Any]:
+  """The entries of `options` (config.recognizer.loss) that `task`'s recognition_loss takes, as
+  keyword arguments: a task names them in LOSS_OPTIONS (segmentation: "aux_weight"); a task
+  without options takes none, so one config trains against a classifier, a detector or a segmenter."""
+  options = dict(options or {})
+  return {k: options[k] for k in getattr(task, "LOSS_OPTIONS", ()) if k in options}
+
+
 # ==================================================================== evaluation
 
 def evaluation_recognizer(spec: MethodSpec, modules: Mapping[str, Any], variables: Variables, frozen: Frozen):
@@ -243,7 +251,9 @@ def make_eval_step(method: Method, modules: Mapping[str, Any], *, labels: str = 
   Returns {"count", "psnr", "ssim", "pixel_mse"} of the method's "human" images against the clean
   target and, when a recognizer reads its "machine" images (`evaluation_recognizer`), its task's
   metrics ({"top1", "top5", "recognition_ce"} for classifiers): sums over examples whose
-  batch["mask"] is 1 (divide by "count"). `labels`: "dataset" (batch["label"]) or "recognizer"
+  batch["mask"] is 1 (divide by "count"). A task with `counts` (segmentation: the confusion
+  matrix) adds them under "counts": integer arrays over the batch's unmasked examples, made on the
+  devices (the batch's outputs never leave them), for the host to add up exactly. `labels`: "dataset" (batch["label"]) or "recognizer"
   (the recognizer's own pseudo-targets on the clean image).
   """
 
@@ -253,7 +263,7 @@ def make_eval_step(method: Method, modules: Mapping[str, Any], *, labels: str = 
     mask = batch["mask"].astype(jnp.float32) if "mask" in batch else jnp.ones(x.shape[0], jnp.float32)
     variables = state.all_variables()
     views = method.forward(variables, frozen, x)
-    out = views["human"]
+    out, counts = views["human"], None
     per_example = {"psnr": metrics_lib.psnr(out, y), "ssim": metrics_lib.ssim(out, y),
                    "pixel_mse": losses.pixel_mse(pred=out, target=y, reduction="none")}
     recognizer = evaluation_recognizer(method.spec, modules, variables, frozen)
@@ -262,8 +272,12 @@ def make_eval_step(method: Method, modules: Mapping[str, Any], *, labels: str = 
       outputs = recognizer(views["machine"])
       targets = task.dataset_targets(batch) if labels == "dataset" else task.pseudo_targets(recognizer(y))[0]
       per_example.update(task.metrics(outputs, targets))
+      if hasattr(task, "counts"):   # exact integer figures of the whole set (a segmenter's confusion matrix)
+        counts = task.counts(outputs, targets, mask=mask)
     sums = {k: jnp.sum(v.astype(jnp.float32) * mask) for k, v in per_example.items()}
     sums["count"] = jnp.sum(mask)
+    if counts:
+      sums["counts"] = counts
     return sums
 
   return eval_step

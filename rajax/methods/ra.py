@@ -50,6 +50,7 @@ class Settings:
   labels: str = "dataset"   # "dataset": batch["label"]; "recognizer": R's pseudo-targets on the clean target
   min_confidence: float = 0.0
   classes: tuple[int, ...] = ()   # train on these classes only (empty: all classes)
+  recognizer_loss: tuple[tuple[str, Any], ...] = ()   # config.recognizer.loss: options of R's task loss
 
   def __post_init__(self):
     problems = _problems(self)
@@ -71,7 +72,8 @@ class Settings:
       classes = halves["AB".index(config.classes.half)]
     return cls(mode=mode, lam=lam, distance=m.get("distance", "prob_mse"),
                label_smoothing=m.get("label_smoothing", 0.0), labels=config.get("labels", "dataset"),
-               min_confidence=m.get("min_confidence", 0.0), classes=tuple(classes))
+               min_confidence=m.get("min_confidence", 0.0), classes=tuple(classes),
+               recognizer_loss=tuple(sorted((config.recognizer.get("loss") or {}).items())))
 
   @property
   def trains(self) -> tuple[str, ...]:
@@ -164,7 +166,8 @@ def make_loss_fn(settings: Settings, modules) -> Callable:
         seen, new_stats["transformer"] = base.apply_train(
             modules["transformer"], params["transformer"], batch_stats["transformer"], jax.lax.stop_gradient(out))
       per_example, outputs, _ = task.recognition_loss(recognizer, seen, rec_targets, classes=settings.classes,
-                                                      label_smoothing=settings.label_smoothing, rng=rng)
+                                                      label_smoothing=settings.label_smoothing, rng=rng,
+                                                      **base.loss_options(task, settings.recognizer_loss))
       terms["recognition"] = reduce_rec(per_example)
     elif mode == "unsupervised":
       outputs = task.embed(recognizer, out)

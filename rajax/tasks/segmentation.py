@@ -5,8 +5,9 @@ What a method needs from a task, for a segmenter (`rajax.segmentation.Segmenter`
   dataset_targets   the batch's label maps, batch["label_map"]: [B, H, W] integer class ids at the
                     clean target's H x W, IGNORE_LABEL (255) where a pixel has no label;
   recognition_loss  per-pixel cross-entropy with the ignore label (`pixel_ce`), each image's mean
-                    over its labelled pixels, plus `aux_weight` (0.5, as torchvision's segmentation
-                    reference) times the same on the auxiliary head where the model has one;
+                    over its labelled pixels, plus `aux_weight` (config.recognizer.loss.aux_weight,
+                    0.5 as torchvision's segmentation reference) times the same on the auxiliary
+                    head where the model has one;
   embed             what unsupervised RA compares: {"logits": main head [B, H, W, K], "features":
                     the named feature maps} (a jitted step computes only what its distance reads);
   features          (logits, named feature maps), for feature (perceptual) losses;
@@ -20,6 +21,7 @@ What a method needs from a task, for a segmenter (`rajax.segmentation.Segmenter`
   metrics           per-image figures that add up over an evaluation (jittable);
   confusion_matrix  the [K, K] int32 counts (rows: true class, columns: predicted class) of a
                     batch, jittable; sums of per-batch or per-shard matrices are exact;
+  counts            {"confusion": that matrix} of an evaluation batch, as evaluation steps return it;
   Evaluator         the host-side accumulator (int64) of those matrices: mIoU, per-class IoU,
                     pixel accuracy, exact under a mask of padding images and under sharding.
 
@@ -46,6 +48,7 @@ from rajax.segmentation.segmenter import IGNORE_LABEL
 NAME = "segmentation"
 DISTANCES = ("prob_mse", "kl", "feature_mse")
 AUX_WEIGHT = 0.5   # torchvision's references/segmentation: loss = CE(out) + 0.5 * CE(aux)
+LOSS_OPTIONS = ("aux_weight",)   # what recognition_loss takes from config.recognizer.loss
 
 
 # ==================================================================== targets
@@ -303,6 +306,14 @@ def metrics(outputs: jax.Array, targets: jax.Array) -> dict[str, jax.Array]:
           "recognition_ce": pixel_ce(logits=logits, labels=targets)}
 
 
+def counts(outputs, targets: jax.Array, *, mask: jax.Array | None = None) -> dict[str, jax.Array]:
+  """{"confusion": [K, K] int32} of a batch's logits against its label maps, images with mask 0 left
+  out: what an evaluation step returns for `Evaluator.add_matrix` (jittable; under a sharded batch
+  XLA sums the shards' integer counts, so the matrix is exact however the batch is split)."""
+  logits = _logits_of(outputs)
+  return {"confusion": confusion_matrix(logits, targets, logits.shape[-1], mask=mask)}
+
+
 class Evaluator:
   """Accumulates the confusion matrix of an evaluation on the host (int64); `result()` gives the figures.
 
@@ -369,6 +380,6 @@ class Evaluator:
             "mean_class_accuracy": float(np.nanmean(s["class_accuracy"])), "num_images": float(self.num_images)}
 
 
-__all__ = ["AUX_WEIGHT", "DISTANCES", "Evaluator", "IGNORE_LABEL", "NAME", "check_label_map", "confusion_matrix",
+__all__ = ["AUX_WEIGHT", "DISTANCES", "Evaluator", "IGNORE_LABEL", "LOSS_OPTIONS", "NAME", "check_label_map", "confusion_matrix", "counts",
            "dataset_targets", "distance", "embed", "features", "loss", "metrics", "pixel_ce", "pseudo_targets",
            "recognition_loss", "scores", "step_metrics", "valid_pixels"]
