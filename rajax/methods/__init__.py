@@ -3,6 +3,7 @@
     ra.py            plain, ra, unsupervised, transformer (the paper's four methods)
     alternatives.py  the paper's Appendix A: R fine-tuned jointly with P, R trained on a fixed P's
                      outputs or on the degraded inputs, RA without the pixel loss, a VGG perceptual loss
+    sr4ir.py         SR4IR: S and T trained in turn (TDP loss, CQMix)
 
 A method declares the networks it trains and the ones it uses frozen, its `config.method` fields
 and their validation, and builds a `Method` (init, train_step, forward) for a configuration; see
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from rajax.methods import alternatives, ra
+from rajax.methods import alternatives, ra, sr4ir
 from rajax.methods.base import (FrozenNetwork, Method, MethodSpec, Setup, TrainState, apply_eval, apply_train,
                                 evaluation_recognizer, make_eval_step, make_predict_step, to_float_images,
                                 with_input)
@@ -34,7 +35,7 @@ def _registry(families: Iterable[Mapping[str, MethodSpec]]) -> dict[str, MethodS
   return out
 
 
-_FAMILIES = (ra.METHODS, alternatives.METHODS)
+_FAMILIES = (ra.METHODS, alternatives.METHODS, sr4ir.METHODS)
 METHODS: dict[str, MethodSpec] = _registry(_FAMILIES)
 
 

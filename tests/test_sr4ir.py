@@ -1,0 +1,88 @@
+"""SR4IR: the CQMix mask, the TDP loss, and one step of S and T in turn on a tiny classifier."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rajax import config as config_lib
+from rajax import methods, networks, optim
+from rajax.methods import sr4ir
+
+FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def _config(**method):
+  c = config_lib.base(task="sr", method="sr4ir", recognizer="resnet18")
+  c.degrade.scale = 2
+  c.processor.update(dict(blocks=1, channels=8))
+  c.recognizer.update(dict(num_classes=10, width=4))
+  c.recognizer.weights = "random"
+  c.data.update(dict(source="synthetic", crop=16, resize=0, batch_size=4, eval_batch_size=4))
+  c.method.update(method)
+  return c
+
+
+def test_cqmix_mask_is_constant_per_cell_and_half_on_average():
+  mask = np.asarray(sr4ir.cqmix_mask(jax.random.key(0), (64, 16, 24, 3), 4))
+  assert mask.shape == (64, 16, 24, 1) and set(np.unique(mask)) <= {0.0, 1.0}
+  cells = mask[..., 0].reshape(64, 4, 4, 4, 6)
+  assert np.all(cells == cells[:, :, :1, :, :1])   # constant inside each 4 x 6 cell
+  assert abs(cells[:, :, 0, :, 0].mean() - 0.5) < 0.05
+  sr, hr = np.ones((64, 16, 24, 3)), np.zeros((64, 16, 24, 3))
+  np.testing.assert_array_equal(sr4ir.cqmix(sr, hr, mask), np.broadcast_to(mask, sr.shape))
+  with pytest.raises(ValueError, match="cqmix_cells"):
+    sr4ir.cqmix_mask(jax.random.key(0), (1, 10, 10, 3), 4)
+
+
+def test_tdp_loss_is_the_weighted_mean_absolute_feature_difference():
+  rng = np.random.default_rng(0)
+  f = {"a": rng.normal(size=(2, 4, 4, 3)), "b": rng.normal(size=(2, 2, 2, 5))}
+  g = {"a": rng.normal(size=(2, 4, 4, 3)), "b": rng.normal(size=(2, 2, 2, 5))}
+  want = 0.3 * np.abs(f["a"] - g["a"]).mean() + 0.7 * np.abs(f["b"] - g["b"]).mean()
+  np.testing.assert_allclose(sr4ir.tdp_loss(f, g, ("a", "b"), (0.3, 0.7)), want, rtol=1e-6)
+  with pytest.raises(ValueError, match="tdp_layers"):
+    sr4ir.tdp_loss(f, g, ("c",), (1.0,))
+
+
+def test_bad_settings_are_refused():
+  for fields, words in [(dict(cqmix_cells=0), "cqmix_cells"), (dict(warmup_steps=-1), "warmup_steps"),
+                        (dict(tdp_layers=("layer4",), tdp_weights=(1.0, 2.0)), "one weight per layer")]:
+    with pytest.raises(ValueError, match=words):
+      config_lib.validate(_config(**fields))
+
+
+def test_one_step_gates_tdp_and_trains_t_on_the_new_s():
+  c = _config(warmup_steps=1)
+  config_lib.validate(c)
+  spec = methods.get("sr4ir")
+  modules = networks.trained_modules(c, spec)
+  opts = optim.make_optimizers(c.optim, spec.trains, 100, 100)
+  method = methods.build(methods.Setup(config=c, modules=modules, optimizers=opts,
+                                       input_shape=networks.input_shape(c)))
+  state = method.init(jax.random.PRNGKey(0), networks.initial_variables(c, spec, modules))
+  rng = np.random.default_rng(0)
+  batch = {"input": rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8),
+           "target": rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8),
+           "label": rng.integers(0, 10, (4,)).astype(np.int32)}
+  step = jax.jit(method.train_step).lower(state, batch, {}).compile(compiler_options=FAST)
+  s1, m1 = step(state, batch, {})
+  s2, m2 = step(s1, batch, {})
+  assert float(m1["tdp_gate"]) == 0.0 and float(m2["tdp_gate"]) == 1.0
+  assert float(m1["tdp"]) > 0
+  np.testing.assert_allclose(m1["loss"], m1["pixel_l1"], rtol=1e-6)                 # TDP off in warm-up
+  np.testing.assert_allclose(m2["loss"], m2["pixel_l1"] + m2["tdp"], rtol=1e-6)     # and on after it
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params["recognizer"]),
+                                                      jax.tree.leaves(s1.params["recognizer"])))
+  # T's loss is made on the updated S's outputs: recompute it by hand with S after the step.
+  x = jnp.asarray(batch["input"], jnp.float32) / 255
+  y = jnp.asarray(batch["target"], jnp.float32) / 255
+  sr = modules["processor"].apply({"params": s1.params["processor"], "batch_stats": s1.batch_stats["processor"]}, x,
+                                  train=False)
+  rec, task = modules["recognizer"], methods.base.task_of(modules["recognizer"])
+  per_example, _, _ = task.recognition_loss(rec, sr, batch["label"], variables=state.variables("recognizer"),
+                                            train=True)
+  np.testing.assert_allclose(m1["recognition_sr"], np.mean(per_example), rtol=1e-4)
+  sr_old = modules["processor"].apply(state.variables("processor"), x, train=False)
+  stale, _, _ = task.recognition_loss(rec, sr_old, batch["label"], variables=state.variables("recognizer"), train=True)
+  assert abs(float(np.mean(stale)) - float(m1["recognition_sr"])) > 1e-6   # negative control: the old S differs
