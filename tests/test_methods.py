@@ -117,7 +117,7 @@ def _changed(a, b) -> bool:
 def test_registry_is_explicit_and_refuses_duplicates():
   assert set(methods.names()) == {"plain", "ra", "unsupervised", "transformer", "ra_joint",
                                   "recognizer_on_processor", "recognizer_on_input", "recognizer_on_clean",
-                                  "ra_no_pixel", "perceptual"}
+                                  "ra_no_pixel", "perceptual", "sr4ir"}
   spec = methods.get("ra")
   with pytest.raises(ValueError, match="registered twice"):
     methods._registry([{"ra": spec}, {"ra": spec}])
