@@ -31,8 +31,9 @@ STEPS = {"pretrain": 200, "finetune": 52}
 QUICK_STEPS = {"pretrain": 4, "finetune": 4}
 QUICK_EVAL_PHOTOS = 5                    # --quick evaluates on the first five photos of the split
 DETECTOR = "centernet_mobilenetv3"
-DETECTION_CANVAS = 192                   # the detection run's whole photos, resized and padded (CenterNet reads 512)
+DETECTION_CANVAS = {False: 192, True: 128}   # the detection run's whole photos, resized and padded (CenterNet reads 512)
 DETECTION_STEPS = {False: 24, True: 2}
+DETECTION_BATCH = {False: 4, True: 2}
 
 
 def get_config(arg=None):
@@ -135,12 +136,14 @@ def detection_run(c, a):
     raise config_lib.ConfigError("configs/demo.py: the detection run fine-tunes the classification demo's "
                                  "pretrained P (stage=finetune).")
   c.recognizer.num_classes = None       # the detector's own (COCO's 80)
+  canvas = DETECTION_CANVAS[bool(a.quick)]
   c.data.detection = config_dict.ConfigDict(dict(
-      detection_data.config_defaults(), size=(DETECTION_CANVAS, DETECTION_CANVAS), max_boxes=32))
-  c.data.crop = DETECTION_CANVAS
-  c.data.batch_size = 4
-  c.data.eval_batch_size = 4
+      detection_data.config_defaults(), size=(canvas, canvas), max_boxes=32))
+  c.data.crop = canvas
+  c.data.batch_size = c.data.eval_batch_size = DETECTION_BATCH[bool(a.quick)]
   steps = DETECTION_STEPS[bool(a.quick)]
   c.data.photos.repeats = -(-steps * c.data.batch_size // len(photos.TRAIN))
   c.num_epochs = 1.0
+  if a.quick:   # the quick run checks the machinery: `steps` steps, not the epoch of whole photos
+    c.total_steps = steps
 
