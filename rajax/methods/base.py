@@ -253,8 +253,8 @@ def make_eval_step(method: Method, modules: Mapping[str, Any], *, labels: str = 
   metrics ({"top1", "top5", "recognition_ce"} for classifiers): sums over examples whose
   batch["mask"] is 1 (divide by "count"). A task with `counts` (segmentation: the confusion
   matrix) adds them under "counts": integer arrays over the batch's unmasked examples, made on the
-  devices (the batch's outputs never leave them), for the host to add up exactly. `labels`: "dataset" (batch["label"]) or "recognizer"
-  (the recognizer's own pseudo-targets on the clean image).
+  devices (the batch's outputs never leave them), for the host to add up exactly. `labels`:
+  "dataset" (batch["label"]) or "recognizer" (the recognizer's own pseudo-targets on the clean image).
   """
 
   def eval_step(state: TrainState, batch: Batch, frozen: Frozen):

@@ -65,7 +65,7 @@ def make_sr4ir(setup: base.Setup) -> base.Method:
   layers, weights = _tdp_settings(config, task)
   warmup = int(config.method.warmup_steps)
   cells = int(config.method.cqmix_cells)
-  options = base.loss_options(task, config.recognizer.get("loss"))
+  smoothing = config.method.label_smoothing
 
   def s_loss(p_params, p_stats, r_vars, x, y, step):
     sr, new_stats = base.apply_train(proc, p_params, p_stats, x)
@@ -81,8 +81,9 @@ def make_sr4ir(setup: base.Setup) -> base.Method:
     mixed = cqmix(sr, y, mask)
     total, stats, terms, outputs = 0.0, r_stats, {}, None
     for name, images, key in zip(("sr", "hr", "cqmix"), (sr, y, mixed), jax.random.split(rng, 3)):
-      per_example, out, stats = task.recognition_loss(rec, images, labels, variables={"params": r_params,
-                                                      "batch_stats": stats}, train=True, rng=key, **options)
+      # the task's loss with config.method.recognizer_bn, label_smoothing and config.recognizer.loss
+      per_example, out, stats = alternatives._recognizer_loss(
+          config, task, rec, images, labels, {"params": r_params, "batch_stats": stats}, key, smoothing)
       terms[f"recognition_{name}"] = jnp.mean(per_example)
       total = total + terms[f"recognition_{name}"]
       outputs = out if name == "sr" else outputs
