@@ -12,6 +12,7 @@ of older versions load too.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -123,9 +124,38 @@ class Run:
                                self.frozen if frozen is None else frozen, x)
 
 
+# Loaded runs, by their directory and the size and modification time of every file in it: the evaluation
+# suite loads each processor once per table. A run is shared, so callers must not change it; a rerun or
+# resumed training rewrites files and so makes a new key.
+_LOADED: collections.OrderedDict = collections.OrderedDict()
+LOAD_CACHE_SIZE = 16
+
+
+def _load_key(workdir: pathlib.Path, compute_dtype: str | None):
+  try:
+    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in workdir.iterdir() if f.is_file())
+  except OSError:
+    return None   # `_load` names the problem
+  return (str(workdir.resolve()), compute_dtype, tuple(files))
+
+
 def load(workdir: str | os.PathLike, *, compute_dtype: str | None = None) -> Run:
-  """The run trained in `workdir`, as saved when it finished."""
+  """The run trained in `workdir`, as saved when it finished (the same Run as an earlier call's while the
+  directory's files are unchanged: the last LOAD_CACHE_SIZE are kept)."""
   workdir = pathlib.Path(workdir).expanduser()
+  key = _load_key(workdir, compute_dtype)
+  if key is not None and key in _LOADED:
+    _LOADED.move_to_end(key)
+    return _LOADED[key]
+  run = _load(workdir, compute_dtype)
+  if key is not None:
+    _LOADED[key] = run
+    while len(_LOADED) > LOAD_CACHE_SIZE:
+      _LOADED.popitem(last=False)
+  return run
+
+
+def _load(workdir: pathlib.Path, compute_dtype: str | None) -> Run:
   config = read_config(workdir)
   if compute_dtype:
     config.compute_dtype = compute_dtype

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import pathlib
 import shutil
 
@@ -226,6 +227,22 @@ def test_a_run_with_extra_network_options_loads_as_trained(tmp_path):
   net = p.run.modules["processor"]
   assert (net.outer_kernel, net.input_skip) == (5, True)
   assert p.run.variables["processor"]["params"]["head"]["kernel"].shape == (5, 5, 3, 8)
+
+
+def test_a_run_is_loaded_once_while_its_files_are_unchanged(tmp_path):
+  """runs.load gives the same Run for an unchanged directory, also through a link to it, and reads a
+  rewritten processor anew."""
+  from rajax import runs as runs_lib
+  work = _save_run(tmp_path / "a", "plain", seed=0)
+  (tmp_path / "link").symlink_to(work)
+  first = runs_lib.load(work)
+  assert runs_lib.load(work) is first and runs_lib.load(tmp_path / "link") is first
+  tail = lambda r: np.asarray(r.variables["processor"]["params"]["tail"]["kernel"])
+  before = tail(first)
+  _save_run(work, "plain", seed=1)   # the same files, new weights
+  os.utime(work / "processor.msgpack", ns=(1, 1))
+  again = runs_lib.load(work)
+  assert again is not first and not np.array_equal(tail(again), before)
 
 
 class Counting:

@@ -65,7 +65,11 @@ def compare(got: dict, want: dict, *, exact: bool) -> list[str]:
       # the size of what was learnt (the norm, within a factor of 2).
       na, nb = (np.linalg.norm(v.astype(np.float64)) for v in (a, b))
       err = np.linalg.norm(a.astype(np.float64) - b) / max(nb, 1e-12)
-      if key.startswith(("train/", "eval/")):
+      if key.startswith("train/grad_norm"):
+        # A gradient's norm swings from step to step with the drifted weights (the transformer's by 60%
+        # at step 9 between an AMD EPYC and a Xeon): its mean over the later steps is what stays put.
+        bad = not np.isclose(a[1:].mean(), b[1:].mean(), rtol=CROSS_MACHINE_RTOL / 2)
+      elif key.startswith(("train/", "eval/")):
         bad = not np.allclose(a, b, rtol=CROSS_MACHINE_RTOL, atol=1e-3)
       elif key.endswith(("/bias", "/mean")):
         bad = not 0.5 * nb <= na <= 2.0 * nb

@@ -247,6 +247,30 @@ def test_convert_cli_bundled(tmp_path):
     np.testing.assert_array_equal(x, y)
 
 
+def test_a_recognizer_is_built_once_per_unchanged_weights_file(tmp_path):
+  """The same arguments and an unchanged file give the same Recognizer; a rewritten file, other
+  options or a cleared cache build anew, and the new build reads the new values."""
+  from flax import serialization
+  from rajax.models import recognizers
+  first = rajax.recognizer("mobilenet_v2")
+  assert rajax.recognizer("mobilenet_v2") is first
+  assert rajax.recognizer("mobilenet_v2", str(bundled.bundled_path("mobilenet_v2"))) is first   # the same file
+  path = tmp_path / "mnv2.msgpack"
+  path.write_bytes(serialization.to_bytes(first.variables))
+  from_file = rajax.recognizer("mobilenet_v2", str(path))
+  assert from_file is not first and rajax.recognizer("mobilenet_v2", str(path)) is from_file
+  assert rajax.recognizer("mobilenet_v2", str(path), dtype="bfloat16") is not from_file
+  halved = jax.tree.map(lambda v: np.asarray(v) * 0.5, first.variables)
+  path.write_bytes(serialization.to_bytes(halved))
+  os.utime(path, ns=(1, 1))   # a rewrite within the clock's resolution changes the size or the time; here, the time
+  rebuilt = rajax.recognizer("mobilenet_v2", str(path))
+  assert rebuilt is not from_file
+  leaf = lambda r: np.asarray(jax.tree.leaves(r.variables["params"])[-1])
+  np.testing.assert_array_equal(leaf(rebuilt), 0.5 * leaf(first))
+  recognizers.clear_cache()
+  assert rajax.recognizer("mobilenet_v2") is not first
+
+
 def test_missing_bundled_weights_say_what_to_do(monkeypatch):
   monkeypatch.setitem(bundled.BUNDLED, "mobilenet_v2",
                       bundled.Bundled("no_such_weights_pkg", "w.pth", "no-such-weights==1.0", "test"))
