@@ -65,7 +65,7 @@ def recognizer_file(tmp_path_factory):
 
 
 def _fields(name, processor_file):
-  return {"method.processor_weights": processor_file} if name == "recognizer_on_processor" else {}
+  return {"method.processor_weights": processor_file} if "processor_weights" in methods.get(name).defaults() else {}
 
 
 class Built:
@@ -117,7 +117,8 @@ def _changed(a, b) -> bool:
 def test_registry_is_explicit_and_refuses_duplicates():
   assert set(methods.names()) == {"plain", "ra", "unsupervised", "transformer", "ra_joint",
                                   "recognizer_on_processor", "recognizer_on_input", "recognizer_on_clean",
-                                  "ra_no_pixel", "perceptual", "sr4ir"}
+                                  "ra_no_pixel", "perceptual", "sr4ir", "sr4ir_s_then_t", "sr4ir_t_then_s",
+                                  "sr4ir_joint"}
   spec = methods.get("ra")
   with pytest.raises(ValueError, match="registered twice"):
     methods._registry([{"ra": spec}, {"ra": spec}])
@@ -357,7 +358,12 @@ def test_perceptual_loss_is_the_feature_mse_of_the_named_layers(processor_file):
   assert abs(one_layer - want) > 1e-3 * want   # negative control: the layers chosen matter
 
 
-@pytest.mark.parametrize("name", [n for n in methods.names() if n not in ("ra", "transformer")])
+# ra and transformer: tests/test_sharding.py; SR4IR's baselines are the steps of recognizer_on_processor,
+# ra and ra_joint with other settings.
+SHARDED_ELSEWHERE = ("ra", "transformer", "sr4ir_s_then_t", "sr4ir_t_then_s", "sr4ir_joint")
+
+
+@pytest.mark.parametrize("name", [n for n in methods.names() if n not in SHARDED_ELSEWHERE])
 def test_sharded_step_equals_single_device_step(name, processor_file):
   """8 fake devices agree with one, for every method (ra and transformer: tests/test_sharding.py), two
   networks trained at once and a frozen P as a step argument included. SGD for P: Adam turns the

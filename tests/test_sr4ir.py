@@ -86,3 +86,94 @@ def test_one_step_gates_tdp_and_trains_t_on_the_new_s():
   sr_old = modules["processor"].apply(state.variables("processor"), x, train=False)
   stale, _, _ = task.recognition_loss(rec, sr_old, batch["label"], variables=state.variables("recognizer"), train=True)
   assert abs(float(np.mean(stale)) - float(m1["recognition_sr"])) > 1e-6   # negative control: the old S differs
+
+
+def _built(c, validate=True):
+  if validate:
+    config_lib.validate(c)
+  spec = methods.get(c.method.name)
+  modules = networks.trained_modules(c, spec)
+  opts = optim.make_optimizers(c.optim, spec.trains, 100, 100)
+  method = methods.build(methods.Setup(config=c, modules=modules, optimizers=opts,
+                                       input_shape=networks.input_shape(c)))
+  state = method.init(jax.random.PRNGKey(0), networks.initial_variables(c, spec, modules))
+  frozen = networks.frozen_networks(c, spec)
+  step = jax.jit(method.train_step).lower(state, _BATCH, frozen).compile(compiler_options=FAST)
+  return modules, state, frozen, step
+
+
+_rng = np.random.default_rng(1)
+_BATCH = {"input": _rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8),
+          "target": _rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8),
+          "label": _rng.integers(0, 10, (4,)).astype(np.int32)}
+
+
+def _images():
+  return jnp.asarray(_BATCH["input"], jnp.float32) / 255, jnp.asarray(_BATCH["target"], jnp.float32) / 255
+
+
+def test_the_s_update_gives_t_no_gradient_and_the_t_update_gives_s_none():
+  """With S's learning rate 0 (S stays put), switching the TDP term on (a step past the warm-up)
+  changes S's gradient but leaves T's update bit for bit the same: T learns from its own loss only.
+  S's gradient is that of L1 + TDP alone, recomputed with T frozen at its starting weights."""
+  c = _config(warmup_steps=1)
+  config_lib.validate(c)
+  c.optim.processor.lr = 0.0   # (the config refuses a zero rate: a run would train nothing)
+  modules, state, frozen, step = _built(c, validate=False)
+  off, m_off = step(state, _BATCH, frozen)
+  on, m_on = step(state.replace(step=jnp.ones_like(state.step)), _BATCH, frozen)
+  assert float(m_off["tdp_gate"]) == 0.0 and float(m_on["tdp_gate"]) == 1.0
+  assert abs(float(m_on["grad_norm"]) - float(m_off["grad_norm"])) > 1e-3 * float(m_off["grad_norm"])
+  for a, b in zip(jax.tree.leaves(off.params["recognizer"]), jax.tree.leaves(on.params["recognizer"])):
+    np.testing.assert_array_equal(a, b)
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params["recognizer"]),
+                                                      jax.tree.leaves(on.params["recognizer"])))
+  x, y = _images()
+  rec, task = modules["recognizer"], methods.base.task_of(modules["recognizer"])
+  t = rec.replace(variables=state.variables("recognizer"))
+
+  def s_loss(p):
+    sr, _ = modules["processor"].apply({"params": p, "batch_stats": state.batch_stats["processor"]}, x, train=True,
+                                       mutable=["batch_stats"])
+    f_sr, f_hr = task.features(t, sr)[1], task.features(t, y)[1]
+    return jnp.mean(jnp.abs(sr - y)) + jnp.mean(jnp.abs(f_sr["layer4"] - f_hr["layer4"]))
+
+  g = jax.grad(s_loss)(state.params["processor"])
+  np.testing.assert_allclose(float(m_on["grad_norm"]), float(optax_norm(g)), rtol=1e-4)
+
+
+def optax_norm(tree):
+  return np.sqrt(sum(float(np.sum(np.square(np.asarray(v, np.float64)))) for v in jax.tree.leaves(tree)))
+
+
+def _ce(logits, labels):
+  logits = np.asarray(logits, np.float64)
+  logp = logits - np.log(np.sum(np.exp(logits - logits.max(-1, keepdims=True)), -1, keepdims=True)) - \
+      logits.max(-1, keepdims=True)
+  return float(-np.mean(logp[np.arange(len(labels)), labels]))
+
+
+@pytest.mark.parametrize("name", ["sr4ir_t_then_s", "sr4ir_joint"])
+def test_baselines_train_on_l1_plus_the_task_loss_at_weight_one(name):
+  """T->S (T frozen, inference mode) and S+T (T in training mode, one backward pass into both): the
+  loss is L1(S(x), y) + 1.0 * CE(T(S(x))), recomputed here from S's output and T's logits."""
+  c = _config()
+  c.method = config_lib.ml_collections.ConfigDict(dict(name=name, **methods.get(name).defaults()))
+  modules, state, frozen, step = _built(c)
+  new, m = step(state, _BATCH, frozen)
+  x, y = _images()
+  p_vars = state.variables("processor")
+  sr, _ = modules["processor"].apply(p_vars, x, train=True, mutable=["batch_stats"])
+  l1 = float(np.mean(np.abs(np.asarray(sr, np.float64) - np.asarray(y, np.float64))))
+  if name == "sr4ir_t_then_s":
+    logits = frozen["recognizer"](sr)
+    assert set(state.params) == {"processor"}
+  else:
+    rec = modules["recognizer"]
+    logits, _ = rec.apply_train(state.variables("recognizer"), sr)
+    assert float(m["grad_norm_recognizer"]) > 0
+  ce = _ce(logits, _BATCH["label"])
+  np.testing.assert_allclose(float(m["pixel_l1"]), l1, rtol=1e-5)
+  np.testing.assert_allclose(float(m["recognition"]), ce, rtol=1e-4)
+  np.testing.assert_allclose(float(m["loss"]), l1 + ce, rtol=1e-4)
+  assert "pixel_mse" not in m

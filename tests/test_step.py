@@ -717,6 +717,33 @@ def test_schedules_warm_up_and_decay_by_cosine():
   np.testing.assert_allclose(np.asarray(upd["w"]), -0.1 * 0.5 * 2.0, rtol=1e-6)   # L2 added to the gradient
 
 
+def test_cosine_restarts_follow_basicsr_per_step_and_lr_scale_multiplies_a_named_head():
+  """SR4IR's schedule (periods [2, 8] epochs of 5 steps, eta_min 1e-6): BasicSR's rule, restated here
+  loop by loop, at every step, with the rate at eta_min at the end of the first period and back at the
+  full rate right after it; lr_scale ("aux", 10) moves only the parameters under "aux" ten times as far."""
+  cfg = optim.section(name="adamw", lr=1e-4, schedule="cosine_restarts", restart_epochs=(2, 8),
+                      restart_weights=(1.0, 0.5), min_lr=1e-6)
+  assert optim.validate(cfg, "c") == []
+  sched = optim.schedule(cfg, steps_per_epoch=5)
+
+  def basicsr(t, periods=(10, 40), weights=(1.0, 0.5), eta_min=1e-6, base=1e-4):
+    cum = np.cumsum(periods)
+    i = next(k for k, c in enumerate(cum) if t <= c)
+    start = 0 if i == 0 else cum[i - 1]
+    return eta_min + weights[i] * 0.5 * (base - eta_min) * (1 + np.cos(np.pi * (t - start) / periods[i]))
+
+  np.testing.assert_allclose([float(sched(t)) for t in range(50)], [basicsr(t) for t in range(50)], rtol=1e-5)
+  assert float(sched(10)) == pytest.approx(1e-6, rel=1e-4) and float(sched(11)) > 0.99 * 0.5e-4
+  bad = optim.section(schedule="cosine_restarts", restart_epochs=(2, 8), restart_weights=(1.0,))
+  assert any("one weight per period" in p for p in optim.validate(bad, "c"))
+  assert any("restart_epochs" in p for p in optim.validate(optim.section(schedule="cosine_restarts"), "c"))
+  tx = optim.make_optimizer(optim.section(name="sgd", lr=0.1, momentum=0.0, lr_scale=(("aux", 10.0),)), 5)
+  params = {"backbone": {"w": jnp.ones(2)}, "aux_head": {"w": jnp.ones(2)}}
+  upd, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+  np.testing.assert_allclose(np.asarray(upd["backbone"]["w"]), -0.1, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(upd["aux_head"]["w"]), -1.0, rtol=1e-6)
+
+
 def test_min_confidence_keeps_only_confidently_recognised_examples(nets, rec, batch):
   """min_confidence: the RA term is the CE averaged over the examples whose clean top-1 probability
   reaches the threshold; the pixel term still sees every example."""

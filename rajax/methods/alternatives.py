@@ -103,6 +103,7 @@ def make_joint(setup: base.Setup) -> base.Method:
   lam = config.method.get("lam")
   lam = 1e-3 if lam is None else lam
   r_weight = config.method.recognizer_weight
+  pixel_loss = config.method.get("pixel_loss", "mse")
   smoothing = config.method.label_smoothing
   rec = modules["recognizer"]
   task = base.task_of(rec)
@@ -113,8 +114,9 @@ def make_joint(setup: base.Setup) -> base.Method:
     r_vars = {"params": params["recognizer"], "batch_stats": batch_stats["recognizer"]}
     labels = _labels(config, batch, rec, y)   # R as it started: a fixed teacher
     per_example, logits, r_stats = _recognizer_loss(config, task, rec, out, labels, r_vars, rng, smoothing)
-    terms = {"pixel_mse": losses.pixel_mse(pred=out, target=y), "recognition": jnp.mean(per_example)}
-    total = terms["pixel_mse"] + lam * terms["recognition"]
+    pixel = ra.pixel_term(pixel_loss, out, y)
+    terms = {**pixel, "recognition": jnp.mean(per_example)}
+    total = next(iter(pixel.values())) + lam * terms["recognition"]
     return total, base.LossAux(terms, {"processor": p_stats, "recognizer": r_stats}, logits, out, labels)
 
   def train_step(state, batch, frozen):
@@ -255,9 +257,9 @@ def _validate(config) -> list[str]:
     problems.append(f"config.labels={config.labels!r} is not one of {', '.join(ra.LABEL_SOURCES)}")
   if "lam" in m and m.lam is not None and not m.lam >= 0:
     problems.append(f"config.method.lam={m.lam} must be >= 0 (or None for the method's default)")
-  if m.name == "ra_joint":
+  if "recognizer_weight" in m:   # ra_joint and the methods built on it
     if m.get("lam") is not None and not m.lam > 0:
-      problems.append("config.method.lam must be > 0 for ra_joint (R's gradient is recovered from P's loss)")
+      problems.append(f"config.method.lam must be > 0 for {m.name} (R's gradient is recovered from P's loss)")
     if not m.get("recognizer_weight", 1.0) > 0:
       problems.append(f"config.method.recognizer_weight={m.recognizer_weight} must be > 0")
   if ("recognizer_weight" in m or m.name.startswith("recognizer_on")) and config.get("labels") == "recognizer" \
@@ -268,9 +270,11 @@ def _validate(config) -> list[str]:
     problems.append(f"config.method.recognizer_bn={m.recognizer_bn!r} is not one of {', '.join(BN_MODES)}")
   if "label_smoothing" in m and not 0.0 <= m.label_smoothing < 1.0:
     problems.append(f"config.method.label_smoothing={m.label_smoothing} must be in [0, 1)")
-  if m.name == "recognizer_on_processor" and not m.get("processor_weights"):
-    problems.append("config.method.processor_weights is not set: recognizer_on_processor trains R on a fixed P's "
+  if "processor_weights" in m and not m.processor_weights:
+    problems.append(f"config.method.processor_weights is not set: {m.name} trains R on a fixed P's "
                     "outputs; set it to a plain run's processor.msgpack")
+  if m.get("pixel_loss", "mse") not in ra.PIXEL_LOSSES:
+    problems.append(f"config.method.pixel_loss={m.pixel_loss!r} is not one of {', '.join(ra.PIXEL_LOSSES)}")
   if m.name == "perceptual" and not m.get("layers"):
     problems.append("config.method.layers is empty: name the recognizer features to compare, e.g. ('stage5',)")
   return problems

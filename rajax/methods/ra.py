@@ -37,6 +37,14 @@ from rajax.tasks import classification
 # The paper's loss weights (official code): RA 1e-3, unsupervised RA 10, RA with transformer 1e-2.
 DEFAULT_LAMBDA = {"plain": 0.0, "ra": 1e-3, "unsupervised": 10.0, "transformer": 1e-2}
 LABEL_SOURCES = ("dataset", "recognizer")
+# The pixel term of P's loss, by config.method.pixel_loss: its metric name and per-example function.
+PIXEL_LOSSES = {"mse": ("pixel_mse", losses.pixel_mse), "l1": ("pixel_l1", losses.pixel_l1)}
+
+
+def pixel_term(kind: str, out: jax.Array, y: jax.Array, reduce=jnp.mean) -> dict[str, jax.Array]:
+  """{name: value} of the pixel loss `kind` ("mse" | "l1") between P's output and the clean target."""
+  name, fn = PIXEL_LOSSES[kind]
+  return {name: reduce(fn(pred=out, target=y, reduction="none"))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +59,7 @@ class Settings:
   min_confidence: float = 0.0
   classes: tuple[int, ...] = ()   # train on these classes only (empty: all classes)
   recognizer_loss: tuple[tuple[str, Any], ...] = ()   # config.recognizer.loss: options of R's task loss
+  pixel_loss: str = "mse"   # the pixel term: "mse" (the paper's) or "l1" (SR4IR's)
 
   def __post_init__(self):
     problems = _problems(self)
@@ -73,7 +82,8 @@ class Settings:
     return cls(mode=mode, lam=lam, distance=m.get("distance", "prob_mse"),
                label_smoothing=m.get("label_smoothing", 0.0), labels=config.get("labels", "dataset"),
                min_confidence=m.get("min_confidence", 0.0), classes=tuple(classes),
-               recognizer_loss=tuple(sorted((config.recognizer.get("loss") or {}).items())))
+               recognizer_loss=tuple(sorted((config.recognizer.get("loss") or {}).items())),
+               pixel_loss=m.get("pixel_loss", "mse"))
 
   @property
   def trains(self) -> tuple[str, ...]:
@@ -91,6 +101,8 @@ def _problems(s: Settings) -> list[str]:
     out.append(f"config.method.distance={s.distance!r} is not one of {', '.join(known)}")
   if not 0.0 <= s.label_smoothing < 1.0:
     out.append(f"config.method.label_smoothing={s.label_smoothing} must be in [0, 1)")
+  if s.pixel_loss not in PIXEL_LOSSES:
+    out.append(f"config.method.pixel_loss={s.pixel_loss!r} is not one of {', '.join(PIXEL_LOSSES)}")
   if s.labels not in LABEL_SOURCES:
     out.append(f"config.labels={s.labels!r} is not one of {', '.join(LABEL_SOURCES)}")
   if not 0.0 <= s.min_confidence < 1.0:
@@ -159,7 +171,8 @@ def make_loss_fn(settings: Settings, modules) -> Callable:
       reduce_rec = reduce
     sub = (lambda z: z) if not settings.classes else (lambda z: jnp.take(z, jnp.asarray(settings.classes), axis=-1))
     rec_targets = labels if not settings.classes else sub_labels
-    terms = {"pixel_mse": reduce(losses.pixel_mse(pred=out, target=y, reduction="none"))}
+    terms = pixel_term(settings.pixel_loss, out, y, reduce)
+    pixel = next(iter(terms.values()))
     if mode in ("ra", "transformer"):
       seen = out
       if mode == "transformer":
@@ -173,7 +186,7 @@ def make_loss_fn(settings: Settings, modules) -> Callable:
       outputs = task.embed(recognizer, out)
       terms["recognition"] = reduce(task.distance(settings.distance, outputs=sub(outputs),
                                                   target_outputs=sub(target_outputs)))
-    total = terms["pixel_mse"] + settings.lam * terms.get("recognition", 0.0)
+    total = pixel + settings.lam * terms.get("recognition", 0.0)
     return total, LossAux(terms, new_stats, outputs, out, labels)
 
   return loss_fn
@@ -258,9 +271,9 @@ def _defaults(*fields: str) -> Callable[[], dict[str, Any]]:
   return lambda: {f: values[f] for f in fields}
 
 
-def _validate(config) -> list[str]:
+def _validate(config, mode: str | None = None, default_lam: float | None = None) -> list[str]:
   try:
-    settings = Settings.of(config)
+    settings = Settings.of(config, mode, default_lam)
   except ValueError as e:
     return str(e).split("; ")
   problems = []

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rajax.methods import alternatives, base
+from rajax.methods import alternatives, base, ra
 
 # The features the TDP term compares, per task (the names rajax's recognizers expose in task.features).
 DEFAULT_TDP = {"segmentation": (("C5",), (1.0,)), "detection": (("0", "1"), (0.5, 0.5)),
@@ -134,7 +134,41 @@ def _validate(config) -> list[str]:
   return problems
 
 
+# ==================================================================== the paper's baselines (its Table 1 rows)
+# Each is one of rajax's methods with SR4IR's objective: an L1 pixel term, the task loss at weight 1.
+
+def _with_spec(name: str, make):
+  return lambda setup: make(setup)._replace(spec=METHODS[name])
+
+
+def _make_t_then_s(setup: base.Setup) -> base.Method:
+  settings = ra.Settings.of(setup.config, mode="ra", default_lam=1.0)
+  return ra.make_method(settings, setup.modules, setup.optimizers, setup.input_shape,
+                        device_stage=setup.device_stage)._replace(spec=METHODS["sr4ir_t_then_s"])
+
+
 METHODS = {
+    "sr4ir_s_then_t": base.MethodSpec(
+        name="sr4ir_s_then_t", title="SR then task (S->T)",
+        summary="T: L(T(S(x))), S fixed (an SR run's processor, config.method.processor_weights)",
+        trains=("recognizer",), frozen=("processor",), validate=alternatives._validate,
+        make=_with_spec("sr4ir_s_then_t", alternatives._make_recognizer_training(
+            "recognizer_on_processor", alternatives._forward_fixed_processor)),
+        defaults=lambda: dict(processor_weights="", label_smoothing=0.0, recognizer_bn="batch"),
+        forward_uses=("processor",)),
+    "sr4ir_t_then_s": base.MethodSpec(
+        name="sr4ir_t_then_s", title="task then SR (T->S)",
+        summary="S: L1(S(x), y) + lam * L(T(S(x))), T fixed (trained on clean images: config.recognizer.weights)",
+        trains=("processor",), frozen=("recognizer",), validate=lambda c: ra._validate(c, "ra", 1.0),
+        make=_make_t_then_s, defaults=lambda: dict(lam=None, pixel_loss="l1", label_smoothing=0.0,
+                                                   min_confidence=0.0)),
+    "sr4ir_joint": base.MethodSpec(
+        name="sr4ir_joint", title="SR and task jointly (S+T)",
+        summary="S and T: L1(S(x), y) + lam * L(T(S(x))), one backward pass into both",
+        trains=("processor", "recognizer"), frozen=(), validate=alternatives._validate,
+        make=_with_spec("sr4ir_joint", alternatives.make_joint),
+        defaults=lambda: dict(lam=1.0, recognizer_weight=1.0, pixel_loss="l1", label_smoothing=0.0,
+                              recognizer_bn="batch")),
     "sr4ir": base.MethodSpec(
         name="sr4ir", title="SR4IR",
         summary="S: L1 + TDP(T); T: 0.34 * (L(T(sr)) + L(T(hr)) + L(T(cqmix))), in turn",
