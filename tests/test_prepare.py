@@ -386,3 +386,65 @@ def test_folder_flat_layout_and_rerun(tmp_path, capsys):
 def test_prepare_unknown_manual_dir(tmp_path, capsys):
   assert prepare.cli(["voc", "--manual_dir", str(tmp_path / "nope"), "--data_dir", str(tmp_path)]) == 2
   assert "is not a directory or is empty" in capsys.readouterr().err
+
+
+def _tgz(path, files):
+  """Writes a gzipped tar with `files` {member name: bytes}."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with tarfile.open(path, "w:gz") as tar:
+    for name, data in files.items():
+      info = tarfile.TarInfo(name)
+      info.size = len(data)
+      tar.addfile(info, io.BytesIO(data))
+
+
+def test_cub200_from_the_official_archive(tmp_path):
+  """CUB_200_2011.tgz with its four lists: the split and labels come from the lists (ids minus one),
+  not from the folder names; a listed image missing from the archive is counted, not fatal."""
+  images = {1: ("001.Albatross/a_1.jpg", 1, "1"), 2: ("001.Albatross/a_2.jpg", 1, "0"),
+            3: ("200.Wren/w_3.jpg", 200, "1"), 4: ("200.Wren/w_4.jpg", 200, "0"), 5: ("200.Wren/gone.jpg", 200, "1")}
+  root = "CUB_200_2011"
+  files = {f"{root}/classes.txt": "\n".join(f"{i} {i:03d}.C{i}" for i in range(1, 201)).encode(),
+           f"{root}/images.txt": "\n".join(f"{i} {v[0]}" for i, v in images.items()).encode(),
+           f"{root}/image_class_labels.txt": "\n".join(f"{i} {v[1]}" for i, v in images.items()).encode(),
+           f"{root}/train_test_split.txt": "\n".join(f"{i} {v[2]}" for i, v in images.items()).encode()}
+  files.update({f"{root}/images/{v[0]}": _jpeg(PHOTOS[i]) for i, v in images.items() if "gone" not in v[0]})
+  _tgz(tmp_path / "m" / "CUB_200_2011.tgz", files)
+  assert prepare.cli(["cub200", "--manual_dir", str(tmp_path / "m"), "--data_dir", str(tmp_path / "d")]) == 0
+  got = {split: sorted((_name(ex["file_name"]), int(ex["label"]))
+                       for ex in _read_all(rd.tfds_source("cub200", split=split, data_dir=str(tmp_path / "d"))))
+         for split in ("train", "test")}
+  assert got == {"train": [("001.Albatross/a_1.jpg", 0), ("200.Wren/w_3.jpg", 199)],
+                 "test": [("001.Albatross/a_2.jpg", 0), ("200.Wren/w_4.jpg", 199)]}
+  ex = [e for e in _read_all(rd.tfds_source("cub200", split="test", data_dir=str(tmp_path / "d")))
+        if _name(e["file_name"]) == "200.Wren/w_4.jpg"][0]
+  np.testing.assert_array_equal(rd.decode_image(ex["image"]), rd.decode_image(_jpeg(PHOTOS[4])))
+
+
+def _cars_annos(rows):
+  """A cars_*_annos.mat: a 1 x N struct array 'annotations' with fields fname and class."""
+  from scipy import io as sio
+  ann = np.zeros((1, len(rows)), dtype=[("fname", "O"), ("class", "O")])
+  for k, (fname, cls) in enumerate(rows):
+    ann[0, k] = (fname, np.array([[cls]], np.uint8))
+  buf = io.BytesIO()
+  sio.savemat(buf, {"annotations": ann})
+  return buf.getvalue()
+
+
+def test_stanford_cars_from_the_devkit_files(tmp_path, capsys):
+  """The devkit's train annotations and the labelled test annotations give the labels (class - 1)."""
+  manual = tmp_path / "m"
+  _tgz(manual / "car_devkit.tgz", {"devkit/cars_train_annos.mat": _cars_annos([("00001.jpg", 1), ("00002.jpg", 196)]),
+                                    "devkit/cars_meta.mat": b""})
+  _tgz(manual / "cars_train.tgz", {"cars_train/00001.jpg": _jpeg(PHOTOS[0]), "cars_train/00002.jpg": _jpeg(PHOTOS[1])})
+  _tgz(manual / "cars_test.tgz", {"cars_test/00001.jpg": _jpeg(PHOTOS[2])})
+  (manual / "cars_test_annos_withlabels.mat").write_bytes(_cars_annos([("00001.jpg", 7)]))
+  assert prepare.cli(["stanford_cars", "--manual_dir", str(manual), "--data_dir", str(tmp_path / "d")]) == 0
+  got = {split: sorted((_name(ex["file_name"]), int(ex["label"])) for ex in
+                       _read_all(rd.tfds_source("stanford_cars", split=split, data_dir=str(tmp_path / "d"))))
+         for split in ("train", "test")}
+  assert got == {"train": [("00001.jpg", 0), ("00002.jpg", 195)], "test": [("00001.jpg", 6)]}
+  (manual / "cars_test_annos_withlabels.mat").unlink()
+  assert prepare.cli(["stanford_cars", "--manual_dir", str(manual), "--data_dir", str(tmp_path / "e")]) == 2
+  assert "cars_test_annos_withlabels.mat" in capsys.readouterr().err

@@ -40,6 +40,13 @@ RGB. Files that are not images at all (empty, garbage, HTML error pages) are ski
                 cityscapesscripts' labels.py, every other id 255); manual_dir:
                 leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip. Splits train and validation
                 (test's label maps are placeholders and are not written).
+  Cub200        "cub200" 1.0.0, CUB-200-2011 birds: image, label (classes.txt's id minus one), file_name;
+                manual_dir: CUB_200_2011.tgz or its extracted folder; splits train and test as its
+                train_test_split.txt says (5,994 / 5,794).
+  StanfordCars  "stanford_cars" 1.0.0, 196 car models: image, label (the annotations' class minus one),
+                file_name; manual_dir: car_devkit.tgz (cars_train_annos.mat), cars_train.tgz,
+                cars_test.tgz and cars_test_annos_withlabels.mat (or the extracted folders); splits
+                train and test (8,144 / 8,041).
   ImageFolder   any name, 1.0.0: manual_dir/<class>/<image> (one "train" split) or
                 manual_dir/<split>/<class>/<image>; classes are the sorted folder names.
 """
@@ -939,5 +946,181 @@ class Cityscapes(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     log.warning("cityscapes %s: %s", split, tally.report())
 
 
+# --------------------------------------------------------------------------- fine-grained classification: CUB-200, Stanford Cars
+
+
+class _ArchiveFiles:
+  """The files of a (gzipped) tar or an extracted folder, by their path below a root folder name.
+
+  A .tgz is read in archive order (gzip only seeks forward cheaply): `read_all(names)` yields the
+  named members as one forward pass."""
+
+  def __init__(self, source: pathlib.Path, root: str):
+    self.source, self.root = source, root.strip("/")
+    if source.is_dir():
+      self.names = sorted(p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file())
+      # A folder is the root itself (CUB_200_2011/) or holds it.
+      self._prefix = f"{self.root}/" if any(n.startswith(self.root + "/") for n in self.names) else ""
+    else:
+      with tarfile.open(source, "r:*") as tar:
+        self.names = [m.name for m in tar if m.isfile()]
+      # The root folder's path inside the archive ("CUB_200_2011/", "./cars_train/", ...); "" if the files lie at the top.
+      marks = [n.index(self.root + "/") for n in self.names if (n.startswith(self.root + "/") or f"/{self.root}/" in n)]
+      first = next((n for n in self.names if n.startswith(self.root + "/") or f"/{self.root}/" in n), None)
+      self._prefix = first[:marks[0]] + self.root + "/" if first is not None else ""
+
+  def relative(self) -> list[str]:
+    """The file paths below the root."""
+    return [n[len(self._prefix):] for n in self.names if n.startswith(self._prefix)]
+
+  def read(self, rel: str) -> bytes:
+    return next(self.read_all([rel]))[1]
+
+  def read_all(self, rels: Sequence[str]):
+    """(rel, bytes) for each of `rels` that exists, in archive order."""
+    want = {self._prefix + r: r for r in rels}
+    if self.source.is_dir():
+      for full in sorted(want):
+        path = self.source / full
+        if path.is_file():
+          yield want[full], path.read_bytes()
+      return
+    with tarfile.open(self.source, "r:*") as tar:
+      for m in tar:
+        if m.isfile() and m.name in want:
+          yield want[m.name], tar.extractfile(m).read()
+
+
+def _find(manual: pathlib.Path, names: Sequence[str], what: str) -> pathlib.Path:
+  for n in names:
+    if (manual / n).exists():
+      return manual / n
+  raise DataError(f"{what}: none of {', '.join(names)} in {manual}. Put the official archive (or its extracted "
+                  "folder) in --manual_dir.")
+
+
+class Cub200(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Caltech-UCSD Birds-200-2011 from the official CUB_200_2011.tgz: the 200 classes, train / test as
+  its train_test_split.txt says (5,994 / 5,794 images)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  name = "cub200"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = ("manual_dir must hold CUB_200_2011.tgz (the official archive) or its extracted "
+                                  "CUB_200_2011/ folder (images/, images.txt, classes.txt, image_class_labels.txt, "
+                                  "train_test_split.txt).")
+
+  @staticmethod
+  def _files(manual: pathlib.Path) -> _ArchiveFiles:
+    return _ArchiveFiles(_find(manual, ("CUB_200_2011.tgz", "CUB_200_2011.tar.gz", "CUB_200_2011"), "cub200"),
+                         "CUB_200_2011")
+
+  def _tables(self, files: _ArchiveFiles) -> tuple[list[str], list[tuple[str, int, bool]]]:
+    """(class names in label order, [(image path, label, is_train)])."""
+    lists = dict(files.read_all(["classes.txt", "images.txt", "image_class_labels.txt", "train_test_split.txt"]))
+    missing = [k for k in ("classes.txt", "images.txt", "image_class_labels.txt", "train_test_split.txt")
+               if k not in lists]
+    if missing:
+      raise DataError(f"cub200: {', '.join(missing)} missing from {files.source}. {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    table = lambda k: dict(line.split(" ", 1) for line in lists[k].decode().splitlines() if line.strip())
+    classes = table("classes.txt")
+    names = [classes[k].strip() for k in sorted(classes, key=int)]
+    images, labels, split = table("images.txt"), table("image_class_labels.txt"), table("train_test_split.txt")
+    rows = [(images[i].strip(), int(labels[i]) - 1, split[i].strip() == "1") for i in sorted(images, key=int)]
+    return names, rows
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self, description="CUB-200-2011 birds, the official train / test split (labels: classes.txt's "
+                                  "ids minus one).",
+        features=tfds.features.FeaturesDict({"image": tfds.features.Image(),
+                                             "label": tfds.features.ClassLabel(num_classes=200),
+                                             "file_name": tfds.features.Text()}),
+        supervised_keys=("image", "label"))
+
+  def _split_generators(self, dl_manager):
+    files = self._files(_manual_dir(dl_manager))
+    names, rows = self._tables(files)
+    if len(names) != 200:
+      raise DataError(f"cub200: classes.txt lists {len(names)} classes, not CUB-200-2011's 200.")
+    return {"train": self._generate_examples(files, [r for r in rows if r[2]]),
+            "test": self._generate_examples(files, [r for r in rows if not r[2]])}
+
+  def _generate_examples(self, files: _ArchiveFiles, rows):
+    tally, label = Tally(), {f"images/{path}": lab for path, lab, _ in rows}
+    found = 0
+    for rel, data in files.read_all(list(label)):
+      found += 1
+      if check_image(data, rel, tally):
+        yield rel, {"image": data, "label": label[rel], "file_name": rel[len("images/"):]}
+    if found < len(label):
+      tally.add("missing_from_the_archive", f"{len(label) - found} of {len(label)}")
+    log.warning("cub200: %s", tally.report())
+
+
+class StanfordCars(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Stanford Cars (196 classes) from the official files: car_devkit.tgz (devkit/cars_meta.mat and
+  cars_train_annos.mat), cars_train.tgz, cars_test.tgz and cars_test_annos_withlabels.mat; splits
+  train (8,144) and test (8,041). Labels: the annotations' class (1..196) minus one."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  name = "stanford_cars"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = ("manual_dir must hold car_devkit.tgz, cars_train.tgz, cars_test.tgz and "
+                                  "cars_test_annos_withlabels.mat (or the extracted devkit/, cars_train/, cars_test/ "
+                                  "folders). For the class-folder layout of other copies use `prepare folder "
+                                  "--name stanford_cars`.")
+  @staticmethod
+  def _mat_annotations(data: bytes, where: str) -> list[tuple[str, int]]:
+    """[(file name, class 1..196)] of a cars_*_annos*.mat."""
+    from scipy import io as sio
+    try:
+      mat = sio.loadmat(io.BytesIO(data), squeeze_me=True, struct_as_record=False)
+    except (ValueError, TypeError, OSError) as e:
+      raise DataError(f"stanford_cars: {where} is not a readable MATLAB file ({e}).") from None
+    if "annotations" not in mat:
+      raise DataError(f"stanford_cars: {where} has no 'annotations' struct.")
+    ann = np.atleast_1d(mat["annotations"])
+    if not len(ann) or not hasattr(ann[0], "fname") or not hasattr(ann[0], "class"):
+      raise DataError(f"stanford_cars: {where}'s annotations have no fname and class fields (the test annotations "
+                      "without labels? use cars_test_annos_withlabels.mat).")
+    return [(str(a.fname), int(getattr(a, "class"))) for a in ann]
+
+  @staticmethod
+  def _devkit(manual: pathlib.Path) -> _ArchiveFiles:
+    return _ArchiveFiles(_find(manual, ("car_devkit.tgz", "devkit"), "stanford_cars devkit"), "devkit")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self, description="Stanford Cars, the official train / test split.",
+        features=tfds.features.FeaturesDict({"image": tfds.features.Image(),
+                                             "label": tfds.features.ClassLabel(num_classes=196),
+                                             "file_name": tfds.features.Text()}),
+        supervised_keys=("image", "label"))
+
+  def _split_generators(self, dl_manager):
+    manual = _manual_dir(dl_manager)
+    train_ann = self._mat_annotations(self._devkit(manual).read("cars_train_annos.mat"), "devkit/cars_train_annos.mat")
+    test_mat = _find(manual, ("cars_test_annos_withlabels.mat", "devkit/cars_test_annos_withlabels.mat"),
+                     "stanford_cars test labels")
+    test_ann = self._mat_annotations(test_mat.read_bytes(), test_mat.name)
+    out = {}
+    for split, ann in (("train", train_ann), ("test", test_ann)):
+      images = _ArchiveFiles(_find(manual, (f"cars_{split}.tgz", f"cars_{split}"), f"stanford_cars {split} images"),
+                             f"cars_{split}")
+      out[split] = self._generate_examples(split, images, ann)
+    return out
+
+  def _generate_examples(self, split: str, images: _ArchiveFiles, ann):
+    tally, label, found = Tally(), dict(ann), 0
+    for rel, data in images.read_all(list(label)):
+      found += 1
+      if not 1 <= label[rel] <= 196:
+        raise DataError(f"stanford_cars {split}: {rel} has class {label[rel]}, outside 1..196.")
+      if check_image(data, rel, tally):
+        yield rel, {"image": data, "label": label[rel] - 1, "file_name": rel}
+    if found < len(label):
+      tally.add("missing_from_the_archive", f"{len(label) - found} of {len(label)}")
+    log.warning("stanford_cars %s: %s", split, tally.report())
+
+
 BUILDERS = {"imagenet2012": Imagenet2012, "imagenet_c": ImagenetC, "voc": Voc, "coco": Coco, "folder": ImageFolder,
-            "voc_seg": VocSeg, "cityscapes": Cityscapes}
+            "voc_seg": VocSeg, "cityscapes": Cityscapes, "cub200": Cub200, "stanford_cars": StanfordCars}

@@ -7,6 +7,8 @@
     python -m rajax.data.prepare coco --manual_dir ~/downloads/coco --data_dir ~/tfds
     python -m rajax.data.prepare voc_seg --manual_dir ~/downloads/voc --data_dir ~/tfds   # + benchmark.tgz: train_aug
     python -m rajax.data.prepare cityscapes --manual_dir ~/downloads/cityscapes --data_dir ~/tfds
+    python -m rajax.data.prepare cub200 --manual_dir ~/downloads/cub --data_dir ~/tfds            # CUB_200_2011.tgz
+    python -m rajax.data.prepare stanford_cars --manual_dir ~/downloads/cars --data_dir ~/tfds    # devkit + tgzs
     python -m rajax.data.prepare folder --manual_dir ~/my_photos --data_dir ~/tfds --name my_photos
 
 Then train or evaluate with --config.data.data_dir=~/tfds --config.data.name=NAME[/CONFIG]; read
@@ -35,7 +37,7 @@ NAMES = tuple(builders.BUILDERS)
 
 def _configs(name: str, manual_dir: pathlib.Path, requested: str) -> list[str | None]:
   """The builder configs to prepare: the requested ones, or every one whose data is in manual_dir."""
-  if name in ("imagenet2012", "folder", "voc_seg", "cityscapes"):
+  if name in ("imagenet2012", "folder", "voc_seg", "cityscapes", "cub200", "stanford_cars"):
     if requested:
       raise DataError(f"{name} has no configs; drop --configs.")
     return [None]
