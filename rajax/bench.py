@@ -140,7 +140,8 @@ def degradation(config: ml_collections.ConfigDict):
   """The training pipeline's degradation for `config`, as the trainer makes it."""
   from rajax import data as data_lib
   return data_lib.Degradation(task=config.task, scale=config.degrade.scale, sigma=config.degrade.sigma,
-                              quality=config.degrade.quality, noise=config.data.get("noise", "host"))
+                              quality=config.degrade.quality, noise=config.data.get("noise", "host"),
+                              kernel=config.degrade.get("kernel", "pil"))
 
 
 def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0, *, recognizer=None,

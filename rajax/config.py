@@ -226,7 +226,9 @@ def base(*, task: str = "sr", method: str = "ra", recognizer: str = "resnet18") 
   # aux_weight, a segmenter's auxiliary-head weight (torchvision's segmentation reference: 0.5).
   c.recognizer.loss = ml_collections.ConfigDict(dict(aux_weight=0.5))
 
-  c.degrade = ml_collections.ConfigDict(dict(scale=4, sigma=0.1, quality=10))
+  # kernel: how SR's input is made: "pil" (Pillow's antialiased bicubic) or "torch" (PyTorch's bicubic
+  # without antialiasing, then 8-bit rounding: SR4IR's on-the-fly LR images).
+  c.degrade = ml_collections.ConfigDict(dict(scale=4, sigma=0.1, quality=10, kernel="pil"))
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "tfds"              # tfds | synthetic | photos

@@ -4,6 +4,9 @@ On the host (numpy / Pillow), each on one uint8 RGB image [H, W, 3], usable on i
 pipeline stage:
 
   bicubic_down(img, scale)        Pillow's bicubic (antialiased) resize to (W/scale, H/scale), uint8;
+  bicubic_down_torch(img, scale)  PyTorch's `interpolate(mode="bicubic", align_corners=False)` without
+                                  antialiasing (a = -0.75, borders clamped), then 8-bit rounding: the
+                                  LR images SR4IR's code makes on the fly, uint8;
   jpeg(img, quality)              a Pillow JPEG round trip at `quality`, 4:2:0 chroma subsampling, uint8;
   gaussian_noise(img, sigma, rng) clip(y + sigma * N(0, 1), 0, 1) with y = img / 255, float32;
   corrupt(img, name, severity, seed)
@@ -97,6 +100,44 @@ def bicubic_down(img: np.ndarray, scale: int) -> np.ndarray:
   if scale == 1:
     return img
   return np.asarray(Image.fromarray(img).resize((w // scale, h // scale), Image.BICUBIC))
+
+
+@functools.lru_cache(maxsize=32)
+def _torch_bicubic_matrix(size: int, scale: int) -> np.ndarray:
+  """[size // scale, size] weights of PyTorch's bicubic resampling by 1 / scale along one axis: output
+  i reads the 4 inputs around (i + 0.5) * scale - 0.5 with Keys' cubic (a = -0.75), indices clamped
+  to the border (so border weights add up on the edge pixel), no antialiasing."""
+  a = -0.75
+  out = size // scale
+  m = np.zeros((out, size), np.float64)
+  for i in range(out):
+    src = (i + 0.5) * scale - 0.5
+    base = int(np.floor(src))
+    t = src - base
+    for k, d in zip(range(-1, 3), (1 + t, t, 1 - t, 2 - t)):
+      d = abs(d)
+      w = ((a + 2) * d - (a + 3)) * d * d + 1 if d <= 1 else ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+      m[i, min(max(base + k, 0), size - 1)] += w
+  return m
+
+
+def bicubic_down_torch(img: np.ndarray, scale: int) -> np.ndarray:
+  """Downscales by an integer `scale` as `torch.nn.functional.interpolate(x, scale_factor=1/scale,
+  mode="bicubic", align_corners=False)` does (no antialiasing), then rounds to 8 bits with clamping,
+  as SR4IR's `quantize`; uint8 out (tests/reference/make_torch_bicubic.py pins it to torch)."""
+  _check_uint8_rgb(img, "bicubic_down_torch")
+  h, w = img.shape[:2]
+  if scale < 1 or h % scale or w % scale:
+    raise ValueError(f"bicubic_down_torch: image {h}x{w} is not divisible by scale {scale}; crop it first.")
+  if scale == 1:
+    return img
+  x = img.astype(np.float64) / 255.0
+  y = np.einsum("ih,hwc->iwc", _torch_bicubic_matrix(h, scale), x)
+  y = np.einsum("jw,iwc->ijc", _torch_bicubic_matrix(w, scale), y)
+  return np.clip(np.round(y * 255.0), 0, 255).astype(np.uint8)
+
+
+KERNELS = {"pil": bicubic_down, "torch": bicubic_down_torch}   # config.degrade.kernel: how SR's input is made
 
 
 def jpeg(img: np.ndarray, quality: int) -> np.ndarray:
@@ -229,14 +270,16 @@ def corrupt(img: np.ndarray, name: str, severity: int, seed: int) -> np.ndarray:
 
 
 def degrade(task: str, img: np.ndarray, *, rng: np.random.Generator, scale: int = 4, sigma: float = 0.1,
-            quality: int = 10, corruption: str = "", severity: int = 3) -> np.ndarray:
+            quality: int = 10, corruption: str = "", severity: int = 3, kernel: str = "pil") -> np.ndarray:
   """The processor input for `task` made from the clean uint8 image `img`.
 
   For task "corrupt" the corruption's seed is drawn from `rng`, so a pipeline that derives `rng`
   from the example index gets the same corrupted image for the same example every time.
   """
   if task == "sr":
-    return bicubic_down(img, scale)
+    if kernel not in KERNELS:
+      raise ValueError(f"Unknown SR kernel {kernel!r}; one of {', '.join(KERNELS)}.")
+    return KERNELS[kernel](img, scale)
   if task == "denoise":
     return gaussian_noise(img, sigma, rng)
   if task == "jpeg":

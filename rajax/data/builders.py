@@ -68,6 +68,7 @@ import threading
 import xml.etree.ElementTree as ET
 import zipfile
 import zlib
+from typing import Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds

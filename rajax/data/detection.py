@@ -660,6 +660,18 @@ class InMemoryDetection(InMemoryRecords):
 # --------------------------------------------------------------------------- from a run config
 
 
+def config_degradation(config) -> Degradation | None:
+  """The degradation `config` trains and evaluates with (config.task, config.degrade, config.data.noise),
+  or None when its task degrades nothing."""
+  task, deg = _get(config, "task", ""), _get(config, "degrade", None)
+  if task not in DEGRADATION_TASKS:
+    return None
+  return Degradation(task=task, scale=_get(deg, "scale", 4), sigma=_get(deg, "sigma", 0.1),
+                     quality=_get(deg, "quality", 10), corruption=_get(deg, "corruption", ""),
+                     severity=_get(deg, "severity", 3), noise=_get(config.data, "noise", "host"),
+                     kernel=_get(deg, "kernel", "pil"))
+
+
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
   if cfg is None:
     return default
@@ -698,12 +710,7 @@ def detection_pipeline(config: Any, split: str, *, process_index: int = 0, proce
     raise DataError(f"detection_pipeline split must be 'train' or 'eval', got {split!r}.")
   data, train = config.data, split == "train"
   spec = DetectionSpec.from_config(_get(data, "detection", {}))
-  task, deg = _get(config, "task", ""), _get(config, "degrade", None)
-  degradation = None
-  if task in DEGRADATION_TASKS:
-    degradation = Degradation(task=task, scale=_get(deg, "scale", 4), sigma=_get(deg, "sigma", 0.1),
-                              quality=_get(deg, "quality", 10), corruption=_get(deg, "corruption", ""),
-                              severity=_get(deg, "severity", 3), noise=_get(data, "noise", "host"))
+  degradation = config_degradation(config)
   if source is None:
     source = config_source(config, split)
   seed = int(_get(config, "seed", 0))

@@ -70,6 +70,7 @@ class Degradation:
   corruption: str = ""
   severity: int = 3
   noise: str = "host"
+  kernel: str = "pil"   # SR: "pil" (Pillow's antialiased bicubic) or "torch" (PyTorch's, no antialiasing; SR4IR's)
 
   def __post_init__(self):
     if self.task not in DEGRADATION_TASKS:
@@ -79,6 +80,9 @@ class Degradation:
                       f"got {self.corruption!r}.")
     if self.task == "corrupt" and not 1 <= self.severity <= 5:
       raise DataError(f"Degradation severity must be in 1..5, got {self.severity}.")
+    if self.kernel not in degrade_lib.KERNELS:
+      raise DataError(f"Degradation kernel={self.kernel!r} must be one of {', '.join(degrade_lib.KERNELS)} "
+                      "(config.degrade.kernel).")
     if self.noise not in NOISE_PLACES:
       raise DataError(f"Degradation noise={self.noise!r} must be one of {', '.join(NOISE_PLACES)}.")
 
@@ -98,7 +102,7 @@ class Degradation:
   def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return degrade_lib.degrade(self.task, img, rng=rng, scale=self.scale if self.task == "sr" else 1,
                                sigma=self.sigma, quality=self.quality, corruption=self.corruption,
-                               severity=self.severity)
+                               severity=self.severity, kernel=self.kernel)
 
 
 # --------------------------------------------------------------------------- bad-data accounting

@@ -64,8 +64,8 @@ import grain
 import numpy as np
 from PIL import Image
 
-from rajax.data.detection import ConcatSource, _get, _voc_id, parse_splits
-from rajax.data.pipeline import (DEGRADATION_TASKS, Degradation, _note, _ok, _short_side_size, decode_image,
+from rajax.data.detection import ConcatSource, _get, _voc_id, config_degradation, parse_splits
+from rajax.data.pipeline import (Degradation, _note, _ok, _short_side_size, decode_image,
                                  host_eval_batches, host_train_batches, photos_eval_split)
 from rajax.data import photos as photos_lib
 from rajax.data.sources import DataError, InMemoryRecords, _prepared_dir
@@ -540,12 +540,7 @@ def segmentation_pipeline(config: Any, split: str, *, process_index: int = 0, pr
     raise DataError(f"segmentation_pipeline split must be 'train' or 'eval', got {split!r}.")
   data, train = config.data, split == "train"
   spec = SegmentationSpec.from_config(_get(data, "segmentation", {}))
-  task, deg = _get(config, "task", ""), _get(config, "degrade", None)
-  degradation = None
-  if task in DEGRADATION_TASKS:
-    degradation = Degradation(task=task, scale=_get(deg, "scale", 4), sigma=_get(deg, "sigma", 0.1),
-                              quality=_get(deg, "quality", 10), corruption=_get(deg, "corruption", ""),
-                              severity=_get(deg, "severity", 3), noise=_get(data, "noise", "host"))
+  degradation = config_degradation(config)
   if source is None:
     source = config_source(config, split)
   seed = int(_get(config, "seed", 0))

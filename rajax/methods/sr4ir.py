@@ -13,8 +13,6 @@ The TDP (task-driven perceptual) term compares T's named features (`tdp_layers`,
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import optax
