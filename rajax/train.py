@@ -105,7 +105,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
   optimizers = optim.make_optimizers(config.optim, spec.trains, steps_per_epoch, total_steps)
   schedules = {n: optim.schedule(config.optim[n], steps_per_epoch, total_steps) for n in spec.trains}
   method = methods.build(methods.Setup(config=config, modules=modules, optimizers=optimizers,
-                                       input_shape=networks.input_shape(config), device_stage=device_stage))
+                                       input_shape=networks.input_shape(config), device_stage=device_stage,
+                                       steps_per_epoch=steps_per_epoch))
   initial = jax.device_put(networks.initial_variables(config, spec, modules), replicated)
   state = jax.jit(method.init, out_shardings=replicated)(jax.random.PRNGKey(config.seed), initial)
   del initial

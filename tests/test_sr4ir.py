@@ -177,3 +177,14 @@ def test_baselines_train_on_l1_plus_the_task_loss_at_weight_one(name):
   np.testing.assert_allclose(float(m["recognition"]), ce, rtol=1e-4)
   np.testing.assert_allclose(float(m["loss"]), l1 + ce, rtol=1e-4)
   assert "pixel_mse" not in m
+
+
+def test_warm_up_in_epochs_counts_the_trainers_steps():
+  c = _config(warmup_epochs=2.5)
+  config_lib.validate(c)
+  assert sr4ir.warmup_steps(c, steps_per_epoch=4) == 10
+  assert sr4ir.warmup_steps(_config(warmup_steps=7), steps_per_epoch=4) == 7
+  with pytest.raises(ValueError, match="steps per epoch"):
+    sr4ir.warmup_steps(c, steps_per_epoch=None)
+  with pytest.raises(ValueError, match="both warmup_steps and warmup_epochs"):
+    config_lib.validate(_config(warmup_epochs=1.0, warmup_steps=3))

@@ -88,6 +88,7 @@ class Setup:
   optimizers: Mapping[str, optax.GradientTransformation]   # trained network -> its optimizer
   input_shape: tuple[int, ...]                    # one processor input, e.g. (56, 56, 3)
   device_stage: Callable[[Batch], Batch] | None = None     # makes a missing "input" on device
+  steps_per_epoch: int | None = None              # the trainer's (None outside it: epoch settings then fail)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,16 @@ Both updates run in one step: S first, then T on the outputs of the updated S. C
 SR and clean images on a coarse grid of `cqmix_cells` x `cqmix_cells` cells, each cell taken
 from the SR image with probability 1/2 (a Bernoulli mask upsampled by nearest neighbour).
 The TDP (task-driven perceptual) term compares T's named features (`tdp_layers`, weighted by
-`tdp_weights`) and is gated off during the first `warmup_steps` steps (a gate inside the step).
+`tdp_weights`) and is gated off during the first `warmup_steps` steps, or `warmup_epochs` epochs of
+the trainer's data (SR4IR's setting; a gate inside the step).
+
+SR4IR's baselines (its Table 1 rows) are registered here too, as rajax's methods with its objective:
+
+    sr4ir_s_then_t   T: L(T(S(x))), S fixed (recognizer_on_processor's step)
+    sr4ir_t_then_s   S: L1(S(x), y) + lam * L(T(S(x))), T fixed: trained on clean images (ra's step)
+    sr4ir_joint      S and T: L1(S(x), y) + lam * L(T(S(x))), one backward pass (ra_joint's step)
+
+with lam 1 (the official options' loss weights).
 """
 
 from __future__ import annotations
@@ -56,12 +65,24 @@ def _tdp_settings(config, task):
   return layers, weights
 
 
+def warmup_steps(config, steps_per_epoch: int | None) -> int:
+  """The steps the TDP term is off: config.method.warmup_epochs (SR4IR's setting, in epochs of the
+  trainer's data) when set, else config.method.warmup_steps."""
+  epochs = float(config.method.get("warmup_epochs", 0.0) or 0.0)
+  if epochs:
+    if not steps_per_epoch:
+      raise ValueError("config.method.warmup_epochs needs the trainer's steps per epoch (Setup.steps_per_epoch); "
+                       "outside rajax.train set config.method.warmup_steps instead.")
+    return int(round(epochs * steps_per_epoch))
+  return int(config.method.warmup_steps)
+
+
 def make_sr4ir(setup: base.Setup) -> base.Method:
   config, modules = setup.config, setup.modules
   rec, proc = modules["recognizer"], modules["processor"]
   task = base.task_of(rec)
   layers, weights = _tdp_settings(config, task)
-  warmup = int(config.method.warmup_steps)
+  warmup = warmup_steps(config, setup.steps_per_epoch)
   cells = int(config.method.cqmix_cells)
   smoothing = config.method.label_smoothing
 
@@ -122,8 +143,11 @@ def _validate(config) -> list[str]:
   m, problems = config.method, alternatives._validate(config)
   if not int(m.get("cqmix_cells", 1)) >= 1:
     problems.append(f"config.method.cqmix_cells={m.cqmix_cells} must be a positive number of cells per side")
-  if int(m.get("warmup_steps", 0)) < 0:
-    problems.append(f"config.method.warmup_steps={m.warmup_steps} must be >= 0")
+  if int(m.get("warmup_steps", 0)) < 0 or float(m.get("warmup_epochs", 0.0) or 0.0) < 0:
+    problems.append(f"config.method.warmup_steps={m.warmup_steps} and warmup_epochs={m.get('warmup_epochs')} must "
+                    "be >= 0")
+  if m.get("warmup_epochs") and m.get("warmup_steps"):
+    problems.append("config.method sets both warmup_steps and warmup_epochs: set one (the other 0)")
   if m.get("tdp_weights") and len(m.tdp_weights) != len(m.get("tdp_layers") or ()):
     problems.append(f"config.method.tdp_weights={tuple(m.tdp_weights)} needs one weight per layer of "
                     f"config.method.tdp_layers={tuple(m.get('tdp_layers') or ())}")
@@ -171,6 +195,6 @@ METHODS = {
         name="sr4ir", title="SR4IR",
         summary="S: L1 + TDP(T); T: 0.34 * (L(T(sr)) + L(T(hr)) + L(T(cqmix))), in turn",
         trains=("processor", "recognizer"), frozen=(), validate=_validate, make=make_sr4ir,
-        defaults=lambda: dict(tdp_layers=(), tdp_weights=(), warmup_steps=0, cqmix_cells=4, label_smoothing=0.0,
-                              recognizer_bn="batch")),
+        defaults=lambda: dict(tdp_layers=(), tdp_weights=(), warmup_steps=0, warmup_epochs=0.0, cqmix_cells=4,
+                              label_smoothing=0.0, recognizer_bn="batch")),
 }
