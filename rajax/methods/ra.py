@@ -267,7 +267,7 @@ def make_method(settings: Settings, modules, optimizers, input_shape, *, device_
 
 
 def _defaults(*fields: str) -> Callable[[], dict[str, Any]]:
-  values = {"lam": None, "distance": "prob_mse", "label_smoothing": 0.0, "min_confidence": 0.0}
+  values = {"lam": None, "distance": "prob_mse", "label_smoothing": 0.0, "min_confidence": 0.0, "pixel_loss": "mse"}
   return lambda: {f: values[f] for f in fields}
 
 
@@ -292,8 +292,8 @@ def _validate(config, mode: str | None = None, default_lam: float | None = None)
 _SHARED = ("label_smoothing", "min_confidence")
 METHODS = {
     "plain": base.MethodSpec(
-        name="plain", title="plain", summary="P: MSE(P(x), y)", trains=("processor",), frozen=(),
-        defaults=_defaults("lam"), validate=_validate, make=make, recognition_loss=False),
+        name="plain", title="plain", summary="P: MSE(P(x), y) (or L1: method.pixel_loss)", trains=("processor",),
+        frozen=(), defaults=_defaults("lam", "pixel_loss"), validate=_validate, make=make, recognition_loss=False),
     "ra": base.MethodSpec(
         name="ra", title="RA", summary="P: MSE(P(x), y) + lam * L(R(P(x)), label)", trains=("processor",),
         frozen=("recognizer",), defaults=_defaults("lam", *_SHARED), validate=_validate, make=make),
