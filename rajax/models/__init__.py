@@ -7,6 +7,7 @@ from typing import Any
 
 from flax import linen as nn
 
+from rajax.models.edsr import EDSR
 from rajax.models.layers import as_dtype
 from rajax.models.recognizers import IMAGENET_MEAN, IMAGENET_STD, Recognizer, recognizer
 from rajax.models.srresnet import SRResNet
@@ -15,6 +16,7 @@ from rajax.models.resnet_generator import ResnetGenerator
 PROCESSORS: dict[str, type[nn.Module]] = {
     "srresnet": SRResNet,
     "resnet_generator": ResnetGenerator,
+    "edsr": EDSR,
 }
 
 
@@ -38,6 +40,6 @@ def processor(name: str, **kwargs: Any) -> nn.Module:
 
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "PROCESSORS", "Recognizer", "ResnetGenerator", "SRResNet",
+    "EDSR", "IMAGENET_MEAN", "IMAGENET_STD", "PROCESSORS", "Recognizer", "ResnetGenerator", "SRResNet",
     "processor", "recognizer",
 ]

@@ -30,7 +30,7 @@ from rajax.weights.errors import WeightsError, mismatch_error
 
 # Wrappers that training frameworks put around a model's keys.
 _PREFIXES = ("module.", "_orig_mod.")
-_CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net", "params")
+_CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net", "params", "params_ema")
 
 _LEAF_TO_TORCH = {
     ("params", "kernel"): "weight",
@@ -47,7 +47,8 @@ _LEAF_TO_TORCH = {
 def state_dict_of(obj: Any, *, source: str) -> dict[str, np.ndarray]:
   """The flat {name: array} state dict inside a loaded checkpoint object.
 
-  Accepts a bare state dict or one nested under a usual key ("state_dict", "model", ...), and
+  Accepts a bare state dict or one nested under a usual key ("state_dict", "model", ...; BasicSR's
+  "params" before its "params_ema"), and
   strips the "module." (DataParallel) and "_orig_mod." (torch.compile) prefixes.
   """
   sd = obj
