@@ -2,24 +2,35 @@
 
 Run once, with torch 2.13.0 and NumPy in the interpreter:
 
-    /tmp/torchvenv/bin/python tests/reference/make_sr_processors.py --edsr DIR [--swinir DIR]
+    PYTHONPATH=STUBS /tmp/torchvenv/bin/python tests/reference/make_sr_processors.py --edsr DIR [--swinir DIR]
 
 --edsr DIR: a folder holding the official EDSR code as `model/edsr.py` and `model/common.py`
 (sanghyun-son/EDSR-PyTorch, src/model/; the script imports `model.edsr`), with common.py's
 `default_conv(in_channels, out_channels, kernel_size, bias=True)` as on the master branch (a copy
 whose default_conv takes a dilation before `bias` breaks the Upsampler's positional call). --swinir DIR: a folder
 holding the official `network_swinir.py` (JingyunLiang/SwinIR, models/); it imports timm's
-`DropPath`, `to_2tuple` and `trunc_normal_`. Neither is copied into this repository.
+`DropPath`, `to_2tuple` and `trunc_normal_` (timm 1.0 installed with --no-deps needs torchvision to
+import; a stand-in `timm/models/layers.py` on PYTHONPATH with those three names serves as well:
+DropPath is the identity in eval mode and trunc_normal_ only draws the initial weights, which are
+redrawn here). Neither is copied into this repository.
 
 Every setting builds the official model with small options, draws its weights from a fixed seed
 (torch.manual_seed, torch's default initialisation, then every bias and norm parameter perturbed so
 that none is zero or one), saves the state dict next to this script under sr_processors/, as the
-official training code saves it (EDSR: the bare state dict; SwinIR: under "params"), and records
+official training code saves it (EDSR: the bare state dict, a .pt file), and records
 the model's output on one fixed input (2 x 12 x 12 x 3 NHWC in [0, 1], np.random.default_rng(0);
 SwinIR: 2 x 8 x 8 x 3 after default_rng(1)) in float64, stored as float32 in sr_processors.npz,
 keyed by setting name. EDSR sees the input times rgb_range and its output is divided by rgb_range,
 as the official test code does. One EDSR state dict is also written in BasicSR's layout (its key
 names, wrapped under "params", no MeanShift tensors) to pin that layout's reader.
+
+SwinIR fixes its upsampler's width at 64 features, so even a tiny SwinIR holds a 64 -> 256 conv
+(150k weights, 600 KB as a .pth). Its state dict (every tensor torch saves, buffers included) is
+therefore stored as sr_processors/<name>_state_dict.npz instead, with the Linear weights redrawn
+at unit-variance scale (N(0, 1/fan_in)) so that attention is far from uniform, the relative position
+bias tables from N(0, 0.5), and that large conv kept sparse and on a coarse grid (90% zeros, the
+rest ten times torch's default draw, rounded to multiples of 1/64) so the file compresses; the tests wrap it under "params" as the official
+checkpoints are and read it through the same converter.
 """
 
 import argparse
@@ -57,14 +68,27 @@ def swinir_input() -> np.ndarray:
 
 
 def seed_weights(model: torch.nn.Module, seed: int) -> None:
-  """Default init from `seed`, then biases and norm weights moved off 0 and 1 (buffers untouched)."""
+  """Default init from `seed`, then biases and norm weights moved off 0 and 1 (buffers untouched).
+
+  SwinIR's too-small initial values are redrawn (see the module docstring): Linear weights from
+  N(0, 1/fan_in), relative position bias tables from N(0, 0.5), and convs of over 50k weights made
+  sparse on a 1/64 grid.
+  """
   g = torch.Generator().manual_seed(seed + 1000)
   with torch.no_grad():
     for name, p in model.named_parameters():
       if name.endswith("bias") or p.ndim == 1:
         p.add_(torch.empty(p.shape).uniform_(-0.2, 0.2, generator=g))
-      if "relative_position_bias_table" in name:
+      elif "relative_position_bias_table" in name:
         p.copy_(torch.empty(p.shape).normal_(0.0, 0.5, generator=g))
+    for module in model.modules():
+      if isinstance(module, torch.nn.Linear) and hasattr(model, "layers"):  # SwinIR
+        w = module.weight
+        w.copy_(torch.empty(w.shape).normal_(0.0, w.shape[1] ** -0.5, generator=g))
+      if isinstance(module, torch.nn.Conv2d) and module.weight.numel() > 50_000:
+        w = module.weight
+        keep = torch.rand(w.shape, generator=g) < 0.1
+        w.copy_(torch.where(keep, torch.round(w * 64 * 10) / 64, torch.zeros(())))
 
 
 def run_nhwc(model, x: np.ndarray, gain: float) -> np.ndarray:
@@ -129,9 +153,11 @@ def make_swinir(code_dir: str, outputs: dict) -> None:
     torch.manual_seed(100 + seed)
     model = network_swinir.SwinIR(**opts)
     seed_weights(model, 100 + seed)
-    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    torch.save({"params": sd}, OUT / f"{name}.pth")
+    sd = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    np.savez_compressed(OUT / f"{name}_state_dict.npz", **sd)
     outputs[name] = run_nhwc(model, x, 1.0)
+    # a size that is no multiple of the window: the official forward reflect-pads, then crops
+    outputs[f"{name}_6x7"] = run_nhwc(model, x[:, :6, :7], 1.0)
 
 
 def main() -> None:
