@@ -1,10 +1,12 @@
-"""EDSR (and SwinIR) processors against their official PyTorch code, through the real checkpoint reader.
+"""EDSR and SwinIR processors against their official PyTorch code, through the real checkpoint reader.
 
 tests/reference/make_sr_processors.py built the official models with small settings and seeded
 weights, saved their state dicts as the official code does (tests/reference/sr_processors/) and
 recorded their outputs on one fixed input (tests/reference/sr_processors.npz). Here rajax reads
 those files without torch, as `rajax.networks.load_variables` does for config.init_processor, and
-must reproduce torch's outputs to 1e-5 of their largest magnitude.
+must reproduce torch's outputs to 1e-5 of their largest magnitude. SwinIR's state dict is an .npz
+(see the fixture script), wrapped under "params" here as in the official files and read through the
+same unwrapping and conversion.
 """
 
 import pathlib
@@ -17,9 +19,9 @@ import pytest
 
 from rajax import config as config_lib
 from rajax import networks
-from rajax.models import PROCESSORS, layers, processor
+from rajax.models import PROCESSORS, layers, processor, swinir
 from rajax.models.edsr import EDSR
-from rajax.weights import WeightsError
+from rajax.weights import WeightsError, convert
 
 REF = pathlib.Path(__file__).resolve().parent / "reference"
 FILES = REF / "sr_processors"
@@ -150,3 +152,70 @@ def test_edsr_options_and_registry():
   assert y.shape == (1, 16, 16, 3) and y.dtype == jnp.float32
   assert sorted(params["params"]) == ["body_0", "body_conv", "head", "tail", "up_0", "up_1", "up_2"]
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+
+
+# SwinIR: the official network_swinir.py at x2 (upsampler="pixelshuffle", resi_connection="1conv")
+SWINIR = dict(scale=2, embed_dim=12, depths=(2, 2), num_heads=(2, 2), window_size=4, img_size=8, mlp_ratio=2)
+
+
+@pytest.fixture(scope="module")
+def swinir_state_dict():
+  with np.load(FILES / "swinir_x2_state_dict.npz") as f:
+    return convert.state_dict_of({"params": dict(f)}, source="swinir_x2")  # as the official files wrap it
+
+
+def _swinir_variables(net, state_dict, size=8):
+  template = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
+  return convert.from_torch(net.rename_torch_keys(state_dict), template, net.torch_key,
+                            source="swinir_x2")
+
+
+def test_swinir_matches_official_torch(ref, swinir_state_dict):
+  net = processor("swinir", **SWINIR)
+  variables = _swinir_variables(net, swinir_state_dict)
+  _close(net.apply(variables, ref["swinir_input"]), ref["swinir_x2"])
+  # 6x7 is reflect-padded to 8x8, as the official forward does, and the output cropped to 12x14
+  _close(net.apply(variables, ref["swinir_input"][:, :6, :7]), ref["swinir_x2_6x7"])
+
+
+def test_swinir_shift_mask_and_index_are_the_official_buffers(swinir_state_dict):
+  sd = swinir_state_dict
+  np.testing.assert_array_equal(swinir.shift_mask(8, 8, 4, 2), sd["layers.0.residual_group.blocks.1.attn_mask"])
+  np.testing.assert_array_equal(swinir.relative_position_index(4),
+                                sd["layers.1.residual_group.blocks.0.attn.relative_position_index"])
+
+
+def test_swinir_wrong_settings_name_the_keys(swinir_state_dict):
+  with pytest.raises(WeightsError, match=r"relative_position_index.*window_size"):
+    _swinir_variables(processor("swinir", **{**SWINIR, "window_size": 2}), swinir_state_dict)
+  with pytest.raises(WeightsError) as e:
+    _swinir_variables(processor("swinir", **{**SWINIR, "scale": 4}), swinir_state_dict)
+  assert "missing keys" in str(e.value) and "upsample.2.weight" in str(e.value)
+  with pytest.raises(WeightsError) as e:
+    _swinir_variables(processor("swinir", **{**SWINIR, "depths": (2,), "num_heads": (2,)}), swinir_state_dict)
+  assert "unexpected keys" in str(e.value) and "layers.1.conv.weight" in str(e.value)
+  with pytest.raises(WeightsError) as e:  # an EDSR file is no SwinIR
+    _load(processor("swinir", **SWINIR), FILES / "edsr_x2.pt", size=8)
+  assert "conv_first.weight" in str(e.value) and "head.0.weight" in str(e.value)
+
+
+def test_swinir_jit_input_gradient_and_options(swinir_state_dict):
+  net = processor("swinir", **SWINIR)
+  variables = _swinir_variables(net, swinir_state_dict)
+  x = jnp.asarray(np.random.default_rng(5).random((1, 8, 8, 3), np.float32))
+
+  @jax.jit
+  def value_and_grad(v, x):
+    return jax.value_and_grad(lambda x: jnp.mean(net.apply(v, x) ** 2))(x)
+
+  loss, g = value_and_grad(variables, x)
+  assert np.isfinite(loss) and np.all(np.isfinite(g)) and np.abs(g).max() > 0
+  assert PROCESSORS["swinir"] is swinir.SwinIR
+  with pytest.raises(ValueError, match="scale must be one of"):
+    processor("swinir", scale=1)
+  with pytest.raises(ValueError, match="one num_heads entry per RSTB"):
+    processor("swinir", depths=(2, 2), num_heads=(2,))
+  with pytest.raises(ValueError, match="divisible"):
+    processor("swinir", embed_dim=10, depths=(2,), num_heads=(3,))
+  with pytest.raises(ValueError, match="reflect-pads"):
+    net.init(jax.random.key(0), jnp.zeros((1, 2, 8, 3)))

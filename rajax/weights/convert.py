@@ -9,6 +9,7 @@ architecture module provides `torch_key(flax_module_path) -> torch_module_prefix
     params/bias         <- bias
     params/scale        <- weight (BatchNorm / LayerNorm)
     params/negative_slope <- weight (PReLU)
+    params/relative_position_bias_table <- relative_position_bias_table (Swin window attention)
     batch_stats/mean    <- running_mean
     batch_stats/var     <- running_var
     batch_stats/scale   <- weight   (frozen BatchNorm: torchvision's FrozenBatchNorm2d keeps its
@@ -37,6 +38,7 @@ _LEAF_TO_TORCH = {
     ("params", "bias"): "bias",
     ("params", "scale"): "weight",
     ("params", "negative_slope"): "weight",
+    ("params", "relative_position_bias_table"): "relative_position_bias_table",   # Swin attention
     ("batch_stats", "mean"): "running_mean",
     ("batch_stats", "var"): "running_var",
     ("batch_stats", "scale"): "weight",
