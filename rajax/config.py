@@ -216,7 +216,8 @@ def base(*, task: str = "sr", method: str = "ra", recognizer: str = "resnet18") 
   c.classes = ml_collections.ConfigDict(dict(half="", seed=0))
 
   c.processor = ml_collections.ConfigDict(dict(name="srresnet", blocks=5, channels=64))
-  # Flax variables (.msgpack, e.g. another run's processor.msgpack) to start P from; None: random init.
+  # Flax variables (.msgpack, e.g. another run's processor.msgpack; for EDSR also an official or BasicSR
+  # .pt/.pth) to start P from; None: random init.
   c.init_processor = config_dict.placeholder(str)
   c.transformer = ml_collections.ConfigDict(dict(name="resnet_generator", blocks=6, channels=64))
   c.recognizer = ml_collections.ConfigDict(dict(name=recognizer, num_classes=1000))

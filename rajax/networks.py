@@ -4,7 +4,7 @@ Network names are roles, each built from the config section of the same name:
 
   processor    P, `rajax.processor(config.processor.name, ...)`; its upscaling factor is the task's
                (`config.degrade.scale` for SR, 1 otherwise); `config.init_processor` starts it from a
-               saved run's processor.msgpack;
+               saved run's processor.msgpack (or, for EDSR, an official or BasicSR .pt/.pth file);
   transformer  T, a processor of scale 1 between P and R (`config.transformer`);
   recognizer   R, `rajax.recognizer(config.recognizer.name, config.recognizer.weights, ...)`: frozen by
                most methods, trained by some (then it starts from those weights; weights="random" is
@@ -52,6 +52,14 @@ def _fields(processor_name: str) -> list[str]:
   return [f.name for f in dataclasses.fields(PROCESSORS[processor_name])]
 
 
+def _common_for(processor_name: str, common: dict[str, Any]) -> dict[str, Any]:
+  """The run-wide options (dtype, bn_stats) that processor `processor_name` has (EDSR has no BatchNorm)."""
+  if processor_name not in PROCESSORS:
+    return common  # rajax.processor names the unknown processor
+  fields = _fields(processor_name)
+  return {k: v for k, v in common.items() if k in fields}
+
+
 def recognition_task(config: ml_collections.ConfigDict) -> str:
   """The task of config.recognizer ("classification", "detection", "segmentation"), from its name alone."""
   from rajax import tasks
@@ -66,10 +74,12 @@ def module(config: ml_collections.ConfigDict, name: str):
     if "scale" in _fields(config.processor.name):
       kwargs["scale"] = scale(config)
     elif config.task == "sr":
-      raise NetworkError(f"config.processor.name={config.processor.name!r} cannot upscale; use 'srresnet' for task 'sr'.")
-    return processor(config.processor.name, **common, **kwargs)
+      raise NetworkError(f"config.processor.name={config.processor.name!r} cannot upscale; use 'srresnet' or 'edsr' "
+                         "for task 'sr'.")
+    return processor(config.processor.name, **_common_for(config.processor.name, common), **kwargs)
   if name == "transformer":
-    return processor(config.transformer.name, **common, **options(config.transformer))
+    return processor(config.transformer.name, **_common_for(config.transformer.name, common),
+                     **options(config.transformer))
   if name == "recognizer":
     return recognizer(config.recognizer.name, config.recognizer.weights, dtype=config.compute_dtype,
                       seed=config.seed, **options(config.recognizer, "weights", "loss"))
@@ -101,10 +111,18 @@ def initial_variables(config: ml_collections.ConfigDict, spec: base.MethodSpec, 
 
 
 def load_variables(net, path: str, shape: tuple[int, ...], *, what: str) -> dict[str, Any]:
-  """Flax variables {"params", "batch_stats"} of linen module `net` from a .msgpack file, checked."""
+  """Flax variables {"params", "batch_stats"} of linen module `net` from a file, checked.
+
+  A .msgpack file holds rajax's own variables. A PyTorch file (.pt, .pth, ...) is read for
+  processors that name their torch layout with `torch_key` (and `rename_torch_keys` when they read
+  several layouts), e.g. EDSR's official and BasicSR checkpoints.
+  """
   x = jnp.zeros((1, *shape), jnp.float32)
   template = jax.eval_shape(lambda: base.init_variables(net, jax.random.key(0), x))
-  return jax.tree.map(jnp.asarray, weights_lib.load(path, template, what=what))
+  loaded = weights_lib.load(path, template, what=what, torch_key=getattr(net, "torch_key", None),
+                            rename_torch_keys=getattr(net, "rename_torch_keys", None))
+  loaded = {"params": loaded["params"], "batch_stats": loaded.get("batch_stats", {})}  # EDSR has no batch_stats
+  return jax.tree.map(jnp.asarray, loaded)
 
 
 def frozen_networks(config: ml_collections.ConfigDict, spec: base.MethodSpec, *, evaluation: bool = False

@@ -7,14 +7,18 @@ from typing import Any
 
 from flax import linen as nn
 
+from rajax.models.edsr import EDSR
 from rajax.models.layers import as_dtype
 from rajax.models.recognizers import IMAGENET_MEAN, IMAGENET_STD, Recognizer, recognizer
 from rajax.models.srresnet import SRResNet
 from rajax.models.resnet_generator import ResnetGenerator
+from rajax.models.swinir import SwinIR
 
 PROCESSORS: dict[str, type[nn.Module]] = {
     "srresnet": SRResNet,
     "resnet_generator": ResnetGenerator,
+    "edsr": EDSR,
+    "swinir": SwinIR,
 }
 
 
@@ -38,6 +42,6 @@ def processor(name: str, **kwargs: Any) -> nn.Module:
 
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "PROCESSORS", "Recognizer", "ResnetGenerator", "SRResNet",
+    "EDSR", "IMAGENET_MEAN", "IMAGENET_STD", "PROCESSORS", "Recognizer", "ResnetGenerator", "SRResNet", "SwinIR",
     "processor", "recognizer",
 ]

@@ -160,6 +160,22 @@ def reflect_pad(x: jax.Array, pad: int) -> jax.Array:
   return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
 
 
+def pixel_shuffle(x: jax.Array, r: int) -> jax.Array:
+  """torch.nn.PixelShuffle(r) on NHWC: [B, h, w, C*r*r] -> [B, h*r, w*r, C].
+
+  Channels keep PyTorch's order: out[b, h*r + i, w*r + j, c] = x[b, h, w, c*r*r + i*r + j], so a
+  convolution loaded from a torch checkpoint feeds it unchanged (dm-pix's `depth_to_space` instead
+  reads channel (i*r + j)*C + c).
+  """
+  b, h, w, crr = x.shape
+  if r < 1 or crr % (r * r):
+    raise ValueError(f"pixel_shuffle({r}) needs a channel count divisible by {r * r}, got shape {tuple(x.shape)}.")
+  c = crr // (r * r)
+  y = x.reshape(b, h, w, c, r, r)
+  y = jnp.transpose(y, (0, 1, 4, 2, 5, 3))  # b, h, i, w, j, c
+  return y.reshape(b, h * r, w * r, c)
+
+
 def check_images(x: jax.Array, *, who: str, channels: int = 3) -> None:
   """Raises a ValueError naming `who` unless `x` is a batch of NHWC images with `channels` channels."""
   if x.ndim != 4 or x.shape[-1] != channels:

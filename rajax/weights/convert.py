@@ -9,6 +9,7 @@ architecture module provides `torch_key(flax_module_path) -> torch_module_prefix
     params/bias         <- bias
     params/scale        <- weight (BatchNorm / LayerNorm)
     params/negative_slope <- weight (PReLU)
+    params/relative_position_bias_table <- relative_position_bias_table (Swin window attention)
     batch_stats/mean    <- running_mean
     batch_stats/var     <- running_var
     batch_stats/scale   <- weight   (frozen BatchNorm: torchvision's FrozenBatchNorm2d keeps its
@@ -30,13 +31,14 @@ from rajax.weights.errors import WeightsError, mismatch_error
 
 # Wrappers that training frameworks put around a model's keys.
 _PREFIXES = ("module.", "_orig_mod.")
-_CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net", "params")
+_CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net", "params", "params_ema")
 
 _LEAF_TO_TORCH = {
     ("params", "kernel"): "weight",
     ("params", "bias"): "bias",
     ("params", "scale"): "weight",
     ("params", "negative_slope"): "weight",
+    ("params", "relative_position_bias_table"): "relative_position_bias_table",   # Swin attention
     ("batch_stats", "mean"): "running_mean",
     ("batch_stats", "var"): "running_var",
     ("batch_stats", "scale"): "weight",
@@ -47,7 +49,8 @@ _LEAF_TO_TORCH = {
 def state_dict_of(obj: Any, *, source: str) -> dict[str, np.ndarray]:
   """The flat {name: array} state dict inside a loaded checkpoint object.
 
-  Accepts a bare state dict or one nested under a usual key ("state_dict", "model", ...), and
+  Accepts a bare state dict or one nested under a usual key ("state_dict", "model", ...; BasicSR's
+  "params" before its "params_ema"), and
   strips the "module." (DataParallel) and "_orig_mod." (torch.compile) prefixes.
   """
   sd = obj

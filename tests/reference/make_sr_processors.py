@@ -1,0 +1,180 @@
+"""Makes the fixtures that pin rajax's EDSR (and SwinIR) processors to their official PyTorch code.
+
+Run once, with torch 2.13.0 and NumPy in the interpreter:
+
+    PYTHONPATH=STUBS /tmp/torchvenv/bin/python tests/reference/make_sr_processors.py --edsr DIR [--swinir DIR]
+
+--edsr DIR: a folder holding the official EDSR code as `model/edsr.py` and `model/common.py`
+(sanghyun-son/EDSR-PyTorch, src/model/; the script imports `model.edsr`), with common.py's
+`default_conv(in_channels, out_channels, kernel_size, bias=True)` as on the master branch (a copy
+whose default_conv takes a dilation before `bias` breaks the Upsampler's positional call). --swinir DIR: a folder
+holding the official `network_swinir.py` (JingyunLiang/SwinIR, models/); it imports timm's
+`DropPath`, `to_2tuple` and `trunc_normal_` (timm 1.0 installed with --no-deps needs torchvision to
+import; a stand-in `timm/models/layers.py` on PYTHONPATH with those three names serves as well:
+DropPath is the identity in eval mode and trunc_normal_ only draws the initial weights, which are
+redrawn here). Neither is copied into this repository.
+
+Every setting builds the official model with small options, draws its weights from a fixed seed
+(torch.manual_seed, torch's default initialisation, then every bias and norm parameter perturbed so
+that none is zero or one), saves the state dict next to this script under sr_processors/, as the
+official training code saves it (EDSR: the bare state dict, a .pt file), and records
+the model's output on one fixed input (2 x 12 x 12 x 3 NHWC in [0, 1], np.random.default_rng(0);
+SwinIR: 2 x 8 x 8 x 3 after default_rng(1)) in float64, stored as float32 in sr_processors.npz,
+keyed by setting name. EDSR sees the input times rgb_range and its output is divided by rgb_range,
+as the official test code does. One EDSR state dict is also written in BasicSR's layout (its key
+names, wrapped under "params", no MeanShift tensors) to pin that layout's reader.
+
+SwinIR fixes its upsampler's width at 64 features, so even a tiny SwinIR holds a 64 -> 256 conv
+(150k weights, 600 KB as a .pth). Its state dict (every tensor torch saves, buffers included) is
+therefore stored as sr_processors/<name>_state_dict.npz instead, with the Linear weights redrawn
+at unit-variance scale (N(0, 1/fan_in)) so that attention is far from uniform, the relative position
+bias tables from N(0, 0.5), and that large conv kept sparse and on a coarse grid (90% zeros, the
+rest ten times torch's default draw, rounded to multiples of 1/64) so the file compresses; the tests wrap it under "params" as the official
+checkpoints are and read it through the same converter.
+"""
+
+import argparse
+import pathlib
+import sys
+import types
+
+import numpy as np
+import torch
+
+HERE = pathlib.Path(__file__).resolve().parent
+OUT = HERE / "sr_processors"
+
+# name -> EDSR options (the official args fields)
+EDSR_SETTINGS = {
+    "edsr_x2": dict(scale=2, n_resblocks=2, n_feats=8, res_scale=1.0, rgb_range=255),
+    "edsr_x3": dict(scale=3, n_resblocks=2, n_feats=8, res_scale=0.1, rgb_range=255),
+    "edsr_x4": dict(scale=4, n_resblocks=2, n_feats=8, res_scale=1.0, rgb_range=255),
+}
+BASICSR_FROM = "edsr_x4"
+
+SWINIR_SETTINGS = {
+    "swinir_x2": dict(upscale=2, in_chans=3, img_size=8, window_size=4, img_range=1.0, depths=[2, 2],
+                      embed_dim=12, num_heads=[2, 2], mlp_ratio=2, upsampler="pixelshuffle",
+                      resi_connection="1conv"),
+}
+
+
+def edsr_input() -> np.ndarray:
+  return np.random.default_rng(0).random((2, 12, 12, 3)).astype(np.float32)
+
+
+def swinir_input() -> np.ndarray:
+  return np.random.default_rng(1).random((2, 8, 8, 3)).astype(np.float32)
+
+
+def seed_weights(model: torch.nn.Module, seed: int) -> None:
+  """Default init from `seed`, then biases and norm weights moved off 0 and 1 (buffers untouched).
+
+  SwinIR's too-small initial values are redrawn (see the module docstring): Linear weights from
+  N(0, 1/fan_in), relative position bias tables from N(0, 0.5), and convs of over 50k weights made
+  sparse on a 1/64 grid.
+  """
+  g = torch.Generator().manual_seed(seed + 1000)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if name.endswith("bias") or p.ndim == 1:
+        p.add_(torch.empty(p.shape).uniform_(-0.2, 0.2, generator=g))
+      elif "relative_position_bias_table" in name:
+        p.copy_(torch.empty(p.shape).normal_(0.0, 0.5, generator=g))
+    for module in model.modules():
+      if isinstance(module, torch.nn.Linear) and hasattr(model, "layers"):  # SwinIR
+        w = module.weight
+        w.copy_(torch.empty(w.shape).normal_(0.0, w.shape[1] ** -0.5, generator=g))
+      if isinstance(module, torch.nn.Conv2d) and module.weight.numel() > 50_000:
+        w = module.weight
+        keep = torch.rand(w.shape, generator=g) < 0.1
+        w.copy_(torch.where(keep, torch.round(w * 64 * 10) / 64, torch.zeros(())))
+
+
+def run_nhwc(model, x: np.ndarray, gain: float) -> np.ndarray:
+  model = model.double().eval()
+  with torch.no_grad():
+    y = model(torch.from_numpy(x.astype(np.float64)).permute(0, 3, 1, 2) * gain) / gain
+  return y.permute(0, 2, 3, 1).numpy().astype(np.float32)
+
+
+def basicsr_edsr_keys(sd: dict, blocks: int) -> dict:
+  """Official EDSR names -> BasicSR's (archs/edsr_arch.py), MeanShift tensors dropped."""
+  out = {}
+  for k, v in sd.items():
+    parts = k.split(".")
+    if parts[0] in ("sub_mean", "add_mean"):
+      continue
+    if parts[0] == "head":
+      nk = f"conv_first.{parts[-1]}"
+    elif parts[0] == "body" and int(parts[1]) == blocks:
+      nk = f"conv_after_body.{parts[-1]}"
+    elif parts[0] == "body":
+      nk = f"body.{parts[1]}.{'conv1' if parts[3] == '0' else 'conv2'}.{parts[-1]}"
+    elif k.startswith("tail.0."):
+      nk = f"upsample.{parts[2]}.{parts[-1]}"
+    elif k.startswith("tail.1."):
+      nk = f"conv_last.{parts[-1]}"
+    else:
+      raise KeyError(k)
+    out[nk] = v
+  return out
+
+
+def make_edsr(code_dir: str, outputs: dict) -> None:
+  sys.path.insert(0, code_dir)
+  from model import edsr  # the official src/model/edsr.py
+
+  x = edsr_input()
+  outputs["edsr_input"] = x
+  for seed, (name, opts) in enumerate(EDSR_SETTINGS.items()):
+    args = types.SimpleNamespace(n_resblocks=opts["n_resblocks"], n_feats=opts["n_feats"], scale=[opts["scale"]],
+                                 rgb_range=opts["rgb_range"], n_colors=3, res_scale=opts["res_scale"])
+    torch.manual_seed(seed)
+    model = edsr.EDSR(args)
+    seed_weights(model, seed)
+    for p in ("sub_mean", "add_mean"):  # keep MeanShift exactly the constants the official code sets
+      ref = edsr.common.MeanShift(args.rgb_range, sign=1 if p == "add_mean" else -1)
+      getattr(model, p).load_state_dict(ref.state_dict())
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    torch.save(sd, OUT / f"{name}.pt")
+    if name == BASICSR_FROM:
+      torch.save({"params": basicsr_edsr_keys(sd, opts["n_resblocks"])}, OUT / f"{name}_basicsr.pth")
+    outputs[name] = run_nhwc(model, x, float(opts["rgb_range"]))
+
+
+def make_swinir(code_dir: str, outputs: dict) -> None:
+  sys.path.insert(0, code_dir)
+  import network_swinir  # the official models/network_swinir.py
+
+  x = swinir_input()
+  outputs["swinir_input"] = x
+  for seed, (name, opts) in enumerate(SWINIR_SETTINGS.items()):
+    torch.manual_seed(100 + seed)
+    model = network_swinir.SwinIR(**opts)
+    seed_weights(model, 100 + seed)
+    sd = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    np.savez_compressed(OUT / f"{name}_state_dict.npz", **sd)
+    outputs[name] = run_nhwc(model, x, 1.0)
+    # a size that is no multiple of the window: the official forward reflect-pads, then crops
+    outputs[f"{name}_6x7"] = run_nhwc(model, x[:, :6, :7], 1.0)
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--edsr", required=True, help="folder with the official model/edsr.py and model/common.py")
+  ap.add_argument("--swinir", help="folder with the official network_swinir.py")
+  a = ap.parse_args()
+  OUT.mkdir(exist_ok=True)
+  torch.set_num_threads(1)
+  outputs = {}
+  make_edsr(a.edsr, outputs)
+  if a.swinir:
+    make_swinir(a.swinir, outputs)
+  np.savez_compressed(HERE / "sr_processors.npz", **outputs)
+  for k, v in outputs.items():
+    print(f"{k}: {v.shape} max |y| {np.abs(v).max():.4f}")
+
+
+if __name__ == "__main__":
+  main()
