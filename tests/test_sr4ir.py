@@ -188,3 +188,32 @@ def test_warm_up_in_epochs_counts_the_trainers_steps():
     sr4ir.warmup_steps(c, steps_per_epoch=None)
   with pytest.raises(ValueError, match="both warmup_steps and warmup_epochs"):
     config_lib.validate(_config(warmup_epochs=1.0, warmup_steps=3))
+
+
+@pytest.mark.parametrize("task", ["cls", "seg", "det"])
+def test_official_settings_validate_and_name_features_the_task_network_has(task):
+  """configs/sr4ir.py: every row's config validates; SR4IR's schedules, kernel and CQMix grid; and the
+  task network (random weights) exposes the TDP features SR4IR compares (C5; FPN '0', '1'; layer4)."""
+  import pathlib
+  root = pathlib.Path(__file__).resolve().parents[1] / "configs" / "sr4ir.py"
+  for mode in ("recognizer_on_clean", "recognizer_on_input", "plain", "sr4ir_s_then_t", "sr4ir_t_then_s",
+               "sr4ir_joint", "sr4ir"):
+    c = config_lib.load(f"{root}:task={task},mode={mode}")
+    if "processor_weights" in c.method:
+      c.method.processor_weights = "plain/processor.msgpack"
+    config_lib.validate(c)
+  c = config_lib.load(f"{root}:task={task},mode=sr4ir")
+  warmup, epochs = {"cls": (20, 200), "seg": (10, 100), "det": (3, 30)}[task]
+  assert c.degrade.kernel == "torch" and c.processor.name == "edsr" and c.num_epochs == epochs
+  assert c.method.warmup_epochs == warmup and c.method.cqmix_cells == (4 if task == "cls" else 8)
+  p, r = c.optim.processor, c.optim.recognizer
+  assert (p.name, p.lr, p.schedule, tuple(p.restart_epochs), p.min_lr) == (
+      "adamw", 1e-4, "cosine_restarts", (warmup, epochs - warmup), 1e-6)
+  assert (r.name, r.schedule, r.min_lr) == ("sgd", "cosine_restarts", 1e-4)
+  assert (tuple(map(tuple, r.lr_scale)) == (("aux_classifier", 10.0),)) == (task == "seg")
+  c.recognizer.weights = "random"
+  rec = networks.module(c, "recognizer")
+  task_lib = methods.base.task_of(rec)
+  layers, _ = sr4ir._tdp_settings(c, task_lib)
+  feats = jax.eval_shape(lambda r, x: task_lib.features(r, x)[1], rec, jnp.zeros((1, 64, 64, 3)))
+  assert set(layers) <= set(feats), (layers, sorted(feats))

@@ -258,10 +258,13 @@ class TorchvisionSegmenter:
     return {k: resize_bilinear(v.astype(jnp.float32), tuple(size)) for k, v in out.items()}
 
   def features(self, variables: Mapping[str, Any], images: jax.Array) -> dict[str, jax.Array]:
-    """The backbone maps the heads read ("out", "aux"; "low", "high" for LR-ASPP) and the heads'
-    logits before upsampling ("logits/out", "logits/aux")."""
+    """The backbone maps the heads read ("out", "aux"; "low", "high" for LR-ASPP), the same under
+    SR4IR's names ("C5": the last stage, the main head's input; "C2": the auxiliary head's), and the
+    heads' logits before upsampling ("logits/out", "logits/aux")."""
     out, maps, _ = self.run(variables, images)
-    return {**maps, **{f"logits/{k}": v for k, v in out.items()}}
+    high, low = maps.get("out", maps.get("high")), maps.get("aux", maps.get("low"))
+    names = {"C5": high, **({"C2": low} if low is not None else {})}
+    return {**maps, **names, **{f"logits/{k}": v for k, v in out.items()}}
 
   def init(self, rng: jax.Array) -> dict:
     """Random variables (torchvision's initialisers); their shapes do not depend on the image size."""
