@@ -326,7 +326,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
   check(d.crop >= 8, f"config.data.crop={d.crop} must be >= 8")
   check(d.resize == 0 or d.resize >= d.crop, f"config.data.resize={d.resize} must be 0 or >= data.crop ({d.crop})")
   if c.task == "sr":
-    check(c.degrade.scale in (2, 4, 8), f"config.degrade.scale={c.degrade.scale} must be 2, 4 or 8 for SR")
+    # a processor may name the SR factors it has (EDSR and SwinIR add x3); others upscale by 2, 4 or 8
+    sr_scales = getattr(PROCESSORS.get(c.processor.name), "SR_SCALES", (2, 4, 8))
+    check(c.degrade.scale in sr_scales,
+          f"config.degrade.scale={c.degrade.scale} must be one of {', '.join(map(str, sr_scales))} for SR with "
+          f"processor {c.processor.name!r}")
     check(d.crop % max(c.degrade.scale, 1) == 0,
           f"config.data.crop={d.crop} must be divisible by config.degrade.scale={c.degrade.scale}")
   check(c.degrade.sigma >= 0, f"config.degrade.sigma={c.degrade.sigma} must be >= 0")

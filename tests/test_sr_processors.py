@@ -81,6 +81,16 @@ def test_edsr_from_config_init_processor(ref):
   _close(net.apply(variables, ref["edsr_input"]), ref["edsr_x3"])
 
 
+def test_config_allows_x3_for_processors_that_have_it():
+  c = config_lib.base(task="sr", method="plain")
+  c.degrade.scale, c.data.crop = 3, 222
+  with pytest.raises(config_lib.ConfigError, match=r"must be one of 2, 4, 8 for SR with processor 'srresnet'"):
+    config_lib.validate(c)
+  for name in ("edsr", "swinir"):
+    c.processor = ml_collections.ConfigDict(dict(name=name))
+    config_lib.validate(c)
+
+
 @pytest.mark.parametrize("file, model, expect", [
     ("edsr_x2.pt", "edsr_x4", ["missing keys", "tail.0.2.weight", "tail.0.2.bias"]),   # x2 file, x4 model
     ("edsr_x3.pt", "edsr_x2", ["wrong shapes", "tail.0.0.weight", "(72, 8, 3, 3)"]),   # x3 file, x2 model

@@ -66,6 +66,8 @@ class EDSR(nn.Module):
     dtype: compute dtype (parameters are always float32; the mean shifts run in float32).
   """
 
+  SR_SCALES = (2, 3, 4, 8)  # the factors config.degrade.scale may take with this processor (not a field)
+
   scale: int = 4
   blocks: int = 16
   channels: int = 64

@@ -202,6 +202,8 @@ class SwinIR(nn.Module):
     dtype: compute dtype (parameters float32; softmax and the mean shifts in float32).
   """
 
+  SR_SCALES = (2, 3, 4, 8)  # the factors config.degrade.scale may take with this processor (not a field)
+
   scale: int = 2
   embed_dim: int = 180
   depths: tuple[int, ...] = (6, 6, 6, 6, 6, 6)
@@ -214,7 +216,8 @@ class SwinIR(nn.Module):
 
   def __post_init__(self):
     if self.scale not in SCALES:
-      raise ValueError(f"SwinIR scale must be one of {SCALES}, got {self.scale!r}.")
+      raise ValueError(f"SwinIR scale must be one of {SCALES}, got {self.scale!r} (rajax has the classical SR "
+                       "SwinIR only; its denoising and JPEG variants, scale 1, are not implemented).")
     if len(self.depths) != len(self.num_heads) or not self.depths:
       raise ValueError(f"SwinIR needs one num_heads entry per RSTB depth, got depths={tuple(self.depths)}, "
                        f"num_heads={tuple(self.num_heads)}.")

@@ -50,8 +50,8 @@ def state_dict_of(obj: Any, *, source: str) -> dict[str, np.ndarray]:
   """The flat {name: array} state dict inside a loaded checkpoint object.
 
   Accepts a bare state dict or one nested under a usual key ("state_dict", "model", ...; BasicSR's
-  "params" before its "params_ema"), and
-  strips the "module." (DataParallel) and "_orig_mod." (torch.compile) prefixes.
+  "params" before its "params_ema"), and strips the "module." (DataParallel) and "_orig_mod."
+  (torch.compile) prefixes.
   """
   sd = obj
   for _ in range(2):

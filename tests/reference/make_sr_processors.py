@@ -29,8 +29,8 @@ SwinIR fixes its upsampler's width at 64 features, so even a tiny SwinIR holds a
 therefore stored as sr_processors/<name>_state_dict.npz instead, with the Linear weights redrawn
 at unit-variance scale (N(0, 1/fan_in)) so that attention is far from uniform, the relative position
 bias tables from N(0, 0.5), and that large conv kept sparse and on a coarse grid (90% zeros, the
-rest ten times torch's default draw, rounded to multiples of 1/64) so the file compresses; the tests wrap it under "params" as the official
-checkpoints are and read it through the same converter.
+rest ten times torch's default draw, rounded to multiples of 1/64) so the file compresses; the
+tests wrap it under "params" as the official checkpoints are and read it through the same converter.
 """
 
 import argparse
