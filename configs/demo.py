@@ -121,6 +121,10 @@ def get_config(arg=None):
   c.log_every = 2 if a.quick else 20
   c.eval_every = 0                       # once, at the end
   c.ckpt_every = 50
+  if "tdp_layers" in c.method and a.recognizer == "mobilenet_v2":
+    c.method.tdp_layers = ("head",)      # SR4IR's TDP on the last feature map before pooling (ResNet's layer4)
+  if "warmup_epochs" in c.method:
+    c.method.warmup_epochs = 0.1         # SR4IR's TDP warm-up: the first tenth of training, as in its settings
   if a.recognizer == DETECTOR:
     detection_run(c, a)
   return c

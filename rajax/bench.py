@@ -122,10 +122,12 @@ class Setup:
     compiles several times faster on CPUs than the default one (the values do not change the
     step's cost); the state's own key is the trainer's kind."""
 
-    def init(key):
-      return self.method.init(key).replace(rng=jax.random.PRNGKey(self.config.seed))
+    initial = networks.initial_variables(self.config, self.spec, self.modules)   # a trained R starts from its weights
 
-    return jax.jit(init, out_shardings=self.replicated)(jax.random.key(self.config.seed, impl="rbg"))
+    def init(key, initial):
+      return self.method.init(key, initial).replace(rng=jax.random.PRNGKey(self.config.seed))
+
+    return jax.jit(init, out_shardings=self.replicated)(jax.random.key(self.config.seed, impl="rbg"), initial)
 
   def compile(self, state):
     """(compiled step, its jaxpr, seconds spent tracing, lowering and compiling)."""

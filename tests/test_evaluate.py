@@ -245,6 +245,24 @@ def test_a_run_is_loaded_once_while_its_files_are_unchanged(tmp_path):
   assert again is not first and not np.array_equal(tail(again), before)
 
 
+def test_a_run_trained_against_a_recognizer_file_is_measured_by_that_recognizer(tmp_path):
+  """SR4IR's T->S: P trained against a fixed R read from a weights file. Its "own R" is that file's
+  recognizer (same variables), not the table's source; a run with the zoo's weights has none of its own."""
+  rec = networks.module(_tiny_run_config("ra"), "recognizer")
+  moved = jax.tree.map(lambda v: np.asarray(v) * 1.5, jax.device_get(dict(rec.variables)))
+  weights_lib.save(tmp_path / "t_hr.msgpack", moved)
+  fixed = _save_run(tmp_path / "t_then_s", "ra", seed=0, **{"recognizer.weights": str(tmp_path / "t_hr.msgpack")})
+  random = _save_run(tmp_path / "ra", "ra", seed=0)
+  c = _eval_config(tmp_path)
+  c.processors = ml_collections.ConfigDict({"t_then_s": str(fixed), "ra": str(random)})
+  ctx = evaluate.Context(c, tmp_path / "eval")
+  name = ctx.fixed_recognizer("t_then_s")
+  assert name == "t_then_s:R" and ctx.fixed_recognizer("ra") is None
+  got = ctx.target(name).recognizer.variables
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(moved)):
+    np.testing.assert_array_equal(np.asarray(a), b)
+
+
 class Counting:
   """A black-box target: the zoo recognizer `rec` behind a host callable, counting its calls."""
 

@@ -430,6 +430,28 @@ class Context:
       self._targets[name] = targets_lib.ZooTarget(name=name, recognizer=rec, key=json.dumps(["run", p.key]))
     return name
 
+  def fixed_recognizer(self, view: str) -> str | None:
+    """The name of a target for the fixed loss recognizer of processor `view`'s run when the run read it
+    from a weights file (SR4IR's T->S: a task network trained on clean images); None when the run
+    trained its recognizer, has none, or used the zoo's own weights (the config's targets stand for those)."""
+    p = self.processor(view)
+    cfg = p.run.config
+    weights = cfg.recognizer.get("weights")
+    if "recognizer" not in p.run.spec.frozen or not weights or weights == "random":
+      return None
+    name = f"{view}:R"
+    if name not in self._targets:
+      from rajax import networks
+      rec = jax.device_put(networks.module(cfg, "recognizer"), self.replicated)
+      self._targets[name] = targets_lib.ZooTarget(name=name, recognizer=rec,
+                                                  key=json.dumps(["fixed", cfg.recognizer.name, _digest(weights)]))
+    return name
+
+
+def _digest(path: str) -> str:
+  """A file's SHA-256 (the cache key of a recognizer read from it)."""
+  return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+
 
 def dataset_labels_ok(recs: dict) -> bool:
   return bool(np.all(recs["labels"] >= 0))

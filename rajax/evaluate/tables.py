@@ -179,8 +179,9 @@ def lambda_sweep(ctx: Context, cfg, name: str) -> Table:
 
 
 def alternatives(ctx: Context, cfg, name: str) -> Table:
-  """The paper's Appendix A table: for each processor (any method), top-1 on its outputs by its own
-  recognizer (the one its run trained, else `cfg.source`, the fixed loss recognizer), that
+  """The paper's Appendix A table (and SR4IR's rows): for each processor (any method), top-1 on its outputs
+  by its own recognizer (the one its run trained; else the fixed loss recognizer its run read from a
+  weights file, as SR4IR's T->S; else `cfg.source`, the fixed loss recognizer), that
   recognizer's top-1 on clean images, top-1 on the outputs of each `cfg.transfer` target (default:
   every other target), PSNR and SSIM. Without dataset labels, a trained R is measured against
   `cfg.source`'s top-1 on the clean image (it shows how far it moved from where it started), and
@@ -191,7 +192,7 @@ def alternatives(ctx: Context, cfg, name: str) -> Table:
   if not source:
     raise EvalError(f"evals.{name}.source is not set: name the target that is the fixed loss recognizer.")
   transfer = list(cfg.get("transfer") or [t for t in ctx.target_names(None) if t != source])
-  own = {v: ctx.trained_recognizer(v) or source for v in procs}
+  own = {v: ctx.trained_recognizer(v) or ctx.fixed_recognizer(v) or source for v in procs}
   tnames = list(dict.fromkeys([source, *transfer, *own.values()]))
   recs = ctx.records(procs + [CLEAN], tnames, what=name)
   reference = source if ctx.config.labels == "recognizer" else None
@@ -204,7 +205,8 @@ def alternatives(ctx: Context, cfg, name: str) -> Table:
     q = recs[(v, "quality")]
     row = {"method": ctx.processor(v).title, "processor": v, "PSNR": _mean(q["psnr"]), "SSIM": _mean(q["ssim"]),
            "top-1 (own R)": ctx.accuracy(recs, v, own[v], reference)["top1"],
-           "own R": "trained" if own[v] != source else f"{source} (fixed)",
+           "own R": ("trained" if ctx.processor(v).run.recognizer is not None
+                     else f"{source} (fixed)" if own[v] == source else "its fixed loss R (a weights file)"),
            "own R on clean": ctx.accuracy(recs, CLEAN, own[v], reference)["top1"]}
     row |= {f"{t} top-1": ctx.accuracy(recs, v, t)["top1"] for t in transfer}
     table.rows.append(row)

@@ -82,7 +82,9 @@ def make_sr4ir(setup: base.Setup) -> base.Method:
   rec, proc = modules["recognizer"], modules["processor"]
   task = base.task_of(rec)
   layers, weights = _tdp_settings(config, task)
-  warmup = warmup_steps(config, setup.steps_per_epoch)
+  # A run loaded back for its forward (rajax.runs) has no steps per epoch and needs no warm-up.
+  warmup = (warmup_steps(config, setup.steps_per_epoch)
+            if setup.steps_per_epoch or not config.method.get("warmup_epochs") else None)
   cells = int(config.method.cqmix_cells)
   smoothing = config.method.label_smoothing
 
@@ -109,6 +111,8 @@ def make_sr4ir(setup: base.Setup) -> base.Method:
     return 0.34 * total, (terms, stats, outputs)
 
   def train_step(state, batch, frozen):
+    if warmup is None:
+      warmup_steps(config, None)   # raises: the warm-up in epochs needs the trainer's steps per epoch
     batch = base.with_input(batch, setup.device_stage)
     x, y = base.to_float_images(batch["input"]), base.to_float_images(batch["target"])
     rng, mask_key, t_key = jax.random.split(state.rng, 3)
