@@ -378,13 +378,25 @@ def test_sharded_step_equals_single_device_step(name, processor_file):
     np.testing.assert_allclose(float(m1[k]), float(m8[k]), rtol=1e-4, err_msg=k)
 
 
-def test_two_network_run_resumes_exactly(tmp_path):
-  """ra_joint through the trainer (Adam for P, SGD with momentum for R): stopped at step 3 and
-  resumed to 6, it ends with the very variables and statistics of a run of 6 and logs the same
-  metrics after the resume (lost optimizer states or data positions would change steps 4-6)."""
+STEPS_PER_SMOKE_EPOCH = 96 // 8   # configs/smoke.py: 96 synthetic training images, batch 8
+
+
+@pytest.mark.parametrize("mode", ["ra_joint", "sr4ir"])
+def test_two_network_run_resumes_exactly(mode, tmp_path):
+  """ra_joint and SR4IR through the trainer (Adam / AdamW for P, SGD with momentum for R): stopped at
+  step 3 and resumed to 6, a run ends with the very variables and statistics of a run of 6 and logs
+  the same metrics after the resume (lost optimizer states, data positions, schedule or SR4IR's
+  warm-up gate would change steps 4-6). SR4IR's resume falls mid-schedule: its TDP term switches on
+  at step 3 and both rates restart there (cosine_restarts)."""
   def cfg(total):
-    c = config_lib.load("configs/smoke.py:mode=ra_joint")
+    c = config_lib.load(f"configs/smoke.py:mode={mode}")
     c.total_steps, c.ckpt_every, c.log_every, c.final_eval = total, 3, 1, False
+    if mode == "sr4ir":
+      c.method.warmup_steps = 2
+      for net in ("processor", "recognizer"):
+        c.optim[net].schedule, c.optim[net].min_lr = "cosine_restarts", 1e-6
+        c.optim[net].restart_epochs = (2 / STEPS_PER_SMOKE_EPOCH, 4 / STEPS_PER_SMOKE_EPOCH)
+      c.optim.processor.name = "adamw"
     config_lib.validate(c)
     return c
 
