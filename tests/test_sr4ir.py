@@ -5,6 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import rajax
+
 from rajax import config as config_lib
 from rajax import methods, networks, optim
 from rajax.methods import sr4ir
@@ -217,3 +219,42 @@ def test_official_settings_validate_and_name_features_the_task_network_has(task)
   layers, _ = sr4ir._tdp_settings(c, task_lib)
   feats = jax.eval_shape(lambda r, x: task_lib.features(r, x)[1], rec, jnp.zeros((1, 64, 64, 3)))
   assert set(layers) <= set(feats), (layers, sorted(feats))
+
+
+def test_sr4ir_table_reads_each_row_by_its_own_task_network(tmp_path):
+  """configs/eval/sr4ir.py (cls) on three finished rows of tiny networks: the HR run's T, SR4IR's trained
+  T and T->S's fixed T (the HR run's file) each read their own row; the sr row is read by the HR T."""
+  import pathlib
+  from rajax import evaluate, runs as runs_lib
+  from rajax import weights as weights_lib
+  root = pathlib.Path(__file__).resolve().parents[1] / "configs"
+  rows = {"hr": "recognizer_on_clean", "sr": "plain", "t_then_s": "sr4ir_t_then_s", "sr4ir": "sr4ir"}
+  for i, (row, mode) in enumerate(rows.items()):
+    c = config_lib.load(f"{root / 'sr4ir.py'}:task=cls,mode={mode}")
+    c.processor.update(dict(blocks=1, channels=8))
+    c.recognizer.update(dict(num_classes=10, width=4, weights="random"))
+    c.data.crop, c.data.resize = 16, 0
+    if row == "t_then_s":
+      c.recognizer.weights = str(tmp_path / "hr" / "recognizer.msgpack")
+    work = tmp_path / row
+    work.mkdir()
+    (work / "config.json").write_text(c.to_json_best_effort(indent=2))
+    p = networks.module(c, "processor")
+    weights_lib.save(work / "processor.msgpack", jax.device_get(
+        p.init(jax.random.key(i), jnp.zeros((1, 4, 4, 3)), train=False)))
+    if "recognizer" in methods.get(mode).trains:   # the trained T: a seeded random ResNet-18 of width 4
+      t = rajax.recognizer("resnet18", "random", num_classes=10, width=4, seed=10 + i)
+      weights_lib.save(work / "recognizer.msgpack", jax.device_get(dict(t.variables)))
+  e = config_lib.load(f"{root / 'eval' / 'sr4ir.py'}:task=cls,runs={tmp_path},rows={','.join(rows)}")
+  e.data.update(dict(source="synthetic", crop=16, resize=0))
+  e.data.synthetic.update(dict(eval_size=8, image_size=16, num_classes=10))
+  e.batch_size, e.labels = 8, "recognizer"
+  table = evaluate.run(e, tmp_path / "eval")["sr4ir"]
+  own = {r["processor"]: r["own R"] for r in table.rows}
+  assert own == {"hr": "trained", "sr": "t_hr (fixed)", "t_then_s": "its fixed loss R (a weights file)",
+                 "sr4ir": "trained"}
+  t_then_s = runs_lib.load(tmp_path / "t_then_s")
+  hr = runs_lib.load(tmp_path / "hr")
+  for a, b in zip(jax.tree.leaves(networks.frozen_networks(t_then_s.config, t_then_s.spec)["recognizer"].variables),
+                  jax.tree.leaves(hr.variables["recognizer"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
