@@ -2,13 +2,15 @@
 
 tests/reference/make_sr_processors.py built the official models with small settings and seeded
 weights, saved their state dicts as the official code does (tests/reference/sr_processors/) and
-recorded their outputs on one fixed input (tests/reference/sr_processors.npz). Here rajax reads
-those files without torch, as `rajax.networks.load_variables` does for config.init_processor, and
-must reproduce torch's outputs to 1e-5 of their largest magnitude. SwinIR's state dict is an .npz
-(see the fixture script), wrapped under "params" here as in the official files and read through the
-same unwrapping and conversion.
+recorded their outputs on one fixed input (tests/reference/sr_processors.npz; SwinIR's x3, x4 and x8
+in sr_processors_swinir.npz). Here rajax reads those files without torch, as
+`rajax.networks.load_variables` does for config.init_processor, and must reproduce torch's outputs
+to 1e-5 of their largest magnitude. SwinIR's state dicts are .npz files (see the fixture script),
+wrapped under "params" here as in the official files and read through the same unwrapping and
+conversion; written as a torch .pth (tests/torch_file.py), they load through load_variables alike.
 """
 
+import functools
 import pathlib
 
 import jax
@@ -23,6 +25,8 @@ from rajax.models import PROCESSORS, layers, processor, swinir
 from rajax.models.edsr import EDSR
 from rajax.weights import WeightsError, convert
 
+import torch_file
+
 REF = pathlib.Path(__file__).resolve().parent / "reference"
 FILES = REF / "sr_processors"
 # setting -> the EDSR options the fixture script used (blocks=2, channels=8 throughout)
@@ -32,8 +36,8 @@ EDSR_SETTINGS = {"edsr_x2": dict(scale=2, res_scale=1.0), "edsr_x3": dict(scale=
 
 @pytest.fixture(scope="module")
 def ref():
-  with np.load(REF / "sr_processors.npz") as f:
-    return dict(f)
+  with np.load(REF / "sr_processors.npz") as f, np.load(REF / "sr_processors_swinir.npz") as g:
+    return {**dict(f), **dict(g)}
 
 
 def _edsr(name: str, **overrides) -> EDSR:
@@ -164,20 +168,27 @@ def test_edsr_options_and_registry():
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
 
 
-# SwinIR: the official network_swinir.py at x2 (upsampler="pixelshuffle", resi_connection="1conv")
+# SwinIR: the official network_swinir.py at x2, x3, x4 and x8 (upsampler="pixelshuffle",
+# resi_connection="1conv")
 SWINIR = dict(scale=2, embed_dim=12, depths=(2, 2), num_heads=(2, 2), window_size=4, img_size=8, mlp_ratio=2)
+
+
+@functools.cache
+def _swinir_npz(scale: int) -> dict:
+  """The fixture's SwinIR state dict at `scale`, as stored: {torch key: array}."""
+  with np.load(FILES / f"swinir_x{scale}_state_dict.npz") as f:
+    return dict(f)
 
 
 @pytest.fixture(scope="module")
 def swinir_state_dict():
-  with np.load(FILES / "swinir_x2_state_dict.npz") as f:
-    return convert.state_dict_of({"params": dict(f)}, source="swinir_x2")  # as the official files wrap it
+  return convert.state_dict_of({"params": _swinir_npz(2)}, source="swinir_x2")  # as the official files wrap it
 
 
 def _swinir_variables(net, state_dict, size=8):
   template = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
   return convert.from_torch(net.rename_torch_keys(state_dict), template, net.torch_key,
-                            source="swinir_x2")
+                            source=f"swinir_x{net.scale}")
 
 
 def test_swinir_matches_official_torch(ref, swinir_state_dict):
@@ -186,6 +197,38 @@ def test_swinir_matches_official_torch(ref, swinir_state_dict):
   _close(net.apply(variables, ref["swinir_input"]), ref["swinir_x2"])
   # 6x7 is reflect-padded to 8x8, as the official forward does, and the output cropped to 12x14
   _close(net.apply(variables, ref["swinir_input"][:, :6, :7]), ref["swinir_x2_6x7"])
+
+
+@pytest.mark.parametrize("scale", [3, 4, 8])
+def test_swinir_other_scales_match_official_torch(ref, scale):
+  """x3 (one conv to 9 x 64 channels, pixel shuffle 3) and x4, x8 (two and three x2 stages)."""
+  net = processor("swinir", **{**SWINIR, "scale": scale})
+  sd = convert.state_dict_of({"params": _swinir_npz(scale)}, source=f"swinir_x{scale}")
+  y = net.apply(_swinir_variables(net, sd), ref["swinir_input"])
+  assert y.shape == (2, 8 * scale, 8 * scale, 3) and y.dtype == jnp.float32
+  _close(y, ref[f"swinir_x{scale}"])
+
+
+@pytest.mark.parametrize("scale", [2, 8])
+def test_swinir_reads_pth_checkpoint(ref, tmp_path, scale):
+  """{"params": state_dict} as a torch zip .pth, read by load_variables (the config.init_processor path)."""
+  name = f"swinir_x{scale}"
+  path = torch_file.save(tmp_path / f"{name}.pth", {"params": _swinir_npz(scale)})
+  net = processor("swinir", **{**SWINIR, "scale": scale})
+  variables = _load(net, path, size=8)
+  assert variables["batch_stats"] == {}
+  sd = convert.state_dict_of({"params": _swinir_npz(scale)}, source=name)
+  jax.tree.map(np.testing.assert_array_equal, variables["params"], _swinir_variables(net, sd)["params"])
+  _close(net.apply(variables, ref["swinir_input"]), ref[name])
+  if scale == 2:
+    _close(net.apply(variables, ref["swinir_input"][:, :6, :7]), ref["swinir_x2_6x7"])
+
+
+def test_swinir_pth_of_other_scale_names_the_keys(tmp_path):
+  path = torch_file.save(tmp_path / "swinir_x3.pth", {"params": _swinir_npz(3)})
+  with pytest.raises(WeightsError) as e:  # an x3 file (one 64 -> 576 conv) read by an x4 model
+    _load(processor("swinir", **{**SWINIR, "scale": 4}), path, size=8)
+  assert "upsample.0.weight" in str(e.value) and "upsample.2.weight" in str(e.value)
 
 
 def test_swinir_shift_mask_and_index_are_the_official_buffers(swinir_state_dict):

@@ -70,16 +70,29 @@ class _Pickler(pickle._Pickler):  # the pure-Python pickler, whose save_global c
 
 
 def save(path, state_dict: dict) -> pathlib.Path:
+  """Writes `state_dict` to `path`: its arrays as tensors, its nested dicts (e.g. a checkpoint's
+  {"params": state_dict}) as OrderedDicts, one storage per array in the order they are met."""
   path = pathlib.Path(path)
-  arrays = {k: np.array(v, order="C") for k, v in state_dict.items()}  # keeps 0-d arrays 0-d
-  obj = collections.OrderedDict((k, _Tensor(str(i), a)) for i, (k, a) in enumerate(arrays.items()))
+  arrays = []
+
+  def tensors(d: dict) -> collections.OrderedDict:
+    out = collections.OrderedDict()
+    for k, v in d.items():
+      if isinstance(v, dict):
+        out[k] = tensors(v)
+      else:
+        arrays.append(np.array(v, order="C"))  # keeps 0-d arrays 0-d
+        out[k] = _Tensor(str(len(arrays) - 1), arrays[-1])
+    return out
+
+  obj = tensors(state_dict)
   buf = io.BytesIO()
   _Pickler(buf, protocol=2).dump(obj)
   name = path.stem
   with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
     zf.writestr(f"{name}/data.pkl", buf.getvalue())
     zf.writestr(f"{name}/byteorder", "little")
-    for i, a in enumerate(arrays.values()):
+    for i, a in enumerate(arrays):
       zf.writestr(f"{name}/data/{i}", a.astype(a.dtype.newbyteorder("<")).tobytes())
     zf.writestr(f"{name}/version", "3\n")
   return path

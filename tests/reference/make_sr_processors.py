@@ -20,17 +20,21 @@ that none is zero or one), saves the state dict next to this script under sr_pro
 official training code saves it (EDSR: the bare state dict, a .pt file), and records
 the model's output on one fixed input (2 x 12 x 12 x 3 NHWC in [0, 1], np.random.default_rng(0);
 SwinIR: 2 x 8 x 8 x 3 after default_rng(1)) in float64, stored as float32 in sr_processors.npz,
-keyed by setting name. EDSR sees the input times rgb_range and its output is divided by rgb_range,
+keyed by setting name (SwinIR at x3, x4 and x8 in sr_processors_swinir.npz, whose x8 output alone
+is 98 KB). EDSR sees the input times rgb_range and its output is divided by rgb_range,
 as the official test code does. One EDSR state dict is also written in BasicSR's layout (its key
 names, wrapped under "params", no MeanShift tensors) to pin that layout's reader.
 
 SwinIR fixes its upsampler's width at 64 features, so even a tiny SwinIR holds a 64 -> 256 conv
-(150k weights, 600 KB as a .pth). Its state dict (every tensor torch saves, buffers included) is
-therefore stored as sr_processors/<name>_state_dict.npz instead, with the Linear weights redrawn
+(150k weights, 600 KB as a .pth; x3 one 64 -> 576 conv, x4 and x8 two and three 64 -> 256 convs).
+Its state dict (every tensor torch saves, buffers included) is therefore stored as
+sr_processors/<name>_state_dict.npz instead, with the Linear weights redrawn
 at unit-variance scale (N(0, 1/fan_in)) so that attention is far from uniform, the relative position
-bias tables from N(0, 0.5), and that large conv kept sparse and on a coarse grid (90% zeros, the
-rest ten times torch's default draw, rounded to multiples of 1/64) so the file compresses; the
-tests wrap it under "params" as the official checkpoints are and read it through the same converter.
+bias tables from N(0, 0.5), and those large convs kept sparse and on a coarse grid (90% zeros at
+x2, 95-97% at the larger factors, the rest ten times torch's default draw, rounded to multiples of
+1/64) so that each file compresses to under 150 KB; the tests wrap it under "params" as the official
+checkpoints are and read it through the same converter, and also write it so as a torch .pth
+(tests/torch_file.py) read by rajax.networks.load_variables.
 """
 
 import argparse
@@ -52,11 +56,15 @@ EDSR_SETTINGS = {
 }
 BASICSR_FROM = "edsr_x4"
 
-SWINIR_SETTINGS = {
-    "swinir_x2": dict(upscale=2, in_chans=3, img_size=8, window_size=4, img_range=1.0, depths=[2, 2],
-                      embed_dim=12, num_heads=[2, 2], mlp_ratio=2, upsampler="pixelshuffle",
-                      resi_connection="1conv"),
-}
+SWINIR_TINY = dict(in_chans=3, img_size=8, window_size=4, img_range=1.0, depths=[2, 2], embed_dim=12,
+                   num_heads=[2, 2], mlp_ratio=2, upsampler="pixelshuffle", resi_connection="1conv")
+SWINIR_SETTINGS = {f"swinir_x{s}": dict(upscale=s, **SWINIR_TINY) for s in (2, 3, 4, 8)}
+# name -> the fraction of the upsampler's large conv weights kept non-zero: x2 keeps a tenth, the
+# larger factors fewer (x3: one 64 -> 576 conv, x4 and x8: two and three 64 -> 256 convs), so that
+# every state dict file stays under 150 KB
+SWINIR_KEEP = {"swinir_x2": 0.1, "swinir_x3": 0.04, "swinir_x4": 0.05, "swinir_x8": 0.03}
+# the settings whose outputs go to sr_processors.npz; the others' to sr_processors_swinir.npz
+SWINIR_MAIN = ("swinir_x2",)
 
 
 def edsr_input() -> np.ndarray:
@@ -67,12 +75,12 @@ def swinir_input() -> np.ndarray:
   return np.random.default_rng(1).random((2, 8, 8, 3)).astype(np.float32)
 
 
-def seed_weights(model: torch.nn.Module, seed: int) -> None:
+def seed_weights(model: torch.nn.Module, seed: int, keep: float = 0.1) -> None:
   """Default init from `seed`, then biases and norm weights moved off 0 and 1 (buffers untouched).
 
   SwinIR's too-small initial values are redrawn (see the module docstring): Linear weights from
   N(0, 1/fan_in), relative position bias tables from N(0, 0.5), and convs of over 50k weights made
-  sparse on a 1/64 grid.
+  sparse on a 1/64 grid, a fraction `keep` of their weights non-zero.
   """
   g = torch.Generator().manual_seed(seed + 1000)
   with torch.no_grad():
@@ -87,8 +95,8 @@ def seed_weights(model: torch.nn.Module, seed: int) -> None:
         w.copy_(torch.empty(w.shape).normal_(0.0, w.shape[1] ** -0.5, generator=g))
       if isinstance(module, torch.nn.Conv2d) and module.weight.numel() > 50_000:
         w = module.weight
-        keep = torch.rand(w.shape, generator=g) < 0.1
-        w.copy_(torch.where(keep, torch.round(w * 64 * 10) / 64, torch.zeros(())))
+        keep_mask = torch.rand(w.shape, generator=g) < keep
+        w.copy_(torch.where(keep_mask, torch.round(w * 64 * 10) / 64, torch.zeros(())))
 
 
 def run_nhwc(model, x: np.ndarray, gain: float) -> np.ndarray:
@@ -143,7 +151,8 @@ def make_edsr(code_dir: str, outputs: dict) -> None:
     outputs[name] = run_nhwc(model, x, float(opts["rgb_range"]))
 
 
-def make_swinir(code_dir: str, outputs: dict) -> None:
+def make_swinir(code_dir: str, outputs: dict, swinir_outputs: dict) -> None:
+  """SwinIR at x2, x3, x4 and x8: state dicts as .npz, outputs on swinir_input (x2 also on its 6x7 crop)."""
   sys.path.insert(0, code_dir)
   import network_swinir  # the official models/network_swinir.py
 
@@ -152,12 +161,13 @@ def make_swinir(code_dir: str, outputs: dict) -> None:
   for seed, (name, opts) in enumerate(SWINIR_SETTINGS.items()):
     torch.manual_seed(100 + seed)
     model = network_swinir.SwinIR(**opts)
-    seed_weights(model, 100 + seed)
+    seed_weights(model, 100 + seed, SWINIR_KEEP[name])
     sd = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
     np.savez_compressed(OUT / f"{name}_state_dict.npz", **sd)
-    outputs[name] = run_nhwc(model, x, 1.0)
-    # a size that is no multiple of the window: the official forward reflect-pads, then crops
-    outputs[f"{name}_6x7"] = run_nhwc(model, x[:, :6, :7], 1.0)
+    out = outputs if name in SWINIR_MAIN else swinir_outputs
+    out[name] = run_nhwc(model, x, 1.0)
+    if name == "swinir_x2":  # a size no multiple of the window: the official forward reflect-pads, then crops
+      out[f"{name}_6x7"] = run_nhwc(model, x[:, :6, :7], 1.0)
 
 
 def main() -> None:
@@ -167,12 +177,13 @@ def main() -> None:
   a = ap.parse_args()
   OUT.mkdir(exist_ok=True)
   torch.set_num_threads(1)
-  outputs = {}
+  outputs, swinir_outputs = {}, {}
   make_edsr(a.edsr, outputs)
   if a.swinir:
-    make_swinir(a.swinir, outputs)
+    make_swinir(a.swinir, outputs, swinir_outputs)
+    np.savez_compressed(HERE / "sr_processors_swinir.npz", **swinir_outputs)
   np.savez_compressed(HERE / "sr_processors.npz", **outputs)
-  for k, v in outputs.items():
+  for k, v in {**outputs, **swinir_outputs}.items():
     print(f"{k}: {v.shape} max |y| {np.abs(v).max():.4f}")
 
 
