@@ -123,9 +123,9 @@ def test_srresnet_bad_scale(scale):
 
 def test_unknown_processor_names_options():
   with pytest.raises(ValueError) as e:
-    rajax.processor("edsr")
-  assert "edsr" in str(e.value)
-  assert "srresnet" in str(e.value) and "resnet_generator" in str(e.value)
+    rajax.processor("rcan")
+  assert "rcan" in str(e.value)
+  assert all(n in str(e.value) for n in ("srresnet", "resnet_generator", "edsr", "swinir"))
 
 
 def test_unknown_processor_option_names_options():
