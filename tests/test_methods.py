@@ -381,7 +381,8 @@ def test_sharded_step_equals_single_device_step(name, processor_file):
 STEPS_PER_SMOKE_EPOCH = 96 // 8   # configs/smoke.py: 96 synthetic training images, batch 8
 
 
-@pytest.mark.parametrize("mode", ["ra_joint", "sr4ir"])
+# ra_joint's resume goes through the same trainer path as SR4IR's (two networks, two optimizers): -m heavy.
+@pytest.mark.parametrize("mode", [pytest.param("ra_joint", marks=pytest.mark.heavy), "sr4ir"])
 def test_two_network_run_resumes_exactly(mode, tmp_path):
   """ra_joint and SR4IR through the trainer (Adam / AdamW for P, SGD with momentum for R): stopped at
   step 3 and resumed to 6, a run ends with the very variables and statistics of a run of 6 and logs
