@@ -91,14 +91,19 @@ def _check_uint8_rgb(img: np.ndarray, who: str) -> None:
     raise ValueError(f"{who} expects a uint8 RGB image shaped [H, W, 3], got {got}.")
 
 
-def bicubic_down(img: np.ndarray, scale: int) -> np.ndarray:
-  """Downscales by an integer `scale` with Pillow's bicubic filter (antialiased), uint8 out."""
-  _check_uint8_rgb(img, "bicubic_down")
+def _check_down(img: np.ndarray, scale: int, who: str) -> None:
+  _check_uint8_rgb(img, who)
   h, w = img.shape[:2]
   if scale < 1 or h % scale or w % scale:
-    raise ValueError(f"bicubic_down: image {h}x{w} is not divisible by scale {scale}; crop it to a multiple first.")
+    raise ValueError(f"{who}: image {h}x{w} is not divisible by scale {scale}; crop it to a multiple first.")
+
+
+def bicubic_down(img: np.ndarray, scale: int) -> np.ndarray:
+  """Downscales by an integer `scale` with Pillow's bicubic filter (antialiased), uint8 out."""
+  _check_down(img, scale, "bicubic_down")
   if scale == 1:
     return img
+  h, w = img.shape[:2]
   return np.asarray(Image.fromarray(img).resize((w // scale, h // scale), Image.BICUBIC))
 
 
@@ -125,12 +130,10 @@ def bicubic_down_torch(img: np.ndarray, scale: int) -> np.ndarray:
   """Downscales by an integer `scale` as `torch.nn.functional.interpolate(x, scale_factor=1/scale,
   mode="bicubic", align_corners=False)` does (no antialiasing), then rounds to 8 bits with clamping,
   as SR4IR's `quantize`; uint8 out (tests/reference/make_torch_bicubic.py pins it to torch)."""
-  _check_uint8_rgb(img, "bicubic_down_torch")
-  h, w = img.shape[:2]
-  if scale < 1 or h % scale or w % scale:
-    raise ValueError(f"bicubic_down_torch: image {h}x{w} is not divisible by scale {scale}; crop it first.")
+  _check_down(img, scale, "bicubic_down_torch")
   if scale == 1:
     return img
+  h, w = img.shape[:2]
   x = img.astype(np.float64) / 255.0
   y = np.einsum("ih,hwc->iwc", _torch_bicubic_matrix(h, scale), x)
   y = np.einsum("jw,iwc->ijc", _torch_bicubic_matrix(w, scale), y)

@@ -46,10 +46,10 @@ def _png(img):
 GARBAGE = b"<html>this is an error page, not an image</html>"
 
 
-def _tar(path, files):
-  """Writes an uncompressed tar with `files` {member name: bytes}."""
+def _tar(path, files, mode="w"):
+  """Writes a tar (uncompressed; mode "w:gz" gzipped) with `files` {member name: bytes}."""
   path.parent.mkdir(parents=True, exist_ok=True)
-  with tarfile.open(path, "w") as tar:
+  with tarfile.open(path, mode) as tar:
     for name, data in files.items():
       info = tarfile.TarInfo(name)
       info.size = len(data)
@@ -390,12 +390,7 @@ def test_prepare_unknown_manual_dir(tmp_path, capsys):
 
 def _tgz(path, files):
   """Writes a gzipped tar with `files` {member name: bytes}."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with tarfile.open(path, "w:gz") as tar:
-    for name, data in files.items():
-      info = tarfile.TarInfo(name)
-      info.size = len(data)
-      tar.addfile(info, io.BytesIO(data))
+  _tar(path, files, mode="w:gz")
 
 
 def test_cub200_from_the_official_archive(tmp_path):
