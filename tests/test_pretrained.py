@@ -95,6 +95,9 @@ _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensiv
 # resnet34/101/152 and vgg16 run the same module code as resnet18/50 and vgg16_bn at another depth
 # (or without BatchNorm); they take minutes to compile on a 2-core CPU, so they run with `-m heavy`.
 _SAME_CODE_AS_ANOTHER = ("resnet34", "resnet101", "resnet152", "vgg16")
+# VGG-16-BN and DenseNet-121 take the longest to compile (a minute, half a minute); their forward passes
+# are pinned to torch's in tests/test_zoo_archs.py, and their input gradients run with `-m heavy`.
+_SLOWEST = ("vgg16_bn", "densenet121")
 
 
 # The bfloat16 comparison compiles each network a second time; CI runs it for two families, -m heavy for all.
@@ -118,7 +121,7 @@ def _input_gradients(name: str, dtypes) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.heavy) if n in _SAME_CODE_AS_ANOTHER else n for n in _CLASSIFIERS])
+    pytest.param(n, marks=pytest.mark.heavy) if n in _SAME_CODE_AS_ANOTHER + _SLOWEST else n for n in _CLASSIFIERS])
 def test_input_gradient_through_every_recognizer(name):
   """d CE / d image under jit, float32 and bfloat16: finite, non-zero, and the two agree in direction
   (bfloat16 in CI for _BFLOAT16_IN_CI; the others with -m heavy, in the test below)."""

@@ -192,7 +192,8 @@ def test_warm_up_in_epochs_counts_the_trainers_steps():
     config_lib.validate(_config(warmup_epochs=1.0, warmup_steps=3))
 
 
-@pytest.mark.parametrize("task", ["cls", "seg", "det"])
+# det builds Faster R-CNN MobileNetV3 (18 s here): -m heavy; its FPN levels are tested in test_faster_rcnn_mobilenet.py.
+@pytest.mark.parametrize("task", ["cls", "seg", pytest.param("det", marks=pytest.mark.heavy)])
 def test_official_settings_validate_and_name_features_the_task_network_has(task):
   """configs/sr4ir.py: every row's config validates; SR4IR's schedules, kernel and CQMix grid; and the
   task network (random weights) exposes the TDP features SR4IR compares (C5; FPN '0', '1'; layer4)."""
