@@ -953,43 +953,43 @@ class Cityscapes(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 class _ArchiveFiles:
   """The files of a (gzipped) tar or an extracted folder, by their path below a root folder name.
 
-  A .tgz is read in archive order (gzip only seeks forward cheaply): `read_all(names)` yields the
-  named members as one forward pass."""
+  A member's path below the root is what follows the first "<root>/" in its name ("CUB_200_2011/",
+  "./cars_train/", ...), or its whole name when it lies outside any such folder. A .tgz is read in
+  archive order (gzip only seeks forward cheaply): `read_all(names)` yields the named members in one
+  forward pass, with no listing pass before it."""
 
   def __init__(self, source: pathlib.Path, root: str):
     self.source, self.root = source, root.strip("/")
-    if source.is_dir():
-      self.names = sorted(p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file())
-      # A folder is the root itself (CUB_200_2011/) or holds it.
-      self._prefix = f"{self.root}/" if any(n.startswith(self.root + "/") for n in self.names) else ""
-    else:
-      with tarfile.open(source, "r:*") as tar:
-        self.names = [m.name for m in tar if m.isfile()]
-      # The root folder's path inside the archive ("CUB_200_2011/", "./cars_train/", ...); "" if the files lie at the top.
-      marks = [n.index(self.root + "/") for n in self.names if (n.startswith(self.root + "/") or f"/{self.root}/" in n)]
-      first = next((n for n in self.names if n.startswith(self.root + "/") or f"/{self.root}/" in n), None)
-      self._prefix = first[:marks[0]] + self.root + "/" if first is not None else ""
 
-  def relative(self) -> list[str]:
-    """The file paths below the root."""
-    return [n[len(self._prefix):] for n in self.names if n.startswith(self._prefix)]
+  def _below_root(self, name: str) -> str:
+    marker = self.root + "/"
+    if name.startswith(marker):
+      return name[len(marker):]
+    i = name.find("/" + marker)
+    return name[i + len(marker) + 1:] if i >= 0 else name.removeprefix("./")
 
   def read(self, rel: str) -> bytes:
-    return next(self.read_all([rel]))[1]
+    for _, data in self.read_all([rel]):
+      return data
+    raise DataError(f"{self.source} has no {self.root}/{rel}: is it the official archive (or its extracted folder)?")
 
   def read_all(self, rels: Sequence[str]):
     """(rel, bytes) for each of `rels` that exists, in archive order."""
-    want = {self._prefix + r: r for r in rels}
+    want = set(rels)
     if self.source.is_dir():
-      for full in sorted(want):
-        path = self.source / full
-        if path.is_file():
-          yield want[full], path.read_bytes()
+      base = self.source / self.root if (self.source / self.root).is_dir() else self.source
+      for rel in sorted(want):
+        if (base / rel).is_file():
+          yield rel, (base / rel).read_bytes()
       return
     with tarfile.open(self.source, "r:*") as tar:
       for m in tar:
-        if m.isfile() and m.name in want:
-          yield want[m.name], tar.extractfile(m).read()
+        rel = self._below_root(m.name) if m.isfile() else None
+        if rel in want:
+          want.discard(rel)   # the first copy of a name only
+          yield rel, tar.extractfile(m).read()
+          if not want:
+            return            # the lists of a 1 GB archive need not wait for its last image
 
 
 def _find(manual: pathlib.Path, names: Sequence[str], what: str) -> pathlib.Path:

@@ -424,11 +424,7 @@ class Context:
     p = self.processor(view)
     if p.run.recognizer is None:
       return None
-    name = f"{view}:R"
-    if name not in self._targets:
-      rec = jax.device_put(p.run.recognizer, self.replicated)
-      self._targets[name] = targets_lib.ZooTarget(name=name, recognizer=rec, key=json.dumps(["run", p.key]))
-    return name
+    return self._run_recognizer(view, lambda: p.run.recognizer, ["run", p.key])
 
   def fixed_recognizer(self, view: str) -> str | None:
     """The name of a target for the fixed loss recognizer of processor `view`'s run when the run read it
@@ -439,12 +435,16 @@ class Context:
     weights = cfg.recognizer.get("weights")
     if "recognizer" not in p.run.spec.frozen or not weights or weights == "random":
       return None
+    from rajax import networks
+    return self._run_recognizer(view, lambda: networks.module(cfg, "recognizer"),
+                                ["fixed", cfg.recognizer.name, _digest(weights)])
+
+  def _run_recognizer(self, view: str, build, key: list) -> str:
+    """Target "<view>:R", the recognizer `build()` makes, registered once (a run has one such recognizer)."""
     name = f"{view}:R"
     if name not in self._targets:
-      from rajax import networks
-      rec = jax.device_put(networks.module(cfg, "recognizer"), self.replicated)
-      self._targets[name] = targets_lib.ZooTarget(name=name, recognizer=rec,
-                                                  key=json.dumps(["fixed", cfg.recognizer.name, _digest(weights)]))
+      rec = jax.device_put(build(), self.replicated)
+      self._targets[name] = targets_lib.ZooTarget(name=name, recognizer=rec, key=json.dumps(key))
     return name
 
 

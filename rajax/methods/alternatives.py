@@ -114,9 +114,9 @@ def make_joint(setup: base.Setup) -> base.Method:
     r_vars = {"params": params["recognizer"], "batch_stats": batch_stats["recognizer"]}
     labels = _labels(config, batch, rec, y)   # R as it started: a fixed teacher
     per_example, logits, r_stats = _recognizer_loss(config, task, rec, out, labels, r_vars, rng, smoothing)
-    pixel = ra.pixel_term(pixel_loss, out, y)
-    terms = {**pixel, "recognition": jnp.mean(per_example)}
-    total = next(iter(pixel.values())) + lam * terms["recognition"]
+    pixel_name, pixel = ra.pixel_term(pixel_loss, out, y)
+    terms = {pixel_name: pixel, "recognition": jnp.mean(per_example)}
+    total = pixel + lam * terms["recognition"]
     return total, base.LossAux(terms, {"processor": p_stats, "recognizer": r_stats}, logits, out, labels)
 
   def train_step(state, batch, frozen):

@@ -41,10 +41,10 @@ LABEL_SOURCES = ("dataset", "recognizer")
 PIXEL_LOSSES = {"mse": ("pixel_mse", losses.pixel_mse), "l1": ("pixel_l1", losses.pixel_l1)}
 
 
-def pixel_term(kind: str, out: jax.Array, y: jax.Array, reduce=jnp.mean) -> dict[str, jax.Array]:
-  """{name: value} of the pixel loss `kind` ("mse" | "l1") between P's output and the clean target."""
+def pixel_term(kind: str, out: jax.Array, y: jax.Array, reduce=jnp.mean) -> tuple[str, jax.Array]:
+  """(metric name, value) of the pixel loss `kind` ("mse" | "l1") between P's output and the clean target."""
   name, fn = PIXEL_LOSSES[kind]
-  return {name: reduce(fn(pred=out, target=y, reduction="none"))}
+  return name, reduce(fn(pred=out, target=y, reduction="none"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,8 +171,8 @@ def make_loss_fn(settings: Settings, modules) -> Callable:
       reduce_rec = reduce
     sub = (lambda z: z) if not settings.classes else (lambda z: jnp.take(z, jnp.asarray(settings.classes), axis=-1))
     rec_targets = labels if not settings.classes else sub_labels
-    terms = pixel_term(settings.pixel_loss, out, y, reduce)
-    pixel = next(iter(terms.values()))
+    pixel_name, pixel = pixel_term(settings.pixel_loss, out, y, reduce)
+    terms = {pixel_name: pixel}
     if mode in ("ra", "transformer"):
       seen = out
       if mode == "transformer":

@@ -82,13 +82,10 @@ def make_sr4ir(setup: base.Setup) -> base.Method:
   rec, proc = modules["recognizer"], modules["processor"]
   task = base.task_of(rec)
   layers, weights = _tdp_settings(config, task)
-  # A run loaded back for its forward (rajax.runs) has no steps per epoch and needs no warm-up.
-  warmup = (warmup_steps(config, setup.steps_per_epoch)
-            if setup.steps_per_epoch or not config.method.get("warmup_epochs") else None)
   cells = int(config.method.cqmix_cells)
   smoothing = config.method.label_smoothing
 
-  def s_loss(p_params, p_stats, r_vars, x, y, step):
+  def s_loss(p_params, p_stats, r_vars, x, y, step, warmup):
     sr, new_stats = base.apply_train(proc, p_params, p_stats, x)
     t = rec.replace(variables=r_vars)   # T frozen, inference mode
     l1 = jnp.mean(jnp.abs(sr - y))
@@ -111,15 +108,16 @@ def make_sr4ir(setup: base.Setup) -> base.Method:
     return 0.34 * total, (terms, stats, outputs)
 
   def train_step(state, batch, frozen):
-    if warmup is None:
-      warmup_steps(config, None)   # raises: the warm-up in epochs needs the trainer's steps per epoch
+    # Read when the step is traced, not when the method is built: a run loaded back for its forward
+    # (rajax.runs) has no steps per epoch and needs no warm-up.
+    warmup = warmup_steps(config, setup.steps_per_epoch)
     batch = base.with_input(batch, setup.device_stage)
     x, y = base.to_float_images(batch["input"]), base.to_float_images(batch["target"])
     rng, mask_key, t_key = jax.random.split(state.rng, 3)
     r_vars = state.variables("recognizer")
     # 1. S with T frozen.
     (s_total, (s_terms, p_stats, _)), p_grads = jax.value_and_grad(s_loss, has_aux=True)(
-        state.params["processor"], state.batch_stats["processor"], jax.lax.stop_gradient(r_vars), x, y, state.step)
+        state.params["processor"], state.batch_stats["processor"], jax.lax.stop_gradient(r_vars), x, y, state.step, warmup)
     s_updates, p_opt = setup.optimizers["processor"].update(p_grads, state.opt_state["processor"],
                                                              state.params["processor"])
     p_params = optax.apply_updates(state.params["processor"], s_updates)
@@ -169,8 +167,7 @@ def _with_spec(name: str, make):
 
 def _make_t_then_s(setup: base.Setup) -> base.Method:
   settings = ra.Settings.of(setup.config, mode="ra", default_lam=1.0)
-  return ra.make_method(settings, setup.modules, setup.optimizers, setup.input_shape,
-                        device_stage=setup.device_stage)._replace(spec=METHODS["sr4ir_t_then_s"])
+  return ra.make_method(settings, setup.modules, setup.optimizers, setup.input_shape, device_stage=setup.device_stage)
 
 
 METHODS = {
@@ -186,7 +183,7 @@ METHODS = {
         name="sr4ir_t_then_s", title="task then SR (T->S)",
         summary="S: L1(S(x), y) + lam * L(T(S(x))), T fixed (trained on clean images: config.recognizer.weights)",
         trains=("processor",), frozen=("recognizer",), validate=lambda c: ra._validate(c, "ra", 1.0),
-        make=_make_t_then_s, defaults=lambda: dict(lam=None, pixel_loss="l1", label_smoothing=0.0,
+        make=_with_spec("sr4ir_t_then_s", _make_t_then_s), defaults=lambda: dict(lam=None, pixel_loss="l1", label_smoothing=0.0,
                                                    min_confidence=0.0)),
     "sr4ir_joint": base.MethodSpec(
         name="sr4ir_joint", title="SR and task jointly (S+T)",
