@@ -9,6 +9,7 @@ from flax import linen as nn
 
 from rajax.models.edsr import EDSR
 from rajax.models.layers import as_dtype
+from rajax.models.npp import NPPProcessor
 from rajax.models.recognizers import IMAGENET_MEAN, IMAGENET_STD, Recognizer, recognizer
 from rajax.models.srresnet import SRResNet
 from rajax.models.resnet_generator import ResnetGenerator
@@ -19,6 +20,7 @@ PROCESSORS: dict[str, type[nn.Module]] = {
     "resnet_generator": ResnetGenerator,
     "edsr": EDSR,
     "swinir": SwinIR,
+    "npp": NPPProcessor,
 }
 
 
@@ -42,6 +44,6 @@ def processor(name: str, **kwargs: Any) -> nn.Module:
 
 
 __all__ = [
-    "EDSR", "IMAGENET_MEAN", "IMAGENET_STD", "PROCESSORS", "Recognizer", "ResnetGenerator", "SRResNet", "SwinIR",
+    "EDSR", "IMAGENET_MEAN", "NPPProcessor", "IMAGENET_STD", "PROCESSORS", "Recognizer", "ResnetGenerator", "SRResNet", "SwinIR",
     "processor", "recognizer",
 ]
