@@ -1,5 +1,7 @@
 """SR4IR: the CQMix mask, the TDP loss, and one step of S and T in turn on a tiny classifier."""
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -259,3 +261,25 @@ def test_sr4ir_table_reads_each_row_by_its_own_task_network(tmp_path):
   for a, b in zip(jax.tree.leaves(networks.frozen_networks(t_then_s.config, t_then_s.spec)["recognizer"].variables),
                   jax.tree.leaves(hr.variables["recognizer"])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_seg_and_det_tables_gather_each_rows_own_task_network():
+  """The README's form for seg/det: an "own" column per metric, each row's cell from its own T's column."""
+  from rajax.evaluate.report import Table, own_columns
+  root = pathlib.Path(__file__).resolve().parent.parent / "configs"
+  for task, metric in (("seg", "mIoU"), ("det", "mAP")):
+    e = config_lib.load(f"{root / 'eval' / 'sr4ir.py'}:task={task},runs=/nowhere")
+    own = dict(e.evals.sr4ir.own)
+    assert own == {"hr": "T_hr", "lr": "T_lr", "sr": "T_hr", "s_then_t": "T_s_then_t", "t_then_s": "T_hr",
+                   "joint": "T_joint", "sr4ir": "T_sr4ir", "clean": "T_hr"}, task
+  table = Table("t", "t", ["processing", "loss model", "T_hr mIoU", "T_sr4ir mIoU"], {"T_hr mIoU": "pct"})
+  table.rows = [{"view": "sr", "T_hr mIoU": 0.5, "T_sr4ir mIoU": 0.1}, {"view": "sr4ir", "T_hr mIoU": 0.2,
+                                                                      "T_sr4ir mIoU": 0.6}, {"view": "input"}]
+  own_columns(table, {"sr": "T_hr", "sr4ir": "T_sr4ir"}, ("mIoU",), where="evals.x.own")
+  assert table.columns == ["processing", "loss model", "own mIoU", "T_hr mIoU", "T_sr4ir mIoU"]
+  assert [r.get("own mIoU") for r in table.rows] == [0.5, 0.6, None]
+  assert table.formats["own mIoU"] == "pct"
+  with pytest.raises(ValueError, match="rows \\['joint'\\]"):
+    own_columns(table, {"joint": "T_joint"}, ("mIoU",), where="evals.x.own")
+  with pytest.raises(ValueError, match="'T_lr', which is not a column"):
+    own_columns(table, {"sr": "T_lr"}, ("mIoU",), where="evals.x.own")

@@ -12,9 +12,10 @@ its recognizer.weights), and the HR row's T on the clean images.
        the HR oracle; the sr row is read by the HR run's T (`t_hr`).
   seg, det  the `segmentation` / `detection` table on VOC 2012 val with one column per trained T
        (`T_<row>`, the run_target of each row that trained one): a row's cell is its own T's column,
-       the HR oracle the clean row of the `T_hr` column, T->S's the `T_hr` column of its row.
+       the HR oracle the clean row of the `T_hr` column, T->S's the `T_hr` column of its row; the
+       "own" columns gather those cells, one per row (the README's form).
 LR images as in training: torch's bicubic without antialiasing, 8-bit (degrade.kernel "torch").
-LPIPS is not computed (SR4IR downloads its weights at run time; rajax has no offline copy).
+LPIPS is not computed yet (SR4IR downloads its weights at run time; rajax reads them only as files).
 
 Args: task (cls | seg | det), dataset (cls: cub200 | stanford_cars), runs, scale (4 | 8), rows.
 """
@@ -57,17 +58,22 @@ def get_config(arg=None):
     if r in TRAINS_T:
       c.targets[f"T_{r}"] = evaluate.run_target(f"{a.runs}/{r}")
   targets = tuple(c.targets.keys())
+  # the README's form: each row read by its own T (S alone and T->S by the HR run's; the clean images
+  # by the HR run's: the oracle)
+  own = {r: f"T_{r}" if r in TRAINS_T else "T_hr" for r in rows}
+  own["clean"] = "T_hr"
+  own = {v: t for v, t in own.items() if t in targets}
   if a.task == "seg":
     voc = E(dict(source="tfds", split="voc_seg:validation", data_dir="", size=(520, 1040), resize=520))
     c.batch_size = 4
     c.evals.sr4ir = E(dict(type="segmentation", processors=tuple(rows), targets=targets, labels="dataset",
-                           data=voc, figures=2, paired_metric="miou",
+                           data=voc, figures=2, paired_metric="miou", own=own,
                            title=f"SR4IR's rows on VOC 2012 val (x{a.scale}): mIoU (%) per task network T"))
   else:
     voc = E(dict(source="tfds", split="voc/2012:validation", data_dir="", size=(1000, 1000), min_size=600,
                  max_size=1000, max_boxes=64, label_space="contiguous", batch_size=0))
     c.batch_size = 4
     c.evals.sr4ir = E(dict(type="detection", processors=tuple(rows), targets=targets, labels="dataset",
-                           metrics=("coco_map", "voc07_map11"), score_threshold=0.05, figures=2, data=voc,
+                           metrics=("coco_map", "voc07_map11"), score_threshold=0.05, figures=2, data=voc, own=own,
                            title=f"SR4IR's rows on VOC 2012 val (x{a.scale}): COCO-style mAP (%) per task network T"))
   return c

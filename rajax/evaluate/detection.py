@@ -48,7 +48,7 @@ import numpy as np
 from rajax import metrics as metrics_lib
 from rajax import sharding
 from rajax.evaluate.context import CACHE_VERSION, CLEAN, INPUT, Context, EvalError, log
-from rajax.evaluate.report import Table, pyplot, write_table
+from rajax.evaluate.report import Table, own_columns, pyplot, write_table
 
 METRICS = {"voc07_map11": "VOC07 mAP", "voc_map_area": "VOC mAP (area)", "coco_map": "COCO mAP",
            "coco_ap50": "COCO AP50", "coco_ap75": "COCO AP75"}
@@ -403,6 +403,7 @@ def detection(ctx: Context, cfg, name: str) -> Table:
   if nfig > 0 and jax.process_index() == 0:
     table.figures += draw_figures(ctx, data, recs, name, tnames[0], list(cfg.get("figure_processors") or procs[:2]),
                                   threshold, nfig)
+  own_columns(table, dict(cfg.get("own") or {}), [METRICS[m] for m in chosen], where=f"config.evals.{name}.own")
   return table
 
 

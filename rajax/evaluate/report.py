@@ -9,7 +9,7 @@ import json
 import math
 import os
 import pathlib
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 # Column formats: "pct" values are fractions shown as percentages; "db" PSNR; "ssim"; "num" plain
 # numbers; "text" strings.
@@ -69,6 +69,35 @@ class Table:
     return {"name": self.name, "title": self.title, "columns": self.columns, "formats": self.formats,
             "rows": [{c: _json_value(r.get(c)) for c in self.columns} for r in self.rows], "notes": self.notes,
             "figures": self.figures, "extra": _json_value(self.extra)}
+
+
+def own_columns(table: Table, own: Mapping[str, str], metrics: Sequence[str], *, where: str) -> None:
+  """Adds "own <metric>" columns: each row's cell from the column of the network that reads it (`own`:
+  row view -> target name; a row without an entry gets none), the form of tables whose rows each
+  come with their own task network (SR4IR's: S->T read by the T trained on its outputs).
+
+  The columns go right after "loss model" (or first, without it); `where` names the config field in errors.
+  """
+  if not own:
+    return
+  views = {r.get("view") for r in table.rows}
+  unknown = sorted(set(own) - views)
+  if unknown:
+    raise ValueError(f"{where} names rows {unknown} that the table does not have; its rows: {sorted(views)}.")
+  new = [f"own {m}" for m in metrics]
+  for row in table.rows:
+    t = own.get(row.get("view"))
+    for m, col in zip(metrics, new):
+      if t is not None:
+        if f"{t} {m}" not in table.columns:
+          raise ValueError(f"{where} maps row {row.get('view')!r} to {t!r}, which is not a column of this table; "
+                           f"its networks: the targets the evaluator reads.")
+        row[col] = row.get(f"{t} {m}")
+  at = table.columns.index("loss model") + 1 if "loss model" in table.columns else 0
+  table.columns[at:at] = new
+  table.formats.update({c: table.formats.get(f"{next(iter(own.values()))} {m}", "pct") for c, m in zip(new, metrics)})
+  table.notes.append("\"own\" columns: each row read by its own network (" +
+                     ", ".join(f"{v}: {t}" for v, t in own.items()) + ").")
 
 
 def _json_value(v):

@@ -53,7 +53,7 @@ from rajax import metrics as metrics_lib
 from rajax import sharding
 from rajax.evaluate.context import CACHE_VERSION, CLEAN, INPUT, Context, EvalError, log
 from rajax.data import photos as photos_lib
-from rajax.evaluate.report import Table, pyplot, write_table
+from rajax.evaluate.report import Table, own_columns, pyplot, write_table
 from rajax.methods import to_float_images
 
 LABELS = ("auto", "dataset", "recognizer")
@@ -447,6 +447,7 @@ def segmentation(ctx: Context, cfg, name: str) -> Table:
   if nfig > 0 and jax.process_index() == 0:
     fig_procs = [p for p in (cfg.get("figure_processors") or procs[:2]) if p in procs]
     table.figures += draw_figures(ctx, data, name, tnames[0], fig_procs, labels, threshold, nfig)
+  own_columns(table, dict(cfg.get("own") or {}), ("mIoU",), where=f"config.evals.{name}.own")
   return table
 
 
