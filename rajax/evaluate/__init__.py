@@ -82,6 +82,11 @@ def base_config(*, task: str = "sr") -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(data=-1))
   c.distributed = False
   c.cache = True                      # reuse predictions under <workdir>/cache
+  # LPIPS (Zhang et al. 2018, rajax.models.lpips) of every view against the clean image, as a column of the
+  # tables that show PSNR: computed when `backbone` names the torchvision ImageNet weights file of `net`
+  # (alex: alexnet-owt-7be5be79.pth, vgg: vgg16-397923af.pth, squeeze: squeezenet1_1-b8a52dc0.pth; no offline
+  # copy exists, so it is off by default); the linear layers come from the `lpips` package.
+  c.lpips = ml_collections.ConfigDict(dict(net="alex", backbone=""))
   c.classes = ml_collections.ConfigDict(dict(seed=0))   # the category split: rajax.tasks.classification.class_halves(K, seed)
   c.data = ml_collections.ConfigDict(dict(
       source="tfds", name="imagenet2012", data_dir="", split="validation", train_split="train",

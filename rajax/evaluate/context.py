@@ -156,6 +156,7 @@ class Context:
     self._processors: dict[str, Processor] = {}
     self._targets: dict[str, Any] = {n: targets_lib.wrap(n, t) for n, t in (extra_targets or {}).items()}
     self._jitted: dict[Any, Any] = {}
+    self._digests: dict[tuple[str, str], str] = {}
     self._source = None
     d = config.degrade
     self.main = DataSpec(data_lib.Degradation(task=config.task, scale=d.scale, sigma=d.sigma, quality=d.quality,
@@ -259,10 +260,28 @@ class Context:
     fn = self._jit(("proc", name), lambda v, x: p.apply(v, to_float_images(x)), (rep, bat), (bat, bat))
     return fn(p.placed, batch["input"])
 
+  def lpips_settings(self) -> tuple[str, str] | None:
+    """(net, backbone weights file) when the config asks for LPIPS (config.lpips.backbone), else None."""
+    cfg = self.config.get("lpips") or {}
+    return (cfg.get("net", "alex"), cfg["backbone"]) if cfg.get("backbone") else None
+
   def quality(self, shown, batch) -> dict[str, np.ndarray]:
+    """Per-example PSNR and SSIM of `shown` against the clean images (and LPIPS when configured)."""
     bat, rep = self.batched, self.replicated
-    fn = self._jit("quality", lambda a, y: {"psnr": metrics.psnr(a, to_float_images(y)),
-                                            "ssim": metrics.ssim(a, to_float_images(y))}, (bat, bat), rep)
+    lp = self.lpips_settings()
+    distance = None
+    if lp is not None:
+      from rajax.models import lpips as lpips_lib
+      distance = lpips_lib.lpips_fn(net=lp[0], backbone_weights=lp[1])
+
+    def quality(a, y):
+      y = to_float_images(y)
+      out = {"psnr": metrics.psnr(a, y), "ssim": metrics.ssim(a, y)}
+      if distance is not None:
+        out["lpips"] = distance(a, y)
+      return out
+
+    fn = self._jit(("quality", lp), quality, (bat, bat), rep)
     return jax.device_get(fn(shown, batch["target"]))
 
   def outputs(self, target, images) -> dict[str, np.ndarray]:
@@ -324,7 +343,13 @@ class Context:
     data = spec.key(self.config.data, self.config.seed, clean=view == CLEAN)
     t = self.target(target).key if target else ""
     seed = self.config.classes.seed if target else 0
-    return json.dumps([CACHE_VERSION, kind, self.view_key(view), t, data, seed])
+    parts = [CACHE_VERSION, kind, self.view_key(view), t, data, seed]
+    lp = self.lpips_settings() if kind == "quality" else None
+    if lp is not None:   # quality records with LPIPS are other records than those without
+      if lp not in self._digests:
+        self._digests[lp] = _digest(lp[1])
+      parts.append(["lpips", lp[0], self._digests[lp]])
+    return json.dumps(parts)
 
   # ------------------------------------------------------------------ records
   def records(self, views: Iterable[str], target_names: Iterable[str], spec: DataSpec | None = None,

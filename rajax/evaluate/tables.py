@@ -27,6 +27,11 @@ def _mean(x) -> float:
   return float(np.mean(x)) if len(x) else float("nan")
 
 
+def _has_lpips(recs, views) -> bool:
+  """True when the views' quality records hold LPIPS (config.lpips.backbone is set)."""
+  return all("lpips" in recs[(v, "quality")] for v in views)
+
+
 def _row_title(ctx: Context, view: str) -> str:
   if view in ROW_TITLES:
     return ROW_TITLES[view]
@@ -45,9 +50,12 @@ def accuracy(ctx: Context, cfg, name: str) -> Table:
   views = [INPUT] + procs + [CLEAN]
   recs = ctx.records(views, tnames, what=name)
   plain = next((v for v in procs if ctx.processor(v).is_baseline), None)
-  cols = ["processing", "PSNR", "SSIM"] + [f"{t} {k}" for t in tnames for k in ("top-1", "top-5")]
+  lpips = _has_lpips(recs, views)
+  cols = ["processing", "PSNR", "SSIM"] + (["LPIPS"] if lpips else [])
+  cols += [f"{t} {k}" for t in tnames for k in ("top-1", "top-5")]
   cols += [f"{t} vs plain" for t in tnames] if plain else []
-  formats = {"processing": "text", "PSNR": "db", "SSIM": "ssim"} | {c: "pct" for c in cols[3:]}
+  formats = {"processing": "text", "PSNR": "db", "SSIM": "ssim", "LPIPS": "ssim"}
+  formats |= {c: "pct" for c in cols if "top-" in c}
   formats |= {f"{t} vs plain": "text" for t in tnames}
   table = Table(name, cfg.get("title", "Accuracy and image quality (Table 1)"), cols, formats)
   paired = {}
@@ -55,6 +63,8 @@ def accuracy(ctx: Context, cfg, name: str) -> Table:
     q = recs[(v, "quality")]
     row = {"processing": _row_title(ctx, v), "view": v, "PSNR": _mean(q["psnr"]) if v != CLEAN else float("inf"),
            "SSIM": _mean(q["ssim"])}
+    if lpips:
+      row["LPIPS"] = _mean(q["lpips"])
     for t in tnames:
       acc = ctx.accuracy(recs, v, t)
       row[f"{t} top-1"], row[f"{t} top-5"] = acc["top1"], acc["top5"]
@@ -196,10 +206,12 @@ def alternatives(ctx: Context, cfg, name: str) -> Table:
   tnames = list(dict.fromkeys([source, *transfer, *own.values()]))
   recs = ctx.records(procs + [CLEAN], tnames, what=name)
   reference = source if ctx.config.labels == "recognizer" else None
-  cols = ["method", "processor", "PSNR", "SSIM", "top-1 (own R)", "own R", "own R on clean"]
+  lpips = _has_lpips(recs, procs)
+  cols = ["method", "processor", "PSNR", "SSIM"] + (["LPIPS"] if lpips else [])
+  cols += ["top-1 (own R)", "own R", "own R on clean"]
   cols += [f"{t} top-1" for t in transfer]
   table = Table(name, cfg.get("title", "Alternatives to a fixed recognition loss (Appendix A)"), cols,
-                {"method": "text", "processor": "text", "PSNR": "db", "SSIM": "ssim", "own R": "text"}
+                {"method": "text", "processor": "text", "PSNR": "db", "SSIM": "ssim", "LPIPS": "ssim", "own R": "text"}
                 | {c: "pct" for c in cols if "top-1" in c or c.endswith("on clean")})
   for v in procs:
     q = recs[(v, "quality")]
@@ -209,6 +221,8 @@ def alternatives(ctx: Context, cfg, name: str) -> Table:
                      else f"{source} (fixed)" if own[v] == source else "its fixed loss R (a weights file)"),
            "own R on clean": ctx.accuracy(recs, CLEAN, own[v], reference)["top1"]}
     row |= {f"{t} top-1": ctx.accuracy(recs, v, t)["top1"] for t in transfer}
+    if lpips:
+      row["LPIPS"] = _mean(q["lpips"])
     table.rows.append(row)
   table.notes.append(f"\"own R\": the recognizer a run trained (methods that train R), else {source}, the fixed loss "
                      f"recognizer. " + (f"Labels: a trained R's are {source}'s top-1 on the clean image (no ground "
