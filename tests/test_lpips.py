@@ -137,3 +137,13 @@ def test_min_size_is_the_smallest_that_keeps_every_tap():
   for net in lpips.NETS:
     m = lpips.min_size(net)
     assert min(lpips._tap_sizes(net, m)) == 1 and min(lpips._tap_sizes(net, m - 1)) == 0
+
+
+def test_unit_normalisation_has_finite_gradients_at_zero_features():
+  import jax
+  import jax.numpy as jnp
+  f = jnp.zeros((1, 2, 2, 8)).at[0, 0, 0].set(jnp.arange(8.0))
+  np.testing.assert_allclose(lpips._unit(f)[0, 0, 0], np.arange(8.0) / (np.sqrt(140.0) + 1e-10), rtol=1e-6)
+  assert float(jnp.abs(lpips._unit(f)[0, 1]).max()) == 0.0
+  g = jax.grad(lambda f: jnp.sum(lpips._unit(f) * jnp.arange(8.0)))(f)
+  assert bool(jnp.all(jnp.isfinite(g)))

@@ -54,7 +54,7 @@ from flax import linen as nn
 from rajax import weights as rweights
 from rajax.models import layers
 from rajax.weights import convert
-from rajax.weights.errors import WeightsError
+from rajax.weights.errors import WeightsError, mismatch_error
 
 NETS = ("alex", "vgg", "squeeze")
 
@@ -242,8 +242,15 @@ def lin_torch_key(path: str) -> str:
 
 
 def _unit(f: jax.Array) -> jax.Array:
-  """lpips.normalize_tensor over the channel axis (last, NHWC)."""
-  return f / (jnp.sqrt(jnp.sum(jnp.square(f), axis=-1, keepdims=True)) + EPS)
+  """lpips.normalize_tensor over the channel axis (last, NHWC): f / (||f|| + EPS).
+
+  Where a feature vector is all zero (every ReLU of a position off) the value is 0 as in lpips,
+  and the gradient is finite (lpips's sqrt(0) gives NaN gradients there).
+  """
+  s = jnp.sum(jnp.square(f), axis=-1, keepdims=True)
+  positive = s > 0
+  norm = jnp.where(positive, jnp.sqrt(jnp.where(positive, s, 1.0)), 0.0)
+  return f / (norm + EPS)
 
 
 class LPIPS(nn.Module):
@@ -329,7 +336,6 @@ def read_lin_weights(net: str, *, path: str | os.PathLike | None = None) -> dict
   bad = sorted(f"{k}: file {tuple(sd[k].shape)}, model {want[k]}" for k in set(want) & set(sd)
                if tuple(sd[k].shape) != want[k])
   if missing or unexpected or bad:
-    from rajax.weights.errors import mismatch_error
     raise mismatch_error(str(path), missing=missing, unexpected=unexpected, bad_shape=bad,
                          hint=f"Pass the lpips v0.1 lin weights of net={net!r} (lpips/weights/v0.1/{net}.pth).")
   return {k: np.asarray(sd[k], np.float32) for k in want}
