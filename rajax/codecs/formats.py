@@ -91,6 +91,11 @@ def _webp_encode(img: np.ndarray, quality: int) -> bytes:
 
 
 def _avif_encode(img: np.ndarray, quality: int) -> bytes:
+  from PIL import features
+
+  if not features.check("avif"):
+    raise ImportError("The avif codec needs a Pillow built with AVIF (libavif), as the wheels of Pillow >= 11.3 are: "
+                      "pip install -U Pillow")
   return _pil_encode(img, format="AVIF", quality=quality, subsampling="4:2:0", speed=6, max_threads=1,
                      codec="aom", range="full", autotiling=False)
 
