@@ -8,6 +8,9 @@ averages windows lying wholly inside the image (tf.image.ssim, dm-pix's default)
 
 `paired_test` compares two processors (or recognizers) example by example on the same examples:
 McNemar's exact test on the examples that one gets right and the other wrong.
+
+`bd_rate` / `bd_metric` are Bjontegaard deltas between rate-accuracy curves (the bjontegaard
+package's PCHIP, Akima and cubic fits, and MPEG's coding-for-machines monotone refit "mpeg_vcm").
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ in any thread, with any number of images coded at once.
   avif   Pillow's AVIF plugin (libavif with the aom AV1 encoder, dav1d decoder), 4:2:0 full range,
          speed 6 (Pillow's default), one encoder thread (libavif's tiling and threading are off, so
          the bytes do not depend on the machine's core count). quality 0..100, higher = more bits;
-         libavif turns it into AV1 quantiser indices.
+         libavif turns quality q into aom's quantiser ((100 - q) * 63 + 50) // 100 (0..63, about
+         a quarter of AV1's base_q_idx).
   hevc   HEVC intra (x265 through libheif, written by pillow-heif as a HEIF file): the stand-in for
          BPG, which no package registry carries. The quality axis is BPG's QP (bpgenc's `-q`), 0..50,
          *lower* = more bits, set the way BPG's own x265 front end sets it: constant-QP rate control
