@@ -7,7 +7,8 @@ pipeline stage:
   bicubic_down_torch(img, scale)  PyTorch's `interpolate(mode="bicubic", align_corners=False)` without
                                   antialiasing (a = -0.75, borders clamped), then 8-bit rounding: the
                                   LR images SR4IR's code makes on the fly, uint8;
-  jpeg(img, quality)              a Pillow JPEG round trip at `quality`, 4:2:0 chroma subsampling, uint8;
+  jpeg(img, quality)              a Pillow JPEG round trip at `quality`, 4:2:0 chroma subsampling, uint8
+                                  (rajax.codecs' "jpeg" codec, which also counts its bits);
   gaussian_noise(img, sigma, rng) clip(y + sigma * N(0, 1), 0, 1) with y = img / 255, float32;
   corrupt(img, name, severity, seed)
                                   one of the 19 ImageNet-C corruptions (Hendrycks & Dietterich) at
@@ -38,12 +39,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import io
 import threading
 import types
 
 import numpy as np
 from PIL import Image
+
+from rajax import codecs
 
 TASKS = ("sr", "denoise", "jpeg")  # the processor tasks the trainer knows
 
@@ -148,11 +150,7 @@ def jpeg(img: np.ndarray, quality: int) -> np.ndarray:
   _check_uint8_rgb(img, "jpeg")
   if not 1 <= quality <= 95:
     raise ValueError(f"jpeg quality must be in [1, 95], got {quality}.")
-  buf = io.BytesIO()
-  Image.fromarray(img).save(buf, format="JPEG", quality=int(quality), subsampling=2)
-  buf.seek(0)
-  with Image.open(buf) as im:
-    return np.asarray(im.convert("RGB"))
+  return codecs.roundtrip("jpeg", img, int(quality))[0]  # rajax.codecs' "jpeg": Pillow, 4:2:0
 
 
 def gaussian_noise(img: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
