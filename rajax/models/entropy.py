@@ -104,13 +104,15 @@ def quantize(x: jax.Array, *, mode: str, rng: jax.Array | None = None, means: ja
   return rounded
 
 
-def _train_mode(train: bool, quantization: str) -> str:
+def quantize_mode(train: bool, quantization: str) -> str:
+  """The `quantize` mode of a layer: `quantization` ("noise" | "ste") in training, "dequantize" otherwise."""
   if quantization not in TRAIN_QUANTIZATIONS:
     raise ValueError(f"Unknown training quantization {quantization!r}; use one of {TRAIN_QUANTIZATIONS}.")
   return quantization if train else "dequantize"
 
 
-def _noise_key(module: nn.Module, mode: str) -> jax.Array | None:
+def noise_rng(module: nn.Module, mode: str) -> jax.Array | None:
+  """A fresh key from `module`'s "noise" rng stream when `mode` is "noise" (else None), or a clear error."""
   if mode != "noise":
     return None
   if not module.has_rng("noise"):
@@ -256,9 +258,9 @@ class EntropyBottleneck(nn.Module):
     if z.shape[-1] != self.channels:
       raise ValueError(f"EntropyBottleneck has {self.channels} channels; got latents of shape {tuple(z.shape)} "
                        "(channels last).")
-    mode = _train_mode(train, quantization)
+    mode = quantize_mode(train, quantization)
     z = z.astype(jnp.float32)
-    z_hat = quantize(z, mode=mode, rng=_noise_key(self, mode), means=None if mode == "noise" else self.medians())
+    z_hat = quantize(z, mode=mode, rng=noise_rng(self, mode), means=None if mode == "noise" else self.medians())
     lik = self.likelihood(z_hat)
     if self.likelihood_bound > 0:
       lik = lower_bound(lik, self.likelihood_bound)
@@ -284,9 +286,9 @@ class GaussianConditional(nn.Module):
     if scales.shape != y.shape or (means is not None and means.shape != y.shape):
       raise ValueError(f"GaussianConditional needs scales (and means) shaped like y {tuple(y.shape)}, got "
                        f"{tuple(scales.shape)}" + (f" and {tuple(means.shape)}" if means is not None else "") + ".")
-    mode = _train_mode(train, quantization)
+    mode = quantize_mode(train, quantization)
     y = y.astype(jnp.float32)
-    y_hat = quantize(y, mode=mode, rng=_noise_key(self, mode), means=means if mode != "noise" else None)
+    y_hat = quantize(y, mode=mode, rng=noise_rng(self, mode), means=means if mode != "noise" else None)
     lik = gaussian_likelihood(values=y_hat, scales=scales, means=means, scale_bound=self.scale_bound,
                               likelihood_bound=self.likelihood_bound)
     return y_hat, lik

@@ -106,8 +106,15 @@ def _conv(cout: int, cin: int, k: int = 5, s: int = 2, dtype: Any = jnp.float32)
   return layers.conv(cout, k, in_features=cin, stride=s, padding=k // 2, dtype=dtype)
 
 
-class _Codec(nn.Module):
-  """What both codecs share: sizes, the training quantisation, input checks, the auxiliary loss."""
+class ProxyCodec(nn.Module):
+  """A proxy codec: x [B, H, W, 3] -> {"x_hat", "likelihoods": {"y", "z"}} (see the module docstring).
+
+  Attributes:
+    N: channels of the hyperprior and of the analysis/synthesis hidden layers.
+    M: channels of the latent y.
+    quantization: training-mode quantisation, "noise" (from the "noise" rng stream) or "ste".
+    dtype: compute dtype of the convolutions (GDN and entropy models always run in float32).
+  """
 
   ARCH = ""
   N: int = 128
@@ -157,7 +164,7 @@ def _run(seq, x):
   return x
 
 
-class ScaleHyperprior(_Codec):
+class ScaleHyperprior(ProxyCodec):
   """CompressAI's `bmshj2018-hyperprior` (ScaleHyperprior); see the module docstring."""
 
   ARCH = "bmshj2018-hyperprior"
@@ -181,7 +188,7 @@ class ScaleHyperprior(_Codec):
     return {"x_hat": x_hat, "likelihoods": {"y": y_lik, "z": z_lik}}
 
 
-class JointAutoregressiveHierarchicalPriors(_Codec):
+class JointAutoregressiveHierarchicalPriors(ProxyCodec):
   """CompressAI's `mbt2018` (JointAutoregressiveHierarchicalPriors); see the module docstring."""
 
   ARCH = "mbt2018"
@@ -204,8 +211,8 @@ class JointAutoregressiveHierarchicalPriors(_Codec):
     z = _run(self.h_a, y)
     z_hat, z_lik = self.entropy_bottleneck(z, train=train, quantization=q)
     params = _run(self.h_s, z_hat)
-    mode = entropy._train_mode(train, q)
-    y_hat = entropy.quantize(y, mode=mode, rng=entropy._noise_key(self, mode))
+    mode = entropy.quantize_mode(train, q)
+    y_hat = entropy.quantize(y, mode=mode, rng=entropy.noise_rng(self, mode))
     ctx = self.context_prediction(y_hat)
     gaussian = self.entropy_parameters(jnp.concatenate([params.astype(ctx.dtype), ctx], axis=-1))
     scales, means = jnp.split(gaussian.astype(jnp.float32), 2, axis=-1)
@@ -214,14 +221,14 @@ class JointAutoregressiveHierarchicalPriors(_Codec):
     return {"x_hat": x_hat, "likelihoods": {"y": y_lik, "z": z_lik}}
 
 
-ARCHITECTURES: dict[str, type[_Codec]] = {
+ARCHITECTURES: dict[str, type[ProxyCodec]] = {
     ScaleHyperprior.ARCH: ScaleHyperprior,
     JointAutoregressiveHierarchicalPriors.ARCH: JointAutoregressiveHierarchicalPriors,
 }
 
 
 def proxy_codec(arch: str, *, quality: int | None = None, N: int | None = None, M: int | None = None,
-                quantization: str = "noise", dtype: Any = jnp.float32) -> _Codec:
+                quantization: str = "noise", dtype: Any = jnp.float32) -> ProxyCodec:
   """The codec `arch` ("bmshj2018-hyperprior" | "mbt2018") at CompressAI's `quality` 1-8, or with
   explicit N and M (which override the quality's)."""
   if arch not in ARCHITECTURES:
@@ -270,7 +277,7 @@ def _renamed(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   return out
 
 
-def _buffers(model: _Codec) -> dict[str, Any]:
+def _buffers(model: ProxyCodec) -> dict[str, Any]:
   """CompressAI's buffers (constants or CDF tables): name pattern -> the value this model assumes
   (None: any value; tables rebuilt by CompressAI's `update()`, unused by the forward pass)."""
   pedestal = entropy.REPARAM_OFFSET ** 2
@@ -321,7 +328,7 @@ def describe_state_dict(state_dict: Mapping[str, np.ndarray]) -> str:
   return f"{arch}, N={n}, M={m}{quality}"
 
 
-def compressai_variables(state_dict: Mapping[str, np.ndarray], model: _Codec, *, source: str = "state dict") -> dict:
+def compressai_variables(state_dict: Mapping[str, np.ndarray], model: ProxyCodec, *, source: str = "state dict") -> dict:
   """A CompressAI state dict (numpy arrays) -> Flax variables {"params": ...} for `model`.
 
   Accepts CompressAI 1.2.8's keys and the entropy bottleneck's older names. Buffers are checked
@@ -367,7 +374,7 @@ def compressai_variables(state_dict: Mapping[str, np.ndarray], model: _Codec, *,
   return {"params": traverse_util.unflatten_dict(out, sep="/")}
 
 
-def load_compressai(path: str | os.PathLike, model: _Codec) -> dict:
+def load_compressai(path: str | os.PathLike, model: ProxyCodec) -> dict:
   """Flax variables for `model` from a CompressAI checkpoint (.pth / .pth.tar / .pt: a state dict,
   or a dict holding one under "state_dict" as CompressAI's training script saves), read with
   rajax's restricted torch reader (no code from the file runs)."""
@@ -377,7 +384,7 @@ def load_compressai(path: str | os.PathLike, model: _Codec) -> dict:
 
 
 def codec_for_state_dict(state_dict: Mapping[str, np.ndarray], *, quantization: str = "noise",
-                         dtype: Any = jnp.float32) -> _Codec:
+                         dtype: Any = jnp.float32) -> ProxyCodec:
   """The codec (architecture, N, M) that a CompressAI state dict was saved from."""
   desc = describe_state_dict(state_dict)
   arch = desc.split(",")[0]

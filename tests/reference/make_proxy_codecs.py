@@ -25,7 +25,8 @@ For one fixed input (2 x 64 x 64 x 3 NHWC in [0, 1], np.random.default_rng(0); 6
 codecs' downsampling factor) it records the eval-mode forward pass, computed in float64 and
 stored as float32 NHWC in proxy_codecs.npz: `<name>/x_hat`, `<name>/likelihoods_y`,
 `<name>/likelihoods_z`, the latents `<name>/y`, `<name>/z`, and `<name>/bpp` (sum of -log2 of both
-likelihoods over batch * H * W, as CompressAI's RateDistortionLoss), plus the shared `input`.
+likelihoods over batch * H * W, as CompressAI's RateDistortionLoss), `<name>/aux_loss` (the
+entropy bottleneck's quantile loss, `model.aux_loss()`), plus the shared `input`.
 """
 
 import pathlib
@@ -114,6 +115,7 @@ def main() -> None:
     outputs[f"{name}/y"] = nhwc(y)
     outputs[f"{name}/z"] = nhwc(z)
     outputs[f"{name}/bpp"] = np.float32(bpp.item())
+    outputs[f"{name}/aux_loss"] = np.float32(ref.aux_loss().item())
     print(name, "bpp", bpp.item(), "x_hat range", out["x_hat"].min().item(), out["x_hat"].max().item(),
           "min lik y", lik["y"].min().item())
   np.savez_compressed(HERE / "proxy_codecs.npz", **outputs)
