@@ -168,3 +168,75 @@ def feature_loss(
     total = total + weights.get(n, 1.0) * per_layer[distance](
         pred=features[n], target=target_features[n], reduction="none")
   return _reduce(total, reduction)
+
+
+# ----------------------------------------------------------------------------------------------
+# Rate of learned codecs (the proxy codecs of rajax/models/proxy_codec.py)
+# ----------------------------------------------------------------------------------------------
+
+
+def _likelihood_leaves(likelihoods) -> list[jax.Array]:
+  leaves = jax.tree.leaves(likelihoods)
+  if not leaves:
+    raise ValueError("likelihoods is empty: pass the codec's output['likelihoods'] ({'y': ..., 'z': ...}).")
+  b = leaves[0].shape[0] if leaves[0].ndim else None
+  if b is None or any(l.ndim < 1 or l.shape[0] != b for l in leaves):
+    raise ValueError("Every likelihood array needs the same leading batch axis, got shapes "
+                     f"{[tuple(l.shape) for l in leaves]}.")
+  return leaves
+
+
+def _check_num_pixels(num_pixels) -> None:
+  if isinstance(num_pixels, (int, float)) and not num_pixels > 0:
+    raise ValueError(f"num_pixels must be positive, got {num_pixels!r}.")
+
+
+def rate_bpp(*, likelihoods, num_pixels) -> jax.Array:
+  """Bits per pixel of a batch: sum over every latent of -log2(likelihood), divided by `num_pixels`
+  (batch * H * W of the images, as CompressAI's RateDistortionLoss).
+
+  likelihoods: a dict (any pytree) of arrays [B, ...], e.g. a codec's {"y": ..., "z": ...}.
+  """
+  _check_num_pixels(num_pixels)
+  bits = sum(jnp.sum(jnp.log2(l.astype(jnp.float32))) for l in _likelihood_leaves(likelihoods))
+  return -bits / num_pixels
+
+
+def rate_bpp_per_image(*, likelihoods, num_pixels) -> jax.Array:
+  """Bits per pixel of each image, [B]: -log2 of the likelihoods summed per image over `num_pixels`
+  (H * W of one image). Its mean over the batch is `rate_bpp` with batch * H * W."""
+  _check_num_pixels(num_pixels)
+  bits = sum(jnp.sum(jnp.log2(l.astype(jnp.float32)).reshape(l.shape[0], -1), axis=1)
+             for l in _likelihood_leaves(likelihoods))
+  return -bits / num_pixels
+
+
+def rate_distortion_loss(*, x_hat: jax.Array, target: jax.Array, likelihoods, lmbda: float = 0.01) -> dict:
+  """CompressAI's RateDistortionLoss (metric "mse"): lmbda * 255^2 * MSE(x_hat, target) + bpp.
+
+  x_hat, target: [B, H, W, C] in [0, 1]; likelihoods: the codec's dict. Returns {"loss", "bpp_loss",
+  "mse_loss"} (scalars, as CompressAI's). CompressAI's zoo trained q1-q8 with lmbda 0.0018, 0.0035,
+  0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800.
+  """
+  _check_same_shape(x_hat, target, "x_hat and target")
+  if target.ndim != 4:
+    raise ValueError(f"target must be images [B, H, W, C], got shape {tuple(target.shape)}.")
+  b, h, w, _ = target.shape
+  bpp = rate_bpp(likelihoods=likelihoods, num_pixels=b * h * w)
+  mse = pixel_mse(pred=x_hat, target=target)
+  return {"loss": lmbda * 255.0 ** 2 * mse + bpp, "bpp_loss": bpp, "mse_loss": mse}
+
+
+def proxy_finetune_loss(*, x_hat: jax.Array, codec_x_hat: jax.Array, likelihoods, lmbda: float) -> dict:
+  """NPP's fine-tuning loss of a proxy codec towards a real codec (paper Eq. 2):
+  L_p = R_p + lambda_p * d(X_hat, Y_hat).
+
+  R_p is the proxy's own rate (bpp, `rate_bpp`), and d the distortion between the real codec's
+  reconstruction X_hat (`codec_x_hat`, e.g. BPG's decoded image of the same input) and the proxy's
+  Y_hat (`x_hat`): the proxy keeps its rate-distortion objective with the real codec's output in
+  place of the original image. d is CompressAI's MSE term 255^2 * MSE, so lambda_p is on the scale
+  of `rate_distortion_loss`'s lmbda (the paper starts from the pretrained model whose lambda_p
+  matches the real codec's quality). Returns {"loss", "bpp_loss", "mse_loss"}.
+  """
+  return rate_distortion_loss(x_hat=x_hat, target=jax.lax.stop_gradient(codec_x_hat), likelihoods=likelihoods,
+                              lmbda=lmbda)
