@@ -15,7 +15,8 @@ pipeline stage:
                                   package and made reproducible by `seed`.
 
 `degrade(task, img, ...)` picks one by task name ("sr", "denoise", "jpeg", or "corrupt" with a
-corruption name and severity).
+corruption name and severity; "codec" is the clean image itself: a processor that runs before a
+codec, which the method applies in its step, e.g. NPP).
 
 On the device, inside a jitted step (JAX, traceable):
 
@@ -45,7 +46,7 @@ import types
 import numpy as np
 from PIL import Image
 
-TASKS = ("sr", "denoise", "jpeg")  # the processor tasks the trainer knows
+TASKS = ("sr", "denoise", "jpeg", "codec")  # the processor tasks the trainer knows ("codec": the clean image itself)
 
 # The ImageNet-C corruptions in the benchmark's order: 15 test corruptions (noise, blur, weather,
 # digital), then the 4 extra ones released for validation.
@@ -289,4 +290,7 @@ def degrade(task: str, img: np.ndarray, *, rng: np.random.Generator, scale: int 
     return jpeg(img, quality)
   if task == "corrupt":
     return corrupt(img, corruption, severity, int(rng.integers(0, 2**32)))
+  if task == "codec":
+    _check_uint8_rgb(img, "degrade('codec')")
+    return img
   raise ValueError(f"Unknown task {task!r}; one of {TASKS + ('corrupt',)}.")
