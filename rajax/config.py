@@ -202,7 +202,7 @@ def base(*, task: str = "sr", method: str = "ra", recognizer: str = "resnet18") 
   spec = methods.get(method)
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.task = task                       # sr | denoise | jpeg
+  c.task = task                       # sr | denoise | jpeg | codec (P before a codec: NPP)
   # The method (rajax.methods) and its settings; its defaults come from the method itself.
   c.method = ml_collections.ConfigDict({"name": method, **spec.defaults()})
   if "lam" in c.method:
@@ -220,6 +220,10 @@ def base(*, task: str = "sr", method: str = "ra", recognizer: str = "resnet18") 
   # .pt/.pth) to start P from; None: random init.
   c.init_processor = config_dict.placeholder(str)
   c.transformer = ml_collections.ConfigDict(dict(name="resnet_generator", blocks=6, channels=64))
+  # C, a learned proxy codec (rajax.models.proxy_codec) standing in for a real codec's backward pass (NPP):
+  # trained by proxy_rd / proxy_codec, frozen in npp (config.method.codec_weights). N, M: CompressAI's widths.
+  c.codec = ml_collections.ConfigDict(dict(name="bmshj2018-hyperprior", N=128, M=192))
+  c.init_codec = config_dict.placeholder(str)   # Flax variables or a CompressAI checkpoint to start C from
   c.recognizer = ml_collections.ConfigDict(dict(name=recognizer, num_classes=1000))
   # File; None: bundled pretrained; "random": a seeded random initialisation (tests; training R from scratch).
   c.recognizer.weights = config_dict.placeholder(str)
@@ -258,7 +262,7 @@ def base(*, task: str = "sr", method: str = "ra", recognizer: str = "resnet18") 
   # One optimizer per trained network (rajax.optim.section): the paper's Adam at 1e-4 with its decay
   # after 4 and 5 epochs for P and T; SGD with momentum for R, for the methods that train it.
   c.optim = ml_collections.ConfigDict(dict(
-      processor=optim.section(), transformer=optim.section(),
+      processor=optim.section(), transformer=optim.section(), codec=optim.section(),
       recognizer=optim.section(name="sgd", lr=1e-3, momentum=0.9, weight_decay=1e-4)))
   c.num_epochs = 6.0
   c.total_steps = -1                  # > 0 overrides num_epochs

@@ -16,7 +16,8 @@ pipeline stage:
                                   package and made reproducible by `seed`.
 
 `degrade(task, img, ...)` picks one by task name ("sr", "denoise", "jpeg", or "corrupt" with a
-corruption name and severity).
+corruption name and severity; "codec" is the clean image itself: a processor that runs before a
+codec, which the method applies in its step, e.g. NPP).
 
 On the device, inside a jitted step (JAX, traceable):
 
@@ -47,7 +48,7 @@ from PIL import Image
 
 from rajax import codecs
 
-TASKS = ("sr", "denoise", "jpeg")  # the processor tasks the trainer knows
+TASKS = ("sr", "denoise", "jpeg", "codec")  # the processor tasks the trainer knows ("codec": the clean image itself)
 
 # The ImageNet-C corruptions in the benchmark's order: 15 test corruptions (noise, blur, weather,
 # digital), then the 4 extra ones released for validation.
@@ -287,4 +288,7 @@ def degrade(task: str, img: np.ndarray, *, rng: np.random.Generator, scale: int 
     return jpeg(img, quality)
   if task == "corrupt":
     return corrupt(img, corruption, severity, int(rng.integers(0, 2**32)))
+  if task == "codec":
+    _check_uint8_rgb(img, "degrade('codec')")
+    return img
   raise ValueError(f"Unknown task {task!r}; one of {TASKS + ('corrupt',)}.")

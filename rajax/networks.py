@@ -6,6 +6,8 @@ Network names are roles, each built from the config section of the same name:
                (`config.degrade.scale` for SR, 1 otherwise); `config.init_processor` starts it from a
                saved run's processor.msgpack (or, for EDSR, an official or BasicSR .pt/.pth file);
   transformer  T, a processor of scale 1 between P and R (`config.transformer`);
+  codec        C, a learned proxy codec (`rajax.models.proxy_codec`, `config.codec`), trained by the
+               proxy methods (from `config.init_codec` when set) and frozen in NPP;
   recognizer   R, `rajax.recognizer(config.recognizer.name, config.recognizer.weights, ...)`: frozen by
                most methods, trained by some (then it starts from those weights; weights="random" is
                training from scratch).
@@ -80,6 +82,9 @@ def module(config: ml_collections.ConfigDict, name: str):
   if name == "transformer":
     return processor(config.transformer.name, **_common_for(config.transformer.name, common),
                      **options(config.transformer))
+  if name == "codec":
+    from rajax.models import proxy_codec
+    return proxy_codec.codec(config.codec.name, **options(config.codec))
   if name == "recognizer":
     return recognizer(config.recognizer.name, config.recognizer.weights, dtype=config.compute_dtype,
                       seed=config.seed, **options(config.recognizer, "weights", "loss"))
@@ -104,6 +109,9 @@ def initial_variables(config: ml_collections.ConfigDict, spec: base.MethodSpec, 
   if "processor" in spec.trains and config.get("init_processor"):
     out["processor"] = load_variables(modules["processor"], config.init_processor, input_shape(config),
                                       what="the processor (config.init_processor)")
+  if "codec" in spec.trains and config.get("init_codec"):
+    out["codec"] = load_variables(modules["codec"], config.init_codec, (config.data.crop, config.data.crop, 3),
+                                  what="the proxy codec (config.init_codec)")
   if "recognizer" in spec.trains:
     variables = modules["recognizer"].variables
     out["recognizer"] = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}

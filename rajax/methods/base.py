@@ -17,7 +17,8 @@ forward)`, a record of pure functions closed over its networks and optimizers.
 
 Trained networks live in the TrainState, one entry per network in each of its dicts; frozen ones
 are step arguments. Network names are roles: "processor" (P), "transformer" (T), "recognizer" (R),
-built from the config sections of the same names by `rajax.networks`.
+"codec" (a learned proxy codec C standing in for a real one), built from the config sections of
+the same names by `rajax.networks`.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
 Frozen = Mapping[str, Any]
 Variables = Mapping[str, Mapping[str, Any]]   # network -> {"params": ..., "batch_stats": ...}
-NETWORKS = ("processor", "transformer", "recognizer")
+NETWORKS = ("processor", "transformer", "recognizer", "codec")
 
 
 @flax.struct.dataclass
@@ -275,6 +276,8 @@ def make_eval_step(method: Method, modules: Mapping[str, Any], *, labels: str = 
       per_example.update(task.metrics(outputs, targets))
       if hasattr(task, "counts"):   # exact integer figures of the whole set (a segmenter's confusion matrix)
         counts = task.counts(outputs, targets, mask=mask)
+    if "bpp" in views:   # a method with a codec in the loop (NPP) reports its real rate
+      per_example["bpp"] = views["bpp"]
     sums = {k: jnp.sum(v.astype(jnp.float32) * mask) for k, v in per_example.items()}
     sums["count"] = jnp.sum(mask)
     if counts:
