@@ -84,7 +84,7 @@ def module(config: ml_collections.ConfigDict, name: str):
                      **options(config.transformer))
   if name == "codec":
     from rajax.models import proxy_codec
-    return proxy_codec.codec(config.codec.name, **options(config.codec))
+    return proxy_codec.proxy_codec(config.codec.name, dtype=config.compute_dtype, **options(config.codec))
   if name == "recognizer":
     return recognizer(config.recognizer.name, config.recognizer.weights, dtype=config.compute_dtype,
                       seed=config.seed, **options(config.recognizer, "weights", "loss"))
@@ -125,6 +125,9 @@ def load_variables(net, path: str, shape: tuple[int, ...], *, what: str) -> dict
   processors that name their torch layout with `torch_key` (and `rename_torch_keys` when they read
   several layouts), e.g. EDSR's official and BasicSR checkpoints.
   """
+  from rajax.models import proxy_codec
+  if isinstance(net, proxy_codec.ProxyCodec) and not str(path).endswith(".msgpack"):   # a CompressAI checkpoint
+    return jax.tree.map(jnp.asarray, {"params": proxy_codec.load_compressai(path, net)["params"], "batch_stats": {}})
   x = jnp.zeros((1, *shape), jnp.float32)
   template = jax.eval_shape(lambda: base.init_variables(net, jax.random.key(0), x))
   loaded = weights_lib.load(path, template, what=what, torch_key=getattr(net, "torch_key", None),

@@ -55,15 +55,15 @@ def straight_through(proxy: jax.Array, real: jax.Array) -> jax.Array:
 
 def bpp_per_image(likelihoods: dict[str, jax.Array], num_pixels: int) -> jax.Array:
   """[n] bits per pixel of each image from an entropy model's likelihoods (sum of -log2 over its latents)."""
-  return losses.rate_bpp(likelihoods=likelihoods, num_pixels=num_pixels, reduction="none")
+  return losses.rate_bpp_per_image(likelihoods=likelihoods, num_pixels=num_pixels)
 
 
 def proxy_apply(codec: base.FrozenNetwork | Any, variables, x: jax.Array, *, quantize: str, key: jax.Array,
                 module=None) -> dict[str, Any]:
   """The proxy codec's {"x_hat", "likelihoods"} on `x` with differentiable quantisation (`quantize`)."""
-  module = module if module is not None else codec.module
+  module = (module if module is not None else codec.module).clone(quantization=quantize)
   variables = variables if variables is not None else codec.variables
-  return module.apply(variables, x, train=quantize == "noise", quantize=quantize, rngs={"noise": key})
+  return module.apply(variables, x, train=True, rngs={"noise": key})
 
 
 def _settings(config) -> dict[str, Any]:
@@ -205,7 +205,7 @@ def _make_proxy(setup: base.Setup, *, real: bool) -> base.Method:
 
   def loss_fn(params, batch, key):
     x = base.to_float_images(batch["target"])
-    out = module.apply({"params": params}, x, train=True, quantize="noise", rngs={"noise": key})
+    out = module.apply({"params": params}, x, train=True, rngs={"noise": key})
     bpp = jnp.mean(bpp_per_image(out["likelihoods"], x.shape[1] * x.shape[2]))
     target = x
     if real:
