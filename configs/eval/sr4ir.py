@@ -15,7 +15,8 @@ its recognizer.weights), and the HR row's T on the clean images.
        the HR oracle the clean row of the `T_hr` column, T->S's the `T_hr` column of its row; the
        "own" columns gather those cells, one per row (the README's form).
 LR images as in training: torch's bicubic without antialiasing, 8-bit (degrade.kernel "torch").
-LPIPS is not computed yet (SR4IR downloads its weights at run time; rajax reads them only as files).
+LPIPS (cls table): `--config.lpips.backbone=alexnet-owt-7be5be79.pth`, torchvision's AlexNet file (SR4IR
+downloads it at run time; rajax reads it only as a file you give); the seg/det tables have none yet.
 
 Args: task (cls | seg | det), dataset (cls: cub200 | stanford_cars), runs, scale (4 | 8), rows.
 """
