@@ -7,7 +7,8 @@ pre-processor before a standard codec, trained through a proxy codec, in the pap
     python -m rajax.train --config configs/npp.py:task=cls,stage=fixed --workdir runs/npp_fixed \\
         --config.method.codec_weights=runs/npp_proxy/codec.msgpack
     python -m rajax.train --config configs/npp.py:task=cls,stage=adaptive --workdir runs/npp \\
-        --config.method.codec_weights=runs/npp_proxy/codec.msgpack
+        --config.method.codec_weights=runs/npp_proxy/codec.msgpack \\
+        --config.init_processor=runs/npp_fixed/processor.msgpack
 
 Args: task (cls: ResNet-50 on ImageNet; det: FCOS ResNet-50 FPN on COCO 2017), stage, codec (a
 `rajax.codecs` name; "hevc", HEVC intra through libheif, stands in for BPG, which no registry here
@@ -18,8 +19,9 @@ Stages (the paper's schedule, Adam 1e-4 dropping to 1e-5 near the end of each):
                starts from a pretrained Minnen 2018 model instead: pass one as config.init_codec)
   proxy_codec  C fine-tuned towards the real codec at the middle quality (paper Eq. 2), 400k steps
   fixed        P (no quality layers) at the middle quality and its lam (QP 34, lam 2), 120k steps
-  adaptive     P with its quality layers, one (quality, lam) pair drawn per step, 100k steps (start
-               it from the fixed stage's processor: the quality layers start at exactly 1)
+  adaptive     P with its quality layers, one (quality, lam) pair drawn per step, 100k steps, from
+               the fixed stage's processor (its file has no quality layers: they start fresh, every
+               scale exactly 1, so the adaptive P starts as the fixed one)
 The (quality, lam) pairs: the paper's QP 28/31/34/37/41 with lam 0.5/1/2/4/8 for HEVC; for the
 codecs whose quality rises with the rate, five qualities from high to low with the same lams.
 """

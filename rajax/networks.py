@@ -19,6 +19,7 @@ the step uses); its frozen ones are values passed to the step (`Recognizer`, `Fr
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping
 
 import jax
@@ -129,9 +130,23 @@ def load_variables(net, path: str, shape: tuple[int, ...], *, what: str) -> dict
   if isinstance(net, proxy_codec.ProxyCodec) and not str(path).endswith(".msgpack"):   # a CompressAI checkpoint
     return jax.tree.map(jnp.asarray, {"params": proxy_codec.load_compressai(path, net)["params"], "batch_stats": {}})
   x = jnp.zeros((1, *shape), jnp.float32)
-  template = jax.eval_shape(lambda: base.init_variables(net, jax.random.key(0), x))
-  loaded = weights_lib.load(path, template, what=what, torch_key=getattr(net, "torch_key", None),
-                            rename_torch_keys=getattr(net, "rename_torch_keys", None))
+  kwargs = getattr(net, "init_kwargs", lambda n: {})(1)
+  template = jax.eval_shape(lambda: base.init_variables(net, jax.random.key(0), x, **kwargs))
+  read = functools.partial(weights_lib.load, path, what=what, torch_key=getattr(net, "torch_key", None),
+                           rename_torch_keys=getattr(net, "rename_torch_keys", None))
+  fresh = tuple(getattr(net, "fresh_on_load", ()))   # parameter groups a file may lack (NPP's quality layers)
+  try:
+    loaded = read(template)
+  except weights_lib.WeightsError:
+    if not fresh:
+      raise
+    reduced = {**template, "params": {k: v for k, v in template["params"].items() if not k.startswith(fresh)}}
+    loaded = read(reduced)   # still wrong: this error names what does not fit
+    started = base.init_variables(net, jax.random.key(0), x, **kwargs)["params"]
+    new = sorted(k for k in started if k.startswith(fresh))
+    loaded["params"] = {**loaded["params"], **{k: jax.device_get(started[k]) for k in new}}
+    print(f"rajax.networks: {what}: {path} has no {', '.join(new)}; those start from their initialisation",
+          flush=True)
   loaded = {"params": loaded["params"], "batch_stats": loaded.get("batch_stats", {})}  # EDSR has no batch_stats
   return jax.tree.map(jnp.asarray, loaded)
 

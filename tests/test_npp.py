@@ -169,3 +169,30 @@ def test_sharded_npp_step_equals_single_device_step(proxy_file):
   exact = ("pixel_mse", "proxy_bpp", "quality")   # P's and the proxy's own figures
   for k in m1:
     np.testing.assert_allclose(float(m1[k]), float(m8[k]), rtol=1e-4 if k in exact else 1e-2, err_msg=k)
+
+
+def test_adaptive_stage_starts_from_the_fixed_stage(tmp_path, capsys):
+  """configs/npp.py's third stage: init_processor is the fixed stage's processor.msgpack, which has no
+  quality layers; they start fresh (scales exactly 1), so the adaptive P computes what the fixed one did."""
+  fixed_c = _config(quality=20)
+  fixed_c.processor.adaptive = False
+  fixed = networks.module(fixed_c, "processor")
+  x = jnp.asarray(_BATCH["target"], jnp.float32) / 255
+  v = methods.base.init_variables(fixed, jax.random.key(3), x[:1])
+  v["batch_stats"] = jax.tree.map(lambda s: s + 0.05, v["batch_stats"])
+  weights_lib.save(tmp_path / "processor.msgpack", jax.device_get(v))
+  c = _config(quality=20)
+  c.init_processor = str(tmp_path / "processor.msgpack")
+  spec = methods.get("npp")
+  modules = networks.trained_modules(c, spec)
+  initial = networks.initial_variables(c, spec, modules)["processor"]
+  assert "has no scale_branch1" in capsys.readouterr().out
+  want = fixed.apply(v, x)
+  got = modules["processor"].apply(initial, x, quality=jnp.asarray([0.1, 0.9]))
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
+  # a file of another architecture still fails, naming what does not fit
+  other = _config(quality=20)
+  other.processor.channels = (4, 4, 8, 8, 16)
+  other.init_processor = c.init_processor
+  with pytest.raises(weights_lib.WeightsError, match="do not fit"):
+    networks.initial_variables(other, spec, networks.trained_modules(other, spec))

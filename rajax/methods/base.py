@@ -176,9 +176,10 @@ class FrozenNetwork:
     return self.module.apply(self.variables, x, train=False)
 
 
-def init_variables(module: nn.Module, key: jax.Array, x: jax.Array) -> dict[str, Any]:
-  """{"params", "batch_stats"} of a fresh `module` (batch_stats {} when it has none)."""
-  variables = module.init(key, x, train=False)
+def init_variables(module: nn.Module, key: jax.Array, x: jax.Array, **kwargs) -> dict[str, Any]:
+  """{"params", "batch_stats"} of a fresh `module` (batch_stats {} when it has none); `kwargs` go to
+  its call (an adaptive NPP pre-processor's quality)."""
+  variables = module.init(key, x, train=False, **kwargs)
   return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 

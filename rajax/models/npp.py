@@ -83,6 +83,16 @@ class NPPProcessor(nn.Module):
   dtype: layers.Dtype = jnp.float32
   bn_stats: str = "global"
 
+  @property
+  def fresh_on_load(self) -> tuple[str, ...]:
+    """The parameter groups a weights file may lack, started fresh (the quality layers of a P that
+    starts from a fixed-quality one: the paper's third stage from its second)."""
+    return ("scale_",) if self.adaptive else ()
+
+  def init_kwargs(self, n: int) -> dict:
+    """The call's extra arguments for initialisation on `n` images."""
+    return {"quality": jnp.zeros((n,), jnp.float32)} if self.adaptive else {}
+
   def __post_init__(self):
     if len(self.channels) != 5:
       raise ValueError(f"NPPProcessor channels must be five widths (four levels and the bottleneck), got "
