@@ -36,6 +36,17 @@ def _config(method="npp", **fields):
   return c
 
 
+def _built(c):
+  """(trained modules, method, initial state) of a validated config."""
+  config_lib.validate(c)
+  spec = methods.get(c.method.name)
+  modules = networks.trained_modules(c, spec)
+  method = methods.build(methods.Setup(config=c, modules=modules,
+                                       optimizers=optim.make_optimizers(c.optim, spec.trains, 100, 100),
+                                       input_shape=networks.input_shape(c)))
+  return modules, method, method.init(jax.random.PRNGKey(0))
+
+
 _rng = np.random.default_rng(0)
 _BATCH = {"target": _rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8),
           "input": None, "label": np.asarray([3, 7], np.int32)}
@@ -54,14 +65,8 @@ def proxy_file(tmp_path_factory):
 
 def test_npp_step_sees_the_real_codec_and_learns_through_the_proxy(proxy_file):
   c = _config(codec="jpeg", pairs=((20, 4.0), (50, 1.0)), quality=50, codec_weights=proxy_file)
-  config_lib.validate(c)
-  spec = methods.get("npp")
-  modules = networks.trained_modules(c, spec)
-  opts = optim.make_optimizers(c.optim, spec.trains, 100, 100)
-  method = methods.build(methods.Setup(config=c, modules=modules, optimizers=opts,
-                                       input_shape=networks.input_shape(c)))
-  state = method.init(jax.random.PRNGKey(0))
-  frozen = networks.frozen_networks(c, spec)
+  modules, method, state = _built(c)
+  frozen = networks.frozen_networks(c, method.spec)
   step = jax.jit(method.train_step).lower(state, _BATCH, frozen).compile(compiler_options=FAST)
   s1, m = step(state, _BATCH, frozen)
   q = int(m["quality"])
@@ -90,13 +95,7 @@ def test_npp_step_sees_the_real_codec_and_learns_through_the_proxy(proxy_file):
 
 def test_proxy_towards_the_real_codec_trains_only_the_codec():
   c = _config("proxy_codec", codec="jpeg", quality=30)
-  config_lib.validate(c)
-  spec = methods.get("proxy_codec")
-  modules = networks.trained_modules(c, spec)
-  opts = optim.make_optimizers(c.optim, spec.trains, 100, 100)
-  method = methods.build(methods.Setup(config=c, modules=modules, optimizers=opts,
-                                       input_shape=networks.input_shape(c)))
-  state = method.init(jax.random.PRNGKey(0))
+  modules, method, state = _built(c)
   assert list(state.params) == ["codec"]
   s1, m = jax.jit(method.train_step)(state, _BATCH, {})
   x = jnp.asarray(_BATCH["target"], jnp.float32) / 255
@@ -151,13 +150,10 @@ def test_sharded_npp_step_equals_single_device_step(proxy_file):
   batch = {"target": target, "input": target, "label": np.arange(8, dtype=np.int32)}
   results = []
   for mesh in (sharding.make_mesh(1), sharding.make_mesh(8)):
-    modules = networks.trained_modules(c, spec)
-    method = methods.build(methods.Setup(config=c, modules=modules,
-                                         optimizers=optim.make_optimizers(c.optim, spec.trains, 100, 100),
-                                         input_shape=networks.input_shape(c)))
+    _, method, state = _built(c)
     rep, bat = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     with jax.set_mesh(mesh):
-      state = jax.device_put(method.init(jax.random.PRNGKey(0)), rep)
+      state = jax.device_put(state, rep)
       frozen = jax.device_put(networks.frozen_networks(c, spec), rep)
       step = jax.jit(method.train_step, in_shardings=(rep, bat, rep), out_shardings=(rep, rep))
       results.append(jax.device_get(step(state, jax.device_put(batch, bat), frozen)))

@@ -53,24 +53,15 @@ def straight_through(proxy: jax.Array, real: jax.Array) -> jax.Array:
   return proxy + jax.lax.stop_gradient(real - proxy)
 
 
-def bpp_per_image(likelihoods: dict[str, jax.Array], num_pixels: int) -> jax.Array:
-  """[n] bits per pixel of each image from an entropy model's likelihoods (sum of -log2 over its latents)."""
-  return losses.rate_bpp_per_image(likelihoods=likelihoods, num_pixels=num_pixels)
-
-
-def proxy_apply(codec: base.FrozenNetwork | Any, variables, x: jax.Array, *, quantize: str, key: jax.Array,
-                module=None) -> dict[str, Any]:
-  """The proxy codec's {"x_hat", "likelihoods"} on `x` with differentiable quantisation (`quantize`)."""
-  module = (module if module is not None else codec.module).clone(quantization=quantize)
-  variables = variables if variables is not None else codec.variables
-  return module.apply(variables, x, train=True, rngs={"noise": key})
+def proxy_apply(codec: base.FrozenNetwork, x: jax.Array, *, quantize: str, key: jax.Array) -> dict[str, Any]:
+  """The frozen proxy codec's {"x_hat", "likelihoods"} on `x` with differentiable quantisation (`quantize`)."""
+  return codec.module.clone(quantization=quantize).apply(codec.variables, x, train=True, rngs={"noise": key})
 
 
 def _settings(config) -> dict[str, Any]:
   m = config.method
   return dict(codec=m.codec, pairs=tuple((int(q), float(l)) for q, l in m.pairs), quality=int(m.quality),
               beta=float(m.beta), proxy_quantize=m.proxy_quantize, labels=config.get("labels", "dataset"),
-              adaptive=bool(config.processor.get("adaptive", False)),
               loss_options=tuple(sorted((config.recognizer.get("loss") or {}).items())))
 
 
@@ -115,7 +106,7 @@ def make_npp(setup: base.Setup) -> base.Method:
   spec = METHODS["npp"]
 
   def preprocess(params, batch_stats, x, qn, *, train: bool):
-    kwargs = {"quality": jnp.broadcast_to(qn, (x.shape[0],))} if s["adaptive"] else {}
+    kwargs = {"quality": jnp.broadcast_to(qn, (x.shape[0],))} if modules["processor"].adaptive else {}
     variables = {"params": params, "batch_stats": batch_stats}
     if train:
       out, updates = modules["processor"].apply(variables, x, train=True, mutable=["batch_stats"], **kwargs)
@@ -129,8 +120,8 @@ def make_npp(setup: base.Setup) -> base.Method:
     pre, p_stats = preprocess(params["processor"], batch_stats["processor"], x, normalised[index], train=True)
     real, real_bpp = codecs.roundtrip_jax(s["codec"], pre, qualities[index])
     proxy_key, rec_key = jax.random.split(key)
-    proxy = proxy_apply(frozen["codec"], None, pre, quantize=s["proxy_quantize"], key=proxy_key)
-    proxy_bpp = bpp_per_image(proxy["likelihoods"], x.shape[1] * x.shape[2])
+    proxy = proxy_apply(frozen["codec"], pre, quantize=s["proxy_quantize"], key=proxy_key)
+    proxy_bpp = losses.rate_bpp_per_image(likelihoods=proxy["likelihoods"], num_pixels=x.shape[1] * x.shape[2])
     y = straight_through(proxy["x_hat"], real)
     rate = straight_through(proxy_bpp, real_bpp)
     targets = (task.pseudo_targets(recognizer(x))[0] if s["labels"] == "recognizer" else task.dataset_targets(batch))
@@ -161,13 +152,9 @@ def make_npp(setup: base.Setup) -> base.Method:
   def init(rng, initial=None):
     initial = initial or {}
     rng, key = jax.random.split(rng)
-    x = jnp.zeros((1, *setup.input_shape), jnp.float32)
-    kwargs = {"quality": jnp.zeros((1,))} if s["adaptive"] else {}
-    if initial.get("processor"):
-      variables = initial["processor"]
-    else:
-      v = modules["processor"].init(key, x, train=False, **kwargs)
-      variables = {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
+    p = modules["processor"]
+    variables = initial.get("processor") or base.init_variables(
+        p, key, jnp.zeros((1, *setup.input_shape), jnp.float32), **p.init_kwargs(1))
     return base.new_state({"processor": variables}, optimizers, rng)
 
   def forward(variables, frozen, x, quality: int | None = None):
@@ -206,7 +193,7 @@ def _make_proxy(setup: base.Setup, *, real: bool) -> base.Method:
   def loss_fn(params, batch, key):
     x = base.to_float_images(batch["target"])
     out = module.apply({"params": params}, x, train=True, rngs={"noise": key})
-    bpp = jnp.mean(bpp_per_image(out["likelihoods"], x.shape[1] * x.shape[2]))
+    bpp = losses.rate_bpp(likelihoods=out["likelihoods"], num_pixels=x.size // x.shape[-1])
     target = x
     if real:
       target, _ = codecs.roundtrip_jax(s["codec"], x, jnp.int32(s["quality"]))
@@ -237,7 +224,7 @@ def _make_proxy(setup: base.Setup, *, real: bool) -> base.Method:
 
   def forward(variables, frozen, x):
     out = module.apply({"params": variables["codec"]["params"]}, x, train=False)
-    bpp = bpp_per_image(out["likelihoods"], x.shape[1] * x.shape[2])
+    bpp = losses.rate_bpp_per_image(likelihoods=out["likelihoods"], num_pixels=x.shape[1] * x.shape[2])
     x_hat = jnp.clip(out["x_hat"], 0.0, 1.0)
     return {"human": x_hat, "machine": x_hat, "bpp": bpp}
 
