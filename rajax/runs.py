@@ -57,6 +57,12 @@ def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
     raise RunError(f"{workdir} was trained with method {name!r}, which this version does not know "
                    f"({', '.join(methods.names())}).")
   config = config_lib.base(task=saved.get("task", "sr"), method=name)
+  # A network section is its architecture's constructor arguments: the saved one replaces today's default
+  # whole (the default processor's fields, e.g. srresnet's `blocks`, are no options of another architecture).
+  for section in ("processor", "transformer", "codec"):
+    if isinstance(saved.get(section), Mapping) and section in config:
+      config[section] = ml_collections.ConfigDict(
+          {k: tuple(v) if isinstance(v, list) else v for k, v in saved[section].items()})
   _merge(config, saved)
   # Network sections hold constructor arguments, and a method's section its own settings; a run may
   # set ones the defaults leave out (e.g. configs/demo.py's processor.input_skip): keep them all.
@@ -122,6 +128,20 @@ class Run:
     """{"human", "machine"} images for float inputs x in [0, 1] (traceable: pass variables and frozen into jit)."""
     return self.method.forward(self.variables if variables is None else variables,
                                self.frozen if frozen is None else frozen, x)
+
+  def coded(self, x: jax.Array, codec: str, quality: int, variables=None, frozen=None) -> dict[str, jax.Array]:
+    """{"human", "machine", "bpp"}: the run's output coded by standard codec `codec` (a `rajax.codecs`
+    name) at `quality`, decoded, with the real bits per pixel of each file (traceable; the codec runs
+    on the host). A method built around a codec composes it itself (NPP's P reads the quality); any
+    other run's shown image is coded as it is."""
+    from rajax import codecs
+    variables = self.variables if variables is None else variables
+    frozen = self.frozen if frozen is None else frozen
+    if self.method.coded_forward is not None:
+      return self.method.coded_forward(variables, frozen, x, codec, quality)
+    shown = self.method.forward(variables, frozen, x)["human"]
+    decoded, bpp = codecs.roundtrip_jax(codec, shown, jax.numpy.int32(quality))
+    return {"human": decoded, "machine": decoded, "bpp": bpp}
 
 
 # Loaded runs, by their directory and the size and modification time of every file in it: the evaluation

@@ -173,6 +173,18 @@ class Codec:
       raise ValueError(f"{self.name}.normalise takes an integer or an integer array, got {type(quality).__name__}.")
     return (quality - self.lo) / span if self.higher_is_more_bits else (self.hi - quality) / span
 
+  def identity(self) -> str:
+    """What the codec's bytes depend on besides the image and quality: its name, the settings pinned
+    here and the coding libraries' versions (a cache key of coded images)."""
+    import PIL
+
+    libs = f"Pillow {PIL.__version__}"
+    if self.name == "hevc":
+      heif = _pillow_heif()
+      libs += f", pillow-heif {heif.__version__}, libheif {heif.libheif_version()}"
+      libs += f", preset {HEVC_PRESET}, tune {HEVC_TUNE}, qp offset {BPG_X265_QP_OFFSET}"
+    return f"{self.name}: {self.summary} ({libs})"
+
   def encode(self, img: np.ndarray, quality: int) -> bytes:
     """The complete file of `img` (uint8 RGB [H, W, 3]) coded at `quality`."""
     img = check_image(img, f"{self.name}.encode")

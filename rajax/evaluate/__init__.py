@@ -22,6 +22,9 @@ to run, each selected by its `type` (big_vision style):
                           (rajax.evaluate.detection; Table 12 is `accuracy` on runs trained with a detector)
   segmentation  App. G, Table 18  rows = processing, columns = evaluation segmenters, cells mIoU and pixel
                           accuracy; per-class IoU; predicted label maps drawn (rajax.evaluate.segmentation)
+  rate_accuracy  NPP     each codec's quality sweep, codec alone vs processing + codec: real bits per pixel,
+                          top-1 (and detectors' mAP on whole images), PSNR; BD-rates per target and codec; curves
+                          (rajax.evaluate.rate)
 
 Everything runs batched and jitted over a mesh of all devices (batch sharded along "data",
 variables replicated, the last batch padded and masked). Each evaluator writes
@@ -43,7 +46,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from rajax import distributed
-from rajax.evaluate import boundary, tables
+from rajax.evaluate import boundary, rate, tables
 from rajax.evaluate import detection as detection_eval
 from rajax.evaluate import segmentation as segmentation_eval
 from rajax.evaluate.boundary import boundary_distance, inter_boundary_distance
@@ -62,6 +65,7 @@ EVALUATORS = {
     "imagenet_c": tables.imagenet_c,
     "detection": detection_eval.detection,
     "segmentation": segmentation_eval.segmentation,
+    "rate_accuracy": rate.rate_accuracy,
 }
 OWN_DATA = ("detection", "segmentation")   # evaluators that read their own images, not config.data's crops
 
@@ -171,6 +175,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       problems += detection_eval.problems(ev, name)
     if kind == "segmentation":
       problems += segmentation_eval.problems(ev, name)
+    if kind == "rate_accuracy":
+      problems += rate.problems(ev, name)
     for item in ev.get("processors") or ():
       if item not in config.processors:
         problems.append(f"config.evals.{name}.processors names {item!r}, which is not in config.processors "

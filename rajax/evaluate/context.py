@@ -7,7 +7,11 @@ images and example indices, unless config.data.noise="host") -> a *view* of them
   "input"   the degraded input (SR inputs upscaled bicubically to the clean size);
   "clean"   the clean image;
   NAME      the output of trained processor NAME (and what its recognizers see: T(P(x)) for a
-            processor trained with a transformer T).
+            processor trained with a transformer T);
+  "clean+CODEC@Q", "NAME+CODEC@Q"  (`coded_view`) the clean image or processor NAME's output coded by a
+            standard codec (`rajax.codecs`) at quality Q and decoded, for rate-accuracy curves: their
+            quality records hold each file's real bits per pixel ("bpp") too. A processor built
+            around a codec composes it itself (NPP's P reads Q; `rajax.runs.Run.coded`).
 
 For each (view, target) the evaluator records per-example predictions (`targets.summarise`), and
 for each view PSNR and SSIM against the clean image. Records are cached in
@@ -43,6 +47,22 @@ INPUT, CLEAN = "input", "clean"
 
 class EvalError(ValueError):
   """The evaluation config or its inputs (processor runs, targets, data) are wrong."""
+
+
+def coded_view(base: str, codec: str, quality: int) -> str:
+  """The view of `base` ("clean" or a processor's name) coded by `codec` at `quality`: "BASE+CODEC@Q"."""
+  from rajax import codecs
+  codecs.get(codec).check_quality(quality)
+  return f"{base}+{codec}@{int(quality)}"
+
+
+def parse_coded(view: str) -> tuple[str, str, int] | None:
+  """(base, codec, quality) of a `coded_view` name; None for any other view."""
+  base, plus, rest = view.rpartition("+")
+  codec, at, q = rest.partition("@")
+  if not plus or not at or not q.isdigit():
+    return None
+  return base, codec, int(q)
 
 
 def log(msg: str) -> None:
@@ -244,6 +264,36 @@ class Context:
 
   def view(self, name: str, batch) -> tuple[jax.Array, jax.Array]:
     """(shown, seen) images of view `name` for a global batch, sharded along "data"."""
+    return self.view_outputs(name, batch)[:2]
+
+  def view_outputs(self, name: str, batch) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    """(shown, seen, extra) of view `name`: extra holds a coded view's per-image "bpp" ({} otherwise)."""
+    coded = parse_coded(name)
+    if coded is not None:
+      return self._coded_view(*coded, batch)
+    return (*self._plain_view(name, batch), {})
+
+  def _coded_view(self, base: str, codec: str, quality: int, batch):
+    from rajax import codecs
+    codecs.get(codec).check_quality(quality)
+    rep, bat = self.replicated, self.batched
+    if base == CLEAN:
+      def code(y):
+        decoded, bpp = codecs.roundtrip_jax(codec, to_float_images(y), jnp.int32(quality))
+        return decoded, bpp
+      decoded, bpp = self._jit(("coded", base, codec, quality), code, (bat,), (bat, bat))(batch["target"])
+      return decoded, decoded, {"bpp": bpp}
+    if base == INPUT:
+      raise EvalError(f"View {base}+{codec}@{quality}: code the clean image ('clean+{codec}@{quality}') or a "
+                      "processor's output; the degraded input is not a coded view.")
+    p = self.processor(base)
+    fn = self._jit(("coded", base, codec, quality),
+                   lambda v, x: p.run.coded(to_float_images(x), codec, quality, v["trained"], v["frozen"]),
+                   (rep, bat), bat)
+    out = fn(p.placed, batch["input"])
+    return out["human"], out["machine"], {"bpp": out["bpp"]}
+
+  def _plain_view(self, name: str, batch) -> tuple[jax.Array, jax.Array]:
     rep, bat = self.replicated, self.batched
     if name == CLEAN:
       y = self._jit("clean", to_float_images, (bat,), bat)(batch["target"])
@@ -337,10 +387,21 @@ class Context:
     return rec
 
   def view_key(self, view: str) -> str:
+    coded = parse_coded(view)
+    if coded is not None:
+      from rajax import codecs
+      base, codec, quality = coded
+      return json.dumps(["coded", self.view_key(base), codecs.get(codec).identity(), quality])
     return view if view in (INPUT, CLEAN) else self.processor(view).key
 
+  @staticmethod
+  def reads_clean(view: str) -> bool:
+    """Whether `view` is made from the clean image alone (so its records do not depend on the degradation)."""
+    coded = parse_coded(view)
+    return (coded[0] if coded else view) == CLEAN
+
   def _record_key(self, kind: str, view: str, spec: DataSpec, target: str | None = None) -> str:
-    data = spec.key(self.config.data, self.config.seed, clean=view == CLEAN)
+    data = spec.key(self.config.data, self.config.seed, clean=self.reads_clean(view))
     t = self.target(target).key if target else ""
     seed = self.config.classes.seed if target else 0
     parts = [CACHE_VERSION, kind, self.view_key(view), t, data, seed]
@@ -397,11 +458,14 @@ class Context:
         if (CLEAN, "labels") in parts:
           parts[(CLEAN, "labels")].setdefault("label", []).append(labels)
         for v in needed_views:
-          shown, seen = self.view(v, batch)
+          shown, seen, extra = self.view_outputs(v, batch)
           for (pv, pt), store in parts.items():
             if pv != v or pt == "labels":
               continue
-            res = self.quality(shown, batch) if pt == "quality" else self.outputs(self.target(pt), seen)
+            if pt == "quality":
+              res = self.quality(shown, batch) | {k: self.host_images(a) for k, a in extra.items()}
+            else:
+              res = self.outputs(self.target(pt), seen)
             for k, a in res.items():
               store.setdefault(k, []).append(np.asarray(a))
         done = j + 1

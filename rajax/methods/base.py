@@ -68,6 +68,11 @@ class Method(NamedTuple):
   init: Callable[..., TrainState]   # (rng, initial=None)
   train_step: Callable[[TrainState, Batch, Frozen], tuple[TrainState, Metrics]]
   forward: Callable[[Variables, Frozen, jax.Array], dict[str, jax.Array]]
+  # (variables, frozen, x, codec, quality) -> {"human", "machine", "bpp"}: the method's own composition
+  # with a standard codec (`rajax.codecs` name, quality on its axis), for a method built around one
+  # (NPP: P at the codec's normalised quality, then the codec). None: the codec codes `forward`'s output
+  # (`rajax.runs.Run.coded`).
+  coded_forward: Callable[..., dict[str, jax.Array]] | None = None
 
 
 class LossAux(NamedTuple):

@@ -157,14 +157,19 @@ def make_npp(setup: base.Setup) -> base.Method:
         p, key, jnp.zeros((1, *setup.input_shape), jnp.float32), **p.init_kwargs(1))
     return base.new_state({"processor": variables}, optimizers, rng)
 
-  def forward(variables, frozen, x, quality: int | None = None):
-    q = s["quality"] if quality is None else quality
+  def coded_forward(variables, frozen, x, codec_name: str, quality: int):
+    """P at `codec_name`'s normalised `quality`, then that codec: the trained codec or another one (the
+    quality input of an adaptive P is the position on the codec's own axis, `Codec.normalise`)."""
+    target = codecs.get(codec_name)
     v = variables["processor"]
-    pre, _ = preprocess(v["params"], v["batch_stats"], x, jnp.float32(codec.normalise(q)), train=False)
-    out, bpp = codecs.roundtrip_jax(s["codec"], pre, jnp.int32(q))
+    pre, _ = preprocess(v["params"], v["batch_stats"], x, jnp.float32(target.normalise(int(quality))), train=False)
+    out, bpp = codecs.roundtrip_jax(codec_name, pre, jnp.int32(quality))
     return {"human": out, "machine": out, "bpp": bpp, "preprocessed": pre}
 
-  return base.Method(spec=spec, init=init, train_step=train_step, forward=forward)
+  def forward(variables, frozen, x, quality: int | None = None):
+    return coded_forward(variables, frozen, x, s["codec"], s["quality"] if quality is None else quality)
+
+  return base.Method(spec=spec, init=init, train_step=train_step, forward=forward, coded_forward=coded_forward)
 
 
 # ==================================================================== the proxy codec's own training
