@@ -224,6 +224,17 @@ def train_all(workdir: pathlib.Path, tasks: Sequence[str], modes: Sequence[str],
   overlaps one run's compilation with another's training. Each run's output goes to its
   `train.log`; progress (runs done, running steps, ETA) is printed here. Returns seconds."""
   runs = schedule(tasks, modes, quick, detection)
+  commands = {(t, r): run_command(workdir, t, r, quick, train_args, config_args=config_args) for t, r in runs}
+  return run_processes(workdir, [(f"{t}/{r}", commands[(t, r)], tuple(f"{t}/{n}" for n in needs(r)))
+                                 for t, r in runs], quick=quick, jobs=jobs, status_every=status_every)
+
+
+def run_processes(workdir: pathlib.Path, runs: Sequence[tuple[str, list[str], Sequence[str]]], *, quick: bool,
+                  jobs: int = 2, status_every: float = 30.0) -> float:
+  """Runs `(name, command, needs)` training processes, up to `jobs` at a time, each once the runs it
+  `needs` have finished, in the given order; each one's output goes to WORKDIR/<name>/train.log. A
+  failed run stops the others (each saves a checkpoint) and raises with the end of its log; Ctrl-C
+  likewise. Returns seconds."""
   pending = list(runs)
   running, done = {}, []
   env = dict(os.environ)
@@ -234,12 +245,11 @@ def train_all(workdir: pathlib.Path, tasks: Sequence[str], modes: Sequence[str],
     env["XLA_FLAGS"] = quick_xla_flags(env.get("XLA_FLAGS", ""))
   t0 = last_status = time.perf_counter()
   fmt = lambda sec: str(datetime.timedelta(seconds=round(sec)))
-  print(f"[demo] {len(runs)} training runs, {jobs} at a time; each run's output: WORKDIR/<task>/<run>/train.log",
+  print(f"[demo] {len(runs)} training runs, {jobs} at a time; each run's output: WORKDIR/<run>/train.log",
         flush=True)
 
   def ready(run):
-    task, name = run
-    return all((task, n) in done for n in needs(name))
+    return all(n in done for n in run[2])
 
   def stop_all():
     # One SIGINT each (the runs have their own sessions, so a Ctrl-C reaches only the demo): rajax.train
@@ -257,34 +267,34 @@ def train_all(workdir: pathlib.Path, tasks: Sequence[str], modes: Sequence[str],
     while pending or running:
       for run in [r for r in pending if ready(r)][:max(0, jobs - len(running))]:
         pending.remove(run)
-        log = workdir / run[0] / run[1] / "train.log"
+        name, cmd, _ = run
+        log = workdir / name / "train.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         out = open(log, "a")
-        proc = subprocess.Popen(run_command(workdir, *run, quick, train_args, config_args=config_args), stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
-        running[run] = (proc, out, log, time.perf_counter())
-        print(f"[demo] start {run[0]}/{run[1]} ({len(done) + len(running)}/{len(runs)})", flush=True)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        running[name] = (proc, out, log, time.perf_counter())
+        print(f"[demo] start {name} ({len(done) + len(running)}/{len(runs)})", flush=True)
       time.sleep(0.2)
-      for run, (proc, out, log, started) in list(running.items()):
+      for name, (proc, out, log, started) in list(running.items()):
         if proc.poll() is None:
           continue
         out.close()
-        del running[run]
+        del running[name]
         if proc.returncode != 0:
           tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
           stop_all()
-          raise RuntimeError(f"The demo run {run[0]}/{run[1]} failed (exit status {proc.returncode}); the end of "
+          raise RuntimeError(f"The demo run {name} failed (exit status {proc.returncode}); the end of "
                              f"{log}:\n{tail}\nFix the cause and rerun the demo: finished runs are kept, "
                              "interrupted ones resume.")
-        done.append(run)
+        done.append(name)
         elapsed = time.perf_counter() - t0
         left = len(pending) + len(running)
         eta = elapsed / len(done) * left
-        print(f"[demo] done  {run[0]}/{run[1]} in {fmt(time.perf_counter() - started)} | {len(done)}/{len(runs)} runs "
+        print(f"[demo] done  {name} in {fmt(time.perf_counter() - started)} | {len(done)}/{len(runs)} runs "
               f"| elapsed {fmt(elapsed)} | ETA {fmt(eta) if left else '0:00:00'}", flush=True)
       if running and time.perf_counter() - last_status >= status_every:
         last_status = time.perf_counter()
-        print("[demo] running: " + "; ".join(f"{t}/{r} {_last_progress(v[2])}" for (t, r), v in running.items())
+        print("[demo] running: " + "; ".join(f"{n} {_last_progress(v[2])}" for n, v in running.items())
               + f" | elapsed {fmt(last_status - t0)}", flush=True)
   except KeyboardInterrupt:
     stop_all()
