@@ -224,3 +224,35 @@ def test_roundtrip_jax_sharded(photos, hevc_jit):
   batch = NamedSharding(mesh, P("data"))
   assert out[0].sharding.is_equivalent_to(batch, 4) and out[1].sharding.is_equivalent_to(batch, 1)  # stays per device
   _check_against_host(out, x, qs)
+
+
+def test_roundtrip_jax_codes_per_device_under_a_mesh(photos, monkeypatch):
+  """Under jax.set_mesh (as the trainer and the evaluation set it) each device sends its own shard to the
+  host; without a mesh the whole batch goes in one call. The results are the same."""
+  from rajax import sharding
+  from rajax.codecs import device as device_lib
+  calls = []
+  real = device_lib.roundtrip_batch
+
+  def counted(name, imgs, qualities, **kw):
+    calls.append(len(imgs))
+    return real(name, imgs, qualities, **kw)
+
+  monkeypatch.setattr(device_lib, "roundtrip_batch", counted)
+  x = np.concatenate([photos, photos[:, ::-1]]).astype(np.float32) / 255
+  qs = np.asarray([10, 20, 30, 40, 50, 60, 70, 80], np.int32)
+  code = lambda x, q: codecs.roundtrip_jax("jpeg", x, q)
+  alone = jax.block_until_ready(jax.jit(code)(x, qs))
+  assert calls == [8]
+  mesh = sharding.make_mesh(-1)
+  calls.clear()
+  with jax.set_mesh(mesh):
+    xs = jax.device_put(x, sharding.batch_sharded(mesh))
+    qd = jax.device_put(qs, sharding.batch_sharded(mesh))
+    out = jax.block_until_ready(jax.jit(code)(xs, qd))
+  assert sorted(calls) == [1] * 8
+  for a, b in zip(alone, out):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  decoded, bits = real("jpeg", np.asarray(codecs.quantize_uint8(x)), qs)
+  np.testing.assert_array_equal(np.round(np.asarray(out[0]) * 255).astype(np.uint8), decoded)
+  np.testing.assert_allclose(np.asarray(out[1]), bits / (x.shape[1] * x.shape[2]), rtol=1e-6)

@@ -15,14 +15,12 @@ through a proxy network).
 Batching: `vmap_method="broadcast_all"`, so `jax.vmap` of a function calling it works (the host
 gets every mapped image at once, [..., N, H, W, 3], and codes them as one batch).
 
-Sharding (checked on 8 CPU devices with a 'data' mesh axis):
-  - Called directly under `jax.jit` with `x` sharded along the batch, it works: XLA runs the
-    callback once, on one device, with the whole global batch gathered there, and reshards the
-    results (correct, but the batch funnels through one host call).
-  - Inside `jax.shard_map(..., in_specs=P('data'), out_specs=P('data'))` each device calls the
-    host with its own shard (per-device callbacks, concurrently on one host); this is the form to
-    use in a data-parallel train step. On several hosts each process codes its own devices'
-    shards.
+Sharding: under a mesh with a "data" axis (`jax.set_mesh`, as rajax.train and rajax.evaluate set
+it) and a batch that divides over it, the callback runs per device through `jax.shard_map`: each
+device ships its own shard to the host (concurrent calls; on several hosts each process codes its
+own devices' shards), instead of XLA gathering the whole batch onto one device for a single call.
+Inside a caller's own shard_map it codes that shard; without a mesh, the whole batch in one call.
+The results are the same either way: each image is coded on its own.
 
 `quality` is an int32 scalar or [N] array; it may be traced (a per-example quality drawn inside the
 step). A concrete quality is range-checked at once; a traced one on the host, where an
@@ -49,6 +47,21 @@ def _host_roundtrip(name: str, threads: int | None):
     return decoded.reshape(u8.shape), bits.astype(np.int32).reshape(lead)
 
   return call
+
+
+DATA = "data"   # the batch axis of rajax's meshes (rajax.sharding)
+
+
+def _data_devices(n: int) -> int:
+  """The size of the current mesh's "data" axis when a batch of `n` can be split over it per device (a
+  jax.set_mesh context, as the trainer and the evaluation suite set, outside shard_map); else 1."""
+  import jax
+
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or DATA not in mesh.shape or DATA in mesh.manual_axes:
+    return 1
+  size = mesh.shape[DATA]
+  return size if size > 1 and n % size == 0 else 1
 
 
 def quantize_uint8(x):
@@ -88,9 +101,16 @@ def roundtrip_jax(name: str, x, quality, *, threads: int | None = None):
   if q.shape != (n,):
     raise ValueError(f"roundtrip_jax takes one {codec.axis} for the batch or one per image ({n}), got shape {q.shape}.")
   u8 = quantize_uint8(x)
-  out_types = (jax.ShapeDtypeStruct(u8.shape, jnp.uint8), jax.ShapeDtypeStruct((n,), jnp.int32))
-  decoded, bits = jax.pure_callback(_host_roundtrip(name, threads), out_types, u8, q.astype(jnp.int32),
-                                    vmap_method="broadcast_all")
+
+  def call(u8, q):
+    out_types = (jax.ShapeDtypeStruct(u8.shape, jnp.uint8), jax.ShapeDtypeStruct(q.shape, jnp.int32))
+    return jax.pure_callback(_host_roundtrip(name, threads), out_types, u8, q, vmap_method="broadcast_all")
+
+  devices = _data_devices(n)
+  if devices > 1:   # one host call per device, on its own shard, instead of the batch gathered onto one
+    from jax.sharding import PartitionSpec as P
+    call = jax.shard_map(call, in_specs=(P(DATA), P(DATA)), out_specs=(P(DATA), P(DATA)))
+  decoded, bits = call(u8, q.astype(jnp.int32))
   x_hat = decoded.astype(jnp.float32) / jnp.float32(255.0)
   rate = bits.astype(jnp.float32) / jnp.float32(h * w)
   return jax.lax.stop_gradient(x_hat), jax.lax.stop_gradient(rate)
