@@ -140,7 +140,7 @@ class Run:
     if self.method.coded_forward is not None:
       return self.method.coded_forward(variables, frozen, x, codec, quality)
     shown = self.method.forward(variables, frozen, x)["human"]
-    decoded, bpp = codecs.roundtrip_jax(codec, shown, jax.numpy.int32(quality))
+    decoded, bpp = codecs.roundtrip_jax(codec, shown, jax.numpy.asarray(quality, jax.numpy.int32))
     return {"human": decoded, "machine": decoded, "bpp": bpp}
 
 

@@ -277,20 +277,20 @@ class Context:
     from rajax import codecs
     codecs.get(codec).check_quality(quality)
     rep, bat = self.replicated, self.batched
+    q = np.int32(quality)   # an argument, not a constant: one program per (view, codec) serves every quality
     if base == CLEAN:
-      def code(y):
-        decoded, bpp = codecs.roundtrip_jax(codec, to_float_images(y), jnp.int32(quality))
-        return decoded, bpp
-      decoded, bpp = self._jit(("coded", base, codec, quality), code, (bat,), (bat, bat))(batch["target"])
+      def code(y, q):
+        return codecs.roundtrip_jax(codec, to_float_images(y), q)
+      decoded, bpp = self._jit(("coded", base, codec), code, (bat, rep), (bat, bat))(batch["target"], q)
       return decoded, decoded, {"bpp": bpp}
     if base == INPUT:
       raise EvalError(f"View {base}+{codec}@{quality}: code the clean image ('clean+{codec}@{quality}') or a "
                       "processor's output; the degraded input is not a coded view.")
     p = self.processor(base)
-    fn = self._jit(("coded", base, codec, quality),
-                   lambda v, x: p.run.coded(to_float_images(x), codec, quality, v["trained"], v["frozen"]),
-                   (rep, bat), bat)
-    out = fn(p.placed, batch["input"])
+    fn = self._jit(("coded", base, codec),
+                   lambda v, x, q: p.run.coded(to_float_images(x), codec, q, v["trained"], v["frozen"]),
+                   (rep, bat, rep), bat)
+    out = fn(p.placed, batch["input"], q)
     return out["human"], out["machine"], {"bpp": out["bpp"]}
 
   def _plain_view(self, name: str, batch) -> tuple[jax.Array, jax.Array]:

@@ -162,8 +162,9 @@ def make_npp(setup: base.Setup) -> base.Method:
     quality input of an adaptive P is the position on the codec's own axis, `Codec.normalise`)."""
     target = codecs.get(codec_name)
     v = variables["processor"]
-    pre, _ = preprocess(v["params"], v["batch_stats"], x, jnp.float32(target.normalise(int(quality))), train=False)
-    out, bpp = codecs.roundtrip_jax(codec_name, pre, jnp.int32(quality))
+    q = jnp.asarray(quality, jnp.int32)   # may be traced: one program serves every quality
+    pre, _ = preprocess(v["params"], v["batch_stats"], x, target.normalise(q), train=False)
+    out, bpp = codecs.roundtrip_jax(codec_name, pre, q)
     return {"human": out, "machine": out, "bpp": bpp, "preprocessed": pre}
 
   def forward(variables, frozen, x, quality: int | None = None):
