@@ -78,6 +78,13 @@ def ssim(a: jax.Array, b: jax.Array, *, padding: str = "same") -> jax.Array:
   raise ValueError(f"ssim padding must be 'same' (the paper's) or 'valid', got {padding!r}.")
 
 
+def ssim_map(a: jax.Array, b: jax.Array) -> jax.Array:
+  """The per-pixel SSIM map [B, H, W, C] of `ssim`'s paper definition (zero-padded window): its mean
+  over the last three axes is ssim(a, b); a masked mean gives the SSIM of part of each image."""
+  _check_images(a, b, "ssim_map")
+  return dm_pix.ssim(a.astype(jnp.float32), b.astype(jnp.float32), filter_fn=_same_zero_padded_blur, return_map=True)
+
+
 def topk_correct(logits: jax.Array, labels: jax.Array, ks: Sequence[int] = (1, 5)) -> dict[str, jax.Array]:
   """For each k, whether the label is among the k highest logits: {"top{k}": bool [B]}."""
   if logits.ndim != 2 or labels.shape != logits.shape[:1]:

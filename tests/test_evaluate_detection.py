@@ -18,7 +18,9 @@ import ml_collections
 import numpy as np
 import pytest
 
+import numpy_metrics
 import rajax
+import seeded_lpips
 import toy_detector
 from rajax import config as config_lib
 from rajax import evaluate, networks, runs
@@ -27,6 +29,7 @@ from rajax.data import detection as det_data
 from rajax.data.pipeline import Degradation
 from rajax.detection import BoxTargets, Detections, zoo
 from rajax.evaluate import detection as detection_eval
+from rajax.models import lpips
 from rajax.tasks import detection as det_task
 
 SIZE = (32, 32)
@@ -91,7 +94,7 @@ def _images(config):
   spec = det_data.DetectionSpec(size=SIZE, max_boxes=8)
   deg = Degradation(task="denoise", sigma=config.degrade.sigma, noise="host")
   batches = list(det_data.detection_eval_dataset(src, spec, deg, global_batch=4, seed=config.seed, threads=1))
-  b = {k: np.concatenate([x[k] for x in batches]) for k in ("target", "input", "mask")}
+  b = {k: np.concatenate([x[k] for x in batches]) for k in ("target", "input", "mask", "image_size")}
   keep = b["mask"] > 0
   return b["target"][keep].astype(np.float32) / 255.0, np.asarray(b["input"][keep], np.float32), b
 
@@ -192,6 +195,52 @@ def test_detection_table_cells_equal_map_recomputed_from_each_run_and_detector(r
   # a rerun reads every record from the cache
   again = evaluate.run(config, tmp_path)
   assert again.stats["computed"] == 0 and again["detection"].rows == table.rows
+
+
+def test_quality_cells_equal_numpy_over_each_images_real_pixels_and_lpips_when_configured(run_dirs, tmp_path):
+  """PSNR and SSIM of every row: numpy_metrics on each image cropped to its real pixels (the canvas without
+  its padding) against the clean one, averaged; with config.lpips.backbone set, an LPIPS column:
+  rajax.models.lpips on the canvas whose padding is the clean image's, in records of their own."""
+  config = _config(run_dirs)
+  config.evals.detection.figures = 0
+  table = evaluate.run(config, tmp_path)["detection"]
+  assert "LPIPS" not in table.columns and table.columns[2:4] == ["PSNR", "SSIM"]
+  assert table.formats["PSNR"] == "db" and table.formats["toy VOC07 mAP"] == "pct"
+  rows = {r["view"]: r for r in table.rows}
+  clean, x, b = _images(config)
+  sizes = b["image_size"][b["mask"] > 0]
+  assert any(tuple(s) != SIZE for s in sizes), "an image must leave padding, or the masking would go untested"
+  shown = {"input": x}
+  for name, path in run_dirs.items():
+    run = runs.load(path)
+    shown[name] = np.asarray(jax.jit(lambda v, f, x: run.forward(x, v, f)["human"])(run.variables, run.frozen, x))
+  crop = lambda a, i: a[i:i + 1, :sizes[i][0], :sizes[i][1]]
+  for v, img in shown.items():
+    psnr = [numpy_metrics.psnr(crop(img, i), crop(clean, i))[0] for i in range(len(PHOTOS))]
+    ssim = [numpy_metrics.ssim(crop(img, i), crop(clean, i))[0] for i in range(len(PHOTOS))]
+    np.testing.assert_allclose(rows[v]["PSNR"], np.mean(psnr), rtol=1e-5, err_msg=v)
+    np.testing.assert_allclose(rows[v]["SSIM"], np.mean(ssim), rtol=1e-5, err_msg=v)
+  assert rows["clean"]["PSNR"] == float("inf") and rows["clean"]["SSIM"] == pytest.approx(1.0, abs=1e-6)
+  # negative control: PSNR over the whole canvas, padding included, is another number
+  assert abs(np.mean(numpy_metrics.psnr(shown["plain"], clean)) - rows["plain"]["PSNR"]) > 1e-2
+
+  config.lpips = E(dict(net="alex", backbone=str(seeded_lpips.backbone_file(tmp_path / "lpips"))))
+  again = evaluate.run(config, tmp_path)
+  assert again.stats["computed"] == 5, "the five rows' quality records are recomputed with LPIPS, nothing else"
+  table = again["detection"]
+  assert table.columns[2:5] == ["PSNR", "SSIM", "LPIPS"]
+  with_lpips = {r["view"]: r for r in table.rows}
+  distance = lpips.lpips_fn("alex", backbone_weights=config.lpips.backbone)
+  real = np.zeros(clean.shape[:3] + (1,), bool)
+  for i, (h, w) in enumerate(sizes):
+    real[i, :h, :w] = True
+  for v, img in shown.items():
+    want = np.asarray(distance(np.where(real, img, clean), clean))
+    np.testing.assert_allclose(with_lpips[v]["LPIPS"], np.mean(want), rtol=1e-4, err_msg=v)
+    assert with_lpips[v]["LPIPS"] > 0 and with_lpips[v]["toy COCO mAP"] == rows[v]["toy COCO mAP"]
+  assert with_lpips["clean"]["LPIPS"] == 0.0
+  # negative control: LPIPS against the degraded input instead of the clean image differs
+  assert abs(np.mean(np.asarray(distance(np.where(real, shown["plain"], x), x))) - with_lpips["plain"]["LPIPS"]) > 1e-4
 
 
 @pytest.mark.heavy   # 10-25 s of a 2-core CI; `python -m pytest -m heavy` runs it

@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import numpy_metrics
 import rajax
+import seeded_lpips
 import toy_segmenter  # noqa: F401  (the family module the zoo imports)
 from rajax import config as config_lib
 from rajax import evaluate, networks, runs
@@ -29,6 +31,7 @@ from rajax.data import segmentation as seg_data
 from rajax.data.pipeline import Degradation
 from rajax.evaluate import segmentation as segmentation_eval
 from rajax.evaluate import targets as targets_lib
+from rajax.models import lpips
 from rajax.segmentation import zoo
 
 SIZE = (32, 32)
@@ -209,6 +212,66 @@ def test_segmentation_table_cells_equal_miou_recomputed_from_each_run_and_segmen
   # a rerun reads every record from the cache
   again = evaluate.run(config, tmp_path)
   assert again.stats["computed"] == 0 and again["segmentation"].rows == table.rows
+
+
+_SHOWN = {}
+
+
+def _shown(config, run_dirs) -> dict:
+  """What a person is shown per row (each run's "human" images; the input and the clean image as they are)."""
+  key = tuple(sorted((k, str(v)) for k, v in run_dirs.items()))
+  if key not in _SHOWN:
+    views, _ = _views(config, run_dirs)
+    out = {"clean": views["clean"], "input": views["input"]}
+    for name, path in run_dirs.items():
+      run = runs.load(path)
+      out[name] = np.asarray(jax.jit(lambda v, f, x: run.forward(x, v, f)["human"])(run.variables, run.frozen,
+                                                                                    views["input"]))
+    _SHOWN[key] = out
+  return _SHOWN[key]
+
+
+def test_quality_cells_equal_numpy_over_each_images_real_pixels_and_lpips_when_configured(run_dirs, tmp_path):
+  """PSNR and SSIM of every row: numpy_metrics on each photo cropped to its real pixels, averaged; with
+  config.lpips.backbone set, an LPIPS column: rajax.models.lpips on the canvas whose padding is the
+  clean image's; records with LPIPS are other cache records than those without."""
+  config = _config(run_dirs, figures=0)
+  table = evaluate.run(config, tmp_path)["segmentation"]
+  assert "LPIPS" not in table.columns and table.columns[2:4] == ["PSNR", "SSIM"]
+  rows = {r["view"]: r for r in table.rows}
+  shown, (_, sizes) = _shown(config, run_dirs), _views(config, run_dirs)
+  clean = shown["clean"]
+  crop = lambda a, i: a[i:i + 1, :sizes[i][0], :sizes[i][1]]
+  for v in ("input", "plain", "ra_cls", "ra_seg"):
+    psnr = [numpy_metrics.psnr(crop(shown[v], i), crop(clean, i))[0] for i in range(len(PHOTOS))]
+    ssim = [numpy_metrics.ssim(crop(shown[v], i), crop(clean, i))[0] for i in range(len(PHOTOS))]
+    np.testing.assert_allclose(rows[v]["PSNR"], np.mean(psnr), rtol=1e-5, err_msg=v)
+    np.testing.assert_allclose(rows[v]["SSIM"], np.mean(ssim), rtol=1e-5, err_msg=v)
+  assert rows["clean"]["PSNR"] == float("inf") and rows["clean"]["SSIM"] == pytest.approx(1.0, abs=1e-6)
+  # negative control: the SSIM of the whole canvas, padding included, is another number
+  canvas = np.mean(numpy_metrics.ssim(shown["plain"], clean))
+  assert abs(canvas - rows["plain"]["SSIM"]) > 1e-3
+
+  config.lpips = E(dict(net="alex", backbone=str(seeded_lpips.backbone_file(tmp_path / "lpips"))))
+  again = evaluate.run(config, tmp_path)
+  assert again.stats["computed"] == 5, "the five rows' quality records are recomputed with LPIPS, nothing else"
+  table = again["segmentation"]
+  assert table.columns[2:5] == ["PSNR", "SSIM", "LPIPS"]
+  with_lpips = {r["view"]: r for r in table.rows}
+  distance = lpips.lpips_fn("alex", backbone_weights=config.lpips.backbone)
+  real = np.zeros(clean.shape[:3] + (1,), bool)
+  for i, (h, w) in enumerate(sizes):
+    real[i, :h, :w] = True
+  for v in ("input", "plain", "ra_cls", "ra_seg"):
+    want = np.asarray(distance(np.where(real, shown[v], clean), clean))
+    np.testing.assert_allclose(with_lpips[v]["LPIPS"], np.mean(want), rtol=1e-4, err_msg=v)
+    assert with_lpips[v]["LPIPS"] > 0
+    for k in ("PSNR", "SSIM", "toy mIoU"):
+      assert with_lpips[v][k] == rows[v][k]
+  assert with_lpips["clean"]["LPIPS"] == 0.0
+  # negative control: LPIPS of the canvases as they are (the processor's output in the padding) differs
+  assert abs(np.mean(np.asarray(distance(shown["plain"], clean))) - with_lpips["plain"]["LPIPS"]) > 1e-4
+  assert "LPIPS over its canvas" in " ".join(table.notes)
 
 
 def _labelled_records():

@@ -148,6 +148,29 @@ def test_ssim_same_matches_formula_on_structured_images():
   np.testing.assert_allclose(np.asarray(out), np_ssim(a, b, "same"), atol=1e-4, rtol=0)
 
 
+def test_ssim_map_averages_to_ssim_and_its_masked_mean_is_the_ssim_of_a_crop():
+  """metrics.ssim_map's mean is metrics.ssim; rajax.evaluate.quality zeroes the padding of a canvas and
+  averages the map over the real pixels, which is exactly the SSIM (and PSNR) of the image cropped."""
+  from rajax.evaluate import quality
+  a = images(8, (2, 24, 20, 3))
+  b = np.clip(a + rng(9).normal(scale=0.1, size=a.shape), 0, 1).astype(np.float32)
+  m = metrics.ssim_map(jnp.asarray(a), jnp.asarray(b))
+  assert m.shape == a.shape
+  np.testing.assert_allclose(np.asarray(m).mean(axis=(1, 2, 3)), np.asarray(metrics.ssim(jnp.asarray(a),
+                                                                                         jnp.asarray(b))), atol=1e-6)
+  sizes = np.array([[17, 20], [24, 11]])
+  for i, (h, w) in enumerate(sizes):   # padding unlike the image: the canvas's SSIM is far from the crop's
+    b[i, h:], b[i, :, w:] = 1 - a[i, h:], 1 - a[i, :, w:]
+  q = quality.canvas_quality(jnp.asarray(a), jnp.asarray(b), jnp.asarray(sizes))
+  for i, (h, w) in enumerate(sizes):
+    crop_a, crop_b = a[i:i + 1, :h, :w], b[i:i + 1, :h, :w]
+    np.testing.assert_allclose(float(q["ssim"][i]), np_ssim(crop_a, crop_b, "same")[0], atol=1e-5)
+    mse = np.mean((crop_a.astype(np.float64) - crop_b) ** 2)
+    np.testing.assert_allclose(float(q["psnr"][i]), 10 * np.log10(1 / mse), rtol=1e-5)
+    # negative control: the whole canvas, padding included, gives another SSIM
+    assert abs(float(q["ssim"][i]) - np_ssim(a[i:i + 1], b[i:i + 1], "same")[0]) > 1e-3
+
+
 def test_ssim_same_differs_from_valid():
   # The two paddings are genuinely different definitions (the test above would not tell them apart
   # if they coincided); check the reference reproduces the gap.

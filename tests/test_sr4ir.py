@@ -272,6 +272,9 @@ def test_seg_and_det_tables_gather_each_rows_own_task_network():
     own = dict(e.evals.sr4ir.own)
     assert own == {"hr": "T_hr", "lr": "T_lr", "sr": "T_hr", "s_then_t": "T_s_then_t", "t_then_s": "T_hr",
                    "joint": "T_joint", "sr4ir": "T_sr4ir", "clean": "T_hr"}, task
+    assert (e.lpips.net, e.lpips.backbone) == ("alex", ""), "no LPIPS column unless a backbone file is given"
+    e = config_lib.load(f"{root / 'eval' / 'sr4ir.py'}:task={task},runs=/nowhere,lpips=/w/alexnet-owt-7be5be79.pth")
+    assert (e.lpips.net, e.lpips.backbone) == ("alex", "/w/alexnet-owt-7be5be79.pth"), task
   table = Table("t", "t", ["processing", "loss model", "T_hr mIoU", "T_sr4ir mIoU"], {"T_hr mIoU": "pct"})
   table.rows = [{"view": "sr", "T_hr mIoU": 0.5, "T_sr4ir mIoU": 0.1}, {"view": "sr4ir", "T_hr mIoU": 0.2,
                                                                       "T_sr4ir mIoU": 0.6}, {"view": "input"}]

@@ -3,12 +3,16 @@
 tests/reference/make_sr_processors.py built the official models with small settings and seeded
 weights, saved their state dicts as the official code does (tests/reference/sr_processors/) and
 recorded their outputs on one fixed input (tests/reference/sr_processors.npz; SwinIR's x3, x4 and x8
-in sr_processors_swinir.npz). Here rajax reads those files without torch, as
+in sr_processors_swinir.npz), each processor at x2, x3, x4 and x8. Here rajax reads those files without torch, as
 `rajax.networks.load_variables` does for config.init_processor, and must reproduce torch's outputs
 to 1e-5 of their largest magnitude. SwinIR's state dicts are .npz files (see the fixture script),
 wrapped under "params" here as in the official files and read through the same unwrapping and
 conversion; written as a torch .pth (tests/torch_file.py), they load through load_variables alike.
+The full-size EDSR-baseline and SwinIR-M are pinned by their official state dict layouts
+(tests/reference/sr_layouts.json: every key and shape, no weights), read through the same converter.
 """
+
+import json
 
 import functools
 import pathlib
@@ -18,11 +22,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from rajax import config as config_lib
 from rajax import networks
 from rajax.models import PROCESSORS, layers, processor, swinir
 from rajax.models.edsr import EDSR
+from rajax import weights as rweights
 from rajax.weights import WeightsError, convert
 
 import torch_file
@@ -31,7 +37,9 @@ REF = pathlib.Path(__file__).resolve().parent / "reference"
 FILES = REF / "sr_processors"
 # setting -> the EDSR options the fixture script used (blocks=2, channels=8 throughout)
 EDSR_SETTINGS = {"edsr_x2": dict(scale=2, res_scale=1.0), "edsr_x3": dict(scale=3, res_scale=0.1),
-                 "edsr_x4": dict(scale=4, res_scale=1.0)}
+                 "edsr_x4": dict(scale=4, res_scale=1.0), "edsr_x8": dict(scale=8, res_scale=1.0)}
+# settings the fixture script recorded on the input's top left 6 x 6
+EDSR_SMALL_INPUT = ("edsr_x8",)
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +56,19 @@ def _load(net, path: pathlib.Path, size: int = 12) -> dict:
   return networks.load_variables(net, str(path), (size, size, 3), what=f"the processor ({path.name})")
 
 
-def _close(got, want, tol=1e-5):
+def _error(got, want) -> float:
   got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
   assert got.shape == want.shape, (got.shape, want.shape)
-  err = np.abs(got - want).max() / np.abs(want).max()
+  return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+def _close(got, want, tol=1e-5):
+  err = _error(got, want)
   assert err < tol, f"max error {err:.3g} of max |output|"
+
+
+def _edsr_input(ref, name: str) -> np.ndarray:
+  return ref["edsr_input"][:, :6, :6] if name in EDSR_SMALL_INPUT else ref["edsr_input"]
 
 
 @pytest.mark.parametrize("name", sorted(EDSR_SETTINGS))
@@ -60,9 +76,20 @@ def test_edsr_matches_official_torch(ref, name):
   net = _edsr(name)
   variables = _load(net, FILES / f"{name}.pt")
   assert variables["batch_stats"] == {}
-  y = net.apply(variables, ref["edsr_input"])
-  assert y.dtype == jnp.float32
+  x = _edsr_input(ref, name)
+  y = net.apply(variables, x)
+  assert y.dtype == jnp.float32 and y.shape == (2, x.shape[1] * net.scale, x.shape[2] * net.scale, 3)
   _close(y, ref[name])
+
+
+@pytest.mark.parametrize("name, stages", [("edsr_x4", ("up_0", "up_1")), ("edsr_x8", ("up_0", "up_2"))])
+def test_edsr_upsampler_stages_in_other_order_fail(ref, name, stages):
+  """Negative control: the x4/x8 upsampler's conv stages, of equal shapes, swapped give another output."""
+  net = _edsr(name)
+  v = _load(net, FILES / f"{name}.pt")
+  a, b = stages
+  swapped = {**v, "params": {**v["params"], a: v["params"][b], b: v["params"][a]}}
+  assert _error(net.apply(swapped, _edsr_input(ref, name)), ref[name]) > 1e-2
 
 
 def test_edsr_reads_basicsr_layout(ref):
@@ -99,6 +126,9 @@ def test_config_allows_x3_for_processors_that_have_it():
     ("edsr_x2.pt", "edsr_x4", ["missing keys", "tail.0.2.weight", "tail.0.2.bias"]),   # x2 file, x4 model
     ("edsr_x3.pt", "edsr_x2", ["wrong shapes", "tail.0.0.weight", "(72, 8, 3, 3)"]),   # x3 file, x2 model
     ("edsr_x4_basicsr.pth", "edsr_x2", ["unexpected keys", "tail.0.2.weight"]),
+    ("edsr_x8.pt", "edsr_x4", ["unexpected keys", "tail.0.4.weight", "tail.0.4.bias"]),   # x8 file, x4 model
+    ("edsr_x4.pt", "edsr_x8", ["missing keys", "tail.0.4.weight"]),                     # x4 file, x8 model
+    ("edsr_x8.pt", "edsr_x3", ["wrong shapes", "tail.0.0.weight", "(32, 8, 3, 3)", "unexpected keys"]),
 ])
 def test_edsr_wrong_scale_names_the_keys(file, model, expect):
   with pytest.raises(WeightsError) as e:
@@ -209,7 +239,7 @@ def test_swinir_other_scales_match_official_torch(ref, scale):
   _close(y, ref[f"swinir_x{scale}"])
 
 
-@pytest.mark.parametrize("scale", [2, 8])
+@pytest.mark.parametrize("scale", [2, 3, 4, 8])
 def test_swinir_reads_pth_checkpoint(ref, tmp_path, scale):
   """{"params": state_dict} as a torch zip .pth, read by load_variables (the config.init_processor path)."""
   name = f"swinir_x{scale}"
@@ -272,3 +302,83 @@ def test_swinir_jit_input_gradient_and_options(swinir_state_dict):
     processor("swinir", embed_dim=10, depths=(2,), num_heads=(3,))
   with pytest.raises(ValueError, match="reflect-pads"):
     net.init(jax.random.key(0), jnp.zeros((1, 2, 8, 3)))
+
+
+def test_swinir_upsampler_stages_in_other_order_fail(ref):
+  """Negative control: x8's three 64 -> 256 conv stages, taken in another order, give another output."""
+  net = processor("swinir", **{**SWINIR, "scale": 8})
+  v = _swinir_variables(net, convert.state_dict_of({"params": _swinir_npz(8)}, source="swinir_x8"))
+  p = v["params"]
+  swapped = {**v, "params": {**p, "up_0": p["up_2"], "up_2": p["up_0"]}}
+  assert _error(net.apply(swapped, ref["swinir_input"]), ref["swinir_x8"]) > 1e-2
+
+
+# The full-size models: the official state dict layouts of EDSR-baseline and SwinIR-M at every scale
+
+@functools.cache
+def _layouts() -> dict:
+  return json.loads((REF / "sr_layouts.json").read_text())
+
+
+def _full_size(name: str):
+  """rajax's processor for layout `name`, from the official constructor options the fixture recorded."""
+  o = _layouts()[name]["options"]
+  if name.startswith("edsr"):
+    return processor("edsr", scale=o["scale"], blocks=o["n_resblocks"], channels=o["n_feats"],
+                     res_scale=o["res_scale"], rgb_range=float(o["rgb_range"]))
+  assert (o["upsampler"], o["resi_connection"], o["in_chans"]) == ("pixelshuffle", "1conv", 3)
+  return processor("swinir", scale=o["upscale"], embed_dim=o["embed_dim"], depths=tuple(o["depths"]),
+                   num_heads=tuple(o["num_heads"]), window_size=o["window_size"], mlp_ratio=o["mlp_ratio"],
+                   img_size=o["img_size"], img_range=o["img_range"])
+
+
+def _layout_state_dict(name: str) -> dict:
+  """A state dict of layout `name`: zeros, except the tensors the reader checks for their values: EDSR's
+  MeanShift convs (the official ones of the x2 fixture file, also rgb_range 255) and SwinIR's relative
+  position indices (rajax's, which test_swinir_shift_mask_and_index_are_the_official_buffers pins)."""
+  o = _layouts()[name]["options"]
+  sd = {k: np.zeros(shape, np.float32) for k, shape in _layouts()[name]["keys"]}
+  for k in sd:
+    if k.startswith(("sub_mean.", "add_mean.")):
+      assert o["rgb_range"] == 255
+      sd[k] = rweights.read_state_dict(FILES / "edsr_x2.pt")[k]
+    if k.endswith(".relative_position_index"):
+      sd[k] = swinir.relative_position_index(o["window_size"])
+  return sd
+
+
+def _read_layout(net, name: str, size: int) -> dict:
+  """`name`'s state dict as the official file holds it (SwinIR's under "params"), read as
+  rajax.weights.load reads a torch file: unwrapped, renamed, converted against net's template."""
+  sd = _layout_state_dict(name)
+  obj = {"params": sd} if name.startswith("swinir") else sd
+  template = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
+  state_dict = net.rename_torch_keys(convert.state_dict_of(obj, source=name))
+  return convert.from_torch(state_dict, template, net.torch_key, source=name), template
+
+
+LAYOUTS = [f"{a}_x{s}" for a in ("edsr_baseline", "swinir_m") for s in (2, 3, 4, 8)]
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_full_size_official_layout_reads_into_rajax(name):
+  """Every official key lands on one rajax parameter of its shape (the converter refuses missing,
+  unexpected and misshapen keys); SwinIR's attn_mask and index buffers are the ones it recomputes."""
+  net = _full_size(name)
+  variables, template = _read_layout(net, name, size=8)
+  got = {k: np.shape(a) for k, a in traverse_util.flatten_dict(variables["params"], sep="/").items()}
+  assert got == {k: t.shape for k, t in traverse_util.flatten_dict(template["params"], sep="/").items()}
+  n_official = sum(int(np.prod(s)) for k, s in _layouts()[name]["keys"]
+                   if not k.endswith(("attn_mask", "relative_position_index", "sub_mean.weight", "sub_mean.bias",
+                                      "add_mean.weight", "add_mean.bias")))
+  assert sum(int(np.prod(s)) for s in got.values()) == n_official
+
+
+@pytest.mark.parametrize("name, other", [("edsr_baseline_x3", 4), ("edsr_baseline_x8", 2), ("swinir_m_x4", 8),
+                                         ("swinir_m_x3", 2)])
+def test_full_size_layout_of_other_scale_names_the_keys(name, other):
+  """Negative control: a layout read by the model of another scale (another upsampler) is refused."""
+  net = _full_size(name).clone(scale=other)
+  with pytest.raises(WeightsError) as e:
+    _read_layout(net, name, size=8)
+  assert ("tail.0." if name.startswith("edsr") else "upsample.") in str(e.value)

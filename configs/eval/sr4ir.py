@@ -15,10 +15,13 @@ its recognizer.weights), and the HR row's T on the clean images.
        the HR oracle the clean row of the `T_hr` column, T->S's the `T_hr` column of its row; the
        "own" columns gather those cells, one per row (the README's form).
 LR images as in training: torch's bicubic without antialiasing, 8-bit (degrade.kernel "torch").
-LPIPS (cls table): `--config.lpips.backbone=alexnet-owt-7be5be79.pth`, torchvision's AlexNet file (SR4IR
-downloads it at run time; rajax reads it only as a file you give); the seg/det tables have none yet.
+Every table gives each row's PSNR and SSIM against the clean image (seg/det: of each image's real
+pixels, rajax.evaluate.quality), and LPIPS with `lpips=PATH` (or `--config.lpips.backbone=PATH`):
+PATH is torchvision's AlexNet file, alexnet-owt-7be5be79.pth (SR4IR downloads it at run time; rajax
+reads it only as a file you give), so each row reads as the README's: mIoU / mAP / top-1, PSNR, LPIPS.
 
-Args: task (cls | seg | det), dataset (cls: cub200 | stanford_cars), runs, scale (4 | 8), rows.
+Args: task (cls | seg | det), dataset (cls: cub200 | stanford_cars), runs, scale (4 | 8), rows, lpips
+(the AlexNet backbone file; empty: no LPIPS column).
 """
 
 import ml_collections
@@ -31,7 +34,8 @@ TRAINS_T = ("hr", "lr", "s_then_t", "joint", "sr4ir")   # the rows whose run tra
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, task="cls", dataset="stanford_cars", runs="runs/sr4ir", scale=4, rows=",".join(ROWS))
+  a = config_lib.parse_arg(arg, task="cls", dataset="stanford_cars", runs="runs/sr4ir", scale=4, rows=",".join(ROWS),
+                          lpips="")
   if a.task not in ("cls", "seg", "det"):
     raise config_lib.ConfigError(f"configs/eval/sr4ir.py: task={a.task!r} is not one of cls, seg, det.")
   rows = [r for r in a.rows.split(",") if r]
@@ -42,6 +46,7 @@ def get_config(arg=None):
   c.degrade.scale = int(a.scale)
   c.degrade.kernel = "torch"
   c.labels = "dataset"
+  c.lpips.backbone = a.lpips   # LPIPS (alex) of every row against the clean image when given
   for r in rows:
     c.processors[r] = f"{a.runs}/{r}"
   E = ml_collections.ConfigDict

@@ -334,6 +334,24 @@ class Context:
     fn = self._jit(("quality", lp), quality, (bat, bat), rep)
     return jax.device_get(fn(shown, batch["target"]))
 
+  def lpips_distance(self):
+    """The LPIPS `distance(x, y) -> [n]` the config asks for (config.lpips.backbone), else None."""
+    lp = self.lpips_settings()
+    if lp is None:
+      return None
+    from rajax.models import lpips as lpips_lib
+    return lpips_lib.lpips_fn(net=lp[0], backbone_weights=lp[1])
+
+  def lpips_key(self) -> list | None:
+    """["lpips", net, the backbone file's digest]: the part of a record key that tells records holding
+    LPIPS (from those weights) from records without; None when the config asks for no LPIPS."""
+    lp = self.lpips_settings()
+    if lp is None:
+      return None
+    if lp not in self._digests:
+      self._digests[lp] = _digest(lp[1])
+    return ["lpips", lp[0], self._digests[lp]]
+
   def outputs(self, target, images) -> dict[str, np.ndarray]:
     """targets.summarise of `target` on a sharded image batch, as host arrays for every row."""
     seed = self.config.classes.seed

@@ -26,6 +26,11 @@ Targets per image (`labels`): "dataset" (the data's boxes; VOC's difficult ones 
 (rajax.tasks.detection.pseudo_targets), so the clean row is 100% by construction. "auto" picks
 "dataset" when the data has boxes.
 
+Each row also gives its image quality against the clean image (rajax.evaluate.quality, per image,
+then averaged), as SR4IR's tables give mAP next to PSNR and LPIPS: PSNR and SSIM of each image's real
+pixels (the canvas without its padding), and LPIPS when config.lpips.backbone is set (over the
+canvas, the padding taken from the clean image).
+
 Besides mAP, each row gives `recovered`: the fraction of target boxes that the row's detections
 scoring >= `score_threshold` find again (same class, IoU > 0.5; rajax.tasks.detection.metrics), and
 against the plain processor a paired sign test per image on the number recovered
@@ -47,7 +52,9 @@ import numpy as np
 
 from rajax import metrics as metrics_lib
 from rajax import sharding
+from rajax.evaluate import quality as quality_lib
 from rajax.evaluate.context import CACHE_VERSION, CLEAN, INPUT, Context, EvalError, log
+from rajax.methods import to_float_images
 from rajax.evaluate.report import Table, own_columns, pyplot, write_table
 
 METRICS = {"voc07_map11": "VOC07 mAP", "voc_map_area": "VOC mAP (area)", "coco_map": "COCO mAP",
@@ -199,14 +206,18 @@ def _detector(ctx: Context, name: str, evaluator: str):
 
 def _record_key(ctx: Context, data: _Data, view: str, target: str | None) -> str:
   dkey = data.clean_key if view == CLEAN else data.key
+  if target == "quality":   # with LPIPS (and its weights) other records than without
+    return json.dumps([CACHE_VERSION, "detection quality", ctx.view_key(view), dkey]
+                      + ([ctx.lpips_key()] if ctx.lpips_key() else []))
   return json.dumps([CACHE_VERSION, "detections", ctx.view_key(view) if target else "", ctx.target(target).key
                      if target else "", dkey])
 
 
 def records(ctx: Context, data: _Data, views: Sequence[str], tnames: Sequence[str], what: str = "") -> dict:
-  """{(view, target): {"boxes", "scores", "labels", "valid"} [N, K, ...]; "dataset": the data's boxes
-  {"boxes", "labels", "valid", "difficult", "image_size"}}, read from the cache or computed in one pass."""
-  wanted = [(v, t) for v in views for t in tnames] + [("dataset", None)]
+  """{(view, target): {"boxes", "scores", "labels", "valid"} [N, K, ...]; (view, "quality"): {"psnr",
+  "ssim"(, "lpips")} [N] of the view's shown image; "dataset": the data's boxes {"boxes", "labels",
+  "valid", "difficult", "image_size"}}, read from the cache or computed in one pass."""
+  wanted = [(v, "quality") for v in views] + [(v, t) for v in views for t in tnames] + [("dataset", None)]
   out, missing = {}, []
   for v, t in wanted:
     key = _record_key(ctx, data, CLEAN if v == "dataset" else v, t)
@@ -221,7 +232,11 @@ def records(ctx: Context, data: _Data, views: Sequence[str], tnames: Sequence[st
   need_views = list(dict.fromkeys(v for v, t, _ in missing if t))
   parts: dict = {(v, t): {} for v, t, _ in missing}
   fns = {t: ctx._jit(("detect", t), lambda r, x: r(x), (ctx.replicated, ctx.batched), ctx.replicated)
-         for t in dict.fromkeys(t for _, t, _ in missing if t)}
+         for t in dict.fromkeys(t for _, t, _ in missing if t not in (None, "quality"))}
+  distance = ctx.lpips_distance()
+  quality_fn = ctx._jit(("canvas_quality", ctx.lpips_settings()),
+                        lambda a, y, size: quality_lib.canvas_quality(a, to_float_images(y), size, distance),
+                        (ctx.batched, ctx.batched, ctx.batched), ctx.replicated)
   n = _num_examples(data)
   log(f"{what + ': ' if what else ''}detections of {', '.join(fns) or 'no detector'} on {n} images for "
       f"{', '.join(need_views) or 'the targets'}")
@@ -234,12 +249,15 @@ def records(ctx: Context, data: _Data, views: Sequence[str], tnames: Sequence[st
         for k, a in host.items():
           parts[("dataset", None)].setdefault(k, []).append(np.asarray(a))
       for v in need_views:
-        _, seen = ctx.view(v, batch)
+        shown, seen = ctx.view(v, batch)
         for (pv, pt), store in parts.items():
           if pv != v or pt is None:
             continue
-          det = jax.device_get(fns[pt](ctx.target(pt).recognizer, seen))
-          for k, a in det._asdict().items():
+          if pt == "quality":
+            out_q = jax.device_get(quality_fn(shown, batch["target"], batch["image_size"]))
+          else:
+            out_q = jax.device_get(fns[pt](ctx.target(pt).recognizer, seen))._asdict()
+          for k, a in out_q.items():
             store.setdefault(k, []).append(np.asarray(a))
   rows = np.concatenate(rows_all)
   order = np.argsort(np.where(rows < 0, np.iinfo(np.int64).max, rows), kind="stable")[:n]
@@ -329,10 +347,11 @@ def detection(ctx: Context, cfg, name: str) -> Table:
   max_boxes = data.settings["max_boxes"]
   need_coco = any(m.startswith("coco") for m in chosen)
 
-  cols = ["processing", "loss model"] + [f"{t} {METRICS[m]}" for t in tnames for m in chosen]
+  qcols, qformats = quality_lib.columns(all("lpips" in recs[(v, "quality")] for v in views))
+  cols = ["processing", "loss model"] + qcols + [f"{t} {METRICS[m]}" for t in tnames for m in chosen]
   cols += [f"{t} recovered" for t in tnames]
   cols += [f"{t} {k}vs plain" for t in tnames for k in ("", "boxes ")] if plain else []
-  formats = {"processing": "text", "loss model": "text"} | {c: "pct" for c in cols[2:]}
+  formats = {"processing": "text", "loss model": "text"} | {c: "pct" for c in cols[2 + len(qcols):]} | qformats
   formats |= {f"{t} {k}vs plain": "text" for t in tnames for k in ("", "boxes ")}
   table = Table(name, cfg.get("title", "Detection: mAP (%) per processing and evaluation detector "
                                        "(Tables 4, 8, 9, 12, 13)"), cols, formats)
@@ -341,7 +360,8 @@ def detection(ctx: Context, cfg, name: str) -> Table:
   found, boxes_found = {}, {}
   for v in views:
     title, loss = _row_title(ctx, v)
-    row = {"processing": title, "loss model": loss, "view": v}
+    row = {"processing": title, "loss model": loss, "view": v,
+           **quality_lib.cells(recs[(v, "quality")], mask, clean=v == CLEAN)}
     for t in tnames:
       det = ctx.target(t).recognizer
       dets = _detections(recs[(v, t)])
@@ -385,8 +405,10 @@ def detection(ctx: Context, cfg, name: str) -> Table:
                        "100% by construction.")
   table.notes.append(f"Cells: {', '.join(METRICS[m] for m in chosen)} (VOC07: 11-point AP at IoU 0.5; COCO: "
                      "mAP@[.5:.95], faster-coco-eval). \"recovered\": target boxes found again by the row's detections "
-                     f"scoring >= {threshold:g} (same class, IoU > 0.5). \"loss model\": the recognizer each processor "
-                     "was trained with.")
+                     f"scoring >= {threshold:g} (same class, IoU > 0.5). PSNR and SSIM of each image's real pixels against "
+                     "the clean image" + (", LPIPS over its canvas with the clean image's padding" if "LPIPS" in cols
+                                          else "") + ", averaged over the images. \"loss model\": the recognizer "
+                     "each processor was trained with.")
   if plain:
     table.notes.append(f"\"vs plain\": images on which a processor's output yields more recovered target boxes than "
                        f"{plain}'s (+), fewer (-), and the exact sign test's p-value (McNemar's form); \"boxes vs plain\": the same "

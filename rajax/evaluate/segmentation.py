@@ -26,8 +26,10 @@ Targets per pixel (`labels`): "dataset" (the data's label maps, 255 ignored; the
 count must be the dataset's) or "recognizer": each segmenter's own argmax on the clean image
 (rajax.tasks.segmentation.pseudo_targets, pixels below `confidence_threshold` ignored), so the clean
 row is 100% by construction. "auto" picks "dataset" when the data has label maps. Padding is never
-scored. PSNR is over each image's real pixels; SSIM over the canvas (with its padding, which every
-row shares, where a photo does not fill it).
+scored. Each row's image quality against the clean image (rajax.evaluate.quality, per image, then
+averaged): PSNR and SSIM of each image's real pixels, and LPIPS when config.lpips.backbone is set
+(over the canvas, the padding taken from the clean image), as SR4IR's tables give mIoU next to
+PSNR and LPIPS.
 
 Each (row, segmenter) record is the per-image confusion matrices [N, K, K] (cached), so the table's
 figures are sums and the paired test has its per-image values: against the plain processor, a sign
@@ -51,7 +53,9 @@ from PIL import Image
 
 from rajax import metrics as metrics_lib
 from rajax import sharding
+from rajax.evaluate import quality as quality_lib
 from rajax.evaluate.context import CACHE_VERSION, CLEAN, INPUT, Context, EvalError, log
+from rajax.evaluate.quality import real_pixels
 from rajax.data import photos as photos_lib
 from rajax.evaluate.report import Table, own_columns, pyplot, write_table
 from rajax.methods import to_float_images
@@ -199,13 +203,6 @@ def _batches(ctx: Context, data: _Data):
 
 # ==================================================================== device functions
 
-def real_pixels(image_size: jax.Array, shape: tuple[int, int]) -> jax.Array:
-  """bool [B, H, W]: the pixels at the top left of each canvas inside its image_size (height, width)."""
-  ys = jnp.arange(shape[0])[None, :, None]
-  xs = jnp.arange(shape[1])[None, None, :]
-  return (ys < image_size[:, 0, None, None]) & (xs < image_size[:, 1, None, None])
-
-
 def clean_targets(segmenter, clean: jax.Array, image_size: jax.Array, confidence_threshold: float) -> jax.Array:
   """Label maps [B, H, W]: the segmenter's argmax on the clean image (pixels below the confidence
   threshold and outside the real image IGNORE_LABEL)."""
@@ -219,14 +216,6 @@ def image_matrices(predictions: jax.Array, targets: jax.Array, num_classes: int,
   from rajax.tasks import segmentation as seg_task
   one = lambda p, t, m: seg_task.confusion_matrix(p[None], t[None], num_classes, mask=m[None])
   return jax.vmap(one)(predictions, targets, mask)
-
-
-def quality(shown: jax.Array, clean: jax.Array, image_size: jax.Array) -> dict[str, jax.Array]:
-  """{"psnr": over each image's real pixels, "ssim": over the canvas} [B]."""
-  real = real_pixels(image_size, clean.shape[1:3])[..., None].astype(jnp.float32)
-  count = jnp.maximum(jnp.sum(real, axis=(1, 2, 3)) * clean.shape[-1], 1.0)
-  mse = jnp.sum(jnp.square(shown.astype(jnp.float32) - clean) * real, axis=(1, 2, 3)) / count
-  return {"psnr": 10.0 * jnp.log10(1.0 / jnp.maximum(mse, 1e-12)), "ssim": metrics_lib.ssim(shown, clean)}
 
 
 # ==================================================================== the pass over the data
@@ -244,8 +233,8 @@ def _segmenter(ctx: Context, name: str, evaluator: str):
 def _record_key(ctx: Context, data: _Data, view: str, target: str | None, labels: str, threshold: float) -> str:
   dkey = data.clean_key if view == CLEAN else data.key
   parts = [CACHE_VERSION, "segmentation", ctx.view_key(view), dkey]
-  if target == "quality":
-    return json.dumps(parts + ["quality"])
+  if target == "quality":   # of the real pixels; with LPIPS (and its weights) other records than without
+    return json.dumps(parts + ["quality", "real pixels"] + ([ctx.lpips_key()] if ctx.lpips_key() else []))
   if target is None:
     return json.dumps([CACHE_VERSION, "segmentation", "data", data.clean_key])
   return json.dumps(parts + [ctx.target(target).key, labels, threshold if labels == "recognizer" else None])
@@ -254,7 +243,7 @@ def _record_key(ctx: Context, data: _Data, view: str, target: str | None, labels
 def records(ctx: Context, data: _Data, views: Sequence[str], tnames: Sequence[str], labels: str,
             threshold: float, what: str = "") -> dict:
   """{(view, target): {"matrix": [N, K, K] per-image confusion matrices}, (view, "quality"): {"psnr",
-  "ssim"} [N], "data": {"mask", "image_size"}}, read from the cache or computed in one pass."""
+  "ssim"(, "lpips")} [N], "data": {"mask", "image_size"}}, read from the cache or computed in one pass."""
   wanted = [(v, "quality") for v in views] + [(v, t) for v in views for t in tnames] + [("data", None)]
   out, missing = {}, []
   for v, t in wanted:
@@ -275,7 +264,10 @@ def records(ctx: Context, data: _Data, views: Sequence[str], tnames: Sequence[st
             for t in need_targets}
   target_fn = ctx._jit(("seg_targets", threshold), lambda s, y, size: clean_targets(s, y, size, threshold),
                        (rep, bat, bat), bat)
-  quality_fn = ctx._jit("seg_quality", lambda a, y, size: quality(a, to_float_images(y), size), (bat, bat, bat), rep)
+  distance = ctx.lpips_distance()
+  quality_fn = ctx._jit(("canvas_quality", ctx.lpips_settings()),
+                        lambda a, y, size: quality_lib.canvas_quality(a, to_float_images(y), size, distance),
+                        (bat, bat, bat), rep)
   log(f"{what + ': ' if what else ''}label maps of {', '.join(need_targets) or 'no segmenter'} on "
       f"{data.num_examples} images for {', '.join(need_views) or 'the data'}")
   parts: dict = {(v, t): {} for v, t, _ in missing}
@@ -384,20 +376,19 @@ def segmentation(ctx: Context, cfg, name: str) -> Table:
   keep = recs["data"]["mask"] > 0
   plain = next((v for v in procs if ctx.processor(v).is_baseline), None)
 
-  cols = ["processing", "loss model", "PSNR", "SSIM"]
+  qcols, qformats = quality_lib.columns(all("lpips" in recs[(v, "quality")] for v in views))
+  cols = ["processing", "loss model"] + qcols
   cols += [f"{t} {k}" for t in tnames for k in ("mIoU", "pixel acc")]
   cols += [f"{t} vs plain" for t in tnames] if plain else []
-  formats = {"processing": "text", "loss model": "text", "PSNR": "db", "SSIM": "ssim"}
-  formats |= {c: "pct" for c in cols[4:]} | {f"{t} vs plain": "text" for t in tnames}
+  formats = {"processing": "text", "loss model": "text"} | qformats
+  formats |= {f"{t} {k}": "pct" for t in tnames for k in ("mIoU", "pixel acc")} | {f"{t} vs plain": "text" for t in tnames}
   table = Table(name, cfg.get("title", "Segmentation: mIoU and pixel accuracy (%) per processing and evaluation "
                                        "segmenter (Appendix G, Table 18)"), cols, formats)
   per_image, per_class_rows, paired = {}, [], {}
   for v in views:
     title, loss = _row_title(ctx, v)
-    q = recs[(v, "quality")]
     row = {"processing": title, "loss model": loss, "view": v,
-           "PSNR": float(np.mean(q["psnr"][keep])) if v != CLEAN else float("inf"),
-           "SSIM": float(np.mean(q["ssim"][keep]))}
+           **quality_lib.cells(recs[(v, "quality")], keep, clean=v == CLEAN)}
     for t in tnames:
       seg = ctx.target(t).recognizer
       matrices = recs[(v, t)]["matrix"][keep]
@@ -429,8 +420,10 @@ def segmentation(ctx: Context, cfg, name: str) -> Table:
                        + (f" (pixels of top probability < {threshold:g} ignored)" if threshold else "")
                        + ", so the clean row is 100% by construction.")
   table.notes.append("Cells: mIoU (the mean over classes present in the targets or predictions of the IoU from the "
-                     "confusion matrix summed over all images) and pixel accuracy. PSNR over each image's real pixels, "
-                     "SSIM over the canvas. \"loss model\": the recognizer each processor was trained with.")
+                     "confusion matrix summed over all images) and pixel accuracy. PSNR and SSIM of each image's real "
+                     "pixels against the clean image" + (", LPIPS over its canvas with the clean image's padding"
+                                                          if "LPIPS" in cols else "")
+                     + ", averaged over the images. \"loss model\": the recognizer each processor was trained with.")
   if plain:
     metric = "mIoU" if paired_metric == "miou" else "pixel accuracy"
     table.notes.append(f"\"vs plain\": images on which a processor's output gets a higher per-image {metric} than "

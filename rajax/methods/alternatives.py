@@ -28,72 +28,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from rajax import losses, metrics as metrics_lib
+from rajax import losses
 from rajax.methods import base, ra
-
-
-def _labels(config, batch, recognizer, y):
-  """Labels for the recognition loss: the dataset's, or the recognizer's own on the clean image.
-
-  A method that trains R labels with R as it started (its starting weights, fixed: a teacher), not
-  with the R being trained: labelled by itself, R learns to agree with whatever it predicts and
-  collapses (in the offline demo its agreement with the original MobileNetV2 fell to 0%).
-  """
-  task = base.task_of(recognizer)
-  if config.get("labels", "dataset") == "dataset":
-    return task.dataset_targets(batch)
-  return task.pseudo_targets(recognizer(y))[0]
-
-
-BN_MODES = ("batch", "frozen")
-
-
-def _recognizer_loss(config, task, rec, images, labels, r_vars, rng, smoothing):
-  """R's task loss while R is trained: (per example, outputs, R's new batch_stats).
-
-  config.method.recognizer_bn "batch" (the paper's fine-tuning: BatchNorm on batch statistics, its
-  running statistics move) or "frozen" (BatchNorm on R's running statistics, which stay as they
-  are; only the weights learn: the usual choice for small batches of data unlike R's own).
-  """
-  options = base.loss_options(task, config.recognizer.get("loss"))
-  if config.method.get("recognizer_bn", "batch") == "frozen":
-    per_example, outputs, _ = task.recognition_loss(rec, images, labels, variables=r_vars, rng=rng,
-                                                    label_smoothing=smoothing, **options)
-    return per_example, outputs, r_vars["batch_stats"]
-  return task.recognition_loss(rec, images, labels, variables=r_vars, train=True, rng=rng, label_smoothing=smoothing,
-                               **options)
-
-
-def _init(setup: base.Setup, rng, initial) -> base.TrainState:
-  """P freshly initialised (or from `initial`), R from `initial` (its weights), fresh optimizer states."""
-  initial = initial or {}
-  rng, p_key = jax.random.split(rng)
-  variables = {}
-  if "processor" in setup.modules:
-    x = jnp.zeros((1, *setup.input_shape), jnp.float32)
-    variables["processor"] = initial.get("processor") or base.init_variables(setup.modules["processor"], p_key, x)
-  if "recognizer" in setup.modules:
-    if "recognizer" not in initial:
-      raise ValueError("A method that trains the recognizer starts from its weights: pass initial={'recognizer': "
-                       "variables} (rajax.networks.initial_variables).")
-    variables["recognizer"] = initial["recognizer"]
-  return base.new_state(variables, setup.optimizers, rng)
-
-
-def _metrics(total, terms, grads, outputs, targets, task, image=None, y=None) -> base.Metrics:
-  out = {"loss": total, **terms}
-  if image is not None:
-    out["psnr"] = jnp.mean(metrics_lib.psnr(jnp.clip(image, 0.0, 1.0), y))
-  for name, g in grads.items():
-    out["grad_norm" if name == "processor" else f"grad_norm_{name}"] = optax.tree.norm(g)
-  out.update(task.step_metrics(outputs, targets))
-  return out
-
-
-def _forward_processor(setup):
-  return lambda variables, frozen, x: ra.forward_processor(setup.modules, variables, x)
 
 
 # ==================================================================== R fine-tuned jointly with P
@@ -112,8 +49,8 @@ def make_joint(setup: base.Setup) -> base.Method:
     x, y = base.to_float_images(batch["input"]), base.to_float_images(batch["target"])
     out, p_stats = base.apply_train(modules["processor"], params["processor"], batch_stats["processor"], x)
     r_vars = {"params": params["recognizer"], "batch_stats": batch_stats["recognizer"]}
-    labels = _labels(config, batch, rec, y)   # R as it started: a fixed teacher
-    per_example, logits, r_stats = _recognizer_loss(config, task, rec, out, labels, r_vars, rng, smoothing)
+    labels = base.teacher_labels(config, batch, rec, y)   # R as it started: a fixed teacher
+    per_example, logits, r_stats = base.trained_recognizer_loss(config, task, rec, out, labels, r_vars, rng, smoothing)
     pixel_name, pixel = ra.pixel_term(pixel_loss, out, y)
     terms = {pixel_name: pixel, "recognition": jnp.mean(per_example)}
     total = pixel + lam * terms["recognition"]
@@ -127,16 +64,17 @@ def make_joint(setup: base.Setup) -> base.Method:
     grads = dict(grads, recognizer=jax.tree.map(lambda g: g * (r_weight / lam), grads["recognizer"]))
     params, opt_state = base.apply_gradients(state, grads, setup.optimizers, ("processor", "recognizer"))
     new = state.replace(step=state.step + 1, params=params, batch_stats=aux.batch_stats, opt_state=opt_state, rng=rng)
-    return new, _metrics(total, aux.terms, grads, aux.outputs, aux.targets, task, aux.image,
-                         base.to_float_images(batch["target"]))
+    return new, base.train_metrics(total, aux.terms, grads, aux.outputs, aux.targets, task, aux.image,
+                                   base.to_float_images(batch["target"]))
 
-  return base.Method(spec=METHODS["ra_joint"], init=lambda rng, initial=None: _init(setup, rng, initial),
-                     train_step=train_step, forward=_forward_processor(setup))
+  return base.Method(spec=METHODS["ra_joint"], init=lambda rng, initial=None: base.init_trained(setup, rng, initial),
+                     train_step=train_step, forward=ra.forward_of(setup))
 
 
 # ==================================================================== R trained on fixed images
 
-def _forward_fixed_processor(variables, frozen, x):
+def forward_fixed_processor(variables, frozen, x):
+  """The `forward` of a method that trains R on a fixed P's outputs: the frozen P's, clipped."""
   out = jnp.clip(frozen["processor"](x), 0.0, 1.0)
   return {"human": out, "machine": out}
 
@@ -151,7 +89,7 @@ def _upsampled_input(scale: int):
   return forward
 
 
-def _make_recognizer_training(name: str, forward, *, on_clean: bool = False):
+def make_recognizer_training(name: str, forward, *, on_clean: bool = False):
   """R trained alone on `forward`'s "machine" images (or, `on_clean`, on the clean targets)."""
   def make(setup: base.Setup) -> base.Method:
     config, rec = setup.config, setup.modules["recognizer"]
@@ -162,8 +100,9 @@ def _make_recognizer_training(name: str, forward, *, on_clean: bool = False):
       x, y = base.to_float_images(batch["input"]), base.to_float_images(batch["target"])
       images = y if on_clean else jax.lax.stop_gradient(forward({}, frozen, x)["machine"])
       r_vars = {"params": params["recognizer"], "batch_stats": batch_stats["recognizer"]}
-      labels = _labels(config, batch, rec, y)   # R as it started: a fixed teacher
-      per_example, logits, r_stats = _recognizer_loss(config, task, rec, images, labels, r_vars, rng, smoothing)
+      labels = base.teacher_labels(config, batch, rec, y)   # R as it started: a fixed teacher
+      per_example, logits, r_stats = base.trained_recognizer_loss(config, task, rec, images, labels, r_vars, rng,
+                                                                  smoothing)
       loss = jnp.mean(per_example)
       return loss, base.LossAux({"recognition": loss}, {"recognizer": r_stats}, logits, images, labels)
 
@@ -174,22 +113,22 @@ def _make_recognizer_training(name: str, forward, *, on_clean: bool = False):
                                                                      key)
       params, opt_state = base.apply_gradients(state, grads, setup.optimizers, ("recognizer",))
       new = state.replace(step=state.step + 1, params=params, batch_stats=aux.batch_stats, opt_state=opt_state, rng=rng)
-      return new, _metrics(loss, aux.terms, grads, aux.outputs, aux.targets, task,
-                           None if on_clean else aux.image, base.to_float_images(batch["target"]))
+      return new, base.train_metrics(loss, aux.terms, grads, aux.outputs, aux.targets, task,
+                                     None if on_clean else aux.image, base.to_float_images(batch["target"]))
 
-    return base.Method(spec=METHODS[name], init=lambda rng, initial=None: _init(setup, rng, initial),
+    return base.Method(spec=METHODS[name], init=lambda rng, initial=None: base.init_trained(setup, rng, initial),
                        train_step=train_step, forward=forward)
   return make
 
 
 def _make_on_input(setup: base.Setup) -> base.Method:
   scale = setup.config.degrade.scale if setup.config.task == "sr" else 1
-  return _make_recognizer_training("recognizer_on_input", _upsampled_input(scale))(setup)
+  return make_recognizer_training("recognizer_on_input", _upsampled_input(scale))(setup)
 
 
 def _make_on_clean(setup: base.Setup) -> base.Method:
   scale = setup.config.degrade.scale if setup.config.task == "sr" else 1
-  return _make_recognizer_training("recognizer_on_clean", _upsampled_input(scale), on_clean=True)(setup)
+  return make_recognizer_training("recognizer_on_clean", _upsampled_input(scale), on_clean=True)(setup)
 
 
 # ==================================================================== P without the pixel loss
@@ -224,7 +163,7 @@ def make_perceptual(setup: base.Setup) -> base.Method:
     target_feats = jax.lax.stop_gradient(target_feats)
     terms = {"pixel_mse": losses.pixel_mse(pred=out, target=y),
              "recognition": losses.feature_loss(features=feats, target_features=target_feats, layers=layers)}
-    labels = _labels(config, batch, recognizer, y)
+    labels = base.teacher_labels(config, batch, recognizer, y)
     total = terms["pixel_mse"] + lam * terms["recognition"]
     return total, base.LossAux(terms, {"processor": p_stats}, logits, out, labels)
 
@@ -245,13 +184,14 @@ def _processor_method(name: str, setup: base.Setup, loss_fn) -> base.Method:
     return new, ra.processing_metrics(total, aux, grads, base.to_float_images(batch["target"]),
                                       base.task_of(recognizer))
 
-  return base.Method(spec=METHODS[name], init=lambda rng, initial=None: _init(setup, rng, initial),
-                     train_step=train_step, forward=_forward_processor(setup))
+  return base.Method(spec=METHODS[name], init=lambda rng, initial=None: base.init_trained(setup, rng, initial),
+                     train_step=train_step, forward=ra.forward_of(setup))
 
 
 # ==================================================================== config and validation
 
-def _validate(config) -> list[str]:
+def validate(config) -> list[str]:
+  """The problems of a config for these methods (and SR4IR's, which build on them)."""
   m, problems = config.method, []
   if config.get("labels", "dataset") not in ra.LABEL_SOURCES:
     problems.append(f"config.labels={config.labels!r} is not one of {', '.join(ra.LABEL_SOURCES)}")
@@ -266,8 +206,8 @@ def _validate(config) -> list[str]:
       and config.recognizer.get("weights") == "random":
     problems.append("config.labels='recognizer' labels with R as it starts, and R starts from random weights "
                     "(config.recognizer.weights='random'): use dataset labels, or start R from trained weights")
-  if "recognizer_bn" in m and m.recognizer_bn not in BN_MODES:
-    problems.append(f"config.method.recognizer_bn={m.recognizer_bn!r} is not one of {', '.join(BN_MODES)}")
+  if "recognizer_bn" in m and m.recognizer_bn not in base.RECOGNIZER_BN:
+    problems.append(f"config.method.recognizer_bn={m.recognizer_bn!r} is not one of {', '.join(base.RECOGNIZER_BN)}")
   if "label_smoothing" in m and not 0.0 <= m.label_smoothing < 1.0:
     problems.append(f"config.method.label_smoothing={m.label_smoothing} must be in [0, 1)")
   if "processor_weights" in m and not m.processor_weights:
@@ -288,28 +228,28 @@ METHODS = {
     "ra_joint": base.MethodSpec(
         name="ra_joint", title="RA, R fine-tuned jointly",
         summary="P: MSE + lam * L(R(P(x))); R: w * L(R(P(x))), trained with P",
-        trains=("processor", "recognizer"), frozen=(), validate=_validate, make=make_joint,
+        trains=("processor", "recognizer"), frozen=(), validate=validate, make=make_joint,
         defaults=_defaults(lam=None, recognizer_weight=1.0, label_smoothing=0.0, recognizer_bn="batch")),
     "recognizer_on_processor": base.MethodSpec(
         name="recognizer_on_processor", title="R trained on a fixed P's outputs",
-        summary="R: L(R(P(x))), P fixed", trains=("recognizer",), frozen=("processor",), validate=_validate,
-        make=_make_recognizer_training("recognizer_on_processor", _forward_fixed_processor),
+        summary="R: L(R(P(x))), P fixed", trains=("recognizer",), frozen=("processor",), validate=validate,
+        make=make_recognizer_training("recognizer_on_processor", forward_fixed_processor),
         defaults=_defaults(processor_weights="", label_smoothing=0.0, recognizer_bn="batch"),
         forward_uses=("processor",)),
     "recognizer_on_input": base.MethodSpec(
         name="recognizer_on_input", title="R trained on the (upsampled) inputs",
-        summary="R: L(R(up(x)))", trains=("recognizer",), frozen=(), validate=_validate, make=_make_on_input,
+        summary="R: L(R(up(x)))", trains=("recognizer",), frozen=(), validate=validate, make=_make_on_input,
         defaults=_defaults(label_smoothing=0.0, recognizer_bn="batch")),
     "recognizer_on_clean": base.MethodSpec(
         name="recognizer_on_clean", title="R trained on clean images",
         summary="R: L(R(y)), R's own training (e.g. the paper's loss detectors on VOC)", trains=("recognizer",),
-        frozen=(), validate=_validate, make=_make_on_clean, defaults=_defaults(label_smoothing=0.0, recognizer_bn="batch")),
+        frozen=(), validate=validate, make=_make_on_clean, defaults=_defaults(label_smoothing=0.0, recognizer_bn="batch")),
     "ra_no_pixel": base.MethodSpec(
         name="ra_no_pixel", title="RA without the pixel loss", summary="P: lam * L(R(P(x)))",
-        trains=("processor",), frozen=("recognizer",), validate=_validate, make=make_no_pixel,
+        trains=("processor",), frozen=("recognizer",), validate=validate, make=make_no_pixel,
         defaults=_defaults(lam=None, label_smoothing=0.0, min_confidence=0.0)),
     "perceptual": base.MethodSpec(
         name="perceptual", title="perceptual loss",
         summary="P: MSE + lam * sum_l MSE(phi_l(P(x)), phi_l(y))", trains=("processor",), frozen=("recognizer",),
-        validate=_validate, make=make_perceptual, defaults=_defaults(lam=None, layers=("stage5",))),
+        validate=validate, make=make_perceptual, defaults=_defaults(lam=None, layers=("stage5",))),
 }

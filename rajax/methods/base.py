@@ -224,6 +224,69 @@ def loss_options(task, options) -> dict[str, Any]:
   return {k: options[k] for k in getattr(task, "LOSS_OPTIONS", ()) if k in options}
 
 
+# ==================================================================== steps that train the recognizer
+# (the Appendix A alternatives, SR4IR and its baselines)
+
+RECOGNIZER_BN = ("batch", "frozen")   # config.method.recognizer_bn
+
+
+def teacher_labels(config, batch: Batch, recognizer, y: jax.Array):
+  """Labels for the recognition loss: the dataset's, or the recognizer's own on the clean image.
+
+  A method that trains R labels with R as it started (its starting weights, fixed: a teacher), not
+  with the R being trained: labelled by itself, R learns to agree with whatever it predicts and
+  collapses (in the offline demo its agreement with the original MobileNetV2 fell to 0%).
+  """
+  task = task_of(recognizer)
+  if config.get("labels", "dataset") == "dataset":
+    return task.dataset_targets(batch)
+  return task.pseudo_targets(recognizer(y))[0]
+
+
+def trained_recognizer_loss(config, task, rec, images, labels, r_vars, rng, smoothing):
+  """R's task loss while R is trained: (per example, outputs, R's new batch_stats).
+
+  config.method.recognizer_bn "batch" (the paper's fine-tuning: BatchNorm on batch statistics, its
+  running statistics move) or "frozen" (BatchNorm on R's running statistics, which stay as they
+  are; only the weights learn: the usual choice for small batches of data unlike R's own).
+  """
+  options = loss_options(task, config.recognizer.get("loss"))
+  if config.method.get("recognizer_bn", "batch") == "frozen":
+    per_example, outputs, _ = task.recognition_loss(rec, images, labels, variables=r_vars, rng=rng,
+                                                    label_smoothing=smoothing, **options)
+    return per_example, outputs, r_vars["batch_stats"]
+  return task.recognition_loss(rec, images, labels, variables=r_vars, train=True, rng=rng, label_smoothing=smoothing,
+                               **options)
+
+
+def init_trained(setup: Setup, rng: jax.Array, initial: Mapping[str, Any] | None) -> TrainState:
+  """P freshly initialised (or from `initial`), R from `initial` (its weights), fresh optimizer states."""
+  initial = initial or {}
+  rng, p_key = jax.random.split(rng)
+  variables = {}
+  if "processor" in setup.modules:
+    x = jnp.zeros((1, *setup.input_shape), jnp.float32)
+    variables["processor"] = initial.get("processor") or init_variables(setup.modules["processor"], p_key, x)
+  if "recognizer" in setup.modules:
+    if "recognizer" not in initial:
+      raise ValueError("A method that trains the recognizer starts from its weights: pass initial={'recognizer': "
+                       "variables} (rajax.networks.initial_variables).")
+    variables["recognizer"] = initial["recognizer"]
+  return new_state(variables, setup.optimizers, rng)
+
+
+def train_metrics(total, terms, grads, outputs, targets, task, image=None, y=None) -> Metrics:
+  """The step's metrics: the loss and its terms, P's PSNR (when `image` is given), each network's
+  gradient norm, and the task's metrics of the recognizer's `outputs` against `targets`."""
+  out = {"loss": total, **terms}
+  if image is not None:
+    out["psnr"] = jnp.mean(metrics_lib.psnr(jnp.clip(image, 0.0, 1.0), y))
+  for name, g in grads.items():
+    out["grad_norm" if name == "processor" else f"grad_norm_{name}"] = optax.tree.norm(g)
+  out.update(task.step_metrics(outputs, targets))
+  return out
+
+
 # ==================================================================== evaluation
 
 def evaluation_recognizer(spec: MethodSpec, modules: Mapping[str, Any], variables: Variables, frozen: Frozen):

@@ -213,6 +213,11 @@ def forward_processor(modules, variables: base.Variables, x: jax.Array) -> dict[
   return {"human": out, "machine": machine}
 
 
+def forward_of(setup: base.Setup):
+  """The `forward` of a method whose trained P (and T) make what is shown and seen: forward_processor."""
+  return lambda variables, frozen, x: forward_processor(setup.modules, variables, x)
+
+
 def init_processing(modules, optimizers, input_shape, rng, initial=None) -> base.TrainState:
   """P (and T, fed P's output) from `initial` or freshly initialised, with their optimizer states."""
   initial = initial or {}

@@ -100,7 +100,7 @@ def make_sr4ir(setup: base.Setup) -> base.Method:
     total, stats, terms, outputs = 0.0, r_stats, {}, None
     for name, images, key in zip(("sr", "hr", "cqmix"), (sr, y, mixed), jax.random.split(rng, 3)):
       # the task's loss with config.method.recognizer_bn, label_smoothing and config.recognizer.loss
-      per_example, out, stats = alternatives._recognizer_loss(
+      per_example, out, stats = base.trained_recognizer_loss(
           config, task, rec, images, labels, {"params": r_params, "batch_stats": stats}, key, smoothing)
       terms[f"recognition_{name}"] = jnp.mean(per_example)
       total = total + terms[f"recognition_{name}"]
@@ -123,7 +123,7 @@ def make_sr4ir(setup: base.Setup) -> base.Method:
     p_params = optax.apply_updates(state.params["processor"], s_updates)
     # 2. T on the new S's outputs, stopped.
     sr = jax.lax.stop_gradient(base.apply_eval(proc, {"params": p_params, "batch_stats": p_stats}, x))
-    labels = alternatives._labels(config, batch, rec, y)
+    labels = base.teacher_labels(config, batch, rec, y)
     mask = cqmix_mask(mask_key, y.shape, cells)
     (t_total, (t_terms, r_stats, outputs)), r_grads = jax.value_and_grad(t_loss, has_aux=True)(
         state.params["recognizer"], state.batch_stats["recognizer"], sr, y, labels, mask, t_key)
@@ -133,16 +133,16 @@ def make_sr4ir(setup: base.Setup) -> base.Method:
     new = state.replace(step=state.step + 1, params={"processor": p_params, "recognizer": r_params},
                         batch_stats={"processor": p_stats, "recognizer": r_stats},
                         opt_state={"processor": p_opt, "recognizer": r_opt}, rng=rng)
-    metrics = alternatives._metrics(s_total, {**s_terms, **t_terms, "loss_recognizer": t_total},
-                                    {"processor": p_grads, "recognizer": r_grads}, outputs, labels, task, sr, y)
+    metrics = base.train_metrics(s_total, {**s_terms, **t_terms, "loss_recognizer": t_total},
+                                 {"processor": p_grads, "recognizer": r_grads}, outputs, labels, task, sr, y)
     return new, metrics
 
-  return base.Method(spec=METHODS["sr4ir"], init=lambda rng, initial=None: alternatives._init(setup, rng, initial),
-                     train_step=train_step, forward=alternatives._forward_processor(setup))
+  return base.Method(spec=METHODS["sr4ir"], init=lambda rng, initial=None: base.init_trained(setup, rng, initial),
+                     train_step=train_step, forward=ra.forward_of(setup))
 
 
 def _validate(config) -> list[str]:
-  m, problems = config.method, alternatives._validate(config)
+  m, problems = config.method, alternatives.validate(config)
   if not int(m.get("cqmix_cells", 1)) >= 1:
     problems.append(f"config.method.cqmix_cells={m.cqmix_cells} must be a positive number of cells per side")
   if int(m.get("warmup_steps", 0)) < 0 or float(m.get("warmup_epochs", 0.0) or 0.0) < 0:
@@ -174,9 +174,9 @@ METHODS = {
     "sr4ir_s_then_t": base.MethodSpec(
         name="sr4ir_s_then_t", title="SR then task (S->T)",
         summary="T: L(T(S(x))), S fixed (an SR run's processor, config.method.processor_weights)",
-        trains=("recognizer",), frozen=("processor",), validate=alternatives._validate,
-        make=_with_spec("sr4ir_s_then_t", alternatives._make_recognizer_training(
-            "recognizer_on_processor", alternatives._forward_fixed_processor)),
+        trains=("recognizer",), frozen=("processor",), validate=alternatives.validate,
+        make=_with_spec("sr4ir_s_then_t", alternatives.make_recognizer_training(
+            "recognizer_on_processor", alternatives.forward_fixed_processor)),
         defaults=lambda: dict(processor_weights="", label_smoothing=0.0, recognizer_bn="batch"),
         forward_uses=("processor",)),
     "sr4ir_t_then_s": base.MethodSpec(
@@ -188,7 +188,7 @@ METHODS = {
     "sr4ir_joint": base.MethodSpec(
         name="sr4ir_joint", title="SR and task jointly (S+T)",
         summary="S and T: L1(S(x), y) + lam * L(T(S(x))), one backward pass into both",
-        trains=("processor", "recognizer"), frozen=(), validate=alternatives._validate,
+        trains=("processor", "recognizer"), frozen=(), validate=alternatives.validate,
         make=_with_spec("sr4ir_joint", alternatives.make_joint),
         defaults=lambda: dict(lam=1.0, recognizer_weight=1.0, pixel_loss="l1", label_smoothing=0.0,
                               recognizer_bn="batch")),
