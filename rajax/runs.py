@@ -57,6 +57,11 @@ def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
     raise RunError(f"{workdir} was trained with method {name!r}, which this version does not know "
                    f"({', '.join(methods.names())}).")
   config = config_lib.base(task=saved.get("task", "sr"), method=name)
+  for section in ("processor", "transformer"):
+    kept = saved.get(section, {})
+    if kept.get("name", config[section].name) != config[section].name:
+      # another architecture than the default's (e.g. VRD-IR's): its own fields only, not the default's
+      config[section] = ml_collections.ConfigDict({k: tuple(v) if isinstance(v, list) else v for k, v in kept.items()})
   _merge(config, saved)
   # Network sections hold constructor arguments, and a method's section its own settings; a run may
   # set ones the defaults leave out (e.g. configs/demo.py's processor.input_skip): keep them all.
