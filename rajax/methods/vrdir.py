@@ -148,29 +148,36 @@ def settings(config) -> dict[str, Any]:
               margin=float(m.margin), semantic_weight=float(m.semantic_weight))
 
 
-def make_vrdir(setup: base.Setup) -> base.Method:
-  s = settings(setup.config)
-  proc = setup.modules["processor"]
-  tx = setup.optimizers.get("processor")
-  spec = METHODS["vrdir"]
+def features_fn(proc, layer: str):
+  """features(recognizer, x) -> phi(x) for the processor `proc`, checked against what it reads."""
 
-  def features(frozen, x):
-    rec = frozen.get("recognizer")
+  def features(rec, x):
     if rec is None:
       raise ValueError("VRD-IR's encoder phi is the frozen recognizer's early layers: pass frozen={'recognizer': R}.")
-    f = phi(rec, s["layer"], x)
+    f = phi(rec, layer, x)
     if f.shape[-1] != proc.in_channels or x.shape[1] != f.shape[1] * proc.stride:
-      raise ValueError(f"phi = {rec.name!r} up to {s['layer']!r} gives {f.shape[-1]} channels at stride "
+      raise ValueError(f"phi = {rec.name!r} up to {layer!r} gives {f.shape[-1]} channels at stride "
                        f"{x.shape[1] // f.shape[1]}, but the processor reads {proc.in_channels} at stride {proc.stride}: "
                        f"set config.processor.in_channels={f.shape[-1]} and config.processor.stride="
                        f"{x.shape[1] // f.shape[1]} (configs/vrdir.py sets them from the layer).")
     return f
 
+  return features
+
+
+def make_loss_fn(proc, s: dict[str, Any]):
+  """loss_fn(params, recognizer, d, c, ise_phase) -> (total, (terms, restored image)): the phase's loss
+  for the processor's params {"sad", "ise"}, phi = `recognizer` up to s["layer"], degraded images d
+  and clean ones c in [0, 1], and ise_phase 0.0 (SAD's pre-training) or 1.0 (ISE's training).
+
+  The loss is (1 - p) * SAD's + p * ISE's with p = ise_phase: the other phase's term is multiplied by
+  exactly 0, and so is its gradient; phi's features are stopped, and ISE's term reads SAD through
+  stop_gradient. Its `terms` are the phase's per-term batch means (the other phase's are 0).
+  """
+  features = features_fn(proc, s["layer"])
+
   def sad_apply(p, f):
     return proc.apply({"params": p}, f, method="decode")
-
-  def restore(params, f):
-    return proc.apply({"params": params}, f)
 
   def sad_loss(sad, fc, fd, c, d):
     rc, rd = sad_apply({"sad": sad}, fc), sad_apply({"sad": sad}, fd)
@@ -186,15 +193,28 @@ def make_vrdir(setup: base.Setup) -> base.Method:
     total = jnp.mean(t["pixel_l1"] + s["semantic_weight"] * t["semantic"])
     return total, ({k: jnp.mean(v) for k, v in t.items()}, restored)
 
-  def loss_fn(params, fc, fd, c, d, ise_phase):
-    """The phase's loss, as (1 - p) * SAD's + p * ISE's with p = 1 in the ISE phase: the other phase's
-    term is multiplied by exactly 0, and so is its gradient."""
+  def loss_fn(params, recognizer, d, c, ise_phase):
+    fd, fc = features(recognizer, d), features(recognizer, c)
     l_sad, (t_sad, img_sad) = sad_loss(params["sad"], fc, fd, c, d)
     l_ise, (t_ise, img_ise) = ise_phase_loss(params["ise"], params["sad"], fc, fd, c)
     total = (1.0 - ise_phase) * l_sad + ise_phase * l_ise
     terms = {k: (1.0 - ise_phase) * v for k, v in t_sad.items()} | {k: ise_phase * v for k, v in t_ise.items()}
     image = jnp.where(ise_phase > 0, img_ise, img_sad)
     return total, (terms, image)
+
+  return loss_fn
+
+
+def make_vrdir(setup: base.Setup) -> base.Method:
+  s = settings(setup.config)
+  proc = setup.modules["processor"]
+  tx = setup.optimizers.get("processor")
+  spec = METHODS["vrdir"]
+  features = features_fn(proc, s["layer"])
+  loss_fn = make_loss_fn(proc, s)
+
+  def restore(params, f):
+    return proc.apply({"params": params}, f)
 
   def select(flag, a, b):
     return jax.tree.map(lambda x, y: jnp.where(flag, x, y), a, b)
@@ -207,13 +227,14 @@ def make_vrdir(setup: base.Setup) -> base.Method:
     if d.shape != c.shape:
       raise ValueError(f"VRD-IR restores images at their own size: input {d.shape} and target {c.shape} differ "
                        "(use a scale-1 task: mixture, denoise, jpeg).")
-    fd, fc = features(frozen, d), features(frozen, c)
     params, opt = state.params["processor"], state.opt_state["processor"]
     in_sad_phase = state.step < s["sad_steps"]
     ise_phase = 1.0 - in_sad_phase.astype(jnp.float32)
     # Both phases' terms are computed every step and weighed 0/1, rather than branched with lax.cond:
     # XLA's CPU backend runs the convolutions inside a conditional ~30x more slowly (measured here).
-    (total, (terms, image)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, fc, fd, c, d, ise_phase)
+    # gradients with respect to the processor's parameters only: phi (the recognizer) is an argument, never differentiated
+    (total, (terms, image)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, frozen.get("recognizer"), d, c,
+                                                                              ise_phase)
     new_params, new_opt = dict(params), dict(opt)
     for name, active in (("sad", in_sad_phase), ("ise", ~in_sad_phase)):
       updates, o = tx.update(grads[name], opt[name], params[name])
@@ -239,7 +260,7 @@ def make_vrdir(setup: base.Setup) -> base.Method:
                            batch_stats={"processor": variables.get("batch_stats", {})}, opt_state=opt_state, rng=rng)
 
   def forward(variables, frozen, x):
-    out = jnp.clip(restore(variables["processor"]["params"], features(frozen, x)), 0.0, 1.0)
+    out = jnp.clip(restore(variables["processor"]["params"], features(frozen.get("recognizer"), x)), 0.0, 1.0)
     return {"human": out, "machine": out}
 
   return base.Method(spec=spec, init=init, train_step=train_step, forward=forward)
@@ -258,9 +279,10 @@ def _validate(config) -> list[str]:
   if int(m.get("sad_steps", 0)) == 0 and not config.get("init_processor"):
     out.append("config.method.sad_steps=0 skips SAD's pre-training, so SAD must come from a trained run: set "
                "config.init_processor to its processor.msgpack, or sad_steps > 0")
-  if config.get("total_steps", -1) > 0 and int(m.get("sad_steps", 0)) >= config.total_steps:
-    out.append(f"config.method.sad_steps={m.sad_steps} leaves no ISE steps in config.total_steps={config.total_steps}: "
-               "make sad_steps smaller")
+  if config.get("total_steps", -1) > 0 and int(m.get("sad_steps", 0)) > config.total_steps:
+    out.append(f"config.method.sad_steps={m.sad_steps} is more than config.total_steps={config.total_steps}, so ISE "
+               "would never train: make sad_steps at most total_steps (equal: a run of SAD's pre-training alone, "
+               "which a longer run resumes into ISE's phase)")
   for field in ("degraded_weight", "margin", "semantic_weight"):
     if not float(m.get(field, 0.0)) >= 0:
       out.append(f"config.method.{field}={m.get(field)} must be >= 0")
