@@ -11,11 +11,12 @@ RA restorers see exactly the degradations VRD-IR sees. UNSEEN are held out for e
 (`rajax.evaluate`'s `degradations` table): a noise, a blur, a haze-like loss of contrast and a
 digital degradation VRD-IR and the baselines never trained on.
 
-VRD-IR: phi = the recognizer's (MobileNetV2, real ImageNet weights) feature `phi` ("stage1": 16
-channels at stride 2; "stem": 32 channels at stride 2; "stage2": 24 at stride 4), SAD pre-trained for
-the first `sad_steps` steps, then ISE (rajax.methods.vrdir). Plain and RA: a small SRResNet (scale 1,
+VRD-IR: phi = the recognizer's (MobileNetV2, real ImageNet weights) feature `phi` ("stem": 32
+channels at stride 2, the default; "stage1": 16 channels at stride 2; "stage2": 24 at stride 4), SAD
+pre-trained for the first sad_frac of the steps, then ISE (rajax.methods.vrdir), both with Adam at 2e-3. Plain and RA: a small SRResNet (scale 1,
 starting as the identity) with the MSE, and the MSE plus lam * CE of MobileNetV2 on its output with
-labels MobileNetV2's own top-1 on the clean crop (the photos have none).
+labels MobileNetV2's own top-1 on the clean crop (the photos have none), lam 3e-4 (configs/demo.py's),
+both with Adam at 1e-3.
 
 Args: mode (vrdir | plain | ra), phi (a feature name of the recognizer), steps (training steps of
 every run; VRD-IR's first sad_frac of them pre-train SAD), sad_frac, lam (RA's weight), crop, quick (a
@@ -43,7 +44,7 @@ def phi_geometry(recognizer: str, layer: str, crop: int) -> tuple[int, int]:
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, mode="vrdir", phi="stage1", steps=240, sad_frac=0.4, lam=1e-3, crop=64,
+  a = config_lib.parse_arg(arg, mode="vrdir", phi="stem", steps=240, sad_frac=0.4, lam=3e-4, crop=64,
                            quick=False, split="test", recognizer="mobilenet_v2")
   if a.mode not in MODES:
     raise config_lib.ConfigError(f"configs/vrdir.py: mode={a.mode!r} is not one of {', '.join(MODES)}.")
@@ -60,7 +61,7 @@ def get_config(arg=None):
                                                  branches=len(SEEN), ise_channels=32))
     c.method.phi_layer = a.phi
     c.method.sad_steps = max(1, int(round(a.sad_frac * steps)))
-    c.optim.processor.lr = 1e-3
+    c.optim.processor.lr = 2e-3
   else:
     c.processor.blocks = 2
     c.processor.channels = 16

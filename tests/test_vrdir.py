@@ -26,7 +26,8 @@ CROP, BATCH = 32, 8
 
 
 def _config(**fields):
-  """A tiny VRD-IR run on synthetic images: phi = MobileNetV2's real "stage1" (16 channels, stride 2)."""
+  """A tiny VRD-IR run on synthetic images: phi = MobileNetV2's real "stage1" (16 channels, stride 2;
+  fewer than the default "stem"'s 32)."""
   c = config_lib.base(task="mixture", method="vrdir", recognizer="mobilenet_v2")
   c.degrade.families = FAMILIES
   c.recognizer.weights = None
@@ -34,6 +35,7 @@ def _config(**fields):
   c.processor = config_lib.ml_collections.ConfigDict(dict(name="vrdir", stride=2, in_channels=16, channels=8,
                                                           branches=2, ise_channels=8))
   c.method.sad_steps = 1
+  c.method.phi_layer = "stage1"
   c.data.update(dict(source="synthetic", crop=CROP, resize=0, batch_size=BATCH, eval_batch_size=BATCH, threads=1))
   c.data.synthetic.update(dict(train_size=32, eval_size=8, image_size=40))
   c.optim.processor.lr = 1e-3

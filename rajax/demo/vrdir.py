@@ -8,7 +8,7 @@ skips the finished ones), all on the same mixture of its SEEN degradations (Gaus
 defocus blur, fog, rain streaks, JPEG, low light; one per training crop, drawn from the seed):
   plain  a small SRResNet restorer with the MSE,
   ra     the same restorer with MSE + lam * CE of MobileNetV2 (real ImageNet weights) on its output,
-  vrdir  VRD-IR with phi = MobileNetV2's early layers ("stage1", stride 2): SAD pre-trained with the
+  vrdir  VRD-IR with phi = MobileNetV2's early layers ("stem", stride 2): SAD pre-trained with the
          similarity ranking loss for the first part of the steps, then ISE (rajax.methods.vrdir).
 Then the evaluation suite's `degradations` table (configs/eval/vrdir.py) on the test photos: for
 each SEEN and each held-out UNSEEN degradation, PSNR, SSIM and the top-1 of MobileNetV2 and of
