@@ -274,6 +274,15 @@ def test_rain_and_low_light_are_seeded_and_grow_with_severity(name):
 
 # ==================================================================== config errors
 
+def test_the_degradations_evaluator_refuses_unknown_families_and_an_empty_list():
+  from rajax.evaluate import EVALUATORS, EvalError
+  from rajax.evaluate import degradations as degradations_eval
+  assert EVALUATORS["degradations"] is degradations_eval.degradations
+  with pytest.raises(EvalError, match="evals.d.unseen: unknown degradation 'hail'"):
+    degradations_eval._families({"unseen": (("hail", 3),)}, "unseen", "d")
+  assert degradations_eval._families({"seen": (("rain", 2),)}, "seen", "d") == [("rain", 2)]
+
+
 @pytest.mark.parametrize("fields, words", [
     ({"method.phi_layer": "layer9"}, "'layer9' is not a feature map .* stage1 16x16x16, stage2 8x8x24.* stem 16x16x32"),
     ({"processor.in_channels": 24}, "set config.processor.stride=2 and config.processor.in_channels=16"),
@@ -311,6 +320,7 @@ def test_the_config_file_reads_phis_geometry_from_the_layer():
 
 # ==================================================================== the demo
 
+@pytest.mark.slow
 def test_quick_demo_trains_evaluates_and_reports(tmp_path):
   r = subprocess.run([sys.executable, "-m", "rajax.demo.vrdir", "--workdir", str(tmp_path), "--quick"], cwd=ROOT,
                      capture_output=True, text=True, timeout=600)

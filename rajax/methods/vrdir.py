@@ -20,17 +20,17 @@ cos is the cosine similarity of two flattened per-example arrays (an image pair,
 feature vectors); each term is a per-example value (L1: the mean absolute difference over the
 example's pixels) and the loss is their mean over the batch.
 
-The phases are one method with a step-count switch inside the jitted step (state.step < sad_steps
-weighs the phase's loss 1 and the other's 0, and selects which network the step updates): the train state holds SAD and ISE and an optimizer state for each (both
-from config.optim.processor; each counts its own updates, so its schedule starts when its phase
-does), so a run resumes exactly from any checkpoint, the phase boundary included, and one config
-trains both phases. A phase updates only its network: the other network's parameters and
+The phases are one method with a step-count switch inside the jitted step: state.step < sad_steps
+weighs the phase's loss 1 and the other's 0 and selects which network the step updates (rather than
+a `lax.cond`, inside which XLA's CPU backend runs convolutions ~30x more slowly). The train state
+holds SAD and ISE and an optimizer state for each (both from config.optim.processor; each counts
+its own updates, so its schedule starts when its phase does), so a run resumes exactly from any
+checkpoint, the phase boundary included, and one config trains both phases (a two-method design
+would need a second run reading the first's SAD; sad_steps=0 with config.init_processor does that). A phase updates only its network: the other network's parameters and
 optimizer state pass through unchanged. phi is never differentiated (its features are stopped and
 the gradients are taken with respect to one network's parameters only); in phase 2 SAD's
 parameters enter the loss through `stop_gradient` (and SAD's own term is weighed 0), so their
 gradient is exactly zero, as ISE's is in phase 1.
-sad_steps=0 skips phase 1 for a processor that starts from a run whose SAD is trained
-(config.init_processor).
 """
 
 from __future__ import annotations
@@ -296,9 +296,11 @@ def _validate(config) -> list[str]:
 def _phi_problems(config) -> list[str]:
   """The mismatches between config.method.phi_layer of config.recognizer and config.processor."""
   from rajax import networks   # the recognizer is built (and cached) as the trainer builds it
+  from rajax.models import vrdir as vrdir_models
   try:
     rec = networks.module(config, "recognizer")
     stride, channels = phi_geometry(rec, config.method.phi_layer, (config.data.crop, config.data.crop, 3))
+    vrdir_models.up_steps(stride)   # a power of two: SAD's up-steps
   except ValueError as e:
     return [str(e).rstrip(".")]
   p = config.processor
