@@ -9,7 +9,8 @@ early layers are VRD-IR's phi and whose outputs label RA's loss) and EfficientNe
 run). Each recognizer's label for a crop is its own top-1 on the clean crop (the photos have none).
 Paired tests compare each row with `reference` (the RA restorer).
 
-Args: runs, modes (comma-separated), reference, quick (configs/vrdir.py's quick crops), split, targets.
+Args: runs, modes (comma-separated), reference, quick (configs/vrdir.py's quick crops), crop (the runs' crop
+size; 0: configs/vrdir.py's), split, targets.
 """
 
 import importlib.util
@@ -33,9 +34,10 @@ def training_module():
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, runs="runs/vrdir_demo", modes="plain,ra,vrdir", reference="ra", quick=False,
-                           split="test", targets="mobilenet_v2,efficientnet_lite0")
+                           crop=0, split="test", targets="mobilenet_v2,efficientnet_lite0")
   train = training_module()
-  trained = config_lib.load(f"{TRAIN_CONFIG}:mode=plain,quick={a.quick},split={a.split}")
+  trained = config_lib.load(f"{TRAIN_CONFIG}:mode=plain,quick={a.quick},split={a.split}"
+                            + (f",crop={a.crop}" if a.crop else ""))
   c = evaluate.base_config(task="mixture")
   c.degrade.families = train.SEEN
   c.labels = "recognizer"

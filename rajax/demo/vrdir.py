@@ -44,9 +44,10 @@ def _fmt(sec: float) -> str:
   return str(datetime.timedelta(seconds=round(sec)))
 
 
-def train_command(workdir: pathlib.Path, mode: str, quick: bool, steps: int | None = None) -> list[str]:
+def train_command(workdir: pathlib.Path, mode: str, quick: bool, steps: int | None = None,
+                  crop: int | None = None) -> list[str]:
   """The `python -m rajax.train` command of the demo's `mode` run."""
-  arg = f"mode={mode},quick={quick}" + (f",steps={steps}" if steps else "")
+  arg = f"mode={mode},quick={quick}" + (f",steps={steps}" if steps else "") + (f",crop={crop}" if crop else "")
   return [sys.executable, "-m", "rajax.train", "--config", f"{CONFIG}:{arg}", "--workdir", str(workdir / mode),
           "--config.final_eval=false"]   # the demo evaluates every run itself, on seen and unseen degradations
 
@@ -56,7 +57,7 @@ def _finished(run_dir: pathlib.Path) -> bool:
 
 
 def train_runs(workdir: pathlib.Path, quick: bool, *, jobs: int = 2, steps: int | None = None,
-               status_every: float = 30.0) -> dict[str, float]:
+               crop: int | None = None, status_every: float = 30.0) -> dict[str, float]:
   """Trains MODES, `jobs` at a time, each a subprocess logging to WORKDIR/<mode>/train.log; finished runs are
   skipped. Returns each run's seconds. A failed run stops the others and raises with the end of its log."""
   env = dict(os.environ)
@@ -77,7 +78,7 @@ def train_runs(workdir: pathlib.Path, quick: bool, *, jobs: int = 2, steps: int 
         log = workdir / mode / "train.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         out = open(log, "a")
-        proc = subprocess.Popen(train_command(workdir, mode, quick, steps), stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(train_command(workdir, mode, quick, steps, crop), stdout=out, stderr=subprocess.STDOUT,
                                 env=env, cwd=ROOT)
         running[mode] = (proc, out, log, time.perf_counter())
         print(f"[vrdir demo] start {mode}", flush=True)
@@ -112,11 +113,11 @@ def train_runs(workdir: pathlib.Path, quick: bool, *, jobs: int = 2, steps: int 
   return times
 
 
-def evaluate_runs(workdir: pathlib.Path, quick: bool):
+def evaluate_runs(workdir: pathlib.Path, quick: bool, crop: int | None = None):
   """The `degradations` table of the three runs (configs/eval/vrdir.py), in WORKDIR/eval."""
   from rajax import config as config_lib
   from rajax import evaluate
-  config = config_lib.load(f"{EVAL_CONFIG}:runs={workdir},quick={quick},reference={REFERENCE}")
+  config = config_lib.load(f"{EVAL_CONFIG}:runs={workdir},quick={quick},reference={REFERENCE},crop={crop or 0}")
   return evaluate.run(config, workdir / "eval")["degradations"]
 
 
@@ -174,14 +175,15 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--quick", action="store_true", help="a few steps on small crops of a few photos")
   parser.add_argument("--jobs", type=int, default=2, help="training runs at a time (default 2)")
   parser.add_argument("--steps", type=int, default=None, help="training steps of every run (default: configs/vrdir.py's)")
+  parser.add_argument("--crop", type=int, default=None, help="crop size of training and evaluation (default: configs/vrdir.py's)")
   args = parser.parse_args(argv)
   workdir = pathlib.Path(args.workdir).resolve()
   workdir.mkdir(parents=True, exist_ok=True)
   t0 = time.perf_counter()
-  times = train_runs(workdir, args.quick, jobs=args.jobs, steps=args.steps)
+  times = train_runs(workdir, args.quick, jobs=args.jobs, steps=args.steps, crop=args.crop)
   times["training (wall)"] = time.perf_counter() - t0
   t1 = time.perf_counter()
-  table = evaluate_runs(workdir, args.quick)
+  table = evaluate_runs(workdir, args.quick, args.crop)
   times["evaluation"] = time.perf_counter() - t1
   times["total"] = time.perf_counter() - t0
   text = report(workdir, table, summarise(table), times, args.quick)
