@@ -44,7 +44,7 @@ def phi_geometry(recognizer: str, layer: str, crop: int) -> tuple[int, int]:
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, mode="vrdir", phi="stem", steps=240, sad_frac=0.4, lam=3e-4, crop=64,
+  a = config_lib.parse_arg(arg, mode="vrdir", phi="stem", steps=320, sad_frac=0.4, lam=3e-4, crop=96,
                            quick=False, split="test", recognizer="mobilenet_v2")
   if a.mode not in MODES:
     raise config_lib.ConfigError(f"configs/vrdir.py: mode={a.mode!r} is not one of {', '.join(MODES)}.")
