@@ -233,7 +233,8 @@ def base(*, task: str = "sr", method: str = "ra", recognizer: str = "resnet18") 
 
   # kernel: how SR's input is made: "pil" (Pillow's antialiased bicubic) or "torch" (PyTorch's bicubic
   # without antialiasing, then 8-bit rounding: SR4IR's on-the-fly LR images).
-  c.degrade = ml_collections.ConfigDict(dict(scale=4, sigma=0.1, quality=10, kernel="pil"))
+  # families: task "mixture"'s (name, severity) degradations, one drawn per example (rajax.degrade.mixture).
+  c.degrade = ml_collections.ConfigDict(dict(scale=4, sigma=0.1, quality=10, kernel="pil", families=()))
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "tfds"              # tfds | synthetic | photos
@@ -337,6 +338,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
           f"processor {c.processor.name!r}")
     check(d.crop % max(c.degrade.scale, 1) == 0,
           f"config.data.crop={d.crop} must be divisible by config.degrade.scale={c.degrade.scale}")
+  if c.task == "mixture":
+    problems.extend(degrade.family_problems(c.degrade.get("families", ())))
   check(c.degrade.sigma >= 0, f"config.degrade.sigma={c.degrade.sigma} must be >= 0")
   check(1 <= c.degrade.quality <= 95, f"config.degrade.quality={c.degrade.quality} must be in [1, 95]")
   check(d.batch_size >= 1, f"config.data.batch_size={d.batch_size} must be >= 1")

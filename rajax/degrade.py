@@ -15,9 +15,15 @@ pipeline stage:
                                   severity 1..5, uint8, computed by the `imagecorruptions-imaug`
                                   package and made reproducible by `seed`.
 
-`degrade(task, img, ...)` picks one by task name ("sr", "denoise", "jpeg", or "corrupt" with a
-corruption name and severity; "codec" is the clean image itself: a processor that runs before a
-codec, which the method applies in its step, e.g. NPP).
+  rain(img, severity, seed)       rain-like streaks (no ImageNet-C corruption has them), uint8;
+  low_light(img, severity, seed)  a dark, noisy exposure (gamma, gain, sensor noise), uint8;
+  mixture(img, families, rng)     one of several (name, severity) degradation families, drawn per
+                                  example from `rng`: an unknown mixture of degradations (VRD-IR's
+                                  setting), any of CORRUPTIONS or EXTRA_DEGRADATIONS.
+
+`degrade(task, img, ...)` picks one by task name ("sr", "denoise", "jpeg", "mixture" with its
+families, or "corrupt" with a corruption name and severity; "codec" is the clean image itself: a
+processor that runs before a codec, which the method applies in its step, e.g. NPP).
 
 On the device, inside a jitted step (JAX, traceable):
 
@@ -48,7 +54,9 @@ from PIL import Image
 
 from rajax import codecs
 
-TASKS = ("sr", "denoise", "jpeg", "codec")  # the processor tasks the trainer knows ("codec": the clean image itself)
+# the processor tasks the trainer knows ("codec": the clean image itself; "mixture": one of
+# config.degrade.families per example)
+TASKS = ("sr", "denoise", "jpeg", "codec", "mixture")
 
 # The ImageNet-C corruptions in the benchmark's order: 15 test corruptions (noise, blur, weather,
 # digital), then the 4 extra ones released for validation.
@@ -272,7 +280,8 @@ def corrupt(img: np.ndarray, name: str, severity: int, seed: int) -> np.ndarray:
 
 
 def degrade(task: str, img: np.ndarray, *, rng: np.random.Generator, scale: int = 4, sigma: float = 0.1,
-            quality: int = 10, corruption: str = "", severity: int = 3, kernel: str = "pil") -> np.ndarray:
+            quality: int = 10, corruption: str = "", severity: int = 3, kernel: str = "pil",
+            families: tuple = ()) -> np.ndarray:
   """The processor input for `task` made from the clean uint8 image `img`.
 
   For task "corrupt" the corruption's seed is drawn from `rng`, so a pipeline that derives `rng`
@@ -288,7 +297,112 @@ def degrade(task: str, img: np.ndarray, *, rng: np.random.Generator, scale: int 
     return jpeg(img, quality)
   if task == "corrupt":
     return corrupt(img, corruption, severity, int(rng.integers(0, 2**32)))
+  if task == "mixture":
+    return mixture(img, families, rng)
   if task == "codec":
     _check_uint8_rgb(img, "degrade('codec')")
     return img
   raise ValueError(f"Unknown task {task!r}; one of {TASKS + ('corrupt',)}.")
+
+
+# ==================================================================== degradations ImageNet-C lacks, and mixtures
+
+EXTRA_DEGRADATIONS = ("rain", "low_light")
+# rain: streaks per 1000 pixels, streak length (fraction of the image side), streak opacity, per severity
+_RAIN = ((4.0, 0.10, 0.35), (6.0, 0.15, 0.45), (8.0, 0.20, 0.55), (10.0, 0.25, 0.65), (12.0, 0.30, 0.75))
+# low_light: gamma, gain, sensor noise sigma (of the [0, 1] range), per severity
+_LOW_LIGHT = ((1.3, 0.70, 0.01), (1.6, 0.55, 0.02), (1.9, 0.42, 0.03), (2.2, 0.32, 0.04), (2.5, 0.24, 0.05))
+
+
+def _check_severity_seed(who: str, severity, seed) -> None:
+  if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or not 1 <= severity <= 5:
+    raise ValueError(f"{who} severity must be an integer in 1..5, got {severity!r}.")
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+    raise ValueError(f"{who} seed must be an integer in [0, 2**32), got {seed!r}.")
+
+
+def rain(img: np.ndarray, severity: int, seed: int) -> np.ndarray:
+  """Rain-like streaks over `img` at `severity` (1..5), uint8; the same for the same seed.
+
+  Streak seeds are drawn uniformly (density per severity, per 1000 pixels), each smeared along one
+  direction shared by the image (within 20 degrees of vertical) into a line of 10-30% of the image
+  side: the sum of the seed field (brightness 0.5..1) shifted along the line, at most 1. The
+  streaks are screen-blended over the image with the severity's opacity (out = 1 - (1 - x)(1 - a s)),
+  so they brighten it, as rain does, and never darken it.
+  """
+  _check_uint8_rgb(img, "rain")
+  _check_severity_seed("rain", severity, seed)
+  density, length, opacity = _RAIN[int(severity) - 1]
+  rng = np.random.default_rng(int(seed))
+  h, w = img.shape[:2]
+  field = (rng.random((h, w)) < density / 1000.0).astype(np.float32) * rng.uniform(0.5, 1.0, (h, w)).astype(np.float32)
+  angle = np.deg2rad(rng.uniform(-20.0, 20.0))
+  steps = max(2, int(round(length * max(h, w))))
+  streaks = np.zeros((h, w), np.float32)
+  for t in range(steps):   # the field shifted along the streak direction (downwards), t pixels
+    dy, dx = int(round(t * np.cos(angle))), int(round(t * np.sin(angle)))
+    streaks += np.roll(np.roll(field, dy, axis=0), dx, axis=1)
+  streaks = np.minimum(streaks, 1.0)   # where streaks cross
+  x = img.astype(np.float32) / 255.0
+  out = 1.0 - (1.0 - x) * (1.0 - opacity * streaks[..., None])
+  return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
+
+
+def low_light(img: np.ndarray, severity: int, seed: int) -> np.ndarray:
+  """A low-light exposure of `img` at `severity` (1..5), uint8; the same for the same seed.
+
+  out = quantise(clip(gain * x ** gamma + sigma * N(0, 1))) on x = img / 255: a gamma that darkens
+  the shadows more than the highlights, a lower gain, and Gaussian sensor noise that dominates the
+  dark signal (the severity's (gamma, gain, sigma) in _LOW_LIGHT).
+  """
+  _check_uint8_rgb(img, "low_light")
+  _check_severity_seed("low_light", severity, seed)
+  gamma, gain, sigma = _LOW_LIGHT[int(severity) - 1]
+  rng = np.random.default_rng(int(seed))
+  x = img.astype(np.float32) / 255.0
+  out = gain * x ** gamma + sigma * rng.standard_normal(x.shape, dtype=np.float32)
+  return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
+
+
+DEGRADATION_FAMILIES = CORRUPTIONS + EXTRA_DEGRADATIONS   # the names a mixture's families may take
+
+
+def family_problems(families, where: str = "config.degrade.families") -> list[str]:
+  """The problems of a mixture's (name, severity) families, each naming the fix (empty: valid)."""
+  families = tuple(families or ())
+  if not families:
+    return [f"{where} is empty: list (name, severity) families, e.g. (('gaussian_noise', 3), ('fog', 3)), names "
+            f"from {', '.join(DEGRADATION_FAMILIES)}"]
+  out = []
+  for item in families:
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+      out.append(f"{where}: {item!r} is not a (name, severity) pair")
+      continue
+    name, severity = item
+    if name not in DEGRADATION_FAMILIES:
+      out.append(f"{where}: unknown degradation {name!r}; one of {', '.join(DEGRADATION_FAMILIES)}")
+    if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or not 1 <= severity <= 5:
+      out.append(f"{where}: {name!r} has severity {severity!r}, not an integer in 1..5")
+  if len(set(map(tuple, families))) != len(families):
+    out.append(f"{where} lists a family twice: {families}")
+  return out
+
+
+def apply_family(img: np.ndarray, name: str, severity: int, seed: int) -> np.ndarray:
+  """Degradation family `name` (an ImageNet-C corruption, "rain" or "low_light") at `severity`, uint8."""
+  if name == "rain":
+    return rain(img, severity, seed)
+  if name == "low_light":
+    return low_light(img, severity, seed)
+  return corrupt(img, name, severity, seed)
+
+
+def mixture(img: np.ndarray, families, rng: np.random.Generator) -> np.ndarray:
+  """One of `families` ((name, severity) pairs), drawn uniformly from `rng`, applied with a seed drawn
+  from `rng` after it: an example's degradation and its randomness depend only on `rng` (the pipelines
+  derive it from the run's seed and the example), so the same example is degraded the same way every time."""
+  problems = family_problems(families, "mixture families")
+  if problems:
+    raise ValueError("; ".join(problems))
+  name, severity = families[int(rng.integers(0, len(families)))]
+  return apply_family(img, str(name), int(severity), int(rng.integers(0, 2**32)))

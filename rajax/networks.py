@@ -129,6 +129,8 @@ def load_variables(net, path: str, shape: tuple[int, ...], *, what: str) -> dict
   from rajax.models import proxy_codec
   if isinstance(net, proxy_codec.ProxyCodec) and not str(path).endswith(".msgpack"):   # a CompressAI checkpoint
     return jax.tree.map(jnp.asarray, {"params": proxy_codec.load_compressai(path, net)["params"], "batch_stats": {}})
+  if hasattr(net, "feature_input"):   # a processor that reads a recognizer's features (VRD-IR), not images
+    shape = net.feature_input(shape)
   x = jnp.zeros((1, *shape), jnp.float32)
   kwargs = getattr(net, "init_kwargs", lambda n: {})(1)
   template = jax.eval_shape(lambda: base.init_variables(net, jax.random.key(0), x, **kwargs))

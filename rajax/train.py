@@ -64,7 +64,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
   # ================================================================ data
   degradation = data_lib.Degradation(task=config.task, scale=config.degrade.scale, sigma=config.degrade.sigma,
                                      quality=config.degrade.quality, noise=config.data.noise,
-                                     kernel=config.degrade.get("kernel", "pil"))
+                                     kernel=config.degrade.get("kernel", "pil"),
+                                     families=tuple(config.degrade.get("families", ())))
   device_stage = degradation.device_stage(config.seed)  # the noise, drawn in the steps (data.noise="device")
   task_name = networks.recognition_task(config)
   detection, segmentation = task_name == "detection", task_name == "segmentation"

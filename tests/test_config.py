@@ -9,7 +9,7 @@ import pytest
 
 from rajax import config as config_lib
 from rajax import methods, runs, tasks
-from rajax.methods import npp, ra
+from rajax.methods import npp, ra, vrdir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -32,7 +32,9 @@ def test_imagenet_config_holds_the_paper_settings(task, mode, lam):
   assert (c.data.source, c.data.name) == ("tfds", "imagenet2012")
 
 
-@pytest.mark.parametrize("mode", [m for m in methods.names() if m not in ra.METHODS and m not in npp.METHODS])
+# VRD-IR restores a mixture of degradations with its own networks: configs/vrdir.py (tests/test_vrdir.py)
+@pytest.mark.parametrize("mode", [m for m in methods.names()
+                                  if m not in ra.METHODS and m not in npp.METHODS and m not in vrdir.METHODS])
 def test_imagenet_config_holds_appendix_a_settings(mode):
   c = config_lib.load(f"{CONFIGS}/imagenet.py:task=sr,mode={mode},processor=runs/sr_plain/processor.msgpack")
   config_lib.validate(c)

@@ -18,7 +18,7 @@ import pytest
 from rajax import config as config_lib
 from rajax import losses, methods, networks, optim, runs, sharding, train
 from rajax import weights as weights_lib
-from rajax.methods import base, npp
+from rajax.methods import base, npp, vrdir
 
 FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 BATCH = 8
@@ -118,7 +118,7 @@ def test_registry_is_explicit_and_refuses_duplicates():
   assert set(methods.names()) == {"plain", "ra", "unsupervised", "transformer", "ra_joint",
                                   "recognizer_on_processor", "recognizer_on_input", "recognizer_on_clean",
                                   "ra_no_pixel", "perceptual", "sr4ir", "sr4ir_s_then_t", "sr4ir_t_then_s",
-                                  "sr4ir_joint", "npp", "proxy_rd", "proxy_codec"}
+                                  "sr4ir_joint", "npp", "proxy_rd", "proxy_codec", "vrdir"}
   spec = methods.get("ra")
   with pytest.raises(ValueError, match="registered twice"):
     methods._registry([{"ra": spec}, {"ra": spec}])
@@ -131,8 +131,9 @@ def test_registry_is_explicit_and_refuses_duplicates():
                     defaults=dict, validate=lambda c: [], make=None)
 
 
-# NPP's methods pre-process clean images before a codec (task "codec"): tests/test_npp.py.
-GENERIC = [n for n in methods.names() if n not in npp.METHODS]
+# NPP's methods pre-process clean images before a codec (task "codec"): tests/test_npp.py. VRD-IR restores
+# a mixture of degradations at full size in a recognizer's feature space: tests/test_vrdir.py.
+GENERIC = [n for n in methods.names() if n not in npp.METHODS and n not in vrdir.METHODS]
 
 
 @pytest.mark.parametrize("name", GENERIC)

@@ -57,7 +57,9 @@ class Degradation:
   """Which degradation makes the processor input, with its parameters.
 
   task: "sr" (bicubic down by `scale`), "denoise" (Gaussian noise of `sigma`), "jpeg" (Pillow
-  JPEG at `quality`) or "corrupt" (ImageNet-C corruption `corruption` at `severity`).
+  JPEG at `quality`), "corrupt" (ImageNet-C corruption `corruption` at `severity`) or "mixture"
+  (one of `families`, (name, severity) pairs of `rajax.degrade.DEGRADATION_FAMILIES`, drawn per
+  example from its seeded rng: `rajax.degrade.mixture`).
   noise (denoising only): "host" draws the noise in the pipeline with NumPy (`degrade.gaussian_noise`,
   the batch holds the float32 "input"); "device" leaves it to the jitted step: the batch holds the
   uint8 "target" and the example "index", and `device_stage(seed)` makes the input there.
@@ -71,8 +73,14 @@ class Degradation:
   severity: int = 3
   noise: str = "host"
   kernel: str = "pil"   # SR: "pil" (Pillow's antialiased bicubic) or "torch" (PyTorch's, no antialiasing; SR4IR's)
+  families: tuple = ()   # task "mixture": ((name, severity), ...)
 
   def __post_init__(self):
+    object.__setattr__(self, "families", tuple((str(n), int(s)) for n, s in self.families))
+    if self.task == "mixture":
+      problems = degrade_lib.family_problems(self.families, "Degradation('mixture') families")
+      if problems:
+        raise DataError("; ".join(problems) + ".")
     if self.task not in DEGRADATION_TASKS:
       raise DataError(f"Unknown degradation task {self.task!r}; one of {', '.join(DEGRADATION_TASKS)}.")
     if self.task == "corrupt" and self.corruption not in degrade_lib.CORRUPTIONS:
@@ -102,7 +110,7 @@ class Degradation:
   def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return degrade_lib.degrade(self.task, img, rng=rng, scale=self.scale if self.task == "sr" else 1,
                                sigma=self.sigma, quality=self.quality, corruption=self.corruption,
-                               severity=self.severity, kernel=self.kernel)
+                               severity=self.severity, kernel=self.kernel, families=self.families)
 
 
 # --------------------------------------------------------------------------- bad-data accounting

@@ -17,6 +17,8 @@ to run, each selected by its `type` (big_vision style):
   boundary      Table 6   decision-boundary distances (BD) and inter-boundary distances (IBD) along the
                           RA direction and random directions; 2-D decision maps (Figure 4)
   imagenet_c              top-1 per corruption and severity
+  degradations            restorers of a mixture of degradations (VRD-IR): PSNR, SSIM, top-1 per seen and
+                          unseen degradation, paired tests against a reference processor
   detection     Tables 4, 8, 9, 12, 13  rows = processing (input, each run, clean), columns = evaluation
                           detectors, cells VOC07 mAP@0.5 (11-point) / COCO mAP; per-class AP; detections drawn
                           (rajax.evaluate.detection; Table 12 is `accuracy` on runs trained with a detector)
@@ -47,6 +49,7 @@ from ml_collections import config_dict
 
 from rajax import distributed
 from rajax.evaluate import boundary, rate, tables
+from rajax.evaluate import degradations as degradations_eval
 from rajax.evaluate import detection as detection_eval
 from rajax.evaluate import segmentation as segmentation_eval
 from rajax.evaluate.boundary import boundary_distance, inter_boundary_distance
@@ -63,6 +66,7 @@ EVALUATORS = {
     "alternatives": tables.alternatives,
     "boundary": boundary.boundary,
     "imagenet_c": tables.imagenet_c,
+    "degradations": degradations_eval.degradations,
     "detection": detection_eval.detection,
     "segmentation": segmentation_eval.segmentation,
     "rate_accuracy": rate.rate_accuracy,

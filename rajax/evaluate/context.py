@@ -180,7 +180,8 @@ class Context:
     self._source = None
     d = config.degrade
     self.main = DataSpec(data_lib.Degradation(task=config.task, scale=d.scale, sigma=d.sigma, quality=d.quality,
-                                              noise=config.data.get("noise", "device"), kernel=d.get("kernel", "pil")))
+                                              noise=config.data.get("noise", "device"), kernel=d.get("kernel", "pil"),
+                                              families=tuple(d.get("families", ()))))
 
   # ------------------------------------------------------------------ lookups
   def processor(self, name: str) -> Processor:

@@ -5,6 +5,7 @@
                      outputs or on the degraded inputs, RA without the pixel loss, a VGG perceptual loss
     sr4ir.py         SR4IR: S and T trained in turn (TDP loss, CQMix)
     npp.py           NPP: a pre-processor before a real codec, trained through a proxy codec; the proxy's training
+    vrdir.py         VRD-IR: a decoder, then a feature enhancer, in a frozen recognizer's early feature space
 
 A method declares the networks it trains and the ones it uses frozen, its `config.method` fields
 and their validation, and builds a `Method` (init, train_step, forward) for a configuration; see
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from rajax.methods import alternatives, npp, ra, sr4ir
+from rajax.methods import alternatives, npp, ra, sr4ir, vrdir
 from rajax.methods.base import (FrozenNetwork, Method, MethodSpec, Setup, TrainState, apply_eval, apply_train,
                                 evaluation_recognizer, make_eval_step, make_predict_step, to_float_images,
                                 with_input)
@@ -36,7 +37,7 @@ def _registry(families: Iterable[Mapping[str, MethodSpec]]) -> dict[str, MethodS
   return out
 
 
-_FAMILIES = (ra.METHODS, alternatives.METHODS, sr4ir.METHODS, npp.METHODS)
+_FAMILIES = (ra.METHODS, alternatives.METHODS, sr4ir.METHODS, npp.METHODS, vrdir.METHODS)
 METHODS: dict[str, MethodSpec] = _registry(_FAMILIES)
 
 

@@ -14,6 +14,7 @@ from rajax.models.recognizers import IMAGENET_MEAN, IMAGENET_STD, Recognizer, re
 from rajax.models.srresnet import SRResNet
 from rajax.models.resnet_generator import ResnetGenerator
 from rajax.models.swinir import SwinIR
+from rajax.models.vrdir import VRDIR
 
 PROCESSORS: dict[str, type[nn.Module]] = {
     "srresnet": SRResNet,
@@ -21,6 +22,7 @@ PROCESSORS: dict[str, type[nn.Module]] = {
     "edsr": EDSR,
     "swinir": SwinIR,
     "npp": NPPProcessor,
+    "vrdir": VRDIR,      # reads a recognizer's early features, not images (rajax.methods.vrdir)
 }
 
 
