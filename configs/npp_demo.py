@@ -7,12 +7,12 @@ NPP's schedule (configs/npp.py) in miniature, on random crops of the training ph
 rajax.data.photos, with the real MobileNetV2 (bundled ImageNet weights) as the frozen recognizer and
 its own top-1 on the clean crop as the label:
 
-  pretrain     P (no quality layers) learns the identity: plain processing, MSE(P(x), x). NPP trains P
-               from scratch; a few hundred steps on two cores cannot, so the miniature starts where
-               P passes images through unchanged.
   proxy_rd     the proxy codec C (Minnen et al. 2018, narrow) trained rate-distortion on clean crops
   proxy_codec  C fine-tuned towards JPEG at the middle quality (NPP's Eq. 2)
-  fixed        P at the middle (quality, lam) pair, the real JPEG in the forward pass, C in the backward
+  fixed        P at the middle (quality, lam) pair, the real JPEG in the forward pass, C in the backward;
+               P starts at the identity (processor.identity_init: NPP trains P from scratch for 400k
+               steps, which a few hundred steps on two cores cannot, so the miniature starts where P +
+               JPEG is JPEG alone)
   adaptive     P with its quality layers, one of the five (quality, lam) pairs drawn per step
 
 Args: stage, quick (a few steps each: checks the machinery), split (validation | test: the photos the
@@ -24,9 +24,8 @@ from ml_collections import config_dict
 from rajax import config as config_lib
 from rajax.data import photos
 
-STAGES = {"pretrain": "plain", "proxy_rd": "proxy_rd", "proxy_codec": "proxy_codec", "fixed": "npp",
-          "adaptive": "npp"}
-STEPS = {"pretrain": 150, "proxy_rd": 150, "proxy_codec": 100, "fixed": 60, "adaptive": 120}
+STAGES = {"proxy_rd": "proxy_rd", "proxy_codec": "proxy_codec", "fixed": "npp", "adaptive": "npp"}
+STEPS = {"proxy_rd": 150, "proxy_codec": 100, "fixed": 100, "adaptive": 150}
 QUICK_STEPS = {s: 3 for s in STEPS}
 CODEC = "jpeg"
 # The paper's lams 0.5..8 with the task loss in nats and the rate in bits per pixel; qualities from
@@ -47,7 +46,8 @@ def get_config(arg=None):
   c.recognizer.weights = None           # the bundled ImageNet weights
   c.labels = "recognizer"               # no ground truth: R's top-1 on the clean crop
   c.codec = config_dict.ConfigDict(dict(PROXY))
-  c.processor = config_dict.ConfigDict(dict(name="npp", adaptive=a.stage == "adaptive", channels=CHANNELS))
+  c.processor = config_dict.ConfigDict(dict(name="npp", adaptive=a.stage == "adaptive", channels=CHANNELS,
+                                                  identity_init=True))
   middle = PAIRS[2]
   if a.stage in ("proxy_codec", "fixed", "adaptive"):
     c.method.codec = CODEC
@@ -74,8 +74,8 @@ def get_config(arg=None):
   c.num_epochs = 1.0
   c.total_steps = steps
   network = "codec" if a.stage.startswith("proxy") else "processor"
-  # Adam as the paper's stages; the proxy and the identity pretraining at 1e-3 to converge in few steps
-  c.optim[network].lr = 1e-3 if a.stage in ("pretrain", "proxy_rd") else 1e-4
+  # Adam as the paper's stages; the proxy's rate-distortion training at 1e-3 to converge in few steps
+  c.optim[network].lr = 1e-3 if a.stage == "proxy_rd" else 1e-4
   c.optim[network].decay_epochs = (0.8,)
   c.log_every = 1 if a.quick else 10
   c.eval_every = 0

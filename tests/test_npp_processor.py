@@ -72,3 +72,20 @@ def test_errors_name_the_fix(small):
     net.apply(v, x[:, :12, :12], quality=jnp.zeros(2))
   with pytest.raises(ValueError, match="five widths"):
     NPPProcessor(channels=(4, 8))
+
+
+def test_identity_init_starts_near_the_identity_and_every_weight_gets_gradient():
+  x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
+  net = NPPProcessor(channels=(4, 8, 8, 8, 8), identity_init=True)
+  v = net.init(jax.random.key(0), x)
+  np.testing.assert_array_equal(v["params"]["branch_conv1"]["kernel"][0, 0], np.eye(3))
+  y = net.apply(v, x, train=True, mutable=["batch_stats"])[0]
+  assert float(jnp.max(jnp.abs(y - x))) < 0.02          # the branch passes x through; the UNet adds ~0
+  default = NPPProcessor(channels=(4, 8, 8, 8, 8))
+  y0 = default.apply(default.init(jax.random.key(0), x), x)
+  assert float(jnp.mean(jnp.abs(y0 - x))) > 0.05        # PyTorch's default init is far from it
+  # the UNet is not dead: its first and last layers get gradient at the start
+  g = jax.grad(lambda p: jnp.mean(jnp.square(
+      net.apply({**v, "params": p}, x, train=True, mutable=["batch_stats"])[0] - 0.5)))(v["params"])
+  for layer in ("enc0_a", "head_out"):
+    assert float(jnp.max(jnp.abs(jax.tree.leaves(g[layer])[0]))) > 0, layer

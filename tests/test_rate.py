@@ -243,9 +243,9 @@ def test_sweeps_order_each_codec_from_the_lowest_rate():
 def test_npp_demo_stages_start_from_what_they_need(tmp_path):
   from rajax.demo import npp as npp_demo
   cmds = {s: npp_demo.command(tmp_path, s, quick=True) for s in npp_demo.STAGES}
-  assert not any("init_" in a or "codec_weights" in a for a in cmds["pretrain"] + cmds["proxy_rd"])
+  assert not any("init_" in a or "codec_weights" in a for a in cmds["proxy_rd"])
   assert f"--config.init_codec={tmp_path / 'proxy_rd' / 'codec.msgpack'}" in cmds["proxy_codec"]
-  assert f"--config.init_processor={tmp_path / 'pretrain' / 'processor.msgpack'}" in cmds["fixed"]
+  assert not any("init_processor" in a for a in cmds["fixed"])   # P starts at the identity
   assert f"--config.init_processor={tmp_path / 'fixed' / 'processor.msgpack'}" in cmds["adaptive"]
   for s in ("fixed", "adaptive"):
     assert f"--config.method.codec_weights={tmp_path / 'proxy_codec' / 'codec.msgpack'}" in cmds[s]
@@ -256,7 +256,9 @@ def test_npp_demo_stages_start_from_what_they_need(tmp_path):
         if f"/{other}/" in arg and other != stage:
           assert other in npp_demo.NEEDS[stage], (stage, other)
   for stage in npp_demo.STAGES:   # the configs validate
-    config_lib.validate(config_lib.load(f"{npp_demo.CONFIG}:stage={stage}"))
+    c = config_lib.load(f"{npp_demo.CONFIG}:stage={stage}")
+    config_lib.validate(c)
+    assert c.processor.identity_init
   lines = npp_demo.claim_lines({"bd": [{"processing": "npp", "codec": "webp", "codec in training": "no",
                                         "mobilenet_v2 BD-rate": -12.5, "efficientnet_lite0 BD-rate": float("nan"),
                                         "PSNR BD-rate": 8.0}]})

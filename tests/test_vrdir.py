@@ -338,5 +338,11 @@ def test_quick_demo_trains_evaluates_and_reports(tmp_path):
     assert set(test) == {"mobilenet_v2", "efficientnet_lite0"} and 0 <= test["mobilenet_v2"]["p"] <= 1
   assert {"rain", "low_light"} <= {n for n, _ in report["sets"]["seen"]}
   assert not {tuple(f) for f in report["sets"]["seen"]} & {tuple(f) for f in report["sets"]["unseen"]}
+  det = report["detection"]          # CenterNet on the whole photos, degraded by each family
+  for group in ("seen", "unseen"):
+    assert set(det["pooled"][group]) == {"input", "plain", "ra", "vrdir"}
+    assert all(0.0 <= r["centernet VOC07 mAP"] <= 1.0 for r in det["pooled"][group].values())
+    assert 0 <= det["paired_vrdir_vs_ra"][f"mean ({group})"]["centernet"]["p"] <= 1
   text = (tmp_path / "report.md").read_text()
+  assert "CenterNet (COCO detector, used by no run) on whole photos" in text
   assert "Mean over the unseen degradations" in text and "VRD-IR against the RA restorer" in text

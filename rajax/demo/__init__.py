@@ -230,11 +230,11 @@ def train_all(workdir: pathlib.Path, tasks: Sequence[str], modes: Sequence[str],
 
 
 def run_processes(workdir: pathlib.Path, runs: Sequence[tuple[str, list[str], Sequence[str]]], *, quick: bool,
-                  jobs: int = 2, status_every: float = 30.0) -> float:
+                  jobs: int = 2, status_every: float = 30.0, times: dict | None = None) -> float:
   """Runs `(name, command, needs)` training processes, up to `jobs` at a time, each once the runs it
   `needs` have finished, in the given order; each one's output goes to WORKDIR/<name>/train.log. A
   failed run stops the others (each saves a checkpoint) and raises with the end of its log; Ctrl-C
-  likewise. Returns seconds."""
+  likewise. Returns seconds; `times`, when given, receives each run's seconds by name."""
   pending = list(runs)
   running, done = {}, []
   env = dict(os.environ)
@@ -287,6 +287,8 @@ def run_processes(workdir: pathlib.Path, runs: Sequence[tuple[str, list[str], Se
                              f"{log}:\n{tail}\nFix the cause and rerun the demo: finished runs are kept, "
                              "interrupted ones resume.")
         done.append(name)
+        if times is not None:
+          times[name] = time.perf_counter() - started
         elapsed = time.perf_counter() - t0
         left = len(pending) + len(running)
         eta = elapsed / len(done) * left

@@ -6,8 +6,9 @@
 The stages of configs/npp_demo.py, each a `python -m rajax.train` process in WORKDIR/<stage>
 (rerunning resumes; two at a time where they do not depend on each other):
 
-  pretrain -> fixed -> adaptive        P: identity, then NPP at JPEG quality 30 / lam 2, then over the
-  proxy_rd -> proxy_codec -^           five (quality, lam) pairs; C: rate-distortion, then towards JPEG
+  proxy_rd -> proxy_codec -> fixed -> adaptive     C: rate-distortion, then towards JPEG; P: from the
+                                                   identity, NPP at JPEG quality 30 / lam 2, then over
+                                                   the five (quality, lam) pairs
 
 then, once, on the held-out test photos (configs/eval/npp_photos.py, through `rajax.evaluate`): every
 codec (JPEG, and WebP, AVIF and HEVC, which P never saw) at its five-quality sweep, alone and after
@@ -31,9 +32,8 @@ from typing import Sequence
 
 from rajax import demo as demo_lib
 
-STAGES = ("pretrain", "proxy_rd", "proxy_codec", "fixed", "adaptive")
-NEEDS = {"pretrain": (), "proxy_rd": (), "proxy_codec": ("proxy_rd",), "fixed": ("pretrain", "proxy_codec"),
-         "adaptive": ("fixed", "proxy_codec")}
+STAGES = ("proxy_rd", "proxy_codec", "fixed", "adaptive")
+NEEDS = {"proxy_rd": (), "proxy_codec": ("proxy_rd",), "fixed": ("proxy_codec",), "adaptive": ("fixed", "proxy_codec")}
 ROOT = demo_lib.ROOT
 CONFIG = ROOT / "configs" / "npp_demo.py"
 EVAL_CONFIG = ROOT / "configs" / "eval" / "npp_photos.py"
@@ -48,17 +48,16 @@ def command(workdir: pathlib.Path, stage: str, quick: bool, train_args: Sequence
          "--workdir", str(workdir / stage), "--config.final_eval=false"]
   if stage == "proxy_codec":
     cmd.append(f"--config.init_codec={workdir / 'proxy_rd' / 'codec.msgpack'}")
+  if stage == "adaptive":
+    cmd.append(f"--config.init_processor={workdir / 'fixed' / 'processor.msgpack'}")
   if stage in ("fixed", "adaptive"):
-    start = "pretrain" if stage == "fixed" else "fixed"
-    cmd += [f"--config.init_processor={workdir / start / 'processor.msgpack'}",
-            f"--config.method.codec_weights={workdir / 'proxy_codec' / 'codec.msgpack'}"]
+    cmd.append(f"--config.method.codec_weights={workdir / 'proxy_codec' / 'codec.msgpack'}")
   return cmd + list(train_args)
 
 
 def train(workdir: pathlib.Path, quick: bool, *, jobs: int = 2, train_args: Sequence[str] = ()) -> float:
   """Every stage (a finished one is skipped by rajax.train itself); returns seconds."""
-  order = ("proxy_rd", "pretrain", "proxy_codec", "fixed", "adaptive")   # the longest chain first
-  return demo_lib.run_processes(workdir, [(s, command(workdir, s, quick, train_args), NEEDS[s]) for s in order],
+  return demo_lib.run_processes(workdir, [(s, command(workdir, s, quick, train_args), NEEDS[s]) for s in STAGES],
                                 quick=quick, jobs=jobs)
 
 

@@ -24,14 +24,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import pathlib
-import subprocess
 import sys
 import time
 from typing import Sequence
 
-from rajax.demo import ROOT, quick_xla_flags
+from rajax import demo as demo_lib
+from rajax.demo import ROOT
 
 CONFIG = ROOT / "configs" / "vrdir.py"
 EVAL_CONFIG = ROOT / "configs" / "eval" / "vrdir.py"
@@ -60,56 +59,10 @@ def train_runs(workdir: pathlib.Path, quick: bool, *, jobs: int = 2, steps: int 
                crop: int | None = None, status_every: float = 30.0) -> dict[str, float]:
   """Trains MODES, `jobs` at a time, each a subprocess logging to WORKDIR/<mode>/train.log; finished runs are
   skipped. Returns each run's seconds. A failed run stops the others and raises with the end of its log."""
-  env = dict(os.environ)
-  env.setdefault("JAX_COMPILATION_CACHE_DIR", str(workdir / "jax_cache"))
-  env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
-  if quick:
-    env["XLA_FLAGS"] = quick_xla_flags(env.get("XLA_FLAGS", ""))
   pending = [m for m in MODES if not _finished(workdir / m)]
   times = {m: 0.0 for m in MODES if m not in pending}
-  running = {}
-  t0 = last = time.perf_counter()
-  print(f"[vrdir demo] training {', '.join(pending) or 'nothing (all runs finished)'}, {jobs} at a time; logs in "
-        f"{workdir}/<mode>/train.log", flush=True)
-  try:
-    while pending or running:
-      while pending and len(running) < jobs:
-        mode = pending.pop(0)
-        log = workdir / mode / "train.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        out = open(log, "a")
-        proc = subprocess.Popen(train_command(workdir, mode, quick, steps, crop), stdout=out, stderr=subprocess.STDOUT,
-                                env=env, cwd=ROOT)
-        running[mode] = (proc, out, log, time.perf_counter())
-        print(f"[vrdir demo] start {mode}", flush=True)
-      time.sleep(0.2)
-      for mode, (proc, out, log, started) in list(running.items()):
-        if proc.poll() is None:
-          continue
-        out.close()
-        del running[mode]
-        if proc.returncode != 0:
-          for p, o, *_ in running.values():
-            p.terminate()
-            p.wait(timeout=120)
-            o.close()
-          tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
-          raise RuntimeError(f"The VRD-IR demo run {mode} failed (exit status {proc.returncode}); the end of {log}:\n"
-                             f"{tail}\nFix the cause and rerun: finished runs are kept, interrupted ones resume.")
-        times[mode] = time.perf_counter() - started
-        print(f"[vrdir demo] done  {mode} in {_fmt(times[mode])} | elapsed {_fmt(time.perf_counter() - t0)}", flush=True)
-      if running and time.perf_counter() - last >= status_every:
-        last = time.perf_counter()
-        status = []
-        for mode, (_, _, log, _) in running.items():
-          lines = [l for l in log.read_text(errors="replace").splitlines() if l.startswith("[train] step")]
-          status.append(f"{mode} {lines[-1].split('|')[0][len('[train] '):].strip() if lines else 'compiling'}")
-        print(f"[vrdir demo] running: {'; '.join(status)} | elapsed {_fmt(last - t0)}", flush=True)
-  except KeyboardInterrupt:
-    for p, o, *_ in running.values():
-      p.terminate()
-      o.close()
-    raise
+  demo_lib.run_processes(workdir, [(m, train_command(workdir, m, quick, steps, crop), ()) for m in pending],
+                         quick=quick, jobs=jobs, status_every=status_every, times=times)
   return times
 
 
@@ -134,6 +87,14 @@ def summarise(table) -> dict:
     if "vrdir" in by_view:
       out["paired_vrdir_vs_ra"][key] = by_view["vrdir"]
   out["sets"] = table.extra["sets"]
+  if "detection" in table.extra:    # CenterNet on whole photos: the pooled rows and VRD-IR's sign tests against RA
+    det = table.extra["detection"]
+    out["detection"] = {"pooled": {}, "paired_vrdir_vs_ra": {k: by_view["vrdir"] for k, by_view in det["paired"].items()
+                                                             if "vrdir" in by_view}}
+    for row in det["rows"]:
+      if row["degradation"].startswith("mean ("):
+        out["detection"]["pooled"].setdefault(row["set"], {})[row["view"]] = {
+            k: v for k, v in row.items() if k not in ("processing", "set", "degradation")}
   return out
 
 
@@ -158,6 +119,23 @@ def report(workdir: pathlib.Path, table, summary: dict, times: dict, quick: bool
     if paired:
       lines += ["", "VRD-IR against the RA restorer (McNemar's exact test, examples pooled over the set): "
                 + "; ".join(f"{t} +{p['gained']}/-{p['lost']}, p = {p['p']:.2g}" for t, p in paired.items()) + "."]
+    lines.append("")
+  det = summary.get("detection")
+  if det:
+    lines += ["## CenterNet (COCO detector, used by no run) on whole photos", "",
+              "VOC07 mAP and target boxes recovered, against CenterNet's own detections (score >= 0.3) on the clean "
+              "photo, pooled over each set's degradations.", "",
+              "| set | processing | PSNR | mAP | recovered |", "|---|---|---:|---:|---:|"]
+    for group, rows in det["pooled"].items():
+      for v in views:
+        if v in rows:
+          r = rows[v]
+          lines.append(f"| {group} | {names[v]} | {r['PSNR']:.2f} | {100 * r['centernet VOC07 mAP']:.1f} | "
+                       f"{100 * r['centernet recovered']:.1f} |")
+    tests = [f"{k}: +{p['centernet']['gained']}/-{p['centernet']['lost']} photos, p = {p['centernet']['p']:.2g}"
+             for k, p in det["paired_vrdir_vs_ra"].items() if k.startswith("mean (")]
+    if tests:
+      lines += ["", "VRD-IR against the RA restorer (sign test per photo on boxes recovered): " + "; ".join(tests) + "."]
     lines.append("")
   lines += [table.markdown(), "", "## Time", ""]
   lines += [f"- training {m}: {_fmt(s)}" for m, s in times.items() if m in MODES]

@@ -181,6 +181,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       problems += segmentation_eval.problems(ev, name)
     if kind == "rate_accuracy":
       problems += rate.problems(ev, name)
+    if kind == "degradations":
+      problems += degradations_eval.problems(ev, name)
     for item in ev.get("processors") or ():
       if item not in config.processors:
         problems.append(f"config.evals.{name}.processors names {item!r}, which is not in config.processors "

@@ -152,10 +152,11 @@ class _Data:
     return bool(getattr(self.source, "annotated", True))
 
 
-def _data(ctx: Context, cfg) -> _Data:
+def _data(ctx: Context, cfg, degradation=None) -> _Data:
+  """The evaluator's images, degraded by `degradation` (default: the evaluation's task)."""
   from rajax.data import detection as det_data
   d = data_settings(cfg)
-  deg = ctx.main.degradation
+  deg = ctx.main.degradation if degradation is None else degradation
   det_data.DetectionSpec(size=d["size"]).check_degradation(deg)
   source = make_source(d)
   base = {k: v for k, v in d.items() if k != "batch_size"}

@@ -159,11 +159,12 @@ class _Data:
     return n if self.settings["num_examples"] < 0 else min(n, self.settings["num_examples"])
 
 
-def _data(ctx: Context, cfg) -> _Data:
+def _data(ctx: Context, cfg, degradation=None) -> _Data:
+  """The evaluator's images, degraded by `degradation` (default: the evaluation's task)."""
   from rajax.data import DataError
   from rajax.data import segmentation as seg_data
   d = data_settings(cfg)
-  deg = ctx.main.degradation
+  deg = ctx.main.degradation if degradation is None else degradation
   # photos come fitted to the canvas: the pipeline keeps their size; dataset images get `resize`
   resize = 0 if d["source"] == "photos" else int(d["resize"])
   try:

@@ -40,6 +40,18 @@ from rajax.models import layers
 _SCALE_HIDDEN = {"branch1": 16, "branch2": 16, "enc2": 32, "enc3": 32, "enc4": 64, "dec2": 64, "dec3": 64, "dec4": 32}
 
 
+def _identity_kernel(key, shape, dtype=jnp.float32):
+  """A 1x1 convolution kernel [1, 1, C, C] that is the identity map."""
+  del key
+  if shape[:2] != (1, 1) or shape[2] != shape[3]:
+    raise ValueError(f"An identity kernel is 1x1 with as many outputs as inputs, got shape {shape}.")
+  return jnp.eye(shape[2], dtype=dtype).reshape(shape)
+
+
+def _scaled(init, factor: float):
+  return lambda key, shape, dtype=jnp.float32: factor * init(key, shape, dtype)
+
+
 class QualityScale(nn.Module):
   """Linear(1, hidden), ReLU, Linear(hidden, features), ReLU: per-image channel scales from a quality in [0, 1]."""
 
@@ -76,12 +88,19 @@ class NPPProcessor(nn.Module):
     channels: the encoder widths and the bottleneck's (the paper's 32/64/128/256/512).
     dtype: compute dtype (parameters are float32).
     bn_stats: training-mode BatchNorm statistics over the "global" batch or "per_device" slices.
+    identity_init: start at (nearly) the identity: both 1x1 layers of the branch at the identity
+      matrix with zero bias (so the branch passes images in [0, 1] through unchanged) and the UNet's
+      last 1x1 layer at 1/100 of its default initialisation with zero bias (its ReLU output near 0,
+      small enough not to change the image, large enough that every UNet weight gets gradient).
+      The official code starts from PyTorch's default initialisation and trains P for 400k steps;
+      a short schedule (the offline demo) starts here instead, where P + codec is the codec alone.
   """
 
   adaptive: bool = False
   channels: Sequence[int] = (32, 64, 128, 256, 512)
   dtype: layers.Dtype = jnp.float32
   bn_stats: str = "global"
+  identity_init: bool = False
 
   @property
   def fresh_on_load(self) -> tuple[str, ...]:
@@ -124,9 +143,10 @@ class NPPProcessor(nn.Module):
     x = x.astype(dt)
     block = dict(dtype=dt, bn_stats=self.bn_stats)
     # the 1x1 branch
-    b = layers.conv(3, 1, in_features=3, dtype=dt, name="branch_conv1")(x)
+    branch = dict(kernel_init=_identity_kernel, bias_init=nn.initializers.zeros) if self.identity_init else {}
+    b = layers.conv(3, 1, in_features=3, dtype=dt, name="branch_conv1", **branch)(x)
     b = nn.relu(scale(b, "branch1"))
-    b = layers.conv(3, 1, in_features=3, dtype=dt, name="branch_conv2")(b)
+    b = layers.conv(3, 1, in_features=3, dtype=dt, name="branch_conv2", **branch)(b)
     b = nn.relu(scale(b, "branch2"))
     # the UNet
     c = list(self.channels)
@@ -151,5 +171,7 @@ class NPPProcessor(nn.Module):
         h = scale(h, f"dec{i + 1}")
     h = _ConvBnRelu(c[0], **block, name="head_a")(h, train=train)
     h = _ConvBnRelu(c[0], **block, name="head_b")(h, train=train)
-    u = nn.relu(layers.conv(3, 1, in_features=c[0], dtype=dt, name="head_out")(h))
+    head = dict(kernel_init=_scaled(layers.torch_kernel_init, 0.01), bias_init=nn.initializers.zeros) \
+        if self.identity_init else {}
+    u = nn.relu(layers.conv(3, 1, in_features=c[0], dtype=dt, name="head_out", **head)(h))
     return jnp.clip((b + u).astype(jnp.float32), 0.0, 1.0)
