@@ -93,6 +93,33 @@ def test_npp_step_sees_the_real_codec_and_learns_through_the_proxy(proxy_file):
   np.testing.assert_allclose(np.asarray(views["bpp"]), bits / (64 * 64), rtol=1e-6)
 
 
+def test_npp_step_with_a_detector_reads_the_real_codecs_output_against_the_detectors_own_boxes(proxy_file, monkeypatch):
+  """A detector as NPP's recognizer (the paper's COCO setting): its loss is the detection task's on the
+  real codec's decoded image, against its own confident detections on the clean image."""
+  import toy_detector  # noqa: F401 - the family module the zoo imports
+  from rajax.detection import zoo
+  from rajax.tasks import detection as det_task
+  monkeypatch.setattr(zoo, "_FAMILIES", (*zoo._FAMILIES, "toy_detector"))
+  c = _config(codec="jpeg", pairs=((50, 1.0),), quality=50, codec_weights=proxy_file)
+  c.recognizer = config_lib.ml_collections.ConfigDict(dict(name="toy_detector", weights="random", num_classes=3))
+  c.labels = "recognizer"
+  modules, method, state = _built(c)
+  frozen = networks.frozen_networks(c, method.spec)
+  s1, m = jax.jit(method.train_step).lower(state, _BATCH, frozen).compile(compiler_options=FAST)(state, _BATCH, frozen)
+  det = frozen["recognizer"]
+  x = jnp.asarray(_BATCH["target"], jnp.float32) / 255
+  qn = jnp.full((2,), codecs.get("jpeg").normalise(50), jnp.float32)
+  pre = modules["processor"].apply(state.variables("processor"), x, train=True, quality=qn, mutable=["batch_stats"])[0]
+  decoded, _ = codecs.roundtrip_batch("jpeg", np.asarray(codecs.quantize_uint8(pre)), 50)
+  targets, _ = det_task.pseudo_targets(det(x))
+  per_image, _, _ = det_task.recognition_loss(det, jnp.asarray(decoded / 255.0, jnp.float32), targets,
+                                              rng=jax.random.key(0))
+  np.testing.assert_allclose(float(m["recognition"]), float(jnp.mean(per_image)), rtol=1e-4)
+  np.testing.assert_allclose(float(m["loss"]), float(m["bpp"]) + float(m["recognition"]) + 0.5 * float(m["pixel_mse"]),
+                             rtol=1e-5)
+  assert float(m["grad_norm"]) > 0 and np.isfinite(float(m["grad_norm"]))
+
+
 def test_proxy_towards_the_real_codec_trains_only_the_codec():
   c = _config("proxy_codec", codec="jpeg", quality=30)
   modules, method, state = _built(c)

@@ -67,6 +67,5 @@ def get_config(arg=None):
     c.evals.degradations.targets = tuple(t for t in c.targets if t != "centernet")
     c.evals.degradations.detection = ml_collections.ConfigDict(dict(
         targets=("centernet",), labels="recognizer", score_threshold=0.3,
-        data=ml_collections.ConfigDict(dict(source="photos", photos=names, size=(size, size), max_boxes=32,
-                                            batch_size=4))))
+        data=ml_collections.ConfigDict(dict(source="photos", photos=names, size=(size, size), max_boxes=32))))   # batch: c.batch_size
   return c
