@@ -825,6 +825,37 @@ def test_depthwise_conv_impls_agree(stride, padding, k):
     depthwise_shifts(x, jnp.zeros((3, 3, 1, 4)), 1, ((1, 1), (1, 1)))
 
 
+@pytest.mark.parametrize("form", ["rows", "swapped"])
+@pytest.mark.parametrize("k,padding,out", [(3, ((1, 1), (1, 1)), 5), (5, ((2, 2), (2, 2)), 2), (3, ((0, 2), (1, 0)), 4),
+                                           (1, ((0, 0), (0, 0)), 3)])
+def test_cpu_kernel_gradient_forms_equal_xlas(form, k, padding, out):
+  """conv_cpu's kernel gradient (both forms) and input gradient equal XLA's convolution's, and Conv picks
+  it on CPU for large unit-stride images only (values unchanged)."""
+  from rajax.models import layers
+  x = jax.random.normal(jax.random.key(0), (2, 9, 11, 6))
+  w = jax.random.normal(jax.random.key(1), (k, k, 6, out))
+  ref = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  ct = jax.random.normal(jax.random.key(2), ref(x, w).shape)
+  np.testing.assert_allclose(layers.conv_cpu(x, w, padding, form), ref(x, w), rtol=1e-6, atol=1e-6)
+  got = jax.grad(lambda x, w: jnp.sum(layers.conv_cpu(x, w, padding, form) * ct), argnums=(0, 1))(x, w)
+  want = jax.grad(lambda x, w: jnp.sum(ref(x, w) * ct), argnums=(0, 1))(x, w)
+  chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="kernel-gradient form"):
+    layers.kernel_grad(x, ct, w.shape, padding, "fft")
+  assert layers.cpu_kernel_grad_form(16, 16, 64) is None            # small images: XLA's own
+  assert layers.cpu_kernel_grad_form(32, 32, 256) == "rows"
+  assert layers.cpu_kernel_grad_form(64, 64, 3) == "swapped"       # few output channels (the SR tail)
+  # Conv on a large image takes the path and keeps nn.Conv's values and gradients
+  from flax import linen as nn
+  big = jax.random.normal(jax.random.key(3), (1, 32, 32, 4))
+  conv = layers.Conv(3, (3, 3), padding=((1, 1), (1, 1)))
+  flax_conv = nn.Conv(3, (3, 3), padding=((1, 1), (1, 1)))
+  v = flax_conv.init(jax.random.key(4), big)
+  assert ("custom_vjp" in str(jax.make_jaxpr(lambda v: conv.apply(v, big))(v))) == (jax.default_backend() == "cpu")
+  chex.assert_trees_all_close(jax.grad(lambda v: jnp.sum(conv.apply(v, big) ** 2))(v),
+                              jax.grad(lambda v: jnp.sum(flax_conv.apply(v, big) ** 2))(v), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("kernel,stride,padding,groups", [(1, 1, ((0, 0), (0, 0)), 1), (1, 2, ((0, 0), (0, 0)), 1),
                                                    (1, 2, ((1, 0), (0, 1)), 1), (3, 1, ((1, 1), (1, 1)), 2)])
 def test_conv_impls_agree_with_flax_conv(kernel, stride, padding, groups):

@@ -477,3 +477,25 @@ def test_processes_agree_to_stop_when_one_of_them_is_asked_to(tmp_path):
   finally:
     for job in jobs:
       job.kill()
+
+
+def test_importing_any_rajax_module_starts_no_jax_backend():
+  """jax.distributed.initialize must run before any backend starts: no rajax module may compute with
+  JAX at import time (a module-level jnp constant did, and broke every multi-process run)."""
+  code = textwrap.dedent("""
+      import importlib, pkgutil, traceback
+      from jax._src import xla_bridge
+      def started(*a, **k):
+          traceback.print_stack()
+          raise SystemExit("a JAX backend started during the imports above")
+      xla_bridge.backends = started
+      import rajax
+      for m in pkgutil.walk_packages(rajax.__path__, "rajax."):
+          if m.name.endswith("__main__"):
+              continue
+          importlib.import_module(m.name)
+      print("no backend")
+  """)
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                     env={**os.environ, "RAJAX_DISTRIBUTED": "0"})
+  assert r.returncode == 0 and "no backend" in r.stdout, r.stderr[-3000:]

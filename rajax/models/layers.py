@@ -350,13 +350,74 @@ class DepthwiseConv(nn.Module):
     return depthwise_shifts(x, kernel, s, self.padding)
 
 
+# XLA's CPU backend computes a convolution's kernel gradient as a convolution whose window is the
+# whole image, which it runs several times slower than the forward pass once the image is large
+# (measured: `python -m rajax.bench_ops`, docs/performance.md). `conv_cpu` keeps XLA's forward pass
+# and input gradient and computes the kernel gradient in one of two equal forms XLA runs faster:
+#   "rows":    per kernel row i, one matrix product of the input's rows i.. i+H (its kw shifted copies
+#              side by side on the channel axis) with the output gradient: dW[i] = X_i^T G;
+#   "swapped": one convolution with the roles of batch and channels exchanged (the input as
+#              [C, H, W, B], the output gradient as the kernel), for few output channels, where the
+#              products of "rows" are too thin.
+# Only for ungrouped, undilated, unit-stride convolutions, and only on CPU (Conv's impl "auto").
+_CPU_KERNEL_GRAD_MIN_PIXELS = 1024   # below this XLA's own kernel gradient is as fast or faster
+_CPU_THIN_OUTPUT = 16                # "swapped" for at most this many output channels, else "rows"
+
+
+def cpu_kernel_grad_form(height: int, width: int, out_features: int) -> str | None:
+  """The kernel-gradient form conv_cpu uses for an image of height x width (None: XLA's own)."""
+  if height * width < _CPU_KERNEL_GRAD_MIN_PIXELS:
+    return None
+  return "swapped" if out_features <= _CPU_THIN_OUTPUT else "rows"
+
+
+def _conv(x, kernel, padding):
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def kernel_grad(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...], padding, form: str) -> jax.Array:
+  """d(sum(conv(x, W) * g)) / dW for a unit-stride ungrouped NHWC/HWIO convolution, in `form`."""
+  kh, kw, c, o = kernel_shape
+  _, h, w, _ = g.shape
+  xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  if form == "swapped":
+    out = _conv(xp.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), ((0, 0), (0, 0)))   # [C, kh, kw, O]
+    return out.transpose(1, 2, 0, 3)
+  if form != "rows":
+    raise ValueError(f"Unknown kernel-gradient form {form!r}; use 'rows' or 'swapped'.")
+  cols = jnp.concatenate([xp[:, :, j:j + w, :] for j in range(kw)], axis=-1)          # [B, H+kh-1, W, kw*C]
+  rows = [jnp.einsum("bhwk,bhwo->ko", cols[:, i:i + h], g) for i in range(kh)]
+  return jnp.stack(rows).reshape(kh, kw, c, o).astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_cpu(x: jax.Array, kernel: jax.Array, padding, form: str) -> jax.Array:
+  """XLA's unit-stride convolution with the kernel gradient of `kernel_grad(form)` (see above)."""
+  return _conv(x, kernel, padding)
+
+
+def _conv_cpu_fwd(x, kernel, padding, form):
+  return _conv(x, kernel, padding), (x, kernel)
+
+
+def _conv_cpu_bwd(padding, form, res, g):
+  x, kernel = res
+  dx = jax.vjp(lambda x: _conv(x, kernel, padding), x)[1](g)[0]
+  return dx, kernel_grad(x, g, kernel.shape, padding, form).astype(kernel.dtype)
+
+
+conv_cpu.defvjp(_conv_cpu_fwd, _conv_cpu_bwd)
+
+
 class Conv(nn.Module):
   """An NHWC convolution with nn.Conv's variables (`kernel` [kh, kw, C_in / groups, C_out], `bias`).
 
   `impl` picks the computation: "conv" is XLA's convolution; "dot" computes a 1x1 ungrouped
   convolution as a matrix product over channels (strides by slicing), which XLA's CPU backend
   runs several times faster than its convolution, forward and backward; "auto" (default) uses
-  "dot" for 1x1 ungrouped kernels on CPU and "conv" everywhere else. Both compute the same function.
+  "dot" for 1x1 ungrouped kernels on CPU and "conv" everywhere else, and on CPU computes the kernel
+  gradient of unit-stride ungrouped convolutions over large images in a faster equal form
+  (`conv_cpu`). All compute the same function and gradients.
   `dilation` spaces the kernel's taps (torch's dilation; a 1x1 kernel ignores it).
   """
 
@@ -389,6 +450,11 @@ class Conv(nn.Module):
         x = jnp.pad(x, ((0, 0), *self.padding, (0, 0)))
       sh, sw = self.strides
       y = jax.lax.dot_general(x[:, ::sh, ::sw, :], kernel[0, 0], (((3,), (0,)), ((), ())))
+    elif impl in ("conv", "dot") and self.impl == "auto" and jax.default_backend() == "cpu" and g == 1 \
+        and self.dilation == 1 and tuple(self.strides) == (1, 1) \
+        and cpu_kernel_grad_form(x.shape[1], x.shape[2], self.features) is not None:
+      form = cpu_kernel_grad_form(x.shape[1], x.shape[2], self.features)
+      y = conv_cpu(x, kernel, tuple(tuple(p) for p in self.padding), form)
     elif impl in ("conv", "dot"):
       d = self.dilation
       y = jax.lax.conv_general_dilated(x, kernel, tuple(self.strides), self.padding, rhs_dilation=(d, d),

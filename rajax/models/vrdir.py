@@ -35,6 +35,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 from rajax.models import layers
@@ -131,7 +132,10 @@ class ISE(nn.Module):
 # input offsets -1, 0, +1 (lax.conv_transpose pads the 2x-dilated input by 2 on each side):
 #   out[2i]     = w0 x[i-1] + w2 x[i]
 #   out[2i + 1] = w1 x[i]   + w3 x[i+1]
-_PHASE_TAPS = jnp.zeros((2, 3, 4), jnp.float32).at[0, 0, 0].set(1).at[0, 1, 2].set(1).at[1, 1, 1].set(1).at[1, 2, 3].set(1)
+# (numpy, not jax: importing rajax must not start a JAX backend before jax.distributed.initialize)
+_PHASE_TAPS = np.zeros((2, 3, 4), np.float32)
+for _phase, _offset, _tap in ((0, 0, 0), (0, 1, 2), (1, 1, 1), (1, 2, 3)):
+  _PHASE_TAPS[_phase, _offset, _tap] = 1.0
 
 
 class ConvTranspose2x(nn.Module):
