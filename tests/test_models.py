@@ -856,6 +856,29 @@ def test_cpu_kernel_gradient_forms_equal_xlas(form, k, padding, out):
                               jax.grad(lambda v: jnp.sum(flax_conv.apply(v, big) ** 2))(v), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("k,stride,padding,size", [(3, 1, ((1, 1), (1, 1)), 2), (3, 2, ((1, 1), (1, 1)), 4),
+                                                (7, 2, ((3, 3), (3, 3)), 5), (3, 2, ((0, 1), (1, 0)), 7)])
+def test_tiny_outputs_take_the_patch_product_with_xlas_values_and_gradients(k, stride, padding, size):
+  """conv_patches equals XLA's convolution (values, input and kernel gradients), and Conv uses it on
+  CPU for outputs of at most 16 pixels per image (ResNet's last stage on small images)."""
+  from flax import linen as nn
+  from rajax.models import layers
+  x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 8))
+  w = jax.random.normal(jax.random.key(1), (k, k, 8, 5))
+  ref = lambda x, w: jax.lax.conv_general_dilated(x, w, (stride, stride), padding,
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  got = lambda x, w: layers.conv_patches(x, w, (stride, stride), padding)
+  np.testing.assert_allclose(got(x, w), ref(x, w), rtol=1e-5, atol=1e-5)
+  ct = jax.random.normal(jax.random.key(2), ref(x, w).shape)
+  chex.assert_trees_all_close(jax.grad(lambda x, w: jnp.sum(got(x, w) * ct), argnums=(0, 1))(x, w),
+                              jax.grad(lambda x, w: jnp.sum(ref(x, w) * ct), argnums=(0, 1))(x, w), rtol=1e-4, atol=1e-4)
+  conv = layers.Conv(5, (k, k), strides=(stride, stride), padding=padding)
+  v = nn.Conv(5, (k, k), strides=(stride, stride), padding=padding).init(jax.random.key(3), x)
+  np.testing.assert_allclose(conv.apply(v, x), ref(x, v["params"]["kernel"]) + v["params"]["bias"], rtol=1e-5, atol=1e-5)
+  uses = "concatenate" in str(jax.make_jaxpr(lambda v: conv.apply(v, x))(v))
+  assert uses == (jax.default_backend() == "cpu" and ref(x, w).shape[1] * ref(x, w).shape[2] <= 16)
+
+
 @pytest.mark.parametrize("kernel,stride,padding,groups", [(1, 1, ((0, 0), (0, 0)), 1), (1, 2, ((0, 0), (0, 0)), 1),
                                                    (1, 2, ((1, 0), (0, 1)), 1), (3, 1, ((1, 1), (1, 1)), 2)])
 def test_conv_impls_agree_with_flax_conv(kernel, stride, padding, groups):

@@ -364,6 +364,13 @@ _CPU_KERNEL_GRAD_MIN_PIXELS = 1024   # below this XLA's own kernel gradient is a
 _CPU_THIN_OUTPUT = 16                # "swapped" for at most this many output channels, else "rows"
 
 
+def _out_pixels(size, kernel, strides, padding) -> int:
+  """Output pixels per image of a convolution of `size` (h, w)."""
+  (h, w), (kh, kw), (sh, sw) = size, kernel, strides
+  (pt, pb), (pl, pr) = padding
+  return max(0, (h + pt + pb - kh) // sh + 1) * max(0, (w + pl + pr - kw) // sw + 1)
+
+
 def cpu_kernel_grad_form(height: int, width: int, out_features: int) -> str | None:
   """The kernel-gradient form conv_cpu uses for an image of height x width (None: XLA's own)."""
   if height * width < _CPU_KERNEL_GRAD_MIN_PIXELS:
@@ -388,6 +395,25 @@ def kernel_grad(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...], paddi
   cols = jnp.concatenate([xp[:, :, j:j + w, :] for j in range(kw)], axis=-1)          # [B, H+kh-1, W, kw*C]
   rows = [jnp.einsum("bhwk,bhwo->ko", cols[:, i:i + h], g) for i in range(kh)]
   return jnp.stack(rows).reshape(kh, kw, c, o).astype(x.dtype)
+
+
+# At the other end, XLA's CPU convolution is pathologically slow on tiny feature maps with many
+# channels (ResNet-18's last stage on a 64x64 image: 2x2 maps of 512 channels, 40 ms for a 3x3
+# convolution that is 0.8 ms as a matrix product). There Conv ("auto", CPU) computes the
+# convolution as the matrix product of the kh * kw shifted (strided) copies of the input, side by
+# side on the channel axis, with the kernel: `conv_patches`.
+_CPU_PATCHES_MAX_PIXELS = 16   # output pixels per image up to which the matrix product is faster
+
+
+def conv_patches(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding) -> jax.Array:
+  """An ungrouped, undilated NHWC/HWIO convolution as one matrix product over (taps, channels)."""
+  kh, kw, c, o = kernel.shape
+  sh, sw = strides
+  xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
+  cols = jnp.concatenate([xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
+                          for i in range(kh) for j in range(kw)], axis=-1)
+  return jax.lax.dot_general(cols, kernel.reshape(kh * kw * c, o), (((3,), (0,)), ((), ())))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -417,7 +443,8 @@ class Conv(nn.Module):
   runs several times faster than its convolution, forward and backward; "auto" (default) uses
   "dot" for 1x1 ungrouped kernels on CPU and "conv" everywhere else, and on CPU computes the kernel
   gradient of unit-stride ungrouped convolutions over large images in a faster equal form
-  (`conv_cpu`). All compute the same function and gradients.
+  (`conv_cpu`) and convolutions with tiny outputs as one matrix product (`conv_patches`). All compute
+  the same function and gradients.
   `dilation` spaces the kernel's taps (torch's dilation; a 1x1 kernel ignores it).
   """
 
@@ -450,6 +477,10 @@ class Conv(nn.Module):
         x = jnp.pad(x, ((0, 0), *self.padding, (0, 0)))
       sh, sw = self.strides
       y = jax.lax.dot_general(x[:, ::sh, ::sw, :], kernel[0, 0], (((3,), (0,)), ((), ())))
+    elif impl == "conv" and self.impl == "auto" and jax.default_backend() == "cpu" and g == 1 \
+        and self.dilation == 1 and _out_pixels(x.shape[1:3], (kh, kw), self.strides, self.padding) \
+        <= _CPU_PATCHES_MAX_PIXELS:
+      y = conv_patches(x, kernel, tuple(self.strides), tuple(tuple(p) for p in self.padding))
     elif impl in ("conv", "dot") and self.impl == "auto" and jax.default_backend() == "cpu" and g == 1 \
         and self.dilation == 1 and tuple(self.strides) == (1, 1) \
         and cpu_kernel_grad_form(x.shape[1], x.shape[2], self.features) is not None:
