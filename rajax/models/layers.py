@@ -416,23 +416,30 @@ def conv_patches(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padd
   return jax.lax.dot_general(cols, kernel.reshape(kh * kw * c, o), (((3,), (0,)), ((), ())))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv_cpu(x: jax.Array, kernel: jax.Array, padding, form: str) -> jax.Array:
-  """XLA's unit-stride convolution with the kernel gradient of `kernel_grad(form)` (see above)."""
-  return _conv(x, kernel, padding)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _kernel_grad_tap(x, kernel, y, padding, form):
+  """y unchanged; its cotangent g gives `kernel` the gradient kernel_grad(x, g) (x is not differentiated)."""
+  del x, kernel
+  return y
 
 
-def _conv_cpu_fwd(x, kernel, padding, form):
-  return _conv(x, kernel, padding), (x, kernel)
+def _tap_fwd(x, kernel, y, padding, form):
+  return y, (x, kernel)
 
 
-def _conv_cpu_bwd(padding, form, res, g):
+def _tap_bwd(padding, form, res, g):
   x, kernel = res
-  dx = jax.vjp(lambda x: _conv(x, kernel, padding), x)[1](g)[0]
-  return dx, kernel_grad(x, g, kernel.shape, padding, form).astype(kernel.dtype)
+  return jnp.zeros_like(x), kernel_grad(x, g, kernel.shape, padding, form).astype(kernel.dtype), g
 
 
-conv_cpu.defvjp(_conv_cpu_fwd, _conv_cpu_bwd)
+_kernel_grad_tap.defvjp(_tap_fwd, _tap_bwd)
+
+
+def conv_cpu(x: jax.Array, kernel: jax.Array, padding, form: str) -> jax.Array:
+  """XLA's unit-stride convolution with the kernel gradient of `kernel_grad(form)` (see above). The
+  input gradient stays XLA's own, so it is computed only where needed (not for a network's first layer)."""
+  y = _conv(x, jax.lax.stop_gradient(kernel), padding)
+  return _kernel_grad_tap(jax.lax.stop_gradient(x), kernel, y, padding, form)
 
 
 class Conv(nn.Module):
