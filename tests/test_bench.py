@@ -452,3 +452,23 @@ def test_a_detector_as_r_is_benchmarked_on_box_targets_of_the_detection_pipeline
   _, metrics = compiled(state, setup.batch, setup.frozen)
   assert np.isfinite(float(metrics["recognition"])) and float(metrics["recognition"]) > 0
   assert "top1" not in metrics
+
+
+def test_bench_ops_times_every_piece_of_the_ra_step_and_formats_the_table():
+  """rajax.bench_ops on the tiny shapes: one positive time per op (fwd and fwd+bwd of each layer,
+  P, R's forward and input gradient, Adam), the markdown table lists them, and a PyTorch column
+  appears only when it was timed."""
+  from rajax import bench_ops
+  config = config_lib.load(f"{BENCH}:task=sr,mode=ra,tiny=true")
+  record = bench_ops.run(config, repeats=1)
+  ops = [r["op"] for r in record["rows"]]
+  c = config.processor.channels
+  for name in (f"head conv 9x9 3->{c}", f"body conv 3x3 {c}->{c}", f"BatchNorm (train) {c}", f"PReLU {c}",
+               f"tail conv 9x9 {c}->3", "P"):
+    assert f"{name} fwd" in ops and f"{name} fwd+bwd" in ops, name
+  assert {"R fwd", "R input grad", "Adam (P)"} <= set(ops)
+  assert all(r["rajax_ms"] > 0 and "torch_ms" not in r for r in record["rows"])
+  table = bench_ops.markdown(record)
+  assert table.count("\n") == len(ops) + 1 and "PyTorch" not in table
+  record["rows"][0] |= {"torch_ms": 2 * record["rows"][0]["rajax_ms"], "ratio": 2.0}
+  assert "| 2.00x |" in bench_ops.markdown(record)
