@@ -10,23 +10,18 @@ confident detections on the clean canvas. The mean rows pool the images of every
 
 from __future__ import annotations
 
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from PIL import Image
 
 import numpy_metrics
+from test_evaluate_segmentation import SIZE, _canvas, _save_run  # the same photos and runs
 import rajax
 import toy_detector  # noqa: F401  (the family modules the zoo imports)
 import toy_segmenter  # noqa: F401
-from rajax import config as config_lib
-from rajax import evaluate, metrics, networks, runs
-from rajax import weights as weights_lib
-from rajax.data import photos
+from rajax import evaluate, metrics, runs
 from rajax.data.pipeline import Degradation
 from rajax.detection import zoo
 from rajax.evaluate import EvalError
@@ -36,7 +31,6 @@ from rajax.tasks import detection as det_task
 
 E = ml_collections.ConfigDict
 PHOTOS = ("chelsea", "coffee", "rocket")
-SIZE = (32, 32)
 K = 3
 SEEN, UNSEEN = (("gaussian_noise", 3),), (("low_light", 2),)
 THRESHOLD = 0.5
@@ -47,24 +41,10 @@ def _toys_in_the_zoo(monkeypatch):
   monkeypatch.setattr(zoo, "_FAMILIES", (*zoo._FAMILIES, "toy_detector", "toy_segmenter"))
 
 
-def _save_run(workdir: pathlib.Path, mode: str, seed: int) -> pathlib.Path:
-  c = config_lib.base(task="denoise", method=mode, recognizer="resnet18")
-  c.processor.update(dict(blocks=1, channels=8, input_skip=True))
-  c.recognizer.update(dict(weights="random", num_classes=10, width=4))
-  net = networks.module(c, "processor")
-  workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "config.json").write_text(c.to_json_best_effort(indent=2))
-  variables = jax.device_get(jax.jit(lambda k: net.init(k, jnp.zeros((1, 8, 8, 3)), train=False))(jax.random.key(seed)))
-  tail = variables["params"]["tail"]
-  tail["kernel"] = 0.3 * np.random.default_rng(seed).standard_normal(tail["kernel"].shape, np.float32)
-  weights_lib.save(workdir / "processor.msgpack", variables)
-  return workdir
-
-
 @pytest.fixture(scope="module")
 def run_dirs(tmp_path_factory):
   root = tmp_path_factory.mktemp("degruns")
-  return {"plain": _save_run(root / "plain", "plain", 0), "ra": _save_run(root / "ra", "ra", 1)}
+  return {"plain": _save_run(root / "plain", "plain", "resnet18", 0), "ra": _save_run(root / "ra", "ra", "resnet18", 1)}
 
 
 def _config(run_dirs) -> ml_collections.ConfigDict:
@@ -87,17 +67,6 @@ def _config(run_dirs) -> ml_collections.ConfigDict:
                        data=E(dict(data, max_boxes=8)))),
       segmentation=E(dict(targets=("toy_seg",), labels="recognizer", data=E(data)))))
   return c
-
-
-def _canvas(name: str) -> tuple[np.ndarray, tuple[int, int]]:
-  """Photo `name` resized by hand (bilinear, aspect kept, floor sizes) into the top left of a SIZE canvas."""
-  img = photos.photo(name)
-  h, w = img.shape[:2]
-  s = min(SIZE[0] / h, SIZE[1] / w)
-  nh, nw = int(np.floor(h * s)), int(np.floor(w * s))
-  out = np.zeros((*SIZE, 3), np.uint8)
-  out[:nh, :nw] = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
-  return out, (nh, nw)
 
 
 def _views(config, run_dirs, family) -> tuple[dict, list]:
