@@ -362,6 +362,7 @@ class DepthwiseConv(nn.Module):
 # Only for ungrouped, undilated, unit-stride convolutions, and only on CPU (Conv's impl "auto").
 _CPU_KERNEL_GRAD_MIN_PIXELS = 1024   # below this XLA's own kernel gradient is as fast or faster
 _CPU_THIN_OUTPUT = 16                # "swapped" for at most this many output channels, else "rows"
+_CPU_KERNEL_GRAD_MIN_WEIGHTS = 10000  # nor for small kernels (narrow networks), which would only compile longer
 
 
 def _out_pixels(size, kernel, strides, padding) -> int:
@@ -371,9 +372,11 @@ def _out_pixels(size, kernel, strides, padding) -> int:
   return max(0, (h + pt + pb - kh) // sh + 1) * max(0, (w + pl + pr - kw) // sw + 1)
 
 
-def cpu_kernel_grad_form(height: int, width: int, out_features: int) -> str | None:
-  """The kernel-gradient form conv_cpu uses for an image of height x width (None: XLA's own)."""
-  if height * width < _CPU_KERNEL_GRAD_MIN_PIXELS:
+def cpu_kernel_grad_form(height: int, width: int, out_features: int,
+                         weights: int = _CPU_KERNEL_GRAD_MIN_WEIGHTS) -> str | None:
+  """The kernel-gradient form conv_cpu uses for an image of height x width and a kernel of `weights`
+  entries (None: XLA's own)."""
+  if height * width < _CPU_KERNEL_GRAD_MIN_PIXELS or weights < _CPU_KERNEL_GRAD_MIN_WEIGHTS:
     return None
   return "swapped" if out_features <= _CPU_THIN_OUTPUT else "rows"
 
@@ -403,6 +406,7 @@ def kernel_grad(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...], paddi
 # convolution as the matrix product of the kh * kw shifted (strided) copies of the input, side by
 # side on the channel axis, with the kernel: `conv_patches`.
 _CPU_PATCHES_MAX_PIXELS = 16   # output pixels per image up to which the matrix product is faster
+_CPU_PATCHES_MIN_FEATURES = 128  # input channels from which XLA's convolution is slow there (narrower: no gain)
 
 
 def conv_patches(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding) -> jax.Array:
@@ -485,13 +489,13 @@ class Conv(nn.Module):
       sh, sw = self.strides
       y = jax.lax.dot_general(x[:, ::sh, ::sw, :], kernel[0, 0], (((3,), (0,)), ((), ())))
     elif impl == "conv" and self.impl == "auto" and jax.default_backend() == "cpu" and g == 1 \
-        and self.dilation == 1 and _out_pixels(x.shape[1:3], (kh, kw), self.strides, self.padding) \
-        <= _CPU_PATCHES_MAX_PIXELS:
+        and self.dilation == 1 and cin >= _CPU_PATCHES_MIN_FEATURES \
+        and _out_pixels(x.shape[1:3], (kh, kw), self.strides, self.padding) <= _CPU_PATCHES_MAX_PIXELS:
       y = conv_patches(x, kernel, tuple(self.strides), tuple(tuple(p) for p in self.padding))
     elif impl in ("conv", "dot") and self.impl == "auto" and jax.default_backend() == "cpu" and g == 1 \
         and self.dilation == 1 and tuple(self.strides) == (1, 1) \
-        and cpu_kernel_grad_form(x.shape[1], x.shape[2], self.features) is not None:
-      form = cpu_kernel_grad_form(x.shape[1], x.shape[2], self.features)
+        and cpu_kernel_grad_form(x.shape[1], x.shape[2], self.features, kernel.size) is not None:
+      form = cpu_kernel_grad_form(x.shape[1], x.shape[2], self.features, kernel.size)
       y = conv_cpu(x, kernel, tuple(tuple(p) for p in self.padding), form)
     elif impl in ("conv", "dot"):
       d = self.dilation
