@@ -39,8 +39,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-log = logging.getLogger("rajax.bench_ops")
-
 
 def _median_s(fn: Callable[[], Any], repeats: int, block: Callable[[Any], Any]) -> float:
   for _ in range(2):
@@ -189,7 +187,6 @@ def _torch_rows(config, repeats: int) -> dict[str, float]:
   p_net.train()
   lr01 = torch.rand(b, 3, h, h)
   layer_rows("P", p_net, lr01, input_grad=False)
-  out["P fwd"], out["P fwd+bwd"] = out.pop("P fwd"), out.pop("P fwd+bwd")
 
   r_net.eval()
   for p in r_net.parameters():

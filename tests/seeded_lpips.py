@@ -27,3 +27,12 @@ def backbone_file(folder: pathlib.Path, net: str = "alex") -> pathlib.Path:
   assert seeded_state_dict.digest(sd) == digest, "the seeded weights differ from the LPIPS fixture's"
   folder.mkdir(parents=True, exist_ok=True)
   return torch_file.save(folder / lpips.BACKBONE_FILES[net], dict(sd))
+
+
+def canvas_lpips(distance, shown, clean, sizes) -> float:
+  """The mean LPIPS the evaluators give whole images on padded canvases: each shown image [N, H, W, 3]
+  with its padding (outside `sizes`, (h, w) per image at the top left) taken from the clean image."""
+  real = np.zeros(clean.shape[:3] + (1,), bool)
+  for i, (h, w) in enumerate(sizes):
+    real[i, :h, :w] = True
+  return float(np.mean(np.asarray(distance(np.where(real, shown, clean), clean))))

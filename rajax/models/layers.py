@@ -494,8 +494,7 @@ class Conv(nn.Module):
       y = conv_patches(x, kernel, tuple(self.strides), tuple(tuple(p) for p in self.padding))
     elif impl in ("conv", "dot") and self.impl == "auto" and jax.default_backend() == "cpu" and g == 1 \
         and self.dilation == 1 and tuple(self.strides) == (1, 1) \
-        and cpu_kernel_grad_form(x.shape[1], x.shape[2], self.features, kernel.size) is not None:
-      form = cpu_kernel_grad_form(x.shape[1], x.shape[2], self.features, kernel.size)
+        and (form := cpu_kernel_grad_form(x.shape[1], x.shape[2], self.features, kernel.size)) is not None:
       y = conv_cpu(x, kernel, tuple(tuple(p) for p in self.padding), form)
     elif impl in ("conv", "dot"):
       d = self.dilation
