@@ -472,3 +472,50 @@ def test_bench_ops_times_every_piece_of_the_ra_step_and_formats_the_table():
   assert table.count("\n") == len(ops) + 1 and "PyTorch" not in table
   record["rows"][0] |= {"torch_ms": 2 * record["rows"][0]["rajax_ms"], "ratio": 2.0}
   assert "| 2.00x |" in bench_ops.markdown(record)
+
+
+def test_trace_rows_name_each_layer_of_either_implementation():
+  """The profile's row of an XLA instruction comes from its name stack (forward or transposed, P's
+  layer by its name, R, P's optimizer), and PyTorch's layer names land in the same rows."""
+  from rajax import bench_ops
+  row = lambda op: bench_ops.jax_trace_row(op, "SRResNet", "ResNet")
+  assert row("jit(train_step)/jvp(SRResNet)/head/conv_general_dilated") == "P fwd: head conv 9x9"
+  assert row("jit(train_step)/transpose(jvp(SRResNet))/blocks_1/conv2/rev") == "P bwd: body convs 3x3"
+  assert row("jit(train_step)/jvp(SRResNet)/mid/conv_general_dilated") == "P fwd: body convs 3x3"
+  assert row("jit(train_step)/transpose(jvp(SRResNet))/blocks_0/bn1/reduce_sum") == "P bwd: BatchNorm"
+  assert row("jit(train_step)/jvp(SRResNet)/up_1_prelu/jit(_where)/select_n") == "P fwd: PReLU"
+  assert row("jit(train_step)/transpose(jvp(SRResNet))/up_0/conv_general_dilated") == "P bwd: up convs 3x3"
+  assert row("jit(train_step)/transpose(jvp(SRResNet))/up_1/bhwk,bhwo->ko/dot_general") == "P bwd: up convs 3x3"
+  assert row("jit(train_step)/jvp(SRResNet)/transpose") == "P fwd: pixel shuffle"
+  assert row("jit(train_step)/transpose(jvp(SRResNet))/vmap()/transpose") == "P bwd: pixel shuffle"
+  assert row("jit(train_step)/jvp(SRResNet)/tanh") == "P fwd: other"
+  assert row("jit(train_step)/transpose(jvp(SRResNet))/tail/conv_general_dilated") == "P bwd: tail conv 9x9"
+  assert row("jit(train_step)/jvp(ResNet)/layer4_1/conv2/conv_general_dilated") == "R fwd"
+  assert row("jit(train_step)/transpose(jvp(ResNet))/layer1_0/bn1/mul") == "R input grad"
+  assert row("jit(train_step)/optimizer_processor/sqrt") == "Adam (P)"
+  assert row("jit(train_step)/transpose(jvp(jit(log_softmax)))/neg") == "loss and the rest"
+  assert row("") == "loss and the rest"
+  # PyTorch's module names (rajax.bench_torch.build_modules) give the same rows
+  part = bench_ops.p_part
+  assert [part("head.0", "conv"), part("blocks.3.conv1", "conv"), part("mid.0", "conv"), part("up.0", "conv"),
+          part("up.1", "shuffle"), part("up.2", "prelu"), part("blocks.0.bn2", "bn"), part("tail", "conv")] == [
+      "head conv 9x9", "body convs 3x3", "body convs 3x3", "up convs 3x3", "pixel shuffle", "PReLU", "BatchNorm",
+      "tail conv 9x9"]
+
+
+def test_trace_profiles_the_whole_step_with_jax_profiler():
+  """--trace on the tiny RA step: P's layers, R's forward and input gradient and Adam each take
+  time, the busy time is of the order of the step's wall time, and the table ends with both."""
+  from rajax import bench_ops
+  config = config_lib.load(f"{BENCH}:task=sr,mode=ra,tiny=true,steps=2")
+  record = bench_ops.trace(config)
+  busy = {r["row"]: r["rajax_ms"] for r in record["trace_rows"]}
+  assert list(busy) == list(bench_ops.TRACE_ROWS)
+  for row in ("P fwd: head conv 9x9", "P fwd: tail conv 9x9", "P bwd: tail conv 9x9", "P bwd: body convs 3x3",
+              "R fwd", "R input grad", "Adam (P)"):
+    assert busy[row] > 0, row
+  total = sum(busy.values())
+  assert 0.2 * record["rajax_step_ms"] < total < 3 * 2 * record["rajax_step_ms"], (total, record["rajax_step_ms"])
+  assert record["rajax_top"][0]["ms"] >= record["rajax_top"][-1]["ms"] > 0
+  table = bench_ops.trace_markdown(record)
+  assert table.count("\n") == len(bench_ops.TRACE_ROWS) + 3 and "PyTorch" not in table

@@ -206,8 +206,9 @@ def apply_gradients(state: TrainState, grads: Mapping[str, Any], optimizers: Map
   """(params, opt_state) after one update of each network in `names` with its own optimizer."""
   params, opt_state = dict(state.params), dict(state.opt_state)
   for name in names:
-    updates, opt_state[name] = optimizers[name].update(grads[name], state.opt_state[name], state.params[name])
-    params[name] = optax.apply_updates(state.params[name], updates)
+    with jax.named_scope(f"optimizer_{name}"):  # profiles attribute the update to its network's optimizer
+      updates, opt_state[name] = optimizers[name].update(grads[name], state.opt_state[name], state.params[name])
+      params[name] = optax.apply_updates(state.params[name], updates)
   return params, opt_state
 
 
