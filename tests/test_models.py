@@ -925,3 +925,27 @@ def test_input_skip_starts_at_bicubic_or_identity(name, kwargs, scale):
   g = jax.grad(lambda p: jnp.sum(net.apply({**v, "params": p}, x) ** 2))(v["params"])
   last = "tail" if name == "srresnet" else "head"
   assert float(jnp.abs(g[last]["kernel"]).max()) > 0
+
+
+@pytest.mark.parametrize("window, strides, padding, size", [
+    ((3, 3), (2, 2), ((1, 1), (1, 1)), 17),   # ResNet's and DenseNet's stem pool, odd size
+    ((2, 2), (2, 2), ((0, 0), (0, 0)), 8),    # VGG's
+    ((3, 2), (1, 2), ((1, 0), (0, 1)), 7),    # uneven window, strides and padding
+])
+def test_max_pool_slices_equal_xlas_values_and_first_maximum_gradients(window, strides, padding, size):
+  """layers.max_pool's CPU form (the maximum of strided slices, a custom gradient) gives nn.max_pool's
+  values and gradients, ties included (values on a coarse grid, zeros as after a ReLU: the gradient
+  goes to the first maximum of each window, as XLA's select-and-scatter sends it)."""
+  from rajax.models import layers
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(np.maximum(np.round(rng.standard_normal((2, size, size, 3)) * 2) / 2, 0), jnp.float32)
+  ref = lambda x: flax.linen.max_pool(x, window, strides=strides, padding=padding)
+  got = lambda x: layers.max_pool(x, window, strides, padding, impl="slices")
+  ct = jnp.asarray(rng.standard_normal(ref(x).shape), jnp.float32)
+  np.testing.assert_array_equal(got(x), ref(x))
+  # where windows overlap, one input sums several cotangents, in another order than XLA's (1 ulp)
+  np.testing.assert_allclose(jax.grad(lambda x: jnp.sum(got(x) * ct))(x), jax.grad(lambda x: jnp.sum(ref(x) * ct))(x),
+                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(layers.max_pool(x, window, strides, padding), ref(x))   # "auto" on CPU
+  with pytest.raises(ValueError, match="max_pool impl"):
+    layers.max_pool(x, window, strides, padding, impl="taps")

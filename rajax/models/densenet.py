@@ -101,7 +101,7 @@ class DenseNet(nn.Module):
                     dtype=dt, kernel_init=_conv_init, name="conv0")(x.astype(dt))
     h = nn.relu(layers.batch_norm(train=train, dtype=dt, name="norm0")(h))
     feats["stem"] = h
-    h = nn.max_pool(h, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    h = layers.max_pool(h, (3, 3), (2, 2), ((1, 1), (1, 1)))
     for i, n in enumerate(self.block_config):
       h = DenseBlock(n, self.growth_rate, self.bn_size, self.drop_rate, dtype=dt,
                      name=f"denseblock{i + 1}")(h, train=train)

@@ -446,6 +446,69 @@ def conv_cpu(x: jax.Array, kernel: jax.Array, padding, form: str) -> jax.Array:
   return _kernel_grad_tap(jax.lax.stop_gradient(x), kernel, y, padding, form)
 
 
+# XLA's CPU gradient of a max pool (select-and-scatter, rewritten as a reduce-window that carries
+# one index array per window dimension) costs more than the rest of the pool's work: on
+# ResNet-18's stem at 64x64 about 5 ms of the RA step (python -m rajax.bench_ops --trace). On CPU
+# `max_pool` takes the maximum over the kh * kw strided slices instead, and its custom gradient
+# sends each output's cotangent to the first maximum of its window, as XLA's does.
+def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
+             padding: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0)), *, impl: str = "auto") -> jax.Array:
+  """nn.max_pool over the two spatial axes of NHWC `x` (padding with -inf). `impl`: "reduce_window"
+  (nn.max_pool, what GPUs and TPUs run), "slices" (the maximum of the strided slices, first-maximum
+  gradient) or "auto" (default: "slices" on CPU). Both give the same values and gradients."""
+  window, strides = tuple(window), tuple(strides)
+  padding = tuple(tuple(p) for p in padding)
+  if impl == "auto":
+    impl = "slices" if jax.default_backend() == "cpu" else "reduce_window"
+  if impl == "reduce_window":
+    return nn.max_pool(x, window, strides=strides, padding=padding)
+  if impl != "slices":
+    raise ValueError(f"Unknown max_pool impl {impl!r}; use 'auto', 'reduce_window' or 'slices'.")
+  return _max_pool_slices(x, window, strides, padding)
+
+
+def _pool_taps(x, window, strides, padding):
+  (kh, kw), (sh, sw) = window, strides
+  xp = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
+  ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
+  return xp.shape, (ho, wo), [(i, j, xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :])
+                              for i in range(kh) for j in range(kw)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool_slices(x, window, strides, padding):
+  _, _, taps = _pool_taps(x, window, strides, padding)
+  return functools.reduce(jnp.maximum, [t for _, _, t in taps])
+
+
+def _max_pool_fwd(x, window, strides, padding):
+  _, _, taps = _pool_taps(x, window, strides, padding)
+  best, first = taps[0][2], jnp.zeros(taps[0][2].shape, jnp.int32)
+  for t, (_, _, tap) in enumerate(taps[1:], 1):   # strictly greater: the first maximum keeps its place
+    first = jnp.where(tap > best, t, first)
+    best = jnp.maximum(best, tap)
+  return best, (first, x.shape)
+
+
+def _max_pool_bwd(window, strides, padding, res, g):
+  first, shape = res
+  (kh, kw), (sh, sw), ((pt, pb), (pl, pr)) = window, strides, padding
+  hp, wp = shape[1] + pt + pb, shape[2] + pl + pr
+  ho, wo = g.shape[1:3]
+  zero = jnp.zeros((), g.dtype)
+  gxp = None
+  for t in range(kh * kw):
+    i, j = divmod(t, kw)
+    placed = jax.lax.pad(jnp.where(first == t, g, zero), zero,
+                         ((0, 0, 0), (i, hp - i - sh * (ho - 1) - 1, sh - 1), (j, wp - j - sw * (wo - 1) - 1, sw - 1),
+                          (0, 0, 0)))
+    gxp = placed if gxp is None else gxp + placed
+  return (gxp[:, pt:pt + shape[1], pl:pl + shape[2], :],)
+
+
+_max_pool_slices.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
 class Conv(nn.Module):
   """An NHWC convolution with nn.Conv's variables (`kernel` [kh, kw, C_in / groups, C_out], `bias`).
 

@@ -101,7 +101,7 @@ class ResNet(nn.Module):
     h = _conv(w, 7, in_features=3, stride=2, padding=3, dtype=dt, name="conv1")(x.astype(dt))
     h = nn.relu(layers.batch_norm(train=train, dtype=dt, name="bn1")(h))
     feats["stem"] = h
-    h = nn.max_pool(h, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    h = layers.max_pool(h, (3, 3), (2, 2), ((1, 1), (1, 1)))
     in_planes = w
     for stage, n in enumerate(self.stage_sizes):
       planes = w * 2**stage

@@ -87,7 +87,7 @@ class VGG(nn.Module):
         h = nn.relu(h)
         idx += 1
       feats[f"stage{s + 1}"] = h
-      h = nn.max_pool(h, (2, 2), strides=(2, 2))
+      h = layers.max_pool(h, (2, 2), (2, 2))
       idx += 1
     h = adaptive_avg_pool(h, (7, 7))
     feats["pool"] = h
