@@ -327,8 +327,10 @@ def trace_jax(config, steps: int) -> dict[str, Any]:
       for _ in range(steps):
         state, metrics = compiled(state, setup.batch, setup.frozen)
         jax.block_until_ready((state, metrics))
-    [path] = glob.glob(f"{d}/**/*.xplane.pb", recursive=True)
-    per_op = _thunk_times(path, module)
+    paths = glob.glob(f"{d}/**/*.xplane.pb", recursive=True)
+    if len(paths) != 1:
+      raise RuntimeError(f"jax.profiler wrote {len(paths)} xplane files under {d}, expected one")
+    per_op = _thunk_times(paths[0], module)
   if not per_op:
     raise RuntimeError(f"the trace holds no thunk of {module}: this jaxlib's CPU runtime does not trace thunks")
   busy = dict.fromkeys(TRACE_ROWS, 0.0)
@@ -337,6 +339,18 @@ def trace_jax(config, steps: int) -> dict[str, Any]:
   top = sorted(per_op.items(), key=lambda kv: -kv[1])[:10]
   return {"step_ms": 1e3 * times[len(times) // 2], "busy_ms": busy,
           "top": [{"op": op, "op_name": op_names.get(op, ""), "ms": ns / 1e6 / steps} for op, ns in top]}
+
+
+_NODE = "autograd::engine::evaluate_function:"
+
+
+def _inside(event, prefix: str) -> bool:
+  """Whether `event` or one of its ancestors is named `prefix...`."""
+  while event is not None:
+    if event.name.startswith(prefix):
+      return True
+    event = event.cpu_parent
+  return False
 
 
 def trace_torch(config, steps: int) -> dict[str, Any]:
@@ -421,19 +435,8 @@ def trace_torch(config, steps: int) -> dict[str, Any]:
   return {"step_ms": 1e3 * statistics.median(times), "busy_ms": busy}
 
 
-_NODE = "autograd::engine::evaluate_function:"
-
-
-def _inside(event, prefix: str) -> bool:
-  while event is not None:
-    if event.name.startswith(prefix):
-      return True
-    event = event.cpu_parent
-  return False
-
-
 def trace(config, *, vs_torch: bool = False) -> dict[str, Any]:
-  """{"rows": [{"row", "rajax_ms", "torch_ms"}], "rajax_step_ms", "torch_step_ms", ...}: the whole step profiled."""
+  """{"trace_rows": [{"row", "rajax_ms", "torch_ms"}], "rajax_step_ms", "torch_step_ms", ...}: the whole step profiled."""
   from rajax import bench
   steps = config.bench.steps
   jx = trace_jax(config, steps)

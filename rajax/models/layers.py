@@ -467,24 +467,23 @@ def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
   return _max_pool_slices(x, window, strides, padding)
 
 
-def _pool_taps(x, window, strides, padding):
+def _pool_taps(x, window, strides, padding) -> list[jax.Array]:
+  """The window's kh * kw strided slices of -inf-padded `x`, in row-major order."""
   (kh, kw), (sh, sw) = window, strides
   xp = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
   ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
-  return xp.shape, (ho, wo), [(i, j, xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :])
-                              for i in range(kh) for j in range(kw)]
+  return [xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :] for i in range(kh) for j in range(kw)]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _max_pool_slices(x, window, strides, padding):
-  _, _, taps = _pool_taps(x, window, strides, padding)
-  return functools.reduce(jnp.maximum, [t for _, _, t in taps])
+  return functools.reduce(jnp.maximum, _pool_taps(x, window, strides, padding))
 
 
 def _max_pool_fwd(x, window, strides, padding):
-  _, _, taps = _pool_taps(x, window, strides, padding)
-  best, first = taps[0][2], jnp.zeros(taps[0][2].shape, jnp.int32)
-  for t, (_, _, tap) in enumerate(taps[1:], 1):   # strictly greater: the first maximum keeps its place
+  taps = _pool_taps(x, window, strides, padding)
+  best, first = taps[0], jnp.zeros(taps[0].shape, jnp.int32)
+  for t, tap in enumerate(taps[1:], 1):   # strictly greater: the first maximum keeps its place
     first = jnp.where(tap > best, t, first)
     best = jnp.maximum(best, tap)
   return best, (first, x.shape)
